@@ -1,0 +1,86 @@
+// swift-tools-version: 6.1
+// SwiftMesh: an eBPF-assisted, sidecar-free service-mesh data plane for Linux nodes.
+import PackageDescription
+
+let package = Package(
+    name: "SwiftMesh",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "meshd", targets: ["meshd"]),
+        .executable(name: "meshctl", targets: ["meshctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.25.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.10.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    ],
+    targets: [
+        // libbpf and the shared kernel/userspace ABI header (bpf/include) as one C module.
+        .target(
+            name: "CBPF",
+            linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]
+        ),
+        // Compiles bpf/*.bpf.c with clang -target bpf and embeds each object into Swift.
+        .executableTarget(name: "BPFEmbed", path: "Sources/BPFEmbed"),
+        .plugin(
+            name: "BPFCompilerPlugin",
+            capability: .buildTool(),
+            dependencies: ["BPFEmbed"],
+            path: "Sources/BPFCompilerPlugin"
+        ),
+        .target(name: "BPFObjects", plugins: ["BPFCompilerPlugin"]),
+        .target(
+            name: "Datapath",
+            dependencies: ["CBPF", "BPFObjects"]
+        ),
+        .target(name: "MeshModel"),
+        .target(
+            name: "Agent",
+            dependencies: [
+                "Datapath", "MeshModel",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .executableTarget(
+            name: "meshd",
+            dependencies: [
+                "Agent",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "meshctl",
+            dependencies: [
+                "MeshModel",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
+        .testTarget(
+            name: "DatapathTests",
+            dependencies: ["Datapath", "BPFObjects", "CBPF"]
+        ),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["MeshModel", "Agent"],
+            exclude: ["Fixtures"]
+        ),
+    ]
+)

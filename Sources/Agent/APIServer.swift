@@ -1,0 +1,108 @@
+import Datapath
+import Foundation
+import Hummingbird
+import Logging
+import MeshModel
+import NIOCore
+import ServiceLifecycle
+
+/// The versioned HTTP/JSON API on the node's unix socket (see MeshModel.APIPath).
+/// Every failure answers with an ErrorResponse whose message `meshctl` prints as is.
+enum APIServer {
+    static func make(settings: NodeSettings, manager: EndpointManager, datapath: MeshDatapath,
+                     startedAt: Date, logger: Logger) -> some Service {
+        let router = Router()
+        router.get(RouterPath(APIPath.status)) { _, _ in
+            try await respond {
+                let eps = try await manager.list()
+                let attached = eps.flatMap { datapath.attachments(of: $0) }
+                let programs = [datapath.fromEndpoint, datapath.toEndpoint].map { p in
+                    let suffix = p === datapath.fromEndpoint ? "/ingress" : "/egress"
+                    return NodeStatus.Program(name: p.name, id: Int(p.id), attachments: attached.filter { $0.hasSuffix(suffix) })
+                }
+                let maps = datapath.mapStats().map {
+                    NodeStatus.Map(name: $0.name, type: $0.type, entries: $0.entries, capacity: $0.capacity)
+                }
+                return NodeStatus(version: MeshVersion.string, node: settings.nodeName, podCIDR: settings.podCIDR.description,
+                                  bpffs: settings.bpffs, cgroup: settings.cgroup, startedAt: startedAt,
+                                  programs: programs, maps: maps, endpoints: eps.count)
+            }
+        }
+        router.get(RouterPath(APIPath.endpoints)) { _, _ in try await respond { try await manager.list() } }
+        router.post(RouterPath(APIPath.endpoints)) { request, _ in
+            try await respond(status: .created) {
+                let body = try await request.body.collect(upTo: 1 << 20)
+                let create: EndpointCreateRequest
+                do { create = try MeshJSON.decoder().decode(EndpointCreateRequest.self, from: Data(buffer: body)) } catch {
+                    throw MeshError.invalid("request body is not an endpoint: \(describe(error))")
+                }
+                return try await manager.create(create)
+            }
+        }
+        router.get("/v1/endpoints/:name") { _, context in
+            try await respond { try await manager.get(context.parameters.get("name") ?? "") }
+        }
+        router.delete("/v1/endpoints/:name") { _, context in
+            try await respond(status: .ok) { () async throws -> [String: String] in
+                let name = context.parameters.get("name") ?? ""
+                try await manager.delete(name)
+                return ["deleted": name]
+            }
+        }
+        return Application(router: router,
+                           configuration: .init(address: .unixDomainSocket(path: settings.apiSocket), serverName: "meshd"),
+                           logger: logger)
+    }
+
+    static func status(for code: MeshError.Code) -> HTTPResponse.Status {
+        switch code {
+        case .invalidArgument: .badRequest
+        case .notFound: .notFound
+        case .alreadyExists, .exhausted: .conflict
+        case .permissionDenied: .forbidden
+        case .unavailable: .serviceUnavailable
+        case .datapath, .internalError: .internalServerError
+        }
+    }
+
+    static func respond<T: Encodable>(status: HTTPResponse.Status = .ok, _ body: () async throws -> T) async throws -> Response {
+        do {
+            return json(status, try await body())
+        } catch let e as MeshError {
+            return json(Self.status(for: e.code), ErrorResponse(error: e))
+        } catch {
+            let e = MeshError(.internalError, "\(error)")
+            return json(.internalServerError, ErrorResponse(error: e))
+        }
+    }
+
+    static func json<T: Encodable>(_ status: HTTPResponse.Status, _ value: T) -> Response {
+        let data = (try? MeshJSON.encoder().encode(value)) ?? Data("{}".utf8)
+        return Response(status: status, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    static func describe(_ error: Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, let c): "missing field \((c.codingPath + [key]).map(\.stringValue).joined(separator: "."))"
+        case DecodingError.typeMismatch(_, let c), DecodingError.valueNotFound(_, let c), DecodingError.dataCorrupted(let c):
+            "\(c.codingPath.map(\.stringValue).joined(separator: ".")): \(c.debugDescription)"
+        default: "\(error)"
+        }
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format on `--metrics-address`.
+enum MetricsServer {
+    static func make(settings: NodeSettings, metrics: MetricsCollector, logger: Logger) -> some Service {
+        let router = Router()
+        router.get("/metrics") { _, _ -> Response in
+            let body = try await metrics.scrape()
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(bytes: body)))
+        }
+        return Application(router: router,
+                           configuration: .init(address: .hostname(settings.metricsHost, port: settings.metricsPort), serverName: "meshd"),
+                           logger: logger)
+    }
+}

@@ -1,0 +1,92 @@
+import Datapath
+import Foundation
+import Logging
+import MeshModel
+import ServiceLifecycle
+
+/// `meshd`'s core: brings the node up in order, then runs its services until SIGTERM.
+///
+/// Shutting down (SIGTERM) or dying (SIGKILL) leaves the BPF programs attached and the
+/// maps pinned, so traffic and counters carry on; the next start adopts them.
+public enum Daemon {
+    public static func run(config: NodeConfig, logger: Logger) async throws {
+        guard geteuid() == 0 else {
+            throw MeshError(.permissionDenied, "meshd must run as root: it loads BPF programs and creates network namespaces")
+        }
+        let settings = try config.resolve(cgroup2Root: try Cgroup2.mountPoint())
+        let startedAt = Date()
+        var logger = logger
+        logger[metadataKey: "node"] = "\(settings.nodeName)"
+
+        let store = try Store(directory: settings.stateDir)
+        let lock = try lockStateDir(settings.stateDir)
+        defer { close(lock) }
+        let datapath = try MeshDatapath.load(settings: settings, nodeID: nodeID(settings.nodeName))
+        try prepareNodeNetwork(settings, logger: logger)
+        try Cgroup2.create(settings.cgroup)
+
+        let manager = EndpointManager(settings: settings, store: store, datapath: datapath, logger: logger)
+        try await manager.reconcile()
+
+        try prepareSocket(settings.apiSocket)
+        let metrics = MetricsCollector(datapath: datapath, manager: manager, nodeName: settings.nodeName)
+        let services: [any Service] = [
+            APIServer.make(settings: settings, manager: manager, datapath: datapath, startedAt: startedAt, logger: logger),
+            MetricsServer.make(settings: settings, metrics: metrics, logger: logger),
+            DatapathEventService(datapath: datapath, metrics: metrics, logger: logger),
+        ]
+        logger.info("meshd ready", metadata: [
+            "api": "\(settings.apiSocket)", "metrics": "http://\(settings.metricsHost):\(settings.metricsPort)/metrics",
+            "pod_cidr": "\(settings.podCIDR)", "bpffs": "\(settings.bpffs)", "cgroup": "\(settings.cgroup)",
+        ])
+        let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
+                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        defer { unlink(settings.apiSocket) }
+        try await group.run()
+        logger.info("meshd stopped; the datapath stays attached and pinned")
+    }
+
+    /// One meshd per state folder: a second would fight the first over the same maps and
+    /// namespaces. The lock is an flock, so a killed meshd never leaves it held.
+    static func lockStateDir(_ dir: String) throws(MeshError) -> Int32 {
+        let path = dir + "/meshd.lock"
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw MeshError(.internalError, "cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+            close(fd)
+            throw MeshError(.unavailable, "another meshd (pid \(holder)) is running with state dir \(dir)",
+                            hint: "stop it first, or give this one its own --state-dir and --node-name")
+        }
+        ftruncate(fd, 0)
+        let pid = "\(getpid())\n"
+        _ = pid.withCString { write(fd, $0, strlen($0)) }
+        return fd
+    }
+
+    /// A stable 32-bit id for the node name (FNV-1a), stamped into datapath events.
+    static func nodeID(_ name: String) -> UInt32 {
+        name.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
+    }
+
+    /// Forwarding on, and an `unreachable` route for the pod CIDR: the /32 routes of live
+    /// endpoints win, and nothing addressed to the rest of the CIDR can leak to an uplink.
+    static func prepareNodeNetwork(_ s: NodeSettings, logger: Logger) throws(MeshError) {
+        try Shell.ip("link", "set", "lo", "up")
+        try Shell.sysctl("net/ipv4/ip_forward", "1")
+        try Shell.ip("route", "replace", "unreachable", s.podCIDR.description)
+        logger.info("installed unreachable route", metadata: ["cidr": "\(s.podCIDR)"])
+    }
+
+    /// The API socket's folder is root-only; a socket left by a killed meshd is replaced.
+    static func prepareSocket(_ path: String) throws(MeshError) {
+        let dir = (path as NSString).deletingLastPathComponent
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw MeshError(.internalError, "cannot create the API socket folder \(dir): \(error.localizedDescription)")
+        }
+        unlink(path)
+    }
+}

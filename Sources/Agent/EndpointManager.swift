@@ -1,0 +1,119 @@
+import Datapath
+import Foundation
+import Logging
+import MeshModel
+
+/// Owns the node's endpoints: desired state in the store, plumbing in the kernel, entries
+/// in the BPF maps. One actor, so creations and deletions never interleave.
+///
+/// Every change is all-or-nothing: a failed creation removes what it made and leaves no
+/// row; the row is written in the same step that reserves its id and address.
+public actor EndpointManager {
+    let settings: NodeSettings
+    let store: Store
+    let datapath: MeshDatapath
+    let logger: Logger
+
+    public init(settings: NodeSettings, store: Store, datapath: MeshDatapath, logger: Logger) {
+        self.settings = settings
+        self.store = store
+        self.datapath = datapath
+        self.logger = logger
+    }
+
+    public func list() throws(MeshError) -> [Endpoint] { try store.endpoints() }
+
+    public func get(_ name: String) throws(MeshError) -> Endpoint {
+        try EndpointName.validate(name)
+        guard let ep = try store.endpoint(named: name) else {
+            throw MeshError(.notFound, "endpoint \"\(name)\" does not exist", hint: "meshctl endpoint list shows the endpoints")
+        }
+        return ep
+    }
+
+    public func create(_ request: EndpointCreateRequest) throws(MeshError) -> Endpoint {
+        try EndpointName.validate(request.name)
+        let labels = try Labels(request.labels)
+        if try store.endpoint(named: request.name) != nil {
+            throw MeshError(.alreadyExists, "endpoint \"\(request.name)\" already exists")
+        }
+        let settings = self.settings
+        let existing = try store.endpoints()
+        let used = Set(existing.map(\.ipv4))
+        guard let ip = settings.podCIDR.firstFree(excluding: used) else {
+            throw MeshError(.exhausted, "pod CIDR \(settings.podCIDR) is exhausted: all \(settings.podCIDR.assignableCount) addresses are in use",
+                            hint: "delete an endpoint or restart meshd with a larger --pod-cidr")
+        }
+        guard existing.count < MeshDatapath.maxEndpoints else {
+            throw MeshError(.exhausted, "the node already has \(existing.count) endpoints, the most its BPF maps hold")
+        }
+        // Plumb first under the id the store will give, then commit the row; on any failure
+        // undo the plumbing and the row never exists.
+        var made: Endpoint?
+        do {
+            let ep = try store.insertEndpoint { (id: Int) throws(MeshError) -> Endpoint in
+                let ep = Endpoint(id: id, name: request.name, labels: labels, ipv4: ip,
+                                  netns: settings.netnsName(request.name), interface: settings.interfaceName(id),
+                                  cgroup: settings.cgroupPath(request.name), createdAt: Date())
+                made = ep
+                try self.plumb(ep)
+                return ep
+            }
+            logger.info("endpoint created", metadata: ["endpoint": "\(ep.name)", "id": "\(ep.id)", "ipv4": "\(ep.ipv4)", "labels": "\(ep.labels)"])
+            return ep
+        } catch {
+            if let made { teardown(made) }
+            throw error
+        }
+    }
+
+    public func delete(_ name: String) throws(MeshError) {
+        let ep = try get(name)
+        teardown(ep)
+        try store.deleteEndpoint(named: name)
+        logger.info("endpoint deleted", metadata: ["endpoint": "\(name)", "id": "\(ep.id)"])
+    }
+
+    /// Brings the kernel in line with the store after a (re)start: re-creates any missing
+    /// plumbing, re-registers and re-attaches every endpoint (atomic replace, so flows
+    /// continue), and removes leftovers that no stored endpoint owns.
+    public func reconcile() throws(MeshError) {
+        let eps = try store.endpoints()
+        var ifindexes = Set<UInt32>()
+        for ep in eps {
+            if !Plumbing.isIntact(ep) {
+                logger.warning("endpoint plumbing missing, re-creating", metadata: ["endpoint": "\(ep.name)"])
+                Plumbing.remove(ep)
+                try plumb(ep)
+            } else {
+                try Cgroup2.create(ep.cgroup)
+                try datapath.install(ep)
+            }
+            ifindexes.insert(UInt32(Plumbing.ifindex(ep.interface)))
+        }
+        let names = Set(eps.map(\.netns)), interfaces = Set(eps.map(\.interface))
+        for ns in Plumbing.nodeNetns(prefix: settings.netnsPrefix) where !names.contains(ns) {
+            logger.warning("removing leftover netns", metadata: ["netns": "\(ns)"])
+            _ = Shell.run(Shell.ipPath, ["netns", "del", ns])
+        }
+        for ifname in Plumbing.nodeInterfaces() where !interfaces.contains(ifname) {
+            logger.warning("removing leftover interface", metadata: ["interface": "\(ifname)"])
+            _ = Shell.run(Shell.ipPath, ["link", "del", ifname])
+        }
+        datapath.prune(keepIfindexes: ifindexes, keepEndpointIDs: Set(eps.map { UInt32($0.id) }))
+        logger.info("reconciled endpoints", metadata: ["count": "\(eps.count)"])
+    }
+
+    private func plumb(_ ep: Endpoint) throws(MeshError) {
+        try Plumbing.create(ep)
+        try Cgroup2.create(ep.cgroup)
+        try datapath.install(ep)
+    }
+
+    private func teardown(_ ep: Endpoint) {
+        let ifindex = Plumbing.ifindex(ep.interface)
+        Cgroup2.remove(ep.cgroup)
+        datapath.uninstall(endpointID: UInt32(ep.id), ifindex: ifindex > 0 ? ifindex : nil)
+        Plumbing.remove(ep)
+    }
+}

@@ -1,0 +1,114 @@
+import Foundation
+import MeshModel
+import Yams
+
+/// Everything one `meshd` needs to know about the node it runs. Flags, a YAML config file
+/// and the defaults below combine into one of these; `resolve()` validates it whole.
+public struct NodeConfig: Sendable, Equatable {
+    public var nodeName = "swiftmesh"
+    public var stateDir = "/var/lib/swiftmesh"
+    /// The node's own pin folder on bpffs. Default: /sys/fs/bpf/<node-name>.
+    public var bpffs: String?
+    /// The node's cgroup v2 folder: absolute, or relative to the cgroup2 mount.
+    /// Default: <cgroup2 mount>/<node-name>.
+    public var cgroup: String?
+    public var podCIDR = "10.200.0.0/24"
+    public var apiSocket = "/run/swiftmesh/meshd.sock"
+    public var metricsAddress = "127.0.0.1:9464"
+
+    public init() {}
+
+    /// The keys a config file may set, as on the command line without the dashes.
+    public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address"]
+
+    /// Applies a YAML mapping of `fileKeys` to strings. Unknown keys are an error.
+    public mutating func apply(yaml text: String, source: String) throws(MeshError) {
+        let loaded: Any?
+        do { loaded = try Yams.load(yaml: text) } catch {
+            throw .invalid("\(source): not valid YAML: \(error)")
+        }
+        guard let loaded else { return }
+        guard let map = loaded as? [String: Any] else {
+            throw .invalid("\(source): expected a mapping of settings, e.g. \"pod-cidr: 10.200.0.0/24\"")
+        }
+        for (key, value) in map.sorted(by: { $0.key < $1.key }) {
+            guard Self.fileKeys.contains(key) else {
+                throw .invalid("\(source): unknown setting \"\(key)\"", hint: "known settings: \(Self.fileKeys.joined(separator: ", "))")
+            }
+            guard let s = value as? String ?? (value as? CustomStringConvertible)?.description,
+                  !(value is [Any]), !(value is [String: Any]) else {
+                throw .invalid("\(source): \(key) must be a string")
+            }
+            set(key, s)
+        }
+    }
+
+    mutating func set(_ key: String, _ value: String) {
+        switch key {
+        case "node-name": nodeName = value
+        case "state-dir": stateDir = value
+        case "bpffs": bpffs = value
+        case "cgroup": cgroup = value
+        case "pod-cidr": podCIDR = value
+        case "api-socket": apiSocket = value
+        case "metrics-address": metricsAddress = value
+        default: break
+        }
+    }
+
+    /// Validates and fills in derived values.
+    public func resolve(cgroup2Root: String) throws(MeshError) -> NodeSettings {
+        guard !nodeName.isEmpty, nodeName.count <= 24, isNodeName(nodeName) else {
+            throw .invalid("node name \"\(nodeName)\" must be 1-24 lowercase letters, digits and '-', starting with a letter")
+        }
+        let cidr: IPv4CIDR
+        do { cidr = try IPv4CIDR(parsing: podCIDR) } catch { throw .invalid("pod CIDR: \(error.message)", hint: error.hint) }
+        guard cidr.assignableCount > 0 else {
+            throw .invalid("pod CIDR \(cidr) has no addresses to hand out; use a /30 or larger")
+        }
+        let parts = metricsAddress.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, IPv4Address(String(parts[0])) != nil, let port = Int(parts[1]), (1...65535).contains(port) else {
+            throw .invalid("metrics address \"\(metricsAddress)\" must be IPv4:port, e.g. 127.0.0.1:9464")
+        }
+        for (what, path) in [("state dir", stateDir), ("api socket", apiSocket)] where !path.hasPrefix("/") {
+            throw .invalid("\(what) \"\(path)\" must be an absolute path")
+        }
+        let pin = bpffs ?? "/sys/fs/bpf/\(nodeName)"
+        guard pin.hasPrefix("/sys/fs/bpf/"), pin.count > "/sys/fs/bpf/".count else {
+            throw .invalid("bpffs folder \"\(pin)\" must be a folder under /sys/fs/bpf")
+        }
+        var cg = cgroup ?? nodeName
+        if !cg.hasPrefix("/") { cg = cgroup2Root + "/" + cg }
+        guard cg.hasPrefix(cgroup2Root + "/") else {
+            throw .invalid("cgroup \"\(cg)\" is not under the cgroup2 mount \(cgroup2Root)")
+        }
+        return NodeSettings(nodeName: nodeName, stateDir: stateDir, bpffs: pin, cgroup: cg, podCIDR: cidr,
+                            apiSocket: apiSocket, metricsHost: String(parts[0]), metricsPort: port)
+    }
+
+    private func isNodeName(_ s: String) -> Bool {
+        guard let f = s.first, f.isASCII, f.isLowercase, let l = s.last, l != "-" else { return false }
+        return s.allSatisfy { $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }
+    }
+}
+
+/// A validated NodeConfig with every default filled in.
+public struct NodeSettings: Sendable {
+    public let nodeName: String
+    public let stateDir: String
+    public let bpffs: String
+    public let cgroup: String
+    public let podCIDR: IPv4CIDR
+    public let apiSocket: String
+    public let metricsHost: String
+    public let metricsPort: Int
+
+    /// Named netns of an endpoint: `<node>-ep-<endpoint>`, so that nodes sharing one kernel
+    /// never collide and leftovers are recognisable.
+    public func netnsName(_ endpoint: String) -> String { "\(netnsPrefix)\(endpoint)" }
+    /// Every endpoint netns of this node starts with this; nothing else may.
+    public var netnsPrefix: String { "\(nodeName)-ep-" }
+    /// Host-side veth of endpoint `id` (in the node's netns; 15 characters at most).
+    public func interfaceName(_ id: Int) -> String { "smv\(id)" }
+    public func cgroupPath(_ endpoint: String) -> String { "\(cgroup)/\(endpoint)" }
+}

@@ -1,0 +1,104 @@
+import Foundation
+import GRDB
+import MeshModel
+
+/// The node's desired state in an embedded SQLite database (`<state-dir>/state.db`).
+/// The kernel holds what is enforced; this holds what should be, and survives restarts.
+public final class Store: Sendable {
+    private let db: DatabaseQueue
+    public let path: String
+
+    public init(directory: String) throws(MeshError) {
+        path = directory + "/state.db"
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+            var config = Configuration()
+            config.busyMode = .timeout(5)
+            db = try DatabaseQueue(path: path, configuration: config)
+            try Self.migrator.migrate(db)
+        } catch {
+            throw MeshError(.internalError, "cannot open the state database \(path): \(error)")
+        }
+    }
+
+    private static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1-endpoints") { db in
+            // AUTOINCREMENT: an endpoint id is never reused, so a new endpoint can never
+            // inherit a deleted one's counters or map entries.
+            try db.create(table: "endpoint") { t in
+                t.column("id", .integer).primaryKey(autoincrement: true)
+                t.column("name", .text).notNull().unique()
+                t.column("labels", .text).notNull()
+                t.column("ipv4", .text).notNull().unique()
+                t.column("netns", .text).notNull()
+                t.column("interface", .text).notNull()
+                t.column("cgroup", .text).notNull()
+                t.column("createdAt", .datetime).notNull()
+            }
+        }
+        return m
+    }
+
+    struct EndpointRow: Codable, FetchableRecord, PersistableRecord {
+        static let databaseTableName = "endpoint"
+        var id: Int64?
+        var name: String
+        var labels: String
+        var ipv4: String
+        var netns: String
+        var interface: String
+        var cgroup: String
+        var createdAt: Date
+
+        func endpoint() throws -> Endpoint {
+            let dict = try JSONDecoder().decode([String: String].self, from: Data(labels.utf8))
+            guard let ip = IPv4Address(ipv4) else { throw MeshError(.internalError, "stored address \(ipv4) is invalid") }
+            return Endpoint(id: Int(id ?? 0), name: name, labels: try Labels(dict), ipv4: ip, netns: netns,
+                            interface: interface, cgroup: cgroup, createdAt: createdAt)
+        }
+    }
+
+    private func wrap<T>(_ what: String, _ body: () throws -> T) throws(MeshError) -> T {
+        do { return try body() } catch let e as MeshError { throw e } catch {
+            throw MeshError(.internalError, "state database: \(what): \(error)")
+        }
+    }
+
+    public func endpoints() throws(MeshError) -> [Endpoint] {
+        try wrap("list endpoints") {
+            try db.read { try EndpointRow.order(Column("id")).fetchAll($0) }.map { try $0.endpoint() }
+        }
+    }
+
+    public func endpoint(named name: String) throws(MeshError) -> Endpoint? {
+        try wrap("read endpoint") {
+            try db.read { try EndpointRow.filter(Column("name") == name).fetchOne($0) }?.endpoint()
+        }
+    }
+
+    /// Reserves the next endpoint id: inserts a row with `make(id)`'s fields in one
+    /// transaction, so two creations can never get the same id or address.
+    public func insertEndpoint(_ make: (Int) throws(MeshError) -> Endpoint) throws(MeshError) -> Endpoint {
+        try wrap("insert endpoint") {
+            try db.write { db in
+                let next = try Int.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'endpoint'") ?? 0
+                let ep = try make(next + 1)
+                var row = EndpointRow(id: Int64(ep.id), name: ep.name, labels: ep.labels.description.isEmpty ? "{}" :
+                                        String(decoding: try JSONEncoder().encode(ep.labels.values), as: UTF8.self),
+                                      ipv4: ep.ipv4.description, netns: ep.netns, interface: ep.interface,
+                                      cgroup: ep.cgroup, createdAt: ep.createdAt)
+                try row.insert(db)
+                return ep
+            }
+        }
+    }
+
+    @discardableResult
+    public func deleteEndpoint(named name: String) throws(MeshError) -> Bool {
+        try wrap("delete endpoint") {
+            try db.write { try EndpointRow.filter(Column("name") == name).deleteAll($0) > 0 }
+        }
+    }
+}

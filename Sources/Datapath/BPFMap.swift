@@ -1,0 +1,163 @@
+import CBPF
+import Glibc
+
+/// A BPF map by file descriptor, with typed access. Keys and values are the C structs of
+/// `bpf/include/mesh_abi.h` (imported through CBPF), so their layout is the kernel's.
+public final class BPFMap: @unchecked Sendable {
+    public let fd: Int32
+    public let name: String
+    public let type: bpf_map_type
+    public let keySize: Int
+    public let valueSize: Int
+    public let maxEntries: Int
+
+    convenience init(borrowingFD fd: Int32) throws {
+        guard fd >= 0 else { throw DatapathError("map is not loaded", errno: EBADF) }
+        let own = dup(fd)
+        guard own >= 0 else { throw DatapathError("dup map fd", errno: Glibc.errno) }
+        try self.init(ownedFD: own)
+    }
+
+    /// Opens a map pinned at `path` (e.g. by an earlier `meshd`).
+    public convenience init(pinnedAt path: String) throws {
+        let fd = bpf_obj_get(path)
+        guard fd >= 0 else { throw DatapathError("open pinned map \(path)", errno: Glibc.errno) }
+        try self.init(ownedFD: fd)
+    }
+
+    private init(ownedFD fd: Int32) throws {
+        var info = bpf_map_info()
+        var len = UInt32(MemoryLayout<bpf_map_info>.size)
+        let rc = bpf_obj_get_info_by_fd(fd, &info, &len)
+        guard rc == 0 else {
+            Glibc.close(fd)
+            throw DatapathError("read map info", errno: Glibc.errno)
+        }
+        self.fd = fd
+        self.name = withUnsafeBytes(of: info.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        self.type = bpf_map_type(rawValue: info.type)
+        self.keySize = Int(info.key_size)
+        self.valueSize = Int(info.value_size)
+        self.maxEntries = Int(info.max_entries)
+    }
+
+    deinit { Glibc.close(fd) }
+
+    public var isPerCPU: Bool {
+        [BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH].contains(type)
+    }
+
+    /// A short, stable name for the map type (`hash`, `percpu_hash`, `ringbuf`, ...).
+    public var typeName: String {
+        let raw = libbpf_bpf_map_type_str(type).map { String(cString: $0) }
+        return raw ?? "type_\(type.rawValue)"
+    }
+
+    private func checkSizes<K, V>(_: K.Type, _: V.Type, perCPU: Bool = false) throws {
+        guard MemoryLayout<K>.size == keySize, MemoryLayout<V>.size == valueSize else {
+            throw DatapathError("map \(name): key/value are \(keySize)/\(valueSize) bytes, caller used \(MemoryLayout<K>.size)/\(MemoryLayout<V>.size)", errno: EINVAL)
+        }
+        if isPerCPU != perCPU {
+            throw DatapathError("map \(name): per-CPU map must be read with lookupPerCPU", errno: EINVAL)
+        }
+    }
+
+    public func lookup<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, as: V.Type = V.self) throws -> V? {
+        try checkSizes(K.self, V.self)
+        var k = key
+        var v = unsafeBitCastZero(V.self)
+        let rc = bpf_map_lookup_elem(fd, &k, &v)
+        if rc == 0 { return v }
+        if Glibc.errno == ENOENT { return nil }
+        throw DatapathError("lookup in map \(name)", errno: Glibc.errno)
+    }
+
+    /// The value of every possible CPU, in CPU order. Sum them for a total.
+    public func lookupPerCPU<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, as: V.Type = V.self) throws -> [V]? {
+        try checkSizes(K.self, V.self, perCPU: true)
+        let cpus = Int(libbpf_num_possible_cpus())
+        // The kernel copies round_up(value_size, 8) bytes per CPU.
+        let stride = (valueSize + 7) & ~7
+        var buf = [UInt8](repeating: 0, count: stride * cpus)
+        var k = key
+        let rc = buf.withUnsafeMutableBytes { bpf_map_lookup_elem(fd, &k, $0.baseAddress) }
+        if rc != 0 {
+            if Glibc.errno == ENOENT { return nil }
+            throw DatapathError("lookup in per-CPU map \(name)", errno: Glibc.errno)
+        }
+        return buf.withUnsafeBytes { raw in
+            (0..<cpus).map { raw.loadUnaligned(fromByteOffset: $0 * stride, as: V.self) }
+        }
+    }
+
+    public enum UpdateMode: UInt64 { case any = 0, createOnly = 1, replaceOnly = 2 }
+
+    public func update<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, _ value: V, mode: UpdateMode = .any) throws {
+        try checkSizes(K.self, V.self)
+        var k = key, v = value
+        guard bpf_map_update_elem(fd, &k, &v, mode.rawValue) == 0 else {
+            throw DatapathError("update map \(name)", errno: Glibc.errno)
+        }
+    }
+
+    /// Deletes `key`; returns false when it was not there.
+    @discardableResult
+    public func delete<K: BitwiseCopyable>(_ key: K) throws -> Bool {
+        guard MemoryLayout<K>.size == keySize else { throw DatapathError("map \(name): wrong key size", errno: EINVAL) }
+        var k = key
+        if bpf_map_delete_elem(fd, &k) == 0 { return true }
+        if Glibc.errno == ENOENT { return false }
+        throw DatapathError("delete from map \(name)", errno: Glibc.errno)
+    }
+
+    /// Every key, by walking get_next_key. Concurrent deletes may skip or repeat a key,
+    /// as with any BPF hash map walk.
+    public func keys<K: BitwiseCopyable>(as: K.Type = K.self) throws -> [K] {
+        guard MemoryLayout<K>.size == keySize else { throw DatapathError("map \(name): wrong key size", errno: EINVAL) }
+        var out: [K] = []
+        var cur = unsafeBitCastZero(K.self)
+        var next = unsafeBitCastZero(K.self)
+        var rc = bpf_map_get_next_key(fd, nil, &next)
+        while rc == 0 {
+            out.append(next)
+            cur = next
+            rc = bpf_map_get_next_key(fd, &cur, &next)
+            if out.count > maxEntries * 2 { break } // a map rewritten under us: stop, never loop
+        }
+        if Glibc.errno != ENOENT { throw DatapathError("iterate map \(name)", errno: Glibc.errno) }
+        return out
+    }
+
+    /// Number of entries, for map pressure. Walks raw keys (any key type).
+    public func count() throws -> Int {
+        if type == BPF_MAP_TYPE_RINGBUF || type == BPF_MAP_TYPE_ARRAY || type == BPF_MAP_TYPE_PERCPU_ARRAY {
+            return type == BPF_MAP_TYPE_RINGBUF ? 0 : maxEntries
+        }
+        var cur = [UInt8](repeating: 0, count: keySize)
+        var next = [UInt8](repeating: 0, count: keySize)
+        var n = 0
+        var rc = bpf_map_get_next_key(fd, nil, &next)
+        while rc == 0 {
+            n += 1
+            swap(&cur, &next)
+            rc = bpf_map_get_next_key(fd, &cur, &next)
+            if n > maxEntries * 2 { break }
+        }
+        return n
+    }
+
+    /// Pins the map at `path`, replacing whatever was pinned there.
+    public func pin(at path: String) throws {
+        unlink(path)
+        try check("pin map \(name) at \(path)", bpf_obj_pin(fd, path))
+    }
+}
+
+/// A zero-filled value of a C struct type, for out-parameters.
+@inline(__always)
+func unsafeBitCastZero<T: BitwiseCopyable>(_: T.Type) -> T {
+    withUnsafeTemporaryAllocation(of: T.self, capacity: 1) { p in
+        UnsafeMutableRawPointer(p.baseAddress!).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<T>.size)
+        return p[0]
+    }
+}

@@ -1,0 +1,147 @@
+import BPFObjects
+import CBPF
+import Glibc
+
+/// SwiftMesh's own programs and maps (bpf/endpoint.bpf.c) behind a Swift API that speaks
+/// in plain ids and addresses, so nothing above this module touches the C ABI.
+///
+/// `load` always loads the embedded object afresh, re-using the maps pinned under the
+/// node's folder (so counters carry over a restart), and attaching replaces atomically,
+/// so a restart or an upgrade never leaves an interface without its program.
+public final class MeshDatapath: @unchecked Sendable {
+    /// Direction as seen by the endpoint (the workload).
+    public enum Direction: String, Sendable, CaseIterable {
+        case ingress, egress
+
+        var abi: mesh_direction { self == .ingress ? MESH_DIR_INGRESS : MESH_DIR_EGRESS }
+    }
+
+    public struct Counters: Sendable, Equatable {
+        public var packets: UInt64 = 0
+        public var bytes: UInt64 = 0
+        public init(packets: UInt64 = 0, bytes: UInt64 = 0) {
+            self.packets = packets
+            self.bytes = bytes
+        }
+    }
+
+    public struct MapStats: Sendable {
+        public var name: String
+        public var type: String
+        public var entries: Int
+        public var capacity: Int
+    }
+
+    /// A decoded ring-buffer event.
+    public enum Event: Sendable, Equatable {
+        case unknownInterface(ifindex: UInt32, direction: Direction, nodeID: UInt32)
+        case unrecognised(type: UInt16)
+    }
+
+    public static let maxEndpoints = Int(MESH_MAX_ENDPOINTS)
+
+    public let pinDir: String
+    let object: LoadedBPFObject
+    public let fromEndpoint: BPFProgram
+    public let toEndpoint: BPFProgram
+    let endpoints: BPFMap
+    let traffic: BPFMap
+    let events: BPFMap
+
+    /// Loads and pins the node's datapath under `pinDir` (created if missing).
+    public init(pinDir: String, nodeID: UInt32) throws {
+        self.pinDir = pinDir
+        try BPFFS.ensureMounted()
+        try BPFFS.makeDirectory(pinDir)
+        let spec = try BPFObjectSpec(bytes: EmbeddedBPF.endpoint.bytes, name: "endpoint", pinRoot: pinDir)
+        try spec.setConstant("cfg_node_id", nodeID)
+        object = try spec.load()
+        fromEndpoint = try object.program("mesh_from_endpoint")
+        toEndpoint = try object.program("mesh_to_endpoint")
+        endpoints = try object.map(MESH_MAP_ENDPOINTS)
+        traffic = try object.map(MESH_MAP_TRAFFIC)
+        events = try object.map(MESH_MAP_EVENTS)
+        for p in [fromEndpoint, toEndpoint] { try p.pin(at: "\(pinDir)/\(p.name)") }
+    }
+
+    private func hooks(_ ifindex: Int32) -> [(TCHook, BPFProgram)] {
+        [(TCHook(ifindex: ifindex, direction: .ingress), fromEndpoint),
+         (TCHook(ifindex: ifindex, direction: .egress), toEndpoint)]
+    }
+
+    /// Registers an endpoint's veth in the map, then attaches both programs to it: the
+    /// entry exists before the first packet can be seen.
+    public func install(endpointID: UInt32, ipv4NetworkOrder: UInt32, ifindex: Int32) throws {
+        var info = mesh_endpoint_info()
+        info.endpoint_id = endpointID
+        info.ipv4 = ipv4NetworkOrder
+        try endpoints.update(mesh_endpoint_key(ifindex: UInt32(ifindex)), info)
+        for (hook, prog) in hooks(ifindex) { try hook.attach(prog) }
+    }
+
+    /// Forgets an endpoint: detaches, removes its map entry and its counters.
+    public func uninstall(endpointID: UInt32, ifindex: Int32?) {
+        if let ifindex, ifindex > 0 {
+            for (hook, _) in hooks(ifindex) { _ = try? hook.detach() }
+            _ = try? endpoints.delete(mesh_endpoint_key(ifindex: UInt32(ifindex)))
+        }
+        for d in Direction.allCases { _ = try? traffic.delete(trafficKey(endpointID, d)) }
+    }
+
+    /// Drops entries that belong to no live endpoint (left by a crash mid-change).
+    public func prune(keepIfindexes: Set<UInt32>, keepEndpointIDs: Set<UInt32>) {
+        for k in (try? endpoints.keys(as: mesh_endpoint_key.self)) ?? [] where !keepIfindexes.contains(k.ifindex) {
+            _ = try? endpoints.delete(k)
+        }
+        for k in (try? traffic.keys(as: mesh_traffic_key.self)) ?? [] where !keepEndpointIDs.contains(k.endpoint_id) {
+            _ = try? traffic.delete(k)
+        }
+    }
+
+    private func trafficKey(_ id: UInt32, _ d: Direction) -> mesh_traffic_key {
+        var k = mesh_traffic_key()
+        k.endpoint_id = id
+        k.direction = UInt8(d.abi.rawValue)
+        return k
+    }
+
+    /// An endpoint's counters in one direction, summed over CPUs.
+    public func counters(endpointID: UInt32, direction: Direction) throws -> Counters {
+        guard let perCPU = try traffic.lookupPerCPU(trafficKey(endpointID, direction), as: mesh_traffic_value.self) else {
+            return Counters()
+        }
+        return perCPU.reduce(into: Counters()) { c, v in
+            c.packets &+= v.packets
+            c.bytes &+= v.bytes
+        }
+    }
+
+    /// Hook directions of `ifindex` where this datapath's program is attached right now.
+    public func attachedDirections(ifindex: Int32) -> [TCHook.Direction] {
+        guard ifindex > 0 else { return [] }
+        return hooks(ifindex).compactMap { hook, prog in hook.attachedProgramID() == prog.id ? hook.direction : nil }
+    }
+
+    public func mapStats() -> [MapStats] {
+        [endpoints, traffic, events].map { m in
+            MapStats(name: m.name, type: m.typeName, entries: (try? m.count()) ?? 0, capacity: m.maxEntries)
+        }
+    }
+
+    /// A reader of the node's event ring buffer; one task should own it.
+    public func eventReader() throws -> RingBufferReader { try RingBufferReader(map: events) }
+
+    public static func decode(event bytes: [UInt8]) -> Event? {
+        guard bytes.count >= MemoryLayout<mesh_event_header>.size else { return nil }
+        let hdr = bytes.withUnsafeBytes { $0.loadUnaligned(as: mesh_event_header.self) }
+        switch UInt32(hdr.type) {
+        case MESH_EVENT_UNKNOWN_INTERFACE.rawValue:
+            guard bytes.count >= MemoryLayout<mesh_event_unknown_interface>.size else { return nil }
+            let ev = bytes.withUnsafeBytes { $0.loadUnaligned(as: mesh_event_unknown_interface.self) }
+            return .unknownInterface(ifindex: ev.ifindex, direction: ev.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress,
+                                     nodeID: hdr.node_id)
+        default:
+            return .unrecognised(type: hdr.type)
+        }
+    }
+}

@@ -1,0 +1,186 @@
+// meshctl: the SwiftMesh CLI. One command per verb, grouped by noun; all talk to meshd.
+import ArgumentParser
+import Foundation
+import MeshModel
+
+@main
+struct Meshctl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "meshctl",
+        abstract: "Control a SwiftMesh node: its status and its endpoints.",
+        discussion: "meshctl talks to meshd over its unix socket (--api-socket, or SWIFTMESH_API_SOCKET).",
+        version: MeshVersion.string,
+        subcommands: [Status.self, EndpointCommand.self]
+    )
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "meshd's API socket. (default: $SWIFTMESH_API_SOCKET or /run/swiftmesh/meshd.sock)")
+    var apiSocket: String?
+
+    var client: APIClient {
+        APIClient(socket: apiSocket ?? ProcessInfo.processInfo.environment["SWIFTMESH_API_SOCKET"] ?? "/run/swiftmesh/meshd.sock")
+    }
+}
+
+/// Prints a MeshError the way users read it and exits 1; anything else goes to ArgumentParser.
+func running(_ body: () async throws -> Void) async throws {
+    do { try await body() } catch let e as MeshError {
+        FileHandle.standardError.write(Data("meshctl: error: \(e.message)\n".utf8))
+        if let hint = e.hint { FileHandle.standardError.write(Data("hint: \(hint)\n".utf8)) }
+        throw ExitCode(1)
+    }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    print(String(decoding: try MeshJSON.encoder().encode(value), as: UTF8.self))
+}
+
+/// Left-aligned columns, as kubectl prints them.
+func printTable(_ header: [String], _ rows: [[String]]) {
+    let all = [header] + rows
+    let widths = header.indices.map { i in all.map { $0[i].count }.max() ?? 0 }
+    for row in all {
+        print(row.enumerated().map { i, c in i == row.count - 1 ? c : c.padding(toLength: widths[i] + 3, withPad: " ", startingAt: 0) }.joined())
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the node: version, BPF programs and where they are attached, maps and their fill, endpoints.")
+
+    @OptionGroup var global: GlobalOptions
+    @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
+
+    func run() async throws {
+        try await running {
+            let s = try await global.client.call(.GET, APIPath.status, as: NodeStatus.self)
+            if output == .json { return try printJSON(s) }
+            print("meshd \(s.version) on node \(s.node), up since \(s.startedAt.formatted(.iso8601))")
+            print("pod CIDR \(s.podCIDR), pins \(s.bpffs), cgroup \(s.cgroup)")
+            print("endpoints: \(s.endpoints)\n")
+            printTable(["PROGRAM", "ID", "ATTACHED"], s.programs.map {
+                [$0.name, String($0.id), $0.attachments.isEmpty ? "-" : "\($0.attachments.count): " + $0.attachments.joined(separator: " ")]
+            })
+            print("")
+            printTable(["MAP", "TYPE", "ENTRIES", "CAPACITY", "FILL"], s.maps.map {
+                [$0.name, $0.type, String($0.entries), String($0.capacity),
+                 $0.type == "ringbuf" ? "-" : String(format: "%.1f%%", Double($0.entries) * 100 / Double(max($0.capacity, 1)))]
+            })
+        }
+    }
+}
+
+struct EndpointCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "endpoint",
+        abstract: "Create, inspect, delete and run processes in endpoints (workloads).",
+        subcommands: [Create.self, List.self, Get.self, Delete.self, Exec.self]
+    )
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create an endpoint: a network namespace, a veth pair, an address from the pod CIDR and a cgroup.")
+
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Endpoint name: lowercase letters, digits and '-', at most 40.") var name: String
+        @Option(help: "Labels as key=value pairs, comma-separated, e.g. app=web,env=prod.") var labels: String = ""
+        @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
+
+        func run() async throws {
+            try await running {
+                let parsed = try Labels(parsing: labels)
+                let ep = try await global.client.call(.POST, APIPath.endpoints,
+                                                      body: EndpointCreateRequest(name: name, labels: parsed.values), as: Endpoint.self)
+                if output == .json { return try printJSON(ep) }
+                print("endpoint \(ep.name) created: id \(ep.id), \(ep.ipv4), netns \(ep.netns), interface \(ep.interface)")
+            }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the node's endpoints.")
+
+        @OptionGroup var global: GlobalOptions
+        @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
+
+        func run() async throws {
+            try await running {
+                let eps = try await global.client.call(.GET, APIPath.endpoints, as: [Endpoint].self)
+                if output == .json { return try printJSON(eps) }
+                printTable(["NAME", "ID", "IPV4", "INTERFACE", "LABELS"],
+                           eps.map { [$0.name, String($0.id), $0.ipv4.description, $0.interface, $0.labels.description] })
+            }
+        }
+    }
+
+    struct Get: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one endpoint.")
+
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Endpoint name.") var name: String
+        @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
+
+        func run() async throws {
+            try await running {
+                try EndpointName.validate(name)
+                let ep = try await global.client.call(.GET, APIPath.endpoint(name), as: Endpoint.self)
+                if output == .json { return try printJSON(ep) }
+                for (k, v) in [("name", ep.name), ("id", String(ep.id)), ("ipv4", ep.ipv4.description),
+                               ("labels", ep.labels.description), ("netns", ep.netns), ("interface", ep.interface),
+                               ("cgroup", ep.cgroup), ("created", ep.createdAt.formatted(.iso8601))] {
+                    print("\(k):".padding(toLength: 11, withPad: " ", startingAt: 0) + v)
+                }
+            }
+        }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete an endpoint, killing the processes in it.")
+
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Endpoint name.") var name: String
+
+        func run() async throws {
+            try await running {
+                try EndpointName.validate(name)
+                _ = try await global.client.call(.DELETE, APIPath.endpoint(name), as: [String: String].self)
+                print("endpoint \(name) deleted")
+            }
+        }
+    }
+
+    struct Exec: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run a command inside an endpoint (its network namespace and cgroup).",
+            discussion: "Output and exit status are the command's own. Example: meshctl endpoint exec web -- curl -s http://10.200.0.2:8080/")
+
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Endpoint name.") var name: String
+        @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
+
+        func run() async throws {
+            try await running {
+                guard !command.isEmpty else { throw MeshError.invalid("no command given", hint: "meshctl endpoint exec \(name) -- CMD ARGS...") }
+                try EndpointName.validate(name)
+                guard geteuid() == 0 else {
+                    throw MeshError(.permissionDenied, "entering an endpoint needs root", hint: "run meshctl as root")
+                }
+                let ep = try await global.client.call(.GET, APIPath.endpoint(name), as: Endpoint.self)
+                // Join the endpoint's cgroup first; then `ip netns exec` enters its netns
+                // (with /sys remounted to match) and execs the command in place, so output
+                // and exit status are the command's own.
+                do { try "\(getpid())".write(toFile: ep.cgroup + "/cgroup.procs", atomically: false, encoding: .utf8) } catch {
+                    throw MeshError(.internalError, "cannot join cgroup \(ep.cgroup): \(error.localizedDescription)")
+                }
+                let argv = ["ip", "netns", "exec", ep.netns] + command
+                var cargs = argv.map { strdup($0) } + [nil]
+                execvp("ip", &cargs)
+                throw MeshError(.internalError, "cannot run ip netns exec: \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+// meshd: the SwiftMesh node daemon. Argument parsing and wiring only; see Agent.Daemon.
+import Agent
+import ArgumentParser
+import Foundation
+import Logging
+import MeshModel
+
+@main
+struct Meshd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "meshd",
+        abstract: "The SwiftMesh node daemon: loads the eBPF datapath, manages endpoints, serves the API and /metrics.",
+        discussion: """
+        Runs as root in the node's network namespace. Settings come from the defaults, then \
+        --config FILE (YAML, the same names without dashes, e.g. "pod-cidr: 10.200.0.0/24"), \
+        then flags. Stopping meshd (SIGTERM) or killing it leaves the BPF programs attached and \
+        their maps pinned; the next start adopts them without interrupting traffic.
+        """,
+        version: MeshVersion.string
+    )
+
+    @Option(help: "YAML file with settings; flags override it.")
+    var config: String?
+
+    @Option(help: "Name of this node; prefixes its namespaces and default paths. (default: swiftmesh)")
+    var nodeName: String?
+
+    @Option(help: "Folder of the embedded state database. (default: /var/lib/swiftmesh)")
+    var stateDir: String?
+
+    @Option(help: "The node's pin folder on bpffs. (default: /sys/fs/bpf/<node-name>)")
+    var bpffs: String?
+
+    @Option(help: "The node's cgroup v2 folder, absolute or relative to the cgroup2 mount. (default: <node-name>)")
+    var cgroup: String?
+
+    @Option(help: "IPv4 CIDR endpoints get addresses from. (default: 10.200.0.0/24)")
+    var podCidr: String?
+
+    @Option(help: "Unix socket of the API that meshctl talks to. (default: /run/swiftmesh/meshd.sock)")
+    var apiSocket: String?
+
+    @Option(help: "IPv4:port for GET /metrics. (default: 127.0.0.1:9464)")
+    var metricsAddress: String?
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw ValidationError("--log-level \"\(logLevel)\" is not one of trace, debug, info, notice, warning, error, critical")
+        }
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "meshd")
+        do {
+            var settings = NodeConfig()
+            if let config {
+                guard let text = try? String(contentsOfFile: config, encoding: .utf8) else {
+                    throw MeshError.invalid("cannot read config file \(config)")
+                }
+                try settings.apply(yaml: text, source: config)
+            }
+            if let nodeName { settings.nodeName = nodeName }
+            if let stateDir { settings.stateDir = stateDir }
+            if let bpffs { settings.bpffs = bpffs }
+            if let cgroup { settings.cgroup = cgroup }
+            if let podCidr { settings.podCIDR = podCidr }
+            if let apiSocket { settings.apiSocket = apiSocket }
+            if let metricsAddress { settings.metricsAddress = metricsAddress }
+            try await Daemon.run(config: settings, logger: logger)
+        } catch let e as MeshError {
+            FileHandle.standardError.write(Data("meshd: error: \(e)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}

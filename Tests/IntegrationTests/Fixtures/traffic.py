@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Traffic generator and checker for SwiftMesh integration tests (stdlib only).
+
+The tests run these subcommands inside endpoint network namespaces. Each one prints
+exactly one JSON line on stdout; errors go to stderr with a non-zero exit status.
+
+  tcp-sink    --port P [--bind ADDR] [--ready-file F]
+                accept one connection, read to EOF -> {"bytes", "sha256"}
+  tcp-send    --host H --port P --bytes N [--seed S]
+                send N seeded pseudo-random bytes in uneven chunks -> {"bytes", "sha256"}
+  udp-sink    --port P --count N [--timeout T] [--bind ADDR] [--ready-file F]
+                receive until N datagrams or T s of silence -> {"datagrams", "bytes"}
+  udp-send    --host H --port P --count N --size S [--interval MS]
+                send N datagrams of S bytes -> {"datagrams", "bytes"}
+  stream-sink --port P [--bind ADDR] [--ready-file F]
+                accept one connection, check byte i == i % 251
+                -> {"bytes", "ok", "first_bad_offset"} (exit 0 even when not ok)
+  stream-send --host H --port P --seconds T --rate BYTES_PER_SEC
+                send the i % 251 pattern, paced, for T s -> {"bytes"} or {"bytes", "error"}
+
+Senders retry connecting for up to 5 s, half-close when done and wait for the peer's
+EOF, so a sender's success means the sink has read everything.
+"""
+
+import argparse
+import hashlib
+import json
+import random
+import socket
+import sys
+import time
+
+CONNECT_RETRY_S = 5.0
+IO_TIMEOUT_S = 60.0  # no single blocking read/write may stall longer than this
+RECV_SIZE = 65536
+PATTERN_MOD = 251
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def family_of(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def listen(bind, port, kind, ready_file):
+    sock = socket.socket(family_of(bind), kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((bind, port))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(1)
+    if ready_file:
+        open(ready_file, "a").close()
+    return sock
+
+
+def accept_one(args):
+    server = listen(args.bind, args.port, socket.SOCK_STREAM, args.ready_file)
+    conn, _ = server.accept()
+    server.close()
+    conn.settimeout(IO_TIMEOUT_S)
+    return conn
+
+
+def connect(host, port):
+    deadline = time.monotonic() + CONNECT_RETRY_S
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=1.0)
+            sock.settimeout(IO_TIMEOUT_S)
+            return sock
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+def finish(sock):
+    """Half-close our side, then drain until the peer closes its side."""
+    sock.shutdown(socket.SHUT_WR)
+    while sock.recv(RECV_SIZE):
+        pass
+    sock.close()
+
+
+def tcp_sink(args):
+    conn = accept_one(args)
+    digest, total = hashlib.sha256(), 0
+    while chunk := conn.recv(RECV_SIZE):
+        digest.update(chunk)
+        total += len(chunk)
+    conn.close()
+    emit({"bytes": total, "sha256": digest.hexdigest()})
+
+
+def tcp_send(args):
+    data_rng = random.Random(args.seed)
+    size_rng = random.Random(f"sizes-{args.seed}")  # chunking never changes the bytes
+    sock = connect(args.host, args.port)
+    digest, sent = hashlib.sha256(), 0
+    while sent < args.bytes:
+        chunk = data_rng.randbytes(min(size_rng.randint(1, 100_000), args.bytes - sent))
+        sock.sendall(chunk)
+        digest.update(chunk)
+        sent += len(chunk)
+    finish(sock)
+    emit({"bytes": sent, "sha256": digest.hexdigest()})
+
+
+def udp_sink(args):
+    sock = listen(args.bind, args.port, socket.SOCK_DGRAM, args.ready_file)
+    sock.settimeout(args.timeout)
+    count = total = 0
+    while count < args.count:
+        try:
+            data, _ = sock.recvfrom(RECV_SIZE)
+        except socket.timeout:
+            break
+        count += 1
+        total += len(data)
+    emit({"datagrams": count, "bytes": total})
+
+
+def udp_send(args):
+    sock = socket.socket(family_of(args.host), socket.SOCK_DGRAM)
+    payload = bytes(i % 256 for i in range(args.size))
+    for i in range(args.count):
+        sock.sendto(payload, (args.host, args.port))
+        if args.interval > 0 and i + 1 < args.count:
+            time.sleep(args.interval / 1000)
+    emit({"datagrams": args.count, "bytes": args.count * args.size})
+
+
+# bytes(range(251)) repeated: PATTERN[k % 251 : k % 251 + n] is the stream at offset k.
+PATTERN = bytes(range(PATTERN_MOD)) * (RECV_SIZE // PATTERN_MOD + 2)
+
+
+def stream_sink(args):
+    conn = accept_one(args)
+    total, first_bad, error = 0, None, None
+    try:
+        while chunk := conn.recv(RECV_SIZE):
+            if first_bad is None:
+                start = total % PATTERN_MOD
+                expected = PATTERN[start:start + len(chunk)]
+                if chunk != expected:
+                    first_bad = total + next(
+                        i for i, (a, b) in enumerate(zip(chunk, expected)) if a != b)
+            total += len(chunk)
+    except OSError as e:  # e.g. a reset: report it in the JSON, the test decides
+        error = f"{type(e).__name__}: {e}"
+    conn.close()
+    result = {"bytes": total, "ok": first_bad is None and error is None,
+              "first_bad_offset": first_bad}
+    if error:
+        result["error"] = error
+    emit(result)
+
+
+def stream_send(args):
+    if args.rate <= 0:
+        raise ValueError("--rate must be positive")
+    sock = connect(args.host, args.port)
+    chunk = max(1, min(16384, int(args.rate // 100)))  # ~100 writes per second
+    start = time.monotonic()
+    sent = 0
+    try:
+        while (elapsed := time.monotonic() - start) < args.seconds:
+            behind = args.rate * elapsed - sent
+            if behind < chunk:
+                time.sleep(min(0.01, (chunk - behind) / args.rate))
+                continue
+            offset = sent % PATTERN_MOD
+            sent += sock.send(PATTERN[offset:offset + chunk])
+        finish(sock)
+    except OSError as e:
+        error = f"{type(e).__name__}: {e}"
+        emit({"bytes": sent, "error": error})
+        print(f"traffic stream-send: {error}", file=sys.stderr)
+        return 1
+    emit({"bytes": sent})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    def command(name, func, sink):
+        p = sub.add_parser(name)
+        p.set_defaults(func=func)
+        p.add_argument("--port", type=int, required=True)
+        if sink:
+            p.add_argument("--bind", default="0.0.0.0")
+            p.add_argument("--ready-file")
+        else:
+            p.add_argument("--host", required=True)
+        return p
+
+    command("tcp-sink", tcp_sink, sink=True)
+    p = command("tcp-send", tcp_send, sink=False)
+    p.add_argument("--bytes", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p = command("udp-sink", udp_sink, sink=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--timeout", type=float, default=10.0)
+    p = command("udp-send", udp_send, sink=False)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--interval", type=float, default=1.0, help="milliseconds")
+    command("stream-sink", stream_sink, sink=True)
+    p = command("stream-send", stream_send, sink=False)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--rate", type=float, required=True, help="bytes per second")
+
+    args = parser.parse_args()
+    try:
+        return args.func(args) or 0
+    except (OSError, ValueError) as e:
+        print(f"traffic {args.cmd}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

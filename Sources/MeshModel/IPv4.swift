@@ -48,7 +48,7 @@ public struct IPv4CIDR: Sendable, Hashable, Codable, CustomStringConvertible {
     public init(parsing text: String) throws(MeshError) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, let addr = IPv4Address(String(parts[0])),
-              let len = Int(parts[1]), (0...32).contains(len) else {
+              let len = Int(parts[1]), String(len) == parts[1], (0...32).contains(len) else {
             throw .invalid("\"\(text)\" is not an IPv4 CIDR", hint: "for example 10.200.0.0/24")
         }
         let mask: UInt32 = len == 0 ? 0 : ~UInt32(0) << (32 - len)

@@ -26,6 +26,10 @@ public struct Labels: Codable, Sendable, Hashable, CustomStringConvertible {
                     throw .invalid("label \(i + 1) \"\(pair)\" is not key=value",
                                    hint: "write labels as app=web,env=prod")
                 }
+                guard eq != pair.startIndex else {
+                    throw .invalid("label \(i + 1) \"\(pair)\" has an empty key",
+                                   hint: "write labels as app=web,env=prod")
+                }
                 let key = String(pair[..<eq]), value = String(pair[pair.index(after: eq)...])
                 if out[key] != nil { throw .invalid("label key \"\(key)\" is given twice") }
                 out[key] = value

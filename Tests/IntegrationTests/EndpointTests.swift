@@ -1,0 +1,149 @@
+import Foundation
+import XCTest
+
+/// Endpoint lifecycle through meshctl, and bad input that must change nothing.
+final class EndpointTests: XCTestCase {
+    var node: TestNode!
+
+    override func tearDown() { node?.destroy() }
+
+    func start(podCIDR: String = "10.201.0.0/28") throws {
+        node = try TestNode(podCIDR: podCIDR)
+        try node.start()
+    }
+
+    /// What a bad request must leave untouched: the endpoint list, the node's namespaces,
+    /// interfaces and endpoint map.
+    func snapshot() throws -> String {
+        let list = try node.ctlOK("endpoint", "list", "-o", "json")
+        let netns = Run.run("/usr/sbin/ip", ["netns", "list"]).stdout.split(separator: "\n")
+            .filter { $0.hasPrefix(node.name + "-") }.sorted().joined(separator: ",")
+        let links = node.inNode("ip", "-o", "link", "show").stdout.split(separator: "\n")
+            .map { $0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces) }.sorted().joined(separator: ",")
+        let map = Run.run("/usr/sbin/bpftool", ["map", "dump", "pinned", node.bpffs + "/mesh_endpoints"]).stdout
+        return [list, netns, links, map].joined(separator: "\n--\n")
+    }
+
+    func assertRejected(_ args: [String], code: Int32 = 1, mentions: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+        let before = try snapshot()
+        let r = node.ctl(args)
+        XCTAssertEqual(r.status, code, "meshctl \(args) should fail", file: file, line: line)
+        for m in mentions {
+            XCTAssertTrue(r.stderr.contains(m), "error for \(args) should mention \"\(m)\": \(r.stderr)", file: file, line: line)
+        }
+        XCTAssertEqual(try snapshot(), before, "a rejected request changed the node", file: file, line: line)
+    }
+
+    func testCreateListGetExecDelete() throws {
+        try start()
+        let created = try node.ctlOK("endpoint", "create", "web-1", "--labels", "app=web,env=prod", "-o", "json")
+        let ep = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(created.utf8)) as? [String: Any])
+        XCTAssertEqual(ep["ipv4"] as? String, "10.201.0.1")
+        XCTAssertEqual(ep["labels"] as? [String: String], ["app": "web", "env": "prod"])
+        XCTAssertEqual(ep["netns"] as? String, "\(node.name)-ep-web-1")
+        try node.ctlOK("endpoint", "create", "db")
+
+        let table = try node.ctlOK("endpoint", "list")
+        XCTAssertTrue(table.contains("web-1") && table.contains("10.201.0.2") && table.contains("app=web,env=prod"), table)
+        let get = try node.ctlOK("endpoint", "get", "web-1")
+        XCTAssertTrue(get.contains("labels:    app=web,env=prod"), get)
+
+        // exec: output, exit status, netns and cgroup are the endpoint's.
+        let r = node.ctl("endpoint", "exec", "web-1", "--", "sh", "-c", "echo out; echo err >&2; ip -4 -o addr show dev eth0; cat /proc/self/cgroup; exit 7")
+        XCTAssertEqual(r.status, 7)
+        XCTAssertTrue(r.stdout.hasPrefix("out\n"), r.stdout)
+        XCTAssertTrue(r.stderr.contains("err"))
+        XCTAssertTrue(r.stdout.contains("inet 10.201.0.1/32"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("0::/\(node.name)/web-1"), "process joins the endpoint's cgroup: \(r.stdout)")
+
+        // Endpoints reach each other by IP.
+        XCTAssertEqual(node.ctl("endpoint", "exec", "db", "--", "ping", "-c", "1", "-W", "2", "10.201.0.1").status, 0)
+
+        // A process left running is killed with its endpoint; everything goes.
+        let sleeper = try Run.spawn(TestNode.products + "/meshctl", ["endpoint", "exec", "web-1", "--", "sleep", "300"],
+                                    output: node.dir + "/sleep.out", environment: ["SWIFTMESH_API_SOCKET": node.socket])
+        usleep(300_000)
+        try node.ctlOK("endpoint", "delete", "web-1")
+        var st: Int32 = 0
+        XCTAssertEqual(waitpid(sleeper, &st, 0), sleeper)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/run/netns/\(node.name)-ep-web-1"))
+        XCTAssertNotEqual(node.inNode("ip", "link", "show", "smv1").status, 0, "host veth removed")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: try TestNode.cgroup2Root() + "/\(node.name)/web-1"))
+        XCTAssertNil(try node.metric("mesh_endpoint_forwarded_packets_total", ["endpoint": "web-1", "direction": "egress"]))
+        XCTAssertEqual(try node.metric("mesh_bpf_map_entries", ["map": "mesh_endpoints"]), 1)
+        XCTAssertFalse(try node.ctlOK("endpoint", "list").contains("web-1"))
+
+        // The address is free again; the id is not reused.
+        let again = try node.ctlOK("endpoint", "create", "web-2", "-o", "json")
+        let ep2 = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(again.utf8)) as? [String: Any])
+        XCTAssertEqual(ep2["ipv4"] as? String, "10.201.0.1")
+        XCTAssertEqual(ep2["id"] as? Int, 3)
+    }
+
+    func testBadInputGetsAClearErrorAndChangesNothing() throws {
+        try start()
+        try node.ctlOK("endpoint", "create", "web", "--labels", "app=web")
+        try assertRejected(["endpoint", "get", "nope"], mentions: ["endpoint \"nope\" does not exist"])
+        try assertRejected(["endpoint", "delete", "nope"], mentions: ["endpoint \"nope\" does not exist"])
+        try assertRejected(["endpoint", "exec", "nope", "--", "true"], mentions: ["does not exist"])
+        try assertRejected(["endpoint", "create", "web"], mentions: ["endpoint \"web\" already exists"])
+        try assertRejected(["endpoint", "create", "Web"], mentions: ["\"Web\"", "lowercase"])
+        try assertRejected(["endpoint", "create", "x", "--labels", "app"], mentions: ["\"app\" is not key=value"])
+        try assertRejected(["endpoint", "create", "x", "--labels", "app=a b"], mentions: ["\"a b\""])
+        try assertRejected(["endpoint", "create", "x", "--labels", "bad-=1"], mentions: ["\"bad-\""])
+        try assertRejected(["endpoint", "create", "x", "--labels", "a=1,a=2"], mentions: ["given twice"])
+        try assertRejected(["endpoint", "create", String(repeating: "a", count: 41)], mentions: ["limit is 40"])
+        try assertRejected(["endpoint", "exec", "web"], mentions: ["no command given"])
+        try assertRejected(["endpoint", "create"], code: 64, mentions: ["Missing expected argument"])
+    }
+
+    func testAnExhaustedPodCIDRIsRefusedAndChangesNothing() throws {
+        try start(podCIDR: "10.201.0.0/30")
+        try node.ctlOK("endpoint", "create", "a")
+        try node.ctlOK("endpoint", "create", "b")
+        try assertRejected(["endpoint", "create", "c"], mentions: ["10.201.0.0/30 is exhausted", "all 2 addresses"])
+        try node.ctlOK("endpoint", "delete", "a")
+        try node.ctlOK("endpoint", "create", "c")
+    }
+
+    func testMeshdInstallsAnUnreachableRouteForItsPodCIDR() throws {
+        try start()
+        let routes = node.inNode("ip", "route", "show", "type", "unreachable").stdout
+        XCTAssertTrue(routes.contains("unreachable 10.201.0.0/28"), routes)
+        // An unassigned address inside the CIDR is refused at once, never routed onwards.
+        try node.ctlOK("endpoint", "create", "a")
+        let r = node.ctl("endpoint", "exec", "a", "--", "ping", "-c", "1", "-W", "1", "10.201.0.9")
+        XCTAssertNotEqual(r.status, 0)
+    }
+
+    func testMeshctlSaysWhenMeshdIsNotRunning() throws {
+        try TestNode.requirePrivileges()
+        let r = Run.run(TestNode.products + "/meshctl", ["status"], environment: ["SWIFTMESH_API_SOCKET": "/tmp/smt-none/api.sock"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("meshd is not running at /tmp/smt-none/api.sock"), r.stderr)
+    }
+
+    func testMeshdRejectsBadSettingsBeforeTouchingAnything() throws {
+        try TestNode.requirePrivileges()
+        let dir = NSTemporaryDirectory() + "smt\(getpid())cfg"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let cases: [([String], String)] = [
+            (["--pod-cidr", "10.201.0.1/24"], "host bits set"),
+            (["--pod-cidr", "10.201.0.0/32"], "no addresses to hand out"),
+            (["--metrics-address", "localhost"], "must be IPv4:port"),
+            (["--bpffs", "/tmp/x"], "under /sys/fs/bpf"),
+            (["--node-name", "Bad_Name"], "node name \"Bad_Name\""),
+            (["--config", dir + "/missing.yaml"], "cannot read config file"),
+        ]
+        for (args, message) in cases {
+            let r = Run.run(TestNode.products + "/meshd", ["--state-dir", dir + "/state", "--api-socket", dir + "/s.sock"] + args)
+            XCTAssertEqual(r.status, 1, "\(args)")
+            XCTAssertTrue(r.stderr.contains(message), "\(args): \(r.stderr)")
+        }
+        try "pod-cidr: 10.201.0.0/28\nbogus: 1\n".write(toFile: dir + "/bad.yaml", atomically: true, encoding: .utf8)
+        let r = Run.run(TestNode.products + "/meshd", ["--config", dir + "/bad.yaml"])
+        XCTAssertTrue(r.stderr.contains("unknown setting \"bogus\""), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/state"), "nothing created")
+    }
+}

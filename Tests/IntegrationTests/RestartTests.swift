@@ -1,0 +1,127 @@
+import Foundation
+import XCTest
+
+/// meshd can die or be stopped at any moment: the datapath keeps forwarding and counting,
+/// and the next meshd adopts it, repairs what is missing and continues the counters.
+final class RestartTests: XCTestCase {
+    var node: TestNode!
+
+    override func setUpWithError() throws {
+        node = try TestNode()
+        try node.start()
+        try node.ctlOK("endpoint", "create", "writer", "--labels", "app=writer")
+        try node.ctlOK("endpoint", "create", "reader", "--labels", "app=reader")
+    }
+
+    override func tearDown() { node?.destroy() }
+
+    func bytes(_ ep: String, _ dir: String) throws -> Double {
+        try node.metric("mesh_endpoint_forwarded_bytes_total", ["endpoint": ep, "direction": dir]) ?? 0
+    }
+
+    func testSIGKILLDuringAStreamLosesNoByteAndCountersContinue() throws {
+        let listBefore = try node.ctlOK("endpoint", "list", "-o", "json")
+        let traffic = Traffic(node: node)
+        let sink = try traffic.start(in: "reader", ["stream-sink", "--port", "7100"], waitReady: true)
+        let sender = try traffic.start(in: "writer", ["stream-send", "--host", "10.201.0.2", "--port", "7100",
+                                                     "--seconds", "6", "--rate", "2000000"])
+        usleep(1_500_000)
+        let countedBefore = try bytes("writer", "egress")
+        XCTAssertGreaterThan(countedBefore, 1_000_000, "the stream should be flowing and counted")
+
+        node.stop(SIGKILL)
+        // meshd is gone; the pinned programs keep forwarding and counting.
+        let pinned = Run.run("/usr/sbin/bpftool", ["map", "show", "pinned", node.bpffs + "/mesh_traffic"])
+        XCTAssertEqual(pinned.status, 0, "traffic map must stay pinned: \(pinned.stderr)")
+        usleep(1_500_000)
+        try node.start()
+
+        let sent = try sender.result()
+        let got = try sink.result()
+        XCTAssertNil(sent["error"], "sender: \(sent)")
+        XCTAssertEqual(got["ok"] as? Bool, true, "every byte in order: \(got)")
+        XCTAssertEqual(got["bytes"] as? Int, sent["bytes"] as? Int, "no byte lost")
+        XCTAssertGreaterThan(got["bytes"] as? Int ?? 0, 8_000_000)
+
+        XCTAssertEqual(try node.ctlOK("endpoint", "list", "-o", "json"), listBefore, "same endpoints after restart")
+        // Counters continued from the kernel's totals, which include the bytes sent
+        // while no meshd was running.
+        let countedAfter = try bytes("writer", "egress")
+        XCTAssertGreaterThanOrEqual(countedAfter, Double(sent["bytes"] as? Int ?? 0))
+        XCTAssertGreaterThan(countedAfter, countedBefore)
+    }
+
+    func testSIGTERMLeavesTheDatapathAttachedAndForwarding() throws {
+        let status = try JSONSerialization.jsonObject(with: Data(try node.ctlOK("status", "-o", "json").utf8)) as? [String: Any]
+        let programs = try XCTUnwrap(status?["programs"] as? [[String: Any]])
+        XCTAssertEqual(programs.count, 2)
+        for p in programs { XCTAssertEqual((p["attachments"] as? [String])?.count, 2, "\(p)") }
+
+        node.stop(SIGTERM)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: node.socket), "socket removed on clean exit")
+        let filters = node.inNode("tc", "filter", "show", "dev", "smv1", "ingress")
+        // The kernel keeps 15 characters of a program name.
+        XCTAssertTrue(filters.stdout.contains("mesh_from_endpo"), "still attached after SIGTERM: \(filters.stdout)")
+        let ping = node.ctl("endpoint", "exec", "writer", "--", "ping", "-c", "1", "-W", "2", "10.201.0.2")
+        XCTAssertNotEqual(ping.status, 0, "meshctl needs meshd to look the endpoint up")
+        let direct = Run.run("/usr/sbin/ip", ["netns", "exec", "\(node.name)-ep-writer", "ping", "-c", "2", "-W", "2", "10.201.0.2"])
+        XCTAssertEqual(direct.status, 0, "endpoints still reach each other with meshd stopped: \(direct.stdout)")
+        try node.start()
+        XCTAssertEqual(node.ctl("endpoint", "exec", "writer", "--", "ping", "-c", "1", "-W", "2", "10.201.0.2").status, 0)
+    }
+
+    func testRestartRecreatesWhatIsMissingFromDesiredState() throws {
+        node.stop(SIGKILL)
+        // Damage the node while meshd is down: a veth gone, a map entry gone.
+        XCTAssertEqual(node.inNode("ip", "link", "del", "smv2").status, 0)
+        let before = Run.run("/usr/sbin/bpftool", ["map", "dump", "pinned", node.bpffs + "/mesh_endpoints"])
+        XCTAssertEqual(before.status, 0)
+        try node.start()
+        let r = node.ctl("endpoint", "exec", "writer", "--", "ping", "-c", "2", "-W", "2", "10.201.0.2")
+        XCTAssertEqual(r.status, 0, "reader's plumbing re-created: \(r.stdout)\(r.stderr)")
+        XCTAssertTrue(node.meshdLog.contains("re-creating"), "the repair is logged")
+        let status = try JSONSerialization.jsonObject(with: Data(try node.ctlOK("status", "-o", "json").utf8)) as? [String: Any]
+        let maps = try XCTUnwrap(status?["maps"] as? [[String: Any]])
+        XCTAssertEqual(maps.first { $0["name"] as? String == "mesh_endpoints" }?["entries"] as? Int, 2)
+    }
+
+    func testTrafficOnAnUnregisteredInterfaceIsReportedThroughTheRingBuffer() throws {
+        // Remove writer's entry behind meshd's back: the tc program sees packets it cannot
+        // attribute and reports them; a restart repairs the entry.
+        let dump = Run.run("/usr/sbin/bpftool", ["-j", "map", "dump", "pinned", node.bpffs + "/mesh_endpoints"])
+        XCTAssertEqual(dump.status, 0)
+        let ifindex = Int(node.inNode("cat", "/sys/class/net/smv1/ifindex").stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+            ?? Int(Run.run("/usr/sbin/ip", ["-n", node.name, "-o", "link", "show", "smv1"]).stdout.split(separator: ":").first ?? "") ?? 0
+        XCTAssertGreaterThan(ifindex, 0)
+        let keyBytes = withUnsafeBytes(of: UInt32(ifindex).littleEndian) { $0.map { String($0) } }
+        let del = Run.run("/usr/sbin/bpftool", ["map", "delete", "pinned", node.bpffs + "/mesh_endpoints", "key"] + keyBytes)
+        XCTAssertEqual(del.status, 0, del.stderr)
+        _ = Run.run("/usr/sbin/ip", ["netns", "exec", "\(node.name)-ep-writer", "ping", "-c", "3", "-i", "0.2", "-W", "1", "10.201.0.2"])
+        var events = 0.0
+        for _ in 0..<20 {
+            events = try node.metric("mesh_datapath_events_total", ["type": "unknown_interface"]) ?? 0
+            if events > 0 { break }
+            usleep(100_000)
+        }
+        XCTAssertGreaterThan(events, 0)
+        XCTAssertTrue(node.meshdLog.contains("packet on an interface with no endpoint entry"))
+        node.stop(SIGTERM)
+        try node.start()
+        let status = try JSONSerialization.jsonObject(with: Data(try node.ctlOK("status", "-o", "json").utf8)) as? [String: Any]
+        let maps = try XCTUnwrap(status?["maps"] as? [[String: Any]])
+        XCTAssertEqual(maps.first { $0["name"] as? String == "mesh_endpoints" }?["entries"] as? Int, 2, "entry restored")
+    }
+
+    func testASecondMeshdOnTheSameStateIsRefused() throws {
+        let out = node.dir + "/second.log"
+        let pid = try Run.spawn("/usr/bin/nsenter", ["--net=/run/netns/\(node.name)", TestNode.products + "/meshd",
+                                                     "--node-name", node.name, "--state-dir", node.dir + "/state",
+                                                     "--api-socket", node.dir + "/second.sock"], output: out)
+        var st: Int32 = 0
+        waitpid(pid, &st, 0)
+        XCTAssertNotEqual(st, 0)
+        let log = try String(contentsOfFile: out, encoding: .utf8)
+        XCTAssertTrue(log.contains("another meshd"), log)
+        XCTAssertEqual(node.ctl("status").status, 0, "the first meshd is untouched")
+    }
+}

@@ -57,7 +57,10 @@ final class DatapathTests: XCTestCase {
         k.direction = UInt8(MESH_DIR_EGRESS.rawValue)
         let cpus = Int(libbpf_num_possible_cpus())
         // Userspace writes of a per-CPU map take one value per possible CPU.
-        var values = (0..<cpus).map { mesh_traffic_value(packets: UInt64($0 + 1), bytes: UInt64(100 * ($0 + 1))) }
+        var values: [mesh_traffic_value] = (0..<cpus).map { (cpu: Int) -> mesh_traffic_value in
+            let n = UInt64(cpu + 1)
+            return mesh_traffic_value(packets: n, bytes: 100 * n)
+        }
         let rc = bpf_map_update_elem(dp.traffic.fd, &k, &values, 0)
         XCTAssertEqual(rc, 0)
         let perCPU = try XCTUnwrap(try dp.traffic.lookupPerCPU(k, as: mesh_traffic_value.self))

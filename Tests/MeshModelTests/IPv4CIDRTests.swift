@@ -126,7 +126,7 @@ final class IPv4CIDRAddressingTests: XCTestCase {
             let len = Int.random(in: 0...32, using: &rng)
             let shift = UInt32(32 - len)
             let top: (UInt32) -> UInt64 = { UInt64($0) >> shift }  // 64-bit: a shift by 32 is legal
-            let net = len == 0 ? 0 : UInt32.random(in: .min ... .max, using: &rng) >> shift << shift
+            let net = len == 0 ? 0 : (UInt32.random(in: .min ... .max, using: &rng) >> shift) << shift
             let c = cidr("\(IPv4Address(net))/\(len)")
             // Half the probes inside (same top bits, random rest), half anywhere.
             let anywhere = UInt32.random(in: .min ... .max, using: &rng)
@@ -212,7 +212,7 @@ final class IPv4CIDRAddressingTests: XCTestCase {
         for round in 0..<600 {
             let len = Int.random(in: 22...32, using: &rng)
             let shift = UInt32(32 - len)
-            let net = UInt32.random(in: .min ... .max, using: &rng) >> shift << shift
+            let net = (UInt32.random(in: .min ... .max, using: &rng) >> shift) << shift
             let c = cidr("\(IPv4Address(net))/\(len)")
             let size = UInt32(1) << shift
             // Fill density varies per round, from empty to completely full.

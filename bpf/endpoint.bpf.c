@@ -1,40 +1,25 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * tc programs on each endpoint's host-side veth. Today they attribute every packet to
- * its endpoint and count it per direction; L4 policy will sit here (DESIGN.md).
- * Both always pass the packet: counting must never change forwarding.
+ * tc programs on each endpoint's host-side veth: attribute every packet to its endpoint,
+ * count it, and enforce L4 policy in both directions with connection tracking.
+ *
+ *   tc ingress (packets leaving the endpoint)  -> mesh_from_endpoint, direction EGRESS
+ *   tc egress  (packets entering the endpoint) -> mesh_to_endpoint,   direction INGRESS
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 
 #include "mesh_abi.h"
+#include "lib/maps.h"
+#include "lib/packet.h"
+#include "lib/policy.h"
+#include "lib/conntrack.h"
 
 /* Set by meshd between open and load; never a recompile. */
 const volatile __u32 cfg_node_id = 0;
 const volatile __u8 cfg_report_unknown = 1;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MESH_MAX_ENDPOINTS);
-	__type(key, struct mesh_endpoint_key);
-	__type(value, struct mesh_endpoint_info);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} mesh_endpoints SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, MESH_MAX_ENDPOINTS * MESH_DIR_MAX);
-	__type(key, struct mesh_traffic_key);
-	__type(value, struct mesh_traffic_value);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} mesh_traffic SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, MESH_EVENTS_BYTES);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} mesh_events SEC(".maps");
+const volatile __u8 cfg_report_verdicts = 1;
 
 static __always_inline void report_unknown(__u32 ifindex, __u8 direction)
 {
@@ -55,49 +40,197 @@ static __always_inline void report_unknown(__u32 ifindex, __u8 direction)
 	bpf_ringbuf_submit(ev, 0);
 }
 
-static __always_inline void count(struct __sk_buff *skb, __u8 direction)
+static __always_inline void report_policy(__u16 type, __u32 ep, __u32 peer, const struct flow *f, __u8 dir,
+					  const struct verdict *v, __u32 revision)
 {
-	struct mesh_endpoint_key ek = { .ifindex = skb->ifindex };
-	struct mesh_endpoint_info *ep;
-	struct mesh_traffic_key tk = {};
-	struct mesh_traffic_value *tv;
+	struct mesh_event_policy *ev = bpf_ringbuf_reserve(&mesh_events, sizeof(*ev), 0);
 
-	ep = bpf_map_lookup_elem(&mesh_endpoints, &ek);
-	if (!ep) {
-		report_unknown(skb->ifindex, direction);
+	if (!ev)
 		return;
-	}
-	tk.endpoint_id = ep->endpoint_id;
-	tk.direction = direction;
-	tv = bpf_map_lookup_elem(&mesh_traffic, &tk);
-	if (!tv) {
-		struct mesh_traffic_value init = {};
-
-		/* NOEXIST: another CPU may have created it first; then look it up again. */
-		bpf_map_update_elem(&mesh_traffic, &tk, &init, BPF_NOEXIST);
-		tv = bpf_map_lookup_elem(&mesh_traffic, &tk);
-		if (!tv)
-			return; /* map full: counted in map pressure, never a drop */
-	}
-	/* Per-CPU value: no atomics needed. */
-	tv->packets += 1;
-	tv->bytes += skb->len;
+	ev->hdr.type = type;
+	ev->hdr.len = sizeof(*ev);
+	ev->hdr.node_id = cfg_node_id;
+	ev->hdr.timestamp = bpf_ktime_get_ns();
+	ev->endpoint_id = ep;
+	ev->peer_identity = peer;
+	ev->saddr = f->saddr;
+	ev->daddr = f->daddr;
+	ev->sport = f->sport;
+	ev->dport = f->dport;
+	ev->proto = f->proto;
+	ev->direction = dir;
+	ev->action = v->action;
+	ev->reason = v->reason;
+	ev->rule_id = v->rule_id;
+	ev->revision = revision;
+	ev->pad = 0;
+	bpf_ringbuf_submit(ev, 0);
 }
 
-/* tc ingress of the host-side veth: packets leaving the endpoint. */
+static __always_inline void count_traffic(__u32 ep, __u8 dir, __u32 len)
+{
+	struct mesh_traffic_key tk = { .endpoint_id = ep, .direction = dir };
+
+	counter_add(&mesh_traffic, &tk, len);
+}
+
+static __always_inline int drop(struct __sk_buff *skb, __u8 reason, __u8 dir)
+{
+	struct mesh_drop_key dk = { .reason = reason, .direction = dir };
+
+	counter_add(&mesh_drops, &dk, skb->len);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline void count_verdict(const struct verdict *v, __u8 dir, __u32 len)
+{
+	struct mesh_verdict_key vk = { .policy_id = v->policy_id, .direction = dir, .action = v->action };
+
+	counter_add(&mesh_verdicts, &vk, len);
+}
+
+/* Policy for one packet of endpoint `ep` travelling in `dir` (as the endpoint sees it). */
+static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir)
+{
+	__u32 zero = 0;
+	struct mesh_policy_state *st = bpf_map_lookup_elem(&mesh_pol_state, &zero);
+	struct mesh_ct_key ck;
+	struct mesh_ct_value *ct;
+	struct verdict v;
+	struct flow f;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 revision, peer;
+	__u8 slot, odir = dir ^ 1;
+	enum parse_result pr;
+
+	if (!st)
+		return TC_ACT_OK;
+	/* One read of the slot: this packet sees exactly one policy revision. */
+	slot = st->active_slot & 1;
+	revision = st->revision;
+
+	pr = parse_flow(skb, &f);
+	if (skb->mark == MESH_TRACE_MARK && pr == PARSE_IPV4) {
+		/* Trace: the new-flow decision, no side effects (see mesh_abi.h). */
+		peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f.daddr : f.saddr);
+		v = policy_decide(slot, dir, ep, peer, f.proto, f.dport);
+		skb->cb[MESH_TRACE_CB_ACTION] = v.action;
+		skb->cb[MESH_TRACE_CB_REASON] = v.reason;
+		skb->cb[MESH_TRACE_CB_RULE] = v.rule_id;
+		skb->cb[MESH_TRACE_CB_PEER] = peer;
+		skb->cb[MESH_TRACE_CB_FLAGS] = (v.enforced ? 1 : 0) | 2;
+		return v.action == MESH_ACTION_DENY ? TC_ACT_SHOT : TC_ACT_OK;
+	}
+	if (pr == PARSE_ARP)
+		return TC_ACT_OK;
+	if (pr == PARSE_OTHER) {
+		struct mesh_policy_ep_key ek = { .endpoint_id = ep, .slot = slot };
+		struct mesh_policy_ep_value *ev = bpf_map_lookup_elem(&mesh_policy_ep, &ek);
+
+		if (ev && ev->enforce[dir & 1])
+			return drop(skb, MESH_DROP_UNSUPPORTED_L3, dir);
+		return TC_ACT_OK;
+	}
+
+	/* Established in this direction? */
+	ct_key(&ck, ep, &f, dir, 0);
+	ct = bpf_map_lookup_elem(&mesh_ct, &ck);
+	if (ct && !ct_expired(ct, f.proto, now)) {
+		if (ct->revision != revision) {
+			peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f.daddr : f.saddr);
+			v = policy_decide(slot, dir, ep, peer, f.proto, f.dport);
+			if (v.action == MESH_ACTION_DENY) {
+				bpf_map_delete_elem(&mesh_ct, &ck);
+				report_policy(MESH_EVENT_DROP, ep, peer, &f, dir, &v, revision);
+				return drop(skb, v.reason, dir);
+			}
+			ct->revision = revision;
+			ct->rule_id = v.rule_id;
+		}
+		ct->last_seen = now;
+		if (f.tcp_flags & 0x05)
+			ct->closing = 1;
+		return TC_ACT_OK;
+	}
+
+	/* A reply of a flow the endpoint's other direction allowed? */
+	ct_key(&ck, ep, &f, odir, 1);
+	ct = bpf_map_lookup_elem(&mesh_ct, &ck);
+	if (ct && !ct_expired(ct, f.proto, now)) {
+		if (ct->revision != revision) {
+			/* Re-check the original flow: its peer and port, its direction. */
+			peer = identity_of(slot, odir == MESH_DIR_EGRESS ? f.saddr : f.daddr);
+			v = policy_decide(slot, odir, ep, peer, f.proto, f.sport);
+			if (v.action == MESH_ACTION_DENY) {
+				bpf_map_delete_elem(&mesh_ct, &ck);
+				report_policy(MESH_EVENT_DROP, ep, peer, &f, dir, &v, revision);
+				return drop(skb, v.reason, dir);
+			}
+			ct->revision = revision;
+			ct->rule_id = v.rule_id;
+		}
+		ct->last_seen = now;
+		if (f.tcp_flags & 0x05)
+			ct->closing = 1;
+		return TC_ACT_OK;
+	}
+
+	/* A new flow. */
+	peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f.daddr : f.saddr);
+	v = policy_decide(slot, dir, ep, peer, f.proto, f.dport);
+	if (v.enforced)
+		count_verdict(&v, dir, skb->len);
+	if (v.action == MESH_ACTION_DENY) {
+		report_policy(MESH_EVENT_DROP, ep, peer, &f, dir, &v, revision);
+		return drop(skb, v.reason, dir);
+	}
+	{
+		struct mesh_ct_value nv = {
+			.created = now,
+			.last_seen = now,
+			.revision = revision,
+			.rule_id = v.rule_id,
+			.peer_identity = peer,
+			.closing = (f.tcp_flags & 0x05) ? 1 : 0,
+		};
+
+		ct_key(&ck, ep, &f, dir, 0);
+		bpf_map_update_elem(&mesh_ct, &ck, &nv, BPF_ANY);
+	}
+	if (v.enforced && cfg_report_verdicts)
+		report_policy(MESH_EVENT_VERDICT, ep, peer, &f, dir, &v, revision);
+	return TC_ACT_OK;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct mesh_endpoint_key ek = { .ifindex = skb->ifindex };
+	struct mesh_endpoint_info *ep = bpf_map_lookup_elem(&mesh_endpoints, &ek);
+	__u32 id;
+	int verdict;
+
+	if (!ep) {
+		report_unknown(skb->ifindex, dir);
+		return TC_ACT_OK;
+	}
+	id = ep->endpoint_id;
+	verdict = enforce(skb, id, dir);
+	/* Forwarded traffic only: drops are counted in mesh_drops. */
+	if (verdict == TC_ACT_OK && skb->mark != MESH_TRACE_MARK)
+		count_traffic(id, dir, skb->len);
+	return verdict;
+}
+
 SEC("tc")
 int mesh_from_endpoint(struct __sk_buff *skb)
 {
-	count(skb, MESH_DIR_EGRESS);
-	return TC_ACT_OK;
+	return handle(skb, MESH_DIR_EGRESS);
 }
 
-/* tc egress of the host-side veth: packets entering the endpoint. */
 SEC("tc")
 int mesh_to_endpoint(struct __sk_buff *skb)
 {
-	count(skb, MESH_DIR_INGRESS);
-	return TC_ACT_OK;
+	return handle(skb, MESH_DIR_INGRESS);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

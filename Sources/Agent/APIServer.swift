@@ -9,9 +9,10 @@ import ServiceLifecycle
 /// The versioned HTTP/JSON API on the node's unix socket (see MeshModel.APIPath).
 /// Every failure answers with an ErrorResponse whose message `meshctl` prints as is.
 enum APIServer {
-    static func make(settings: NodeSettings, manager: EndpointManager, datapath: MeshDatapath,
-                     startedAt: Date, logger: Logger) -> some Service {
+    static func make(settings: NodeSettings, manager: EndpointManager, policy: PolicyEngine, datapath: MeshDatapath,
+                     store: Store, hub: EventHub, startedAt: Date, logger: Logger) -> some Service {
         let router = Router()
+        PolicyRoutes.add(to: router, manager: manager, policy: policy, datapath: datapath, store: store, hub: hub)
         router.get(RouterPath(APIPath.status)) { _, _ in
             try await respond {
                 let eps = try await manager.list()
@@ -23,9 +24,12 @@ enum APIServer {
                 let maps = datapath.mapStats().map {
                     NodeStatus.Map(name: $0.name, type: $0.type, entries: $0.entries, capacity: $0.capacity)
                 }
-                return NodeStatus(version: MeshVersion.string, node: settings.nodeName, podCIDR: settings.podCIDR.description,
-                                  bpffs: settings.bpffs, cgroup: settings.cgroup, startedAt: startedAt,
-                                  programs: programs, maps: maps, endpoints: eps.count)
+                var status = NodeStatus(version: MeshVersion.string, node: settings.nodeName, podCIDR: settings.podCIDR.description,
+                                        bpffs: settings.bpffs, cgroup: settings.cgroup, startedAt: startedAt,
+                                        programs: programs, maps: maps, endpoints: eps.count)
+                status.policyRevision = Int(try datapath.policyState().revision)
+                status.policies = await policy.policyKeys.count
+                return status
             }
         }
         router.get(RouterPath(APIPath.endpoints)) { _, _ in try await respond { try await manager.list() } }

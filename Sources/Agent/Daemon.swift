@@ -25,15 +25,19 @@ public enum Daemon {
         try prepareNodeNetwork(settings, logger: logger)
         try Cgroup2.create(settings.cgroup)
 
-        let manager = EndpointManager(settings: settings, store: store, datapath: datapath, logger: logger)
+        let policy = try PolicyEngine(store: store, datapath: datapath, logger: logger)
+        let manager = EndpointManager(settings: settings, store: store, datapath: datapath, policy: policy, logger: logger)
         try await manager.reconcile()
 
         try prepareSocket(settings.apiSocket)
-        let metrics = MetricsCollector(datapath: datapath, manager: manager, nodeName: settings.nodeName)
+        let metrics = MetricsCollector(datapath: datapath, manager: manager, policy: policy, nodeName: settings.nodeName)
+        await policy.setOnEnforced { metrics.observeEnforced($0) }
+        let hub = EventHub()
         let services: [any Service] = [
-            APIServer.make(settings: settings, manager: manager, datapath: datapath, startedAt: startedAt, logger: logger),
+            APIServer.make(settings: settings, manager: manager, policy: policy, datapath: datapath, store: store, hub: hub,
+                           startedAt: startedAt, logger: logger),
             MetricsServer.make(settings: settings, metrics: metrics, logger: logger),
-            DatapathEventService(datapath: datapath, metrics: metrics, logger: logger),
+            DatapathEventService(datapath: datapath, metrics: metrics, hub: hub, logger: logger),
         ]
         logger.info("meshd ready", metadata: [
             "api": "\(settings.apiSocket)", "metrics": "http://\(settings.metricsHost):\(settings.metricsPort)/metrics",

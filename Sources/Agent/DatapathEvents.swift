@@ -9,10 +9,12 @@ final class DatapathEventService: Service {
     private let datapath: MeshDatapath
     private let metrics: MetricsCollector
     private let logger: Logger
+    private let hub: EventHub
 
-    init(datapath: MeshDatapath, metrics: MetricsCollector, logger: Logger) {
+    init(datapath: MeshDatapath, metrics: MetricsCollector, hub: EventHub, logger: Logger) {
         self.datapath = datapath
         self.metrics = metrics
+        self.hub = hub
         self.logger = logger
     }
 
@@ -26,13 +28,21 @@ final class DatapathEventService: Service {
     func run() async throws {
         let reader = try datapath.eventReader()
         let flag = StopFlag()
-        let (metrics, logger) = (self.metrics, self.logger)
+        let (metrics, logger, hub, datapath) = (self.metrics, self.logger, self.hub, self.datapath)
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
                 await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                     let thread = Thread {
                         var lastWarned: [UInt32: Date] = [:]
+                        var lastCollect = Date()
                         while !flag.isStopped {
+                            // Expired conntrack entries go every 10 s (the programs already ignore them).
+                            if Date().timeIntervalSince(lastCollect) > 10 {
+                                lastCollect = Date()
+                                if let n = try? datapath.conntrackCollect(), n > 0 {
+                                    logger.debug("conntrack entries expired", metadata: ["count": "\(n)"])
+                                }
+                            }
                             guard let records = try? reader.poll(timeoutMilliseconds: 100) else { continue }
                             for r in records {
                                 switch MeshDatapath.decode(event: r) {
@@ -44,6 +54,9 @@ final class DatapathEventService: Service {
                                         logger.warning("packet on an interface with no endpoint entry", metadata: [
                                             "ifindex": "\(ifindex)", "direction": "\(direction.rawValue)"])
                                     }
+                                case .policy(let ev):
+                                    metrics.countEvent(ev.dropped ? "policy_drop" : "policy_verdict")
+                                    hub.publish(ev)
                                 case .unrecognised(let type):
                                     metrics.countEvent("unrecognised")
                                     logger.debug("unrecognised datapath event", metadata: ["type": "\(type)"])

@@ -12,12 +12,14 @@ public actor EndpointManager {
     let settings: NodeSettings
     let store: Store
     let datapath: MeshDatapath
+    let policy: PolicyEngine
     let logger: Logger
 
-    public init(settings: NodeSettings, store: Store, datapath: MeshDatapath, logger: Logger) {
+    public init(settings: NodeSettings, store: Store, datapath: MeshDatapath, policy: PolicyEngine, logger: Logger) {
         self.settings = settings
         self.store = store
         self.datapath = datapath
+        self.policy = policy
         self.logger = logger
     }
 
@@ -31,7 +33,7 @@ public actor EndpointManager {
         return ep
     }
 
-    public func create(_ request: EndpointCreateRequest) throws(MeshError) -> Endpoint {
+    public func create(_ request: EndpointCreateRequest) async throws(MeshError) -> Endpoint {
         try EndpointName.validate(request.name)
         let labels = try Labels(request.labels)
         if try store.endpoint(named: request.name) != nil {
@@ -47,38 +49,44 @@ public actor EndpointManager {
         guard existing.count < MeshDatapath.maxEndpoints else {
             throw MeshError(.exhausted, "the node already has \(existing.count) endpoints, the most its BPF maps hold")
         }
-        // Plumb first under the id the store will give, then commit the row; on any failure
-        // undo the plumbing and the row never exists.
-        var made: Endpoint?
+        // The row reserves the id and address; plumbing follows, and the policy revision
+        // that knows the endpoint is published before its programs attach, so its first
+        // packet already meets its policy. Any failure undoes all of it.
+        let ep = try store.insertEndpoint { (id: Int) throws(MeshError) -> Endpoint in
+            Endpoint(id: id, name: request.name, labels: labels, ipv4: ip,
+                     netns: settings.netnsName(request.name), interface: settings.interfaceName(id),
+                     cgroup: settings.cgroupPath(request.name), createdAt: Date())
+        }
         do {
-            let ep = try store.insertEndpoint { (id: Int) throws(MeshError) -> Endpoint in
-                let ep = Endpoint(id: id, name: request.name, labels: labels, ipv4: ip,
-                                  netns: settings.netnsName(request.name), interface: settings.interfaceName(id),
-                                  cgroup: settings.cgroupPath(request.name), createdAt: Date())
-                made = ep
-                try self.plumb(ep)
-                return ep
-            }
-            logger.info("endpoint created", metadata: ["endpoint": "\(ep.name)", "id": "\(ep.id)", "ipv4": "\(ep.ipv4)", "labels": "\(ep.labels)"])
-            return ep
+            try Plumbing.create(ep)
+            try Cgroup2.create(ep.cgroup)
+            try await policy.publish()
+            try datapath.install(ep)
         } catch {
-            if let made { teardown(made) }
+            teardown(ep)
+            _ = try? store.deleteEndpoint(named: ep.name)
+            _ = try? await policy.publish()
             throw error
         }
+        logger.info("endpoint created", metadata: ["endpoint": "\(ep.name)", "id": "\(ep.id)", "ipv4": "\(ep.ipv4)", "labels": "\(ep.labels)"])
+        return ep
     }
 
-    public func delete(_ name: String) throws(MeshError) {
+    public func delete(_ name: String) async throws(MeshError) {
         let ep = try get(name)
         teardown(ep)
         try store.deleteEndpoint(named: name)
+        try await policy.publish()
         logger.info("endpoint deleted", metadata: ["endpoint": "\(name)", "id": "\(ep.id)"])
     }
 
     /// Brings the kernel in line with the store after a (re)start: re-creates any missing
     /// plumbing, re-registers and re-attaches every endpoint (atomic replace, so flows
     /// continue), and removes leftovers that no stored endpoint owns.
-    public func reconcile() throws(MeshError) {
+    public func reconcile() async throws(MeshError) {
         let eps = try store.endpoints()
+        // Policy first: a re-created endpoint must meet its policy with its first packet.
+        try await policy.publish()
         var ifindexes = Set<UInt32>()
         for ep in eps {
             if !Plumbing.isIntact(ep) {
@@ -114,6 +122,7 @@ public actor EndpointManager {
         let ifindex = Plumbing.ifindex(ep.interface)
         Cgroup2.remove(ep.cgroup)
         datapath.uninstall(endpointID: UInt32(ep.id), ifindex: ifindex > 0 ? ifindex : nil)
+        datapath.conntrackForget(endpointID: UInt32(ep.id))
         Plumbing.remove(ep)
     }
 }

@@ -14,21 +14,13 @@ public final class MetricsCollector: @unchecked Sendable {
     private let lock = NSLock()
     private let datapath: MeshDatapath
     private let manager: EndpointManager
+    private let policy: PolicyEngine
 
-    private struct SeriesKey: Hashable {
-        var endpointID: Int
-        var direction: MeshDatapath.Direction
-    }
-
-    private struct Series {
-        var endpoint: String
-        var packets: Counter
-        var bytes: Counter
-        var last = MeshDatapath.Counters()
-    }
-
-    private var series: [SeriesKey: Series] = [:]
+    private let kernelCounters: KernelCounters
     private let endpointsGauge: Gauge
+    private let revisionGauge: Gauge
+    private let policiesGauge: Gauge
+    private let applyHistogram: DurationHistogram
     private var mapGauges: [String: (entries: Gauge, capacity: Gauge, pressure: Gauge)] = [:]
     private var eventCounters: [String: Counter] = [:]
     private let cpu: Counter
@@ -37,19 +29,34 @@ public final class MetricsCollector: @unchecked Sendable {
 
     static let packetsHelp = "Packets forwarded through an endpoint's veth, counted by the tc programs, by direction as seen by the endpoint."
     static let bytesHelp = "Bytes (L2 frame length) forwarded through an endpoint's veth, by direction as seen by the endpoint."
+    static let dropsHelp = "Packets dropped by the datapath, by reason and direction as seen by the endpoint."
+    static let dropBytesHelp = "Bytes of packets dropped by the datapath, by reason and direction."
+    static let verdictsHelp = "New flows decided on enforced endpoints, by deciding policy, direction and verdict."
 
-    public init(datapath: MeshDatapath, manager: EndpointManager, nodeName: String) {
+    public init(datapath: MeshDatapath, manager: EndpointManager, policy: PolicyEngine, nodeName: String) {
         self.datapath = datapath
         self.manager = manager
+        self.policy = policy
+        kernelCounters = KernelCounters(registry: registry)
         registry.makeGauge(name: "mesh_build_info", labels: [("version", MeshVersion.string), ("node", nodeName)],
                            help: "Always 1; labels carry the meshd version and node name.").set(to: 1.0)
         endpointsGauge = registry.makeGauge(name: "mesh_endpoints", help: "Endpoints on this node.")
+        revisionGauge = registry.makeGauge(name: "mesh_policy_revision", help: "The policy revision the datapath enforces now.")
+        policiesGauge = registry.makeGauge(name: "mesh_policies", help: "Policy documents applied on this node.")
+        applyHistogram = registry.makeDurationHistogram(
+            name: "mesh_policy_apply_to_enforced_seconds",
+            buckets: [.milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+                      .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5)],
+            help: "Time from a policy change reaching meshd to the datapath enforcing it.")
         cpu = registry.makeCounter(name: "process_cpu_seconds_total", help: "User and system CPU time spent by meshd, in seconds.")
         rss = registry.makeGauge(name: "process_resident_memory_bytes", help: "Resident memory of meshd in bytes.")
         vsize = registry.makeGauge(name: "process_virtual_memory_bytes", help: "Virtual memory size of meshd in bytes.")
         fds = registry.makeGauge(name: "process_open_fds", help: "Open file descriptors of meshd.")
         start = registry.makeGauge(name: "process_start_time_seconds", help: "Start time of meshd since the Unix epoch, in seconds.")
     }
+
+    /// Records one apply-to-enforced time.
+    public func observeEnforced(_ d: Duration) { applyHistogram.record(d) }
 
     /// Counts one ring-buffer event by type.
     public func countEvent(_ type: String) {
@@ -65,39 +72,35 @@ public final class MetricsCollector: @unchecked Sendable {
     /// Reads the kernel and /proc, then renders the Prometheus text format.
     public func scrape() async throws -> [UInt8] {
         let endpoints = try await manager.list()
-        var readings: [(SeriesKey, String, MeshDatapath.Counters)] = []
+        var readings: [KernelCounters.Reading] = []
         for ep in endpoints {
             for d in MeshDatapath.Direction.allCases {
                 let c = try datapath.counters(endpointID: UInt32(ep.id), direction: d)
-                readings.append((SeriesKey(endpointID: ep.id, direction: d), ep.name, c))
+                let labels = [("endpoint", ep.name), ("direction", d.rawValue)]
+                readings.append(.init(name: "mesh_endpoint_forwarded_packets_total", labels: labels, help: Self.packetsHelp, value: c.packets))
+                readings.append(.init(name: "mesh_endpoint_forwarded_bytes_total", labels: labels, help: Self.bytesHelp, value: c.bytes))
             }
         }
+        for d in try datapath.dropCounters() {
+            let labels = [("reason", d.reason.label), ("direction", d.direction.rawValue)]
+            readings.append(.init(name: "mesh_drops_total", labels: labels, help: Self.dropsHelp, value: d.counters.packets))
+            readings.append(.init(name: "mesh_drop_bytes_total", labels: labels, help: Self.dropBytesHelp, value: d.counters.bytes))
+        }
+        for v in try datapath.verdictCounters() {
+            let name = await policy.policyName(id: v.policyID)
+            readings.append(.init(name: "mesh_policy_verdicts_total",
+                                  labels: [("policy", name), ("direction", v.direction.rawValue), ("verdict", v.action == .allow ? "allowed" : "denied")],
+                                  help: Self.verdictsHelp, value: v.counters.packets))
+        }
+        let revision = try datapath.policyState().revision
+        let policies = await policy.policyKeys.count
         let maps = datapath.mapStats()
         let process = ProcessStats.read()
         return lock.withLock {
             endpointsGauge.set(Double(endpoints.count))
-            var seen = Set<SeriesKey>()
-            for (key, name, now) in readings {
-                seen.insert(key)
-                var s = series[key] ?? Series(
-                    endpoint: name,
-                    packets: registry.makeCounter(name: "mesh_endpoint_forwarded_packets_total",
-                                                  labels: [("endpoint", name), ("direction", key.direction.rawValue)], help: Self.packetsHelp),
-                    bytes: registry.makeCounter(name: "mesh_endpoint_forwarded_bytes_total",
-                                                labels: [("endpoint", name), ("direction", key.direction.rawValue)], help: Self.bytesHelp))
-                // A kernel total below the last read means the entry was re-created: count it afresh.
-                let dp = now.packets >= s.last.packets ? now.packets - s.last.packets : now.packets
-                let db = now.bytes >= s.last.bytes ? now.bytes - s.last.bytes : now.bytes
-                s.packets.increment(by: Int64(clamping: dp))
-                s.bytes.increment(by: Int64(clamping: db))
-                s.last = now
-                series[key] = s
-            }
-            for (key, s) in series where !seen.contains(key) {
-                registry.unregisterCounter(s.packets)
-                registry.unregisterCounter(s.bytes)
-                series[key] = nil
-            }
+            revisionGauge.set(Double(revision))
+            policiesGauge.set(Double(policies))
+            kernelCounters.update(readings)
             for m in maps {
                 let g = mapGauges[m.name] ?? (
                     registry.makeGauge(name: "mesh_bpf_map_entries", labels: [("map", m.name)], help: "Entries in a BPF map (ring buffers report 0)."),
@@ -118,6 +121,48 @@ public final class MetricsCollector: @unchecked Sendable {
             var out: [UInt8] = []
             registry.emit(into: &out)
             return out
+        }
+    }
+}
+
+/// Prometheus counters fed from absolute totals the kernel keeps (and keeps pinned across
+/// meshd restarts). Each scrape adds the growth since the last read, so a new meshd starts
+/// at the kernel's total and a counter never goes backwards while its series exists; a
+/// series whose source disappeared is unregistered.
+final class KernelCounters {
+    struct Reading {
+        var name: String
+        var labels: [(String, String)]
+        var help: String
+        var value: UInt64
+    }
+
+    private struct Series {
+        var counter: Counter
+        var last: UInt64
+    }
+
+    private let registry: PrometheusCollectorRegistry
+    private var series: [String: Series] = [:]
+
+    init(registry: PrometheusCollectorRegistry) { self.registry = registry }
+
+    /// Not thread-safe: the collector calls it under its lock.
+    func update(_ readings: [Reading]) {
+        var seen = Set<String>()
+        for r in readings {
+            let key = r.name + "|" + r.labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+            seen.insert(key)
+            var s = series[key] ?? Series(counter: registry.makeCounter(name: r.name, labels: r.labels, help: r.help), last: 0)
+            // Below the last read means the kernel entry was re-created: count it afresh.
+            let delta = r.value >= s.last ? r.value - s.last : r.value
+            s.counter.increment(by: Int64(clamping: delta))
+            s.last = r.value
+            series[key] = s
+        }
+        for (key, s) in series where !seen.contains(key) {
+            registry.unregisterCounter(s.counter)
+            series[key] = nil
         }
     }
 }

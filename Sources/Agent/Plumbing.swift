@@ -24,6 +24,10 @@ enum Plumbing {
         do {
             try Shell.ip("netns", "add", ep.netns)
             try Shell.ip("link", "add", ep.interface, "type", "veth", "peer", "name", "eth0", "netns", ep.netns)
+            // IPv4 only for now: without this, IPv6 neighbour discovery would count as
+            // traffic and, on enforced endpoints, as unsupported-L3 drops.
+            try Shell.ip("netns", "exec", ep.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+            try Shell.sysctl("net/ipv6/conf/\(ep.interface)/disable_ipv6", "1")
             try Shell.ip("-n", ep.netns, "link", "set", "lo", "up")
             try Shell.ip("-n", ep.netns, "addr", "add", "\(ep.ipv4)/32", "dev", "eth0")
             try Shell.ip("-n", ep.netns, "link", "set", "eth0", "up")

@@ -38,6 +38,15 @@ public final class Store: Sendable {
                 t.column("createdAt", .datetime).notNull()
             }
         }
+        m.registerMigration("v2-policies") { db in
+            // One row per document as applied; policies are re-derived from it on start-up.
+            try db.create(table: "policyDocument") { t in
+                t.column("key", .text).primaryKey()   // namespace/name
+                t.column("kind", .text).notNull()
+                t.column("yaml", .text).notNull()
+                t.column("appliedAt", .datetime).notNull()
+            }
+        }
         return m
     }
 
@@ -91,6 +100,28 @@ public final class Store: Sendable {
                                       cgroup: ep.cgroup, createdAt: ep.createdAt)
                 try row.insert(db)
                 return ep
+            }
+        }
+    }
+
+    public struct PolicyDocumentRow: Codable, FetchableRecord, PersistableRecord, Sendable {
+        public static let databaseTableName = "policyDocument"
+        public var key: String
+        public var kind: String
+        public var yaml: String
+        public var appliedAt: Date
+    }
+
+    public func policyDocuments() throws(MeshError) -> [PolicyDocumentRow] {
+        try wrap("list policies") { try db.read { try PolicyDocumentRow.order(Column("key")).fetchAll($0) } }
+    }
+
+    /// Replaces the named documents and removes `delete`, in one transaction.
+    public func writePolicyDocuments(_ rows: [PolicyDocumentRow], delete: [String] = []) throws(MeshError) {
+        try wrap("write policies") {
+            try db.write { db in
+                for key in delete { _ = try PolicyDocumentRow.deleteOne(db, key: key) }
+                for r in rows { try r.save(db) }
             }
         }
     }

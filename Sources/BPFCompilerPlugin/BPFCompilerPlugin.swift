@@ -13,9 +13,10 @@ struct BPFCompilerPlugin: BuildToolPlugin {
         let sources = try fm.contentsOfDirectory(at: bpfDir, includingPropertiesForKeys: nil)
             .filter { $0.lastPathComponent.hasSuffix(".bpf.c") }
             .sorted { $0.lastPathComponent < $1.lastPathComponent }
-        // Headers are inputs too: without them an ABI edit would not rebuild the objects.
-        let headers = ((try? fm.contentsOfDirectory(at: includeDir, includingPropertiesForKeys: nil)) ?? [])
-            .filter { $0.pathExtension == "h" }
+        // Headers are inputs too: without them an ABI or library edit would not rebuild.
+        let headers = [includeDir, bpfDir.appending(path: "lib")].flatMap { dir in
+            ((try? fm.contentsOfDirectory(at: dir, includingPropertiesForKeys: nil)) ?? []).filter { $0.pathExtension == "h" }
+        }
         let embed = try context.tool(named: "BPFEmbed")
         return sources.map { source in
             let name = String(source.lastPathComponent.dropLast(".bpf.c".count))

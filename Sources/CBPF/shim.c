@@ -155,3 +155,17 @@ int64_t cbpf_tc_query(int ifindex, int ingress, uint32_t handle, uint32_t priori
 		return err;
 	return opts.prog_id;
 }
+
+int cbpf_test_run_skb(int prog_fd, const void *data, uint32_t len, struct __sk_buff *ctx_in,
+		      struct __sk_buff *ctx_out, uint32_t *retval)
+{
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = data, .data_size_in = len, .ctx_in = ctx_in,
+		    .ctx_size_in = sizeof(*ctx_in), .ctx_out = ctx_out, .ctx_size_out = sizeof(*ctx_out),
+		    .repeat = 1);
+	int err = bpf_prog_test_run_opts(prog_fd, &opts);
+
+	if (err)
+		return err < 0 ? err : -err;
+	*retval = opts.retval;
+	return 0;
+}

@@ -161,3 +161,37 @@ func unsafeBitCastZero<T: BitwiseCopyable>(_: T.Type) -> T {
         return p[0]
     }
 }
+
+extension BPFMap {
+    /// Update with raw key/value bytes (sizes checked against the map).
+    public func updateRaw(_ key: [UInt8], _ value: [UInt8]) throws {
+        guard key.count == keySize, value.count == valueSize else {
+            throw DatapathError("update map \(name): raw key/value of \(key.count)/\(value.count) bytes", errno: EINVAL)
+        }
+        var k = key, v = value
+        guard bpf_map_update_elem(fd, &k, &v, 0) == 0 else { throw DatapathError("update map \(name)", errno: Glibc.errno) }
+    }
+
+    public func deleteRaw(_ key: [UInt8]) throws {
+        var k = key
+        if bpf_map_delete_elem(fd, &k) != 0 && Glibc.errno != ENOENT {
+            throw DatapathError("delete from map \(name)", errno: Glibc.errno)
+        }
+    }
+
+    /// Every (key, value) as raw bytes; for non-per-CPU maps.
+    public func entriesRaw() throws -> [([UInt8], [UInt8])] {
+        var out: [([UInt8], [UInt8])] = []
+        var cur = [UInt8](repeating: 0, count: keySize)
+        var next = [UInt8](repeating: 0, count: keySize)
+        var rc = bpf_map_get_next_key(fd, nil, &next)
+        while rc == 0 {
+            var value = [UInt8](repeating: 0, count: valueSize)
+            if bpf_map_lookup_elem(fd, &next, &value) == 0 { out.append((next, value)) }
+            swap(&cur, &next)
+            rc = bpf_map_get_next_key(fd, &cur, &next)
+            if out.count > maxEntries * 2 { break }
+        }
+        return out
+    }
+}

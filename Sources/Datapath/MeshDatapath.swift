@@ -1,5 +1,6 @@
 import BPFObjects
 import CBPF
+import Foundation
 import Glibc
 
 /// SwiftMesh's own programs and maps (bpf/endpoint.bpf.c) behind a Swift API that speaks
@@ -36,6 +37,25 @@ public final class MeshDatapath: @unchecked Sendable {
     public enum Event: Sendable, Equatable {
         case unknownInterface(ifindex: UInt32, direction: Direction, nodeID: UInt32)
         case unrecognised(type: UInt16)
+        case policy(PolicyEvent)
+    }
+
+    /// A drop, or a new flow allowed on an enforced endpoint.
+    public struct PolicyEvent: Sendable, Equatable {
+        public var dropped: Bool
+        public var endpointID: UInt32
+        public var peerIdentity: UInt32
+        /// Host-order addresses and ports of the packet.
+        public var source: UInt32
+        public var destination: UInt32
+        public var sourcePort: UInt16
+        public var destinationPort: UInt16
+        public var proto: UInt8
+        public var direction: Direction
+        public var reason: DropReason
+        public var ruleID: UInt32
+        public var revision: UInt32
+        public var timestampNanoseconds: UInt64
     }
 
     public static let maxEndpoints = Int(MESH_MAX_ENDPOINTS)
@@ -47,6 +67,17 @@ public final class MeshDatapath: @unchecked Sendable {
     let endpoints: BPFMap
     let traffic: BPFMap
     let events: BPFMap
+    let ipcache: BPFMap
+    let policy: BPFMap
+    let policyEP: BPFMap
+    let stateMap: BPFMap
+    let conntrack: BPFMap
+    let drops: BPFMap
+    let verdicts: BPFMap
+    /// What each revision slot holds, mirrored in memory so a new revision writes only
+    /// what differs from the slot's previous contents.
+    var slots = [SlotContents(), SlotContents()]
+    let publishLock = NSLockShim()
 
     /// Loads and pins the node's datapath under `pinDir` (created if missing).
     public init(pinDir: String, nodeID: UInt32) throws {
@@ -61,7 +92,15 @@ public final class MeshDatapath: @unchecked Sendable {
         endpoints = try object.map(MESH_MAP_ENDPOINTS)
         traffic = try object.map(MESH_MAP_TRAFFIC)
         events = try object.map(MESH_MAP_EVENTS)
+        ipcache = try object.map(MESH_MAP_IPCACHE)
+        policy = try object.map(MESH_MAP_POLICY)
+        policyEP = try object.map(MESH_MAP_POLICY_EP)
+        stateMap = try object.map(MESH_MAP_POLICY_STATE)
+        conntrack = try object.map(MESH_MAP_CT)
+        drops = try object.map(MESH_MAP_DROPS)
+        verdicts = try object.map(MESH_MAP_VERDICTS)
         for p in [fromEndpoint, toEndpoint] { try p.pin(at: "\(pinDir)/\(p.name)") }
+        try loadSlots()
     }
 
     private func hooks(_ ifindex: Int32) -> [(TCHook, BPFProgram)] {
@@ -123,7 +162,7 @@ public final class MeshDatapath: @unchecked Sendable {
     }
 
     public func mapStats() -> [MapStats] {
-        [endpoints, traffic, events].map { m in
+        [endpoints, traffic, events, ipcache, policy, policyEP, stateMap, conntrack, drops, verdicts].map { m in
             MapStats(name: m.name, type: m.typeName, entries: (try? m.count()) ?? 0, capacity: m.maxEntries)
         }
     }
@@ -140,6 +179,16 @@ public final class MeshDatapath: @unchecked Sendable {
             let ev = bytes.withUnsafeBytes { $0.loadUnaligned(as: mesh_event_unknown_interface.self) }
             return .unknownInterface(ifindex: ev.ifindex, direction: ev.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress,
                                      nodeID: hdr.node_id)
+        case MESH_EVENT_DROP.rawValue, MESH_EVENT_VERDICT.rawValue:
+            guard bytes.count >= MemoryLayout<mesh_event_policy>.size else { return nil }
+            let ev = bytes.withUnsafeBytes { $0.loadUnaligned(as: mesh_event_policy.self) }
+            return .policy(PolicyEvent(
+                dropped: UInt32(hdr.type) == MESH_EVENT_DROP.rawValue, endpointID: ev.endpoint_id,
+                peerIdentity: ev.peer_identity, source: UInt32(bigEndian: ev.saddr), destination: UInt32(bigEndian: ev.daddr),
+                sourcePort: ev.sport, destinationPort: ev.dport, proto: ev.proto,
+                direction: ev.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress,
+                reason: DropReason(rawValue: ev.reason) ?? .none, ruleID: ev.rule_id, revision: ev.revision,
+                timestampNanoseconds: hdr.timestamp))
         default:
             return .unrecognised(type: hdr.type)
         }

@@ -81,6 +81,8 @@ public struct NodeStatus: Codable, Sendable {
     public var programs: [Program]
     public var maps: [Map]
     public var endpoints: Int
+    public var policies: Int = 0
+    public var policyRevision: Int = 0
 
     public init(version: String, node: String, podCIDR: String, bpffs: String, cgroup: String,
                 startedAt: Date, programs: [Program], maps: [Map], endpoints: Int) {

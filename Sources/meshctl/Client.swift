@@ -38,6 +38,32 @@ struct APIClient {
         }
     }
 
+    /// GET a stream of JSON lines, handing each decoded line to `each` until the server
+    /// ends the stream or `each` returns false.
+    func stream<T: Decodable>(_ path: String, as: T.Type, _ each: (T) throws -> Bool) async throws {
+        try checkReachable()
+        guard let url = URL(httpURLWithSocketPath: socket, uri: path) else { throw MeshError.invalid("bad API socket path \(socket)") }
+        let response: HTTPClientResponse
+        do { response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url.absoluteString), timeout: .hours(24 * 365)) } catch {
+            throw MeshError(.unavailable, "request to meshd failed: \(error)")
+        }
+        guard response.status == .ok else {
+            let body = try await response.body.collect(upTo: 1 << 20)
+            if let e = try? MeshJSON.decoder().decode(ErrorResponse.self, from: Data(buffer: body)) { throw e.error }
+            throw MeshError(.internalError, "meshd answered \(response.status) to GET \(path)")
+        }
+        var pending = Data()
+        let decoder = MeshJSON.decoder()
+        for try await chunk in response.body {
+            pending.append(Data(buffer: chunk))
+            while let nl = pending.firstIndex(of: 0x0a) {
+                let line = pending[pending.startIndex..<nl]
+                pending = Data(pending[(nl + 1)...])
+                if let value = try? decoder.decode(T.self, from: line), try !each(value) { return }
+            }
+        }
+    }
+
     func call<T: Decodable>(_ method: HTTPMethod, _ path: String, body: (some Encodable)? = nil as String?,
                             as: T.Type = T.self) async throws -> T {
         try checkReachable()

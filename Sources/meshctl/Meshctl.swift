@@ -7,10 +7,10 @@ import MeshModel
 struct Meshctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meshctl",
-        abstract: "Control a SwiftMesh node: its status and its endpoints.",
+        abstract: "Control a SwiftMesh node: its status, endpoints, policies and datapath.",
         discussion: "meshctl talks to meshd over its unix socket (--api-socket, or SWIFTMESH_API_SOCKET).",
         version: MeshVersion.string,
-        subcommands: [Status.self, EndpointCommand.self]
+        subcommands: [Status.self, EndpointCommand.self, PolicyCommand.self, Monitor.self, BPFCommand.self]
     )
 }
 

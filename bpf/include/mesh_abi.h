@@ -16,10 +16,21 @@
 #define MESH_MAP_ENDPOINTS "mesh_endpoints"
 #define MESH_MAP_TRAFFIC "mesh_traffic"
 #define MESH_MAP_EVENTS "mesh_events"
+#define MESH_MAP_IPCACHE "mesh_ipcache"
+#define MESH_MAP_POLICY "mesh_policy"
+#define MESH_MAP_POLICY_EP "mesh_policy_ep"
+#define MESH_MAP_POLICY_STATE "mesh_pol_state"
+#define MESH_MAP_CT "mesh_ct"
+#define MESH_MAP_DROPS "mesh_drops"
+#define MESH_MAP_VERDICTS "mesh_verdicts"
 
 /* Default capacities; meshd may resize before load with --max-endpoints. */
 #define MESH_MAX_ENDPOINTS 1024
 #define MESH_EVENTS_BYTES (256 * 1024)
+#define MESH_IPCACHE_ENTRIES (2 * 16384)   /* two revision slots */
+#define MESH_POLICY_ENTRIES (2 * 131072)   /* two revision slots */
+#define MESH_CT_ENTRIES 65536
+#define MESH_VERDICT_ENTRIES 16384
 
 /* Direction as seen by the endpoint (the workload), not by the host-side veth. */
 enum mesh_direction {
@@ -52,11 +63,159 @@ struct mesh_traffic_value {
 	__u64 bytes;
 };
 
+/*
+ * Policy. Everything a verdict depends on lives in one of two revision slots; meshd writes
+ * a new revision into the inactive slot, then flips mesh_pol_state.active_slot with one
+ * map update. A packet reads the slot once, so it sees one revision whole: never a mix.
+ */
+
+/* Identities: a number per distinct label set (endpoints) or per CIDR (outside peers). */
+enum mesh_identity {
+	MESH_ID_ANY = 0,          /* in policy keys: every peer */
+	MESH_ID_HOST = 1,         /* the node itself */
+	MESH_ID_WORLD = 2,        /* any address the ipcache does not know */
+	MESH_ID_FIRST_ENDPOINT = 256,
+	MESH_ID_FIRST_CIDR = 0x01000000,
+};
+
+/* mesh_ipcache (LPM trie): address -> identity of the peer. */
+struct mesh_ipcache_key {
+	__u32 prefixlen; /* 8 (slot) + 0..32 address bits */
+	__u8 slot;
+	__u8 addr[4];    /* network order */
+	__u8 pad[3];
+};
+
+struct mesh_ipcache_value {
+	__u32 identity;
+	__u32 endpoint_id; /* 0 unless the address is a local endpoint */
+};
+
+/* mesh_policy (LPM trie). The fixed part (slot..identity, 96 bits) is always matched in
+ * full; then protocol (8 bits, 0 = any protocol), a zero byte, and the destination port
+ * (16 bits, network order) as a prefix, so one entry covers a power-of-two port block. */
+#define MESH_POLICY_FIXED_BITS 96
+struct mesh_policy_key {
+	__u32 prefixlen;
+	__u8 slot;
+	__u8 direction;   /* enum mesh_direction, as seen by endpoint_id */
+	__u8 pad1[2];
+	__u32 endpoint_id;
+	__u32 identity;   /* peer identity, MESH_ID_ANY for every peer */
+	__u8 proto;       /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad2;
+	__u16 dport;      /* network order */
+};
+
+enum mesh_policy_action {
+	MESH_ACTION_NONE = 0,
+	MESH_ACTION_ALLOW = 1,
+	MESH_ACTION_DENY = 2,
+};
+
+struct mesh_policy_value {
+	__u8 action;     /* enum mesh_policy_action */
+	__u8 pad[3];
+	__u32 rule_id;   /* index into the revision's rule table held by meshd */
+	__u32 policy_id; /* stable hash of the deciding policy, for verdict counters */
+	__u32 pad2;
+};
+
+/* mesh_policy_ep (hash): per endpoint and slot, whether a direction is enforced. */
+struct mesh_policy_ep_key {
+	__u32 endpoint_id;
+	__u8 slot;
+	__u8 pad[3];
+};
+
+struct mesh_policy_ep_value {
+	__u8 enforce[MESH_DIR_MAX]; /* by enum mesh_direction */
+	__u8 pad[2];
+	__u32 default_rule_id[MESH_DIR_MAX]; /* "default deny: selected by ..." */
+};
+
+/* mesh_pol_state (array, one entry). */
+struct mesh_policy_state {
+	__u32 active_slot;
+	__u32 revision;
+};
+
+/* mesh_ct (LRU hash): SwiftMesh's own connection tracking, one entry per endpoint, flow
+ * and direction of the flow's first packet. Replies match the entry of their original. */
+struct mesh_ct_key {
+	__u32 endpoint_id;
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 direction;
+	__u8 pad[2];
+};
+
+struct mesh_ct_value {
+	__u64 created;   /* bpf_ktime_get_ns() */
+	__u64 last_seen;
+	__u32 revision;  /* policy revision the flow was last allowed under */
+	__u32 rule_id;
+	__u32 peer_identity;
+	__u8 closing;    /* FIN or RST seen: expires sooner */
+	__u8 pad[3];
+};
+
+/* Why a packet was dropped. One enum for kernel, metrics and monitor. */
+enum mesh_drop_reason {
+	MESH_DROP_NONE = 0,
+	MESH_DROP_POLICY_DENY = 1,         /* an explicit deny rule */
+	MESH_DROP_POLICY_DEFAULT_DENY = 2, /* enforced direction, no rule allows it */
+	MESH_DROP_UNSUPPORTED_L3 = 3,      /* not IPv4 (nor ARP) on an enforced endpoint */
+	MESH_DROP_MAX = 4,
+};
+
+/* mesh_drops (per-CPU hash): by reason and direction. */
+struct mesh_drop_key {
+	__u8 reason;
+	__u8 direction;
+	__u8 pad[2];
+};
+
+/* mesh_verdicts (per-CPU hash): new flows decided on enforced endpoints, by policy. */
+struct mesh_verdict_key {
+	__u32 policy_id; /* 0: default deny */
+	__u8 direction;
+	__u8 action;     /* enum mesh_policy_action */
+	__u8 pad[2];
+};
+
+struct mesh_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/*
+ * Policy trace: meshd runs the real programs on a synthetic packet with
+ * BPF_PROG_TEST_RUN and this skb mark. The program then skips every side effect
+ * (conntrack, counters, events), evaluates the packet as a new flow, and returns its
+ * decision in skb->cb[], so `meshctl policy trace` can never disagree with the datapath.
+ */
+#define MESH_TRACE_MARK 0x534d5452 /* "SMTR" */
+enum mesh_trace_cb {
+	MESH_TRACE_CB_ACTION = 0,   /* enum mesh_policy_action */
+	MESH_TRACE_CB_REASON = 1,   /* enum mesh_drop_reason */
+	MESH_TRACE_CB_RULE = 2,     /* rule id */
+	MESH_TRACE_CB_PEER = 3,     /* peer identity */
+	MESH_TRACE_CB_FLAGS = 4,    /* bit 0: direction enforced; bit 1: the program ran the policy */
+};
+
 /* Ring-buffer events (mesh_events). Every event starts with this header. */
 enum mesh_event_type {
 	/* A packet crossed a veth whose ifindex has no mesh_endpoints entry: the map and
 	 * the attached programs have drifted apart (meshd repairs it on reconcile). */
 	MESH_EVENT_UNKNOWN_INTERFACE = 1,
+	/* A packet dropped by policy. */
+	MESH_EVENT_DROP = 2,
+	/* A new flow allowed on an enforced endpoint (first packet only). */
+	MESH_EVENT_VERDICT = 3,
 };
 
 struct mesh_event_header {
@@ -71,6 +230,23 @@ struct mesh_event_unknown_interface {
 	__u32 ifindex;
 	__u8 direction; /* enum mesh_direction */
 	__u8 pad[3];
+};
+
+struct mesh_event_policy {
+	struct mesh_event_header hdr;
+	__u32 endpoint_id;
+	__u32 peer_identity;
+	__u32 saddr;      /* network order */
+	__u32 daddr;
+	__u16 sport;      /* host order */
+	__u16 dport;
+	__u8 proto;
+	__u8 direction;   /* enum mesh_direction, as seen by endpoint_id */
+	__u8 action;      /* enum mesh_policy_action */
+	__u8 reason;      /* enum mesh_drop_reason, NONE when allowed */
+	__u32 rule_id;
+	__u32 revision;
+	__u32 pad;
 };
 
 #endif /* SWIFTMESH_MESH_ABI_H */

@@ -37,4 +37,9 @@ int cbpf_tc_detach(int ifindex, int ingress, uint32_t handle, uint32_t priority)
 /* Returns the id of the program at that place (>0), or -errno. */
 int64_t cbpf_tc_query(int ifindex, int ingress, uint32_t handle, uint32_t priority);
 
+/* Runs a tc program once on `data` with BPF_PROG_TEST_RUN. ctx_in/ctx_out are
+ * struct __sk_buff (ifindex, mark, cb[] travel in and out). Returns 0 or -errno. */
+int cbpf_test_run_skb(int prog_fd, const void *data, uint32_t len, struct __sk_buff *ctx_in,
+		      struct __sk_buff *ctx_out, uint32_t *retval);
+
 #endif

@@ -1,0 +1,68 @@
+import Datapath
+import Foundation
+import MeshModel
+import NIOCore
+
+/// Fans datapath policy events out to `meshctl monitor` streams. A subscriber that cannot
+/// keep up loses the oldest events, never blocks the reader of the ring buffer.
+final class EventHub: @unchecked Sendable {
+    private let lock = NSLock()
+    private var subscribers: [UUID: AsyncStream<MeshDatapath.PolicyEvent>.Continuation] = [:]
+
+    func publish(_ event: MeshDatapath.PolicyEvent) {
+        let subs = lock.withLock { Array(subscribers.values) }
+        for s in subs { s.yield(event) }
+    }
+
+    func subscribe() -> AsyncStream<MeshDatapath.PolicyEvent> {
+        let id = UUID()
+        let (stream, continuation) = AsyncStream<MeshDatapath.PolicyEvent>.makeStream(bufferingPolicy: .bufferingNewest(4096))
+        continuation.onTermination = { [weak self] _ in self?.lock.withLock { _ = self?.subscribers.removeValue(forKey: id) } }
+        lock.withLock { subscribers[id] = continuation }
+        return stream
+    }
+}
+
+/// Turns kernel events into MonitorEvents with endpoint, identity and rule names.
+struct EventResolver: Sendable {
+    let store: Store
+    let policy: PolicyEngine
+
+    func resolve(_ e: MeshDatapath.PolicyEvent, endpoints: [Int: String]) async -> MonitorEvent {
+        let peerName = await policy.describe(identity: e.peerIdentity)
+        let rule = await policy.describe(rule: e.ruleID, revision: e.revision)
+        return MonitorEvent(
+            time: Date(), type: e.dropped ? "drop" : "verdict", endpoint: endpoints[Int(e.endpointID)] ?? "endpoint \(e.endpointID)",
+            direction: e.direction.rawValue, source: IPv4Address(e.source).description, destination: IPv4Address(e.destination).description,
+            sourcePort: Int(e.sourcePort), destinationPort: Int(e.destinationPort), proto: ProtocolName.name(e.proto),
+            peerIdentity: Int(e.peerIdentity), peer: peerName, verdict: e.dropped ? "denied" : "allowed",
+            reason: e.reason.label, rule: rule, revision: Int(e.revision))
+    }
+
+    /// A stream of JSON lines for one `GET /v1/monitor` client.
+    func stream(hub: EventHub, type: String) -> AsyncStream<ByteBuffer> {
+        let events = hub.subscribe()
+        let (out, continuation) = AsyncStream<ByteBuffer>.makeStream(bufferingPolicy: .bufferingNewest(4096))
+        let task = Task {
+            let encoder = JSONEncoder()
+            encoder.dateEncodingStrategy = .iso8601
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            // A first line tells the client the stream is live.
+            continuation.yield(ByteBuffer(string: "{\"type\":\"hello\"}\n"))
+            var names: [Int: String] = [:]
+            for await e in events {
+                if type == "drop" && !e.dropped || type == "verdict" && e.dropped { continue }
+                if names[Int(e.endpointID)] == nil {
+                    names = Dictionary(uniqueKeysWithValues: ((try? store.endpoints()) ?? []).map { ($0.id, $0.name) })
+                }
+                let m = await resolve(e, endpoints: names)
+                guard var data = try? encoder.encode(m) else { continue }
+                data.append(0x0a)
+                continuation.yield(ByteBuffer(bytes: data))
+            }
+            continuation.finish()
+        }
+        continuation.onTermination = { _ in task.cancel() }
+        return out
+    }
+}

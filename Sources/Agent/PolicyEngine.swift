@@ -1,0 +1,206 @@
+import Datapath
+import Foundation
+import Logging
+import MeshModel
+
+/// Owns the node's policies: parses and validates documents, compiles them with the
+/// endpoints into a revision, publishes it to the kernel atomically, persists it, and
+/// explains rule ids, identities and verdicts afterwards.
+public actor PolicyEngine {
+    struct Document {
+        var key: String
+        var kind: String
+        var tree: PolicyTree
+        var appliedAt: Date
+    }
+
+    let store: Store
+    let datapath: MeshDatapath
+    let logger: Logger
+    /// The gateway every host-side veth holds: traffic from the node itself.
+    let hostAddresses: [IPv4Address]
+    private var documents: [String: Document] = [:]
+    private var policies: [Policy] = []
+    private(set) var compiled: PolicyCompiler.Result?
+    /// Rule tables of recent revisions, so events from just before a flip still resolve.
+    private var rulesByRevision: [UInt32: [PolicyCompiler.RuleInfo]] = [:]
+    private var identities: [UInt32: PolicyCompiler.IdentityInfo] = [:]
+    /// Called with the apply-to-enforced time of each change.
+    var onEnforced: (@Sendable (Duration) -> Void)?
+
+    public init(store: Store, datapath: MeshDatapath, logger: Logger) throws(MeshError) {
+        self.store = store
+        self.datapath = datapath
+        self.logger = logger
+        self.hostAddresses = [IPv4Address(Plumbing.gateway)!]
+        for row in try store.policyDocuments() {
+            do {
+                let trees = try YAMLTree.documents(row.yaml, source: "stored policy \(row.key)")
+                let parsed = try PolicyParser.parse(documents: trees, source: "stored policy \(row.key)")
+                documents[row.key] = Document(key: row.key, kind: row.kind, tree: trees.first ?? .null, appliedAt: row.appliedAt)
+                policies += parsed
+            } catch {
+                logger.error("a stored policy no longer parses; it is not enforced", metadata: ["policy": "\(row.key)", "error": "\(error.message)"])
+            }
+        }
+    }
+
+    func setOnEnforced(_ f: @escaping @Sendable (Duration) -> Void) { onEnforced = f }
+
+    public var revision: UInt32 { (try? datapath.policyState().revision) ?? 0 }
+
+    /// Compiles the current desired state and publishes it as the next revision.
+    @discardableResult
+    public func publish() throws(MeshError) -> MeshDatapath.PublishStats {
+        try publish(policies: policies)
+    }
+
+    private func endpointInfos() throws(MeshError) -> [PolicyCompiler.EndpointInfo] {
+        try store.endpoints().map { .init(id: $0.id, name: $0.name, labels: $0.labels, ipv4: $0.ipv4) }
+    }
+
+    private func compile(_ set: [Policy]) throws(MeshError) -> PolicyCompiler.Result {
+        let result = PolicyCompiler.compile(policies: set, endpoints: try endpointInfos(), hostAddresses: hostAddresses)
+        let perSlot = Int(MeshDatapath.policyCapacityPerSlot)
+        guard result.entries.count <= perSlot else {
+            throw MeshError(.exhausted, "the policy set compiles to \(result.entries.count) map entries; the policy map holds \(perSlot) per revision",
+                            hint: "narrow port ranges or selectors, or split the policies")
+        }
+        guard result.ipcache.count <= Int(MeshDatapath.ipcacheCapacityPerSlot) else {
+            throw MeshError(.exhausted, "the policy set needs \(result.ipcache.count) ipcache entries; the map holds \(MeshDatapath.ipcacheCapacityPerSlot) per revision")
+        }
+        return result
+    }
+
+    private func publish(policies set: [Policy]) throws(MeshError) -> MeshDatapath.PublishStats {
+        let result = try compile(set)
+        let next = revision &+ 1
+        let stats: MeshDatapath.PublishStats
+        do {
+            stats = try datapath.publish(
+                revision: next,
+                ipcache: result.ipcache.map { .init(address: $0.prefix.network.value, prefixLength: $0.prefix.prefixLength,
+                                                    identity: $0.identity, endpointID: UInt32($0.endpointID)) },
+                policy: result.entries.map { .init(endpointID: UInt32($0.endpointID), direction: $0.direction == .ingress ? .ingress : .egress,
+                                                   identity: $0.identity, proto: $0.proto, portPrefix: $0.portPrefix,
+                                                   portPrefixLength: $0.portPrefixLength, action: $0.action == .allow ? .allow : .deny,
+                                                   ruleID: $0.ruleID, policyID: $0.policyID) },
+                enforcement: result.enforcement.map { .init(endpointID: UInt32($0.endpointID), ingress: $0.ingress, egress: $0.egress,
+                                                            ingressDefaultRule: $0.ingressDefaultRule, egressDefaultRule: $0.egressDefaultRule) })
+        } catch {
+            throw MeshError(.datapath, "publishing policy revision \(next) failed: \(error)")
+        }
+        compiled = result
+        rulesByRevision[next] = result.rules
+        for old in rulesByRevision.keys where old &+ 8 < next { rulesByRevision[old] = nil }
+        identities.merge(result.identities) { $1 }
+        logger.info("policy revision published", metadata: [
+            "revision": "\(next)", "slot": "\(stats.slot)", "entries": "\(result.entries.count)",
+            "written": "\(stats.written)", "deleted": "\(stats.deleted)"])
+        return stats
+    }
+
+    /// Applies a file of documents: all of them or none.
+    public func apply(_ request: PolicyApplyRequest) throws(MeshError) -> PolicyApplyResult {
+        let start = ContinuousClock.now
+        let trees = try YAMLTree.documents(request.yaml, source: request.source).filter { $0 != .null }
+        guard !trees.isEmpty else { throw MeshError.invalid("\(request.source): no policy documents found") }
+        let parsed = try PolicyParser.parse(documents: trees, source: request.source)
+        var incoming: [String: Document] = [:]
+        for tree in trees {
+            let key = Self.documentKey(tree)
+            incoming[key] = Document(key: key, kind: tree["kind"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? "",
+                                     tree: tree, appliedAt: Date())
+        }
+        // The new set: everything else as it was, these documents replaced.
+        let replaced = Set(incoming.keys)
+        let next = policies.filter { !replaced.contains(Self.documentKey(of: $0)) } + parsed
+        let rules = parsed.reduce(0) { $0 + $1.rules.count }
+        if request.dryRun {
+            let result = try compile(next)
+            return PolicyApplyResult(documents: incoming.keys.sorted(), policies: parsed.count, rules: rules,
+                                     revision: Int(revision), dryRun: true, entries: result.entries.count, enforcedSeconds: 0)
+        }
+        try publish(policies: next)
+        let elapsed = ContinuousClock.now - start
+        onEnforced?(elapsed)
+        do {
+            try store.writePolicyDocuments(incoming.values.map {
+                Store.PolicyDocumentRow(key: $0.key, kind: $0.kind, yaml: YAMLTree.text($0.tree), appliedAt: $0.appliedAt)
+            })
+        } catch {
+            // Keep kernel and store in step: put the previous revision's policies back.
+            _ = try? publish(policies: policies)
+            throw error
+        }
+        policies = next
+        documents.merge(incoming) { $1 }
+        logger.info("policies applied", metadata: ["documents": "\(incoming.keys.sorted())", "revision": "\(revision)"])
+        return PolicyApplyResult(documents: incoming.keys.sorted(), policies: parsed.count, rules: rules, revision: Int(revision),
+                                 dryRun: false, entries: compiled?.entries.count ?? 0,
+                                 enforcedSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+    }
+
+    public func delete(_ name: String) throws(MeshError) -> String {
+        let key = Self.normalise(name)
+        guard documents[key] != nil else {
+            throw MeshError(.notFound, "policy \"\(key)\" does not exist", hint: "meshctl policy list shows the policies")
+        }
+        let next = policies.filter { Self.documentKey(of: $0) != key }
+        try publish(policies: next)
+        try store.writePolicyDocuments([], delete: [key])
+        policies = next
+        documents[key] = nil
+        logger.info("policy deleted", metadata: ["policy": "\(key)", "revision": "\(revision)"])
+        return key
+    }
+
+    public func list() throws(MeshError) -> [PolicySummary] {
+        let eps = try store.endpoints()
+        return documents.values.sorted { $0.key < $1.key }.map { doc in
+            let mine = policies.filter { Self.documentKey(of: $0) == doc.key }
+            let selected = eps.filter { ep in mine.contains { $0.subject.matches(ep.labels) } }.map(\.name)
+            return PolicySummary(key: doc.key, kind: doc.kind, appliedAt: doc.appliedAt, selects: selected,
+                                 rules: mine.reduce(0) { $0 + $1.rules.count })
+        }
+    }
+
+    public func get(_ name: String) throws(MeshError) -> PolicyDocumentView {
+        let key = Self.normalise(name)
+        guard let doc = documents[key] else {
+            throw MeshError(.notFound, "policy \"\(key)\" does not exist", hint: "meshctl policy list shows the policies")
+        }
+        return PolicyDocumentView(key: key, kind: doc.kind, yaml: YAMLTree.text(doc.tree),
+                                  policies: policies.filter { Self.documentKey(of: $0) == key })
+    }
+
+    /// `name` means `default/name`.
+    static func normalise(_ name: String) -> String { name.contains("/") ? name : "default/\(name)" }
+
+    static func documentKey(_ tree: PolicyTree) -> String {
+        let meta = tree["metadata"]
+        let name = meta?["name"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? ""
+        let ns = meta?["namespace"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? "default"
+        return "\(ns)/\(name)"
+    }
+
+    /// A policy from `specs[i]` is named `name#i`; its document is `namespace/name`.
+    static func documentKey(of p: Policy) -> String {
+        "\(p.namespace)/\(p.name.split(separator: "#", maxSplits: 1).first.map(String.init) ?? p.name)"
+    }
+
+    public func describe(rule: UInt32, revision: UInt32) -> String {
+        let table = rulesByRevision[revision] ?? compiled?.rules ?? []
+        return Int(rule) < table.count ? table[Int(rule)].description : "rule \(rule) of revision \(revision)"
+    }
+
+    public func describe(identity: UInt32) -> String {
+        identities[identity]?.description ?? (identity == 0 ? "any" : "identity \(identity)")
+    }
+
+    public func policyName(id: UInt32) -> String {
+        id == 0 ? "(default deny)" : compiled?.policyIDs[id] ?? "(deleted)"
+    }
+
+    public var policyKeys: [String] { documents.keys.sorted() }
+}

@@ -1,0 +1,136 @@
+import Datapath
+import Foundation
+import Hummingbird
+import MeshModel
+import NIOCore
+
+/// Policy, trace, monitor and BPF-dump routes of the API.
+enum PolicyRoutes {
+    static func add(to router: Router<BasicRequestContext>, manager: EndpointManager, policy: PolicyEngine,
+                    datapath: MeshDatapath, store: Store, hub: EventHub) {
+        router.post(RouterPath(APIPath.policies)) { request, _ in
+            try await APIServer.respond(status: .ok) {
+                let body = try await request.body.collect(upTo: 64 << 20)
+                let req: PolicyApplyRequest
+                do { req = try MeshJSON.decoder().decode(PolicyApplyRequest.self, from: Data(buffer: body)) } catch {
+                    throw MeshError.invalid("request body is not a policy apply request: \(APIServer.describe(error))")
+                }
+                return try await policy.apply(req)
+            }
+        }
+        router.get(RouterPath(APIPath.policies)) { _, _ in try await APIServer.respond { try await policy.list() } }
+        router.get("/v1/policies/:namespace/:name") { _, ctx in
+            try await APIServer.respond {
+                try await policy.get("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")")
+            }
+        }
+        router.delete("/v1/policies/:namespace/:name") { _, ctx in
+            try await APIServer.respond {
+                ["deleted": try await policy.delete("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")")]
+            }
+        }
+        router.post(RouterPath(APIPath.trace)) { request, _ in
+            try await APIServer.respond {
+                let body = try await request.body.collect(upTo: 1 << 20)
+                let req: TraceRequest
+                do { req = try MeshJSON.decoder().decode(TraceRequest.self, from: Data(buffer: body)) } catch {
+                    throw MeshError.invalid("request body is not a trace request: \(APIServer.describe(error))")
+                }
+                return try await trace(req, manager: manager, policy: policy, datapath: datapath)
+            }
+        }
+        router.get(RouterPath(APIPath.monitor)) { request, _ -> Response in
+            let type = request.uri.queryParameters.get("type") ?? "all"
+            guard ["all", "drop", "verdict"].contains(type) else {
+                return APIServer.json(.badRequest, ErrorResponse(error: .invalid("monitor type \"\(type)\" is not drop, verdict or all")))
+            }
+            let stream = EventResolver(store: store, policy: policy).stream(hub: hub, type: type)
+            return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: ResponseBody(asyncSequence: stream))
+        }
+        router.get(RouterPath(APIPath.bpfPolicy)) { _, _ in
+            try await APIServer.respond {
+                let names = Dictionary(uniqueKeysWithValues: try store.endpoints().map { ($0.id, $0.name) })
+                let revision = try datapath.policyState().revision
+                var rows: [BPFPolicyRow] = []
+                for e in try datapath.policyEntries() {
+                    let ports: String
+                    if e.proto == 0 { ports = "all" } else {
+                        let span = UInt32(1) << (16 - e.portPrefixLength)
+                        let from = UInt32(e.portPrefix), to = from + span - 1
+                        ports = from == to ? "\(from)" : "\(from)-\(to)"
+                    }
+                    rows.append(BPFPolicyRow(endpoint: names[Int(e.endpointID)] ?? "\(e.endpointID)", direction: e.direction.rawValue,
+                                             identity: Int(e.identity), peer: await policy.describe(identity: e.identity),
+                                             proto: ProtocolName.name(e.proto), ports: ports, action: e.action == .allow ? "allow" : "deny",
+                                             rule: await policy.describe(rule: e.ruleID, revision: revision)))
+                }
+                return rows
+            }
+        }
+        router.get(RouterPath(APIPath.bpfIPCache)) { _, _ in
+            try await APIServer.respond {
+                let names = Dictionary(uniqueKeysWithValues: try store.endpoints().map { ($0.id, $0.name) })
+                var rows: [BPFIPCacheRow] = []
+                for e in try datapath.ipcacheEntries() {
+                    rows.append(BPFIPCacheRow(prefix: "\(IPv4Address(e.address))/\(e.prefixLength)", identity: Int(e.identity),
+                                              labels: await policy.describe(identity: e.identity),
+                                              endpoint: e.endpointID == 0 ? "" : names[Int(e.endpointID)] ?? "\(e.endpointID)"))
+                }
+                return rows
+            }
+        }
+        router.get(RouterPath(APIPath.bpfConntrack)) { _, _ in
+            try await APIServer.respond {
+                let names = Dictionary(uniqueKeysWithValues: try store.endpoints().map { ($0.id, $0.name) })
+                var rows: [BPFConntrackRow] = []
+                for c in try datapath.conntrackEntries().sorted(by: { ($0.endpointID, $0.ageSeconds) < ($1.endpointID, $1.ageSeconds) }) {
+                    let flow = "\(IPv4Address(c.source)):\(c.sourcePort) -> \(IPv4Address(c.destination)):\(c.destinationPort)"
+                    rows.append(BPFConntrackRow(endpoint: names[Int(c.endpointID)] ?? "\(c.endpointID)", direction: c.direction.rawValue,
+                                                flow: flow, proto: ProtocolName.name(c.proto), revision: Int(c.revision),
+                                                rule: await policy.describe(rule: c.ruleID, revision: c.revision),
+                                                closing: c.closing, ageSeconds: c.ageSeconds, idleSeconds: c.idleSeconds))
+                }
+                return rows
+            }
+        }
+    }
+
+    /// Runs the real programs on a synthetic first packet, at both hooks it would cross.
+    static func trace(_ req: TraceRequest, manager: EndpointManager, policy: PolicyEngine,
+                      datapath: MeshDatapath) async throws -> TraceResponse {
+        let proto: MeshDatapath.TraceProtocol
+        switch req.proto.uppercased() {
+        case "TCP": proto = .tcp
+        case "UDP": proto = .udp
+        case "ICMP": proto = .icmp
+        default: throw MeshError.invalid("protocol \"\(req.proto)\" is not TCP, UDP or ICMP")
+        }
+        guard (proto == .icmp && req.port == 0) || (1...65535).contains(req.port) else {
+            throw MeshError.invalid("port \(req.port) is not 1-65535")
+        }
+        // Each side is an endpoint name or an IPv4 address (a peer outside the node).
+        func side(_ s: String) async throws -> (Endpoint?, IPv4Address) {
+            if let ip = IPv4Address(s) { return (nil, ip) }
+            let ep = try await manager.get(s)
+            return (ep, ep.ipv4)
+        }
+        let (fromEP, fromIP) = try await side(req.from)
+        let (toEP, toIP) = try await side(req.to)
+        guard fromEP != nil || toEP != nil else { throw MeshError.invalid("at least one of --from and --to must be an endpoint") }
+        let revision = try datapath.policyState().revision
+        var hops: [TraceHop] = []
+        for (ep, dir) in [(fromEP, MeshDatapath.Direction.egress), (toEP, .ingress)] {
+            guard let ep else { continue }
+            let ifindex = Plumbing.ifindex(ep.interface)
+            let r = try datapath.trace(ifindex: ifindex, direction: dir, source: fromIP.value, destination: toIP.value,
+                                       proto: proto, destinationPort: UInt16(req.port))
+            hops.append(TraceHop(hook: "\(dir.rawValue) of \(ep.name)", enforced: r.enforced,
+                                 verdict: r.action == .allow ? "allowed" : "denied", reason: r.reason.label,
+                                 rule: await policy.describe(rule: r.ruleID, revision: revision),
+                                 peerIdentity: Int(r.peerIdentity), peer: await policy.describe(identity: r.peerIdentity)))
+        }
+        let verdict = hops.allSatisfy { $0.verdict == "allowed" } ? "allowed" : "denied"
+        return TraceResponse(from: req.from, to: req.to, port: req.port, proto: req.proto.uppercased(), revision: Int(revision),
+                             hops: hops, verdict: verdict)
+    }
+}

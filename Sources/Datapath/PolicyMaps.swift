@@ -1,0 +1,269 @@
+import CBPF
+import Foundation
+import Glibc
+
+/// Policy in the kernel: identities in the ipcache, verdicts in the policy map, each in
+/// two revision slots flipped atomically (see mesh_abi.h).
+extension MeshDatapath {
+    public enum Action: UInt8, Sendable, Codable { case allow = 1, deny = 2 }
+
+    public enum DropReason: UInt8, Sendable, CaseIterable {
+        case none = 0, policyDeny = 1, policyDefaultDeny = 2, unsupportedL3 = 3
+
+        public var label: String {
+            switch self {
+            case .none: "none"
+            case .policyDeny: "policy_deny"
+            case .policyDefaultDeny: "policy_default_deny"
+            case .unsupportedL3: "unsupported_l3"
+            }
+        }
+    }
+
+    /// Entries one revision may use in each map: the maps hold two slots.
+    public static let policyCapacityPerSlot = UInt32(MESH_POLICY_ENTRIES / 2)
+    public static let ipcacheCapacityPerSlot = UInt32(MESH_IPCACHE_ENTRIES / 2)
+
+    public static let anyIdentity: UInt32 = 0
+    public static let hostIdentity: UInt32 = 1
+    public static let worldIdentity: UInt32 = 2
+
+    /// Address prefix → identity of the peer.
+    public struct IPCacheEntry: Sendable, Hashable {
+        public var address: UInt32 // host order
+        public var prefixLength: Int
+        public var identity: UInt32
+        public var endpointID: UInt32
+        public init(address: UInt32, prefixLength: Int, identity: UInt32, endpointID: UInt32 = 0) {
+            self.address = address
+            self.prefixLength = prefixLength
+            self.identity = identity
+            self.endpointID = endpointID
+        }
+    }
+
+    /// One policy map entry: for `endpointID` in `direction`, peer `identity` (0: any),
+    /// protocol `proto` (0: any protocol, every port) and the port block
+    /// `portPrefix/portPrefixLength` (16: one port, 0: every port).
+    public struct PolicyEntry: Sendable, Hashable {
+        public var endpointID: UInt32
+        public var direction: Direction
+        public var identity: UInt32
+        public var proto: UInt8
+        public var portPrefix: UInt16
+        public var portPrefixLength: Int
+        public var action: Action
+        public var ruleID: UInt32
+        public var policyID: UInt32
+        public init(endpointID: UInt32, direction: Direction, identity: UInt32, proto: UInt8, portPrefix: UInt16,
+                    portPrefixLength: Int, action: Action, ruleID: UInt32, policyID: UInt32) {
+            self.endpointID = endpointID
+            self.direction = direction
+            self.identity = identity
+            self.proto = proto
+            self.portPrefix = portPrefix
+            self.portPrefixLength = portPrefixLength
+            self.action = action
+            self.ruleID = ruleID
+            self.policyID = policyID
+        }
+    }
+
+    /// Whether an endpoint is default-deny per direction, and the rule id that explains it.
+    public struct Enforcement: Sendable, Hashable {
+        public var endpointID: UInt32
+        public var ingress: Bool
+        public var egress: Bool
+        public var ingressDefaultRule: UInt32
+        public var egressDefaultRule: UInt32
+        public init(endpointID: UInt32, ingress: Bool, egress: Bool, ingressDefaultRule: UInt32, egressDefaultRule: UInt32) {
+            self.endpointID = endpointID
+            self.ingress = ingress
+            self.egress = egress
+            self.ingressDefaultRule = ingressDefaultRule
+            self.egressDefaultRule = egressDefaultRule
+        }
+    }
+
+    /// The contents of one revision slot as raw key → value bytes, per map.
+    struct SlotContents {
+        var ipcache: [[UInt8]: [UInt8]] = [:]
+        var policy: [[UInt8]: [UInt8]] = [:]
+        var enforcement: [[UInt8]: [UInt8]] = [:]
+    }
+
+    public struct PolicyState: Sendable, Equatable {
+        public var activeSlot: Int
+        public var revision: UInt32
+    }
+
+    public func policyState() throws -> PolicyState {
+        let st = try stateMap.lookup(UInt32(0), as: mesh_policy_state.self) ?? mesh_policy_state()
+        return PolicyState(activeSlot: Int(st.active_slot & 1), revision: st.revision)
+    }
+
+    /// What a publish wrote, for logs and metrics.
+    public struct PublishStats: Sendable {
+        public var slot: Int
+        public var revision: UInt32
+        public var written: Int
+        public var deleted: Int
+    }
+
+    /// Writes a whole new policy revision into the inactive slot (only what differs from
+    /// that slot's previous revision), then makes it active with one map update.
+    /// Packets see the old revision or the new one, never a mix.
+    public func publish(revision: UInt32, ipcache newIPCache: [IPCacheEntry], policy newPolicy: [PolicyEntry],
+                        enforcement newEnforcement: [Enforcement]) throws -> PublishStats {
+        try publishLock.withLock {
+            let state = try policyState()
+            let target = state.activeSlot ^ 1
+            var next = SlotContents()
+            for e in newIPCache {
+                next.ipcache[Self.bytes(ipcacheKey(e, slot: target))] = Self.bytes(mesh_ipcache_value(identity: e.identity, endpoint_id: e.endpointID))
+            }
+            for e in newPolicy {
+                var v = mesh_policy_value()
+                v.action = e.action.rawValue
+                v.rule_id = e.ruleID
+                v.policy_id = e.policyID
+                next.policy[Self.bytes(policyKey(e, slot: target))] = Self.bytes(v)
+            }
+            for e in newEnforcement {
+                var k = mesh_policy_ep_key()
+                k.endpoint_id = e.endpointID
+                k.slot = UInt8(target)
+                var v = mesh_policy_ep_value()
+                v.enforce.0 = e.ingress ? 1 : 0   // MESH_DIR_INGRESS
+                v.enforce.1 = e.egress ? 1 : 0    // MESH_DIR_EGRESS
+                v.default_rule_id.0 = e.ingressDefaultRule
+                v.default_rule_id.1 = e.egressDefaultRule
+                next.enforcement[Self.bytes(k)] = Self.bytes(v)
+            }
+            let old = slots[target]
+            var written = 0, deleted = 0
+            // Add and change first, delete after: the slot is inactive, order is for tidiness.
+            for (map, new, prev) in [(ipcache, next.ipcache, old.ipcache), (policy, next.policy, old.policy),
+                                     (policyEP, next.enforcement, old.enforcement)] {
+                for (k, v) in new where prev[k] != v {
+                    try map.updateRaw(k, v)
+                    written += 1
+                }
+                for k in prev.keys where new[k] == nil {
+                    try map.deleteRaw(k)
+                    deleted += 1
+                }
+            }
+            slots[target] = next
+            var st = mesh_policy_state()
+            st.active_slot = UInt32(target)
+            st.revision = revision
+            try stateMap.update(UInt32(0), st)
+            return PublishStats(slot: target, revision: revision, written: written, deleted: deleted)
+        }
+    }
+
+    /// Reads both slots back from the pinned maps (after a restart).
+    func loadSlots() throws {
+        var loaded = [SlotContents(), SlotContents()]
+        for (k, v) in try ipcache.entriesRaw() {
+            let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_ipcache_key.self) }
+            loaded[Int(key.slot & 1)].ipcache[k] = v
+        }
+        for (k, v) in try policy.entriesRaw() {
+            let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_policy_key.self) }
+            loaded[Int(key.slot & 1)].policy[k] = v
+        }
+        for (k, v) in try policyEP.entriesRaw() {
+            let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_policy_ep_key.self) }
+            loaded[Int(key.slot & 1)].enforcement[k] = v
+        }
+        slots = loaded
+    }
+
+    func ipcacheKey(_ e: IPCacheEntry, slot: Int) -> mesh_ipcache_key {
+        var k = mesh_ipcache_key()
+        k.prefixlen = UInt32(8 + e.prefixLength)
+        k.slot = UInt8(slot)
+        let be = e.address.bigEndian
+        withUnsafeBytes(of: be) { src in withUnsafeMutableBytes(of: &k.addr) { $0.copyMemory(from: src) } }
+        return k
+    }
+
+    func policyKey(_ e: PolicyEntry, slot: Int) -> mesh_policy_key {
+        var k = mesh_policy_key()
+        k.slot = UInt8(slot)
+        k.direction = UInt8(e.direction.abi.rawValue)
+        k.endpoint_id = e.endpointID
+        k.identity = e.identity
+        if e.proto == 0 {
+            k.prefixlen = UInt32(MESH_POLICY_FIXED_BITS)
+        } else {
+            k.proto = e.proto
+            k.prefixlen = UInt32(MESH_POLICY_FIXED_BITS) + 16 + UInt32(e.portPrefixLength)
+            let mask: UInt16 = e.portPrefixLength == 0 ? 0 : ~UInt16(0) << (16 - e.portPrefixLength)
+            k.dport = (e.portPrefix & mask).bigEndian
+        }
+        return k
+    }
+
+    static func bytes<T>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v) { Array($0) } }
+
+    /// The active slot's ipcache, as (prefix, length, identity, endpoint id).
+    public func ipcacheEntries() throws -> [IPCacheEntry] {
+        let active = try policyState().activeSlot
+        return slots[active].ipcache.map { k, v in
+            let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_ipcache_key.self) }
+            let val = v.withUnsafeBytes { $0.loadUnaligned(as: mesh_ipcache_value.self) }
+            let addr = withUnsafeBytes(of: key.addr) { UInt32(bigEndian: $0.loadUnaligned(as: UInt32.self)) }
+            return IPCacheEntry(address: addr, prefixLength: Int(key.prefixlen) - 8, identity: val.identity, endpointID: val.endpoint_id)
+        }.sorted { ($0.address, $0.prefixLength) < ($1.address, $1.prefixLength) }
+    }
+
+    /// The active slot's policy entries.
+    public func policyEntries() throws -> [PolicyEntry] {
+        let active = try policyState().activeSlot
+        return slots[active].policy.map { k, v in
+            let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_policy_key.self) }
+            let val = v.withUnsafeBytes { $0.loadUnaligned(as: mesh_policy_value.self) }
+            let portBits = max(0, Int(key.prefixlen) - Int(MESH_POLICY_FIXED_BITS) - 16)
+            return PolicyEntry(endpointID: key.endpoint_id, direction: key.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress,
+                               identity: key.identity, proto: key.proto, portPrefix: UInt16(bigEndian: key.dport),
+                               portPrefixLength: portBits, action: Action(rawValue: val.action) ?? .deny,
+                               ruleID: val.rule_id, policyID: val.policy_id)
+        }.sorted { ($0.endpointID, $0.direction.rawValue, $0.identity, $0.proto, $0.portPrefix) < ($1.endpointID, $1.direction.rawValue, $1.identity, $1.proto, $1.portPrefix) }
+    }
+
+    /// Drops by reason and direction, summed over CPUs.
+    public func dropCounters() throws -> [(reason: DropReason, direction: Direction, counters: Counters)] {
+        try drops.keys(as: mesh_drop_key.self).compactMap { k in
+            guard let reason = DropReason(rawValue: k.reason), let per = try drops.lookupPerCPU(k, as: mesh_counter.self) else { return nil }
+            return (reason, k.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress, Self.sum(per))
+        }
+    }
+
+    /// New-flow verdicts by policy id (0: default deny), direction and action.
+    public func verdictCounters() throws -> [(policyID: UInt32, direction: Direction, action: Action, counters: Counters)] {
+        try verdicts.keys(as: mesh_verdict_key.self).compactMap { k in
+            guard let action = Action(rawValue: k.action), let per = try verdicts.lookupPerCPU(k, as: mesh_counter.self) else { return nil }
+            return (k.policy_id, k.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress, action, Self.sum(per))
+        }
+    }
+
+    static func sum(_ per: [mesh_counter]) -> Counters {
+        per.reduce(into: Counters()) { c, v in
+            c.packets &+= v.packets
+            c.bytes &+= v.bytes
+        }
+    }
+}
+
+/// A lock usable from a non-Sendable-aware class (Foundation's NSLock, named for intent).
+final class NSLockShim: @unchecked Sendable {
+    private let lock = NSLock()
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+}

@@ -1,0 +1,122 @@
+import CBPF
+import Glibc
+
+extension MeshDatapath {
+    public struct TraceResult: Sendable, Equatable {
+        public var action: Action
+        public var reason: DropReason
+        public var ruleID: UInt32
+        public var peerIdentity: UInt32
+        public var enforced: Bool
+    }
+
+    public enum TraceProtocol: UInt8, Sendable { case icmp = 1, tcp = 6, udp = 17 }
+
+    /// Runs the attached program of `direction` on a synthetic first packet of a flow, with
+    /// BPF_PROG_TEST_RUN and the trace mark: the kernel's own code and maps decide, with no
+    /// side effects (no conntrack entry, counter or event).
+    public func trace(ifindex: Int32, direction: Direction, source: UInt32, destination: UInt32,
+                      proto: TraceProtocol, destinationPort: UInt16) throws -> TraceResult {
+        let program = direction == .egress ? fromEndpoint : toEndpoint
+        var packet = Self.packet(source: source, destination: destination, proto: proto, destinationPort: destinationPort)
+        var ctxIn = __sk_buff()
+        ctxIn.ifindex = UInt32(ifindex)
+        ctxIn.mark = UInt32(MESH_TRACE_MARK)
+        var ctxOut = __sk_buff()
+        var retval: UInt32 = 0
+        let rc = cbpf_test_run_skb(program.fd, &packet, UInt32(packet.count), &ctxIn, &ctxOut, &retval)
+        try check("trace run of \(program.name) on ifindex \(ifindex)", rc)
+        let cb = ctxOut.cb
+        guard cb.4 & 2 != 0 else {
+            throw DatapathError("trace: \(program.name) did not evaluate policy (is ifindex \(ifindex) an endpoint?)", errno: EINVAL)
+        }
+        return TraceResult(action: Action(rawValue: UInt8(cb.0)) ?? .deny, reason: DropReason(rawValue: UInt8(cb.1)) ?? .none,
+                           ruleID: cb.2, peerIdentity: cb.3, enforced: cb.4 & 1 != 0)
+    }
+
+    /// Ethernet + IPv4 + a TCP SYN, UDP or ICMP echo header: enough for the program to parse.
+    static func packet(source: UInt32, destination: UInt32, proto: TraceProtocol, destinationPort: UInt16) -> [UInt8] {
+        var p: [UInt8] = [0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00]
+        let l4: [UInt8]
+        let sport: UInt16 = 40000
+        switch proto {
+        case .tcp:
+            l4 = [UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(destinationPort >> 8), UInt8(destinationPort & 0xff),
+                  0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]
+        case .udp:
+            l4 = [UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(destinationPort >> 8), UInt8(destinationPort & 0xff), 0, 8, 0, 0]
+        case .icmp:
+            l4 = [8, 0, 0, 0, 0, 1, 0, 1]
+        }
+        let total = UInt16(20 + l4.count)
+        p += [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), 0, 1, 0x40, 0, 64, proto.rawValue, 0, 0]
+        for a in [source, destination] { p += [UInt8(a >> 24), UInt8(a >> 16 & 0xff), UInt8(a >> 8 & 0xff), UInt8(a & 0xff)] }
+        return p + l4
+    }
+}
+
+extension MeshDatapath {
+    public struct ConntrackEntry: Sendable {
+        public var endpointID: UInt32
+        public var source: UInt32
+        public var destination: UInt32
+        public var sourcePort: UInt16
+        public var destinationPort: UInt16
+        public var proto: UInt8
+        public var direction: Direction
+        public var revision: UInt32
+        public var ruleID: UInt32
+        public var peerIdentity: UInt32
+        public var closing: Bool
+        public var ageSeconds: Double
+        public var idleSeconds: Double
+    }
+
+    static func monotonicNanoseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    static func lifetime(proto: UInt8, closing: Bool) -> UInt64 {
+        closing ? 10_000_000_000 : proto == 6 ? 3_600_000_000_000 : 60_000_000_000
+    }
+
+    public func conntrackEntries() throws -> [ConntrackEntry] {
+        let now = Self.monotonicNanoseconds()
+        return try conntrack.entriesRaw().map { k, v in
+            let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_ct_key.self) }
+            let val = v.withUnsafeBytes { $0.loadUnaligned(as: mesh_ct_value.self) }
+            return ConntrackEntry(endpointID: key.endpoint_id, source: UInt32(bigEndian: key.saddr), destination: UInt32(bigEndian: key.daddr),
+                                  sourcePort: key.sport, destinationPort: key.dport, proto: key.proto,
+                                  direction: key.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress,
+                                  revision: val.revision, ruleID: val.rule_id, peerIdentity: val.peer_identity, closing: val.closing != 0,
+                                  ageSeconds: Double(now &- val.created) / 1e9, idleSeconds: Double(now &- val.last_seen) / 1e9)
+        }
+    }
+
+    /// Deletes entries idle longer than their lifetime (the same lifetimes the programs
+    /// use to ignore them). Returns how many went.
+    @discardableResult
+    public func conntrackCollect() throws -> Int {
+        let now = Self.monotonicNanoseconds()
+        var n = 0
+        for (k, v) in try conntrack.entriesRaw() {
+            let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_ct_key.self) }
+            let val = v.withUnsafeBytes { $0.loadUnaligned(as: mesh_ct_value.self) }
+            if now &- val.last_seen > Self.lifetime(proto: key.proto, closing: val.closing != 0) {
+                try conntrack.deleteRaw(k)
+                n += 1
+            }
+        }
+        return n
+    }
+
+    /// Forgets conntrack entries of an endpoint (when it is deleted).
+    public func conntrackForget(endpointID: UInt32) {
+        for (k, _) in (try? conntrack.entriesRaw()) ?? [] {
+            let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_ct_key.self) }
+            if key.endpoint_id == endpointID { try? conntrack.deleteRaw(k) }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+/// Reads the body of a `cilium.io/v2` CiliumNetworkPolicy into Policy values.
+///
+/// A document with `spec` gives one Policy named after the document; one with `specs`
+/// gives one Policy per entry, named `<name>#<index>` (`#` cannot occur in a Kubernetes
+/// name, so these never collide with another document's policy). Each entry has its own
+/// endpointSelector and so its own default-deny scope, as in Cilium.
+enum CiliumPolicyReader {
+    static let topLevelFields = ["apiVersion", "kind", "metadata", "spec", "specs"]
+    static let ruleFields = ["endpointSelector", "ingress", "ingressDeny", "egress", "egressDeny", "description"]
+
+    /// One of a rule object's four sections.
+    struct Section {
+        let key: String
+        let direction: TrafficDirection
+        let action: PolicyRule.Action
+        /// `from` or `to`: the prefix of the section's peer fields.
+        var peerPrefix: String { direction == .ingress ? "from" : "to" }
+    }
+
+    /// In the order their rules are listed in a Policy, whatever the document's key order.
+    static let sections = [
+        Section(key: "ingress", direction: .ingress, action: .allow),
+        Section(key: "ingressDeny", direction: .ingress, action: .deny),
+        Section(key: "egress", direction: .egress, action: .allow),
+        Section(key: "egressDeny", direction: .egress, action: .deny),
+    ]
+
+    static func read(_ top: PolicyFields, metadata: PolicyMetadata) throws(PolicyFieldError) -> [Policy] {
+        switch (top.optional("spec"), top.optional("specs")) {
+        case (nil, nil):
+            throw top.node.error("missing required field \"spec\" (one rule object) or \"specs\" (a list of them)")
+        case (.some, .some):
+            throw PolicyNode(tree: .null, path: "specs").error("\"spec\" and \"specs\" are both given; use exactly one")
+        case (let spec?, nil):
+            return [try policy(spec, name: metadata.name, metadata: metadata)]
+        case (nil, let specs?):
+            var policies: [Policy] = []
+            for (i, entry) in try specs.nonEmptyList(of: "rule object").enumerated() {
+                policies.append(try policy(entry, name: "\(metadata.name)#\(i)", metadata: metadata))
+            }
+            return policies
+        }
+    }
+
+    /// One rule object (`spec`, or an entry of `specs`) as one Policy.
+    static func policy(_ node: PolicyNode, name: String, metadata: PolicyMetadata) throws(PolicyFieldError) -> Policy {
+        let fields = try node.fields(allowed: ruleFields)
+        _ = try fields.optional("description")?.string()
+        let subject = try PolicyPeers.ciliumSubject(
+            fields.required("endpointSelector", hint: "use endpointSelector: {} to select every endpoint of the namespace"),
+            policyNamespace: metadata.namespace)
+        var rules: [PolicyRule] = []
+        for section in sections {
+            for item in try fields.optional(section.key)?.list() ?? [] {
+                rules.append(try rule(item, section: section, namespace: metadata.namespace))
+            }
+        }
+        return Policy(name: name, namespace: metadata.namespace, kind: .ciliumNetworkPolicy, subject: subject,
+                      enforceIngress: fields.has("ingress") || fields.has("ingressDeny"),
+                      enforceEgress: fields.has("egress") || fields.has("egressDeny"),
+                      rules: rules)
+    }
+
+    /// One item of a section. No peer field but `toPorts` means every peer on those
+    /// ports; no field at all (`- {}`) means no peer, a rule that only enables default-deny.
+    static func rule(_ node: PolicyNode, section: Section, namespace: String) throws(PolicyFieldError) -> PolicyRule {
+        let p = section.peerPrefix
+        let peerFields = ["\(p)Endpoints", "\(p)CIDR", "\(p)CIDRSet", "\(p)Entities"]
+        let fields = try node.fields(allowed: peerFields + ["toPorts"])
+
+        var peers: [Peer] = []
+        for item in try fields.optional("\(p)Endpoints")?.list() ?? [] {
+            peers.append(.endpoints(try PolicyPeers.ciliumPeerSelector(item, policyNamespace: namespace)))
+        }
+        for item in try fields.optional("\(p)CIDR")?.list() ?? [] {
+            peers.append(.cidr(try item.cidr(), except: []))
+        }
+        for item in try fields.optional("\(p)CIDRSet")?.list() ?? [] {
+            peers.append(try PolicyPeers.cidrBlock(item, cidrKey: "cidr", strictly: false))
+        }
+        for item in try fields.optional("\(p)Entities")?.list() ?? [] {
+            peers.append(.entity(try PolicyPeers.entity(item)))
+        }
+
+        var ports: [PortRange] = []
+        if let toPorts = fields.optional("toPorts") {
+            for item in try toPorts.nonEmptyList(of: "port rule") {
+                ports += try portRule(item, deny: section.action == .deny)
+            }
+            if !peerFields.contains(where: fields.has) { peers = [.entity(.all)] }
+        }
+        return PolicyRule(direction: section.direction, action: section.action, path: node.path, peers: peers, ports: ports)
+    }
+
+    // MARK: Ports
+
+    /// One `toPorts` item: `{ports: [...], rules: {...}}`.
+    static func portRule(_ node: PolicyNode, deny: Bool) throws(PolicyFieldError) -> [PortRange] {
+        let fields = try node.fields(allowed: ["ports", "rules"])
+        var ranges: [PortRange] = []
+        for item in try fields.optional("ports")?.nonEmptyList(of: "port") ?? [] {
+            ranges.append(try port(item))
+        }
+        if let rules = fields.optional("rules") {
+            guard !deny else {
+                throw rules.error("deny rules cannot have L7 rules; a deny rule drops whole connections",
+                                  hint: "remove \"rules\", or move them to an ingress/egress allow section")
+            }
+            try l7Rules(rules)
+        }
+        guard !ranges.isEmpty else {
+            throw node.error("missing required field \"ports\"", hint: "for example ports: [{port: \"80\", protocol: TCP}]")
+        }
+        return ranges
+    }
+
+    /// `{port, endPort, protocol}`; no port means every port of the protocol.
+    static func port(_ node: PolicyNode) throws(PolicyFieldError) -> PortRange {
+        let fields = try node.fields(allowed: ["port", "endPort", "protocol"])
+        let name = try fields.optional("protocol")?.choice(["TCP", "UDP", "ANY"], ignoringCase: true, what: "protocol") ?? "ANY"
+        let proto = PortRange.L4Protocol(rawValue: name)!
+        return try PolicyPorts.range(fields, proto: proto)
+    }
+
+    // MARK: L7
+
+    /// `rules` of a toPorts item. HTTP rules are checked in full, so that a malformed one
+    /// gets its own error, and then refused: they need the L7 proxy.
+    static func l7Rules(_ node: PolicyNode) throws(PolicyFieldError) {
+        let fields = try node.fields(allowed: ["http"])
+        guard let http = fields.optional("http") else { return }
+        for item in try http.list() {
+            let rule = try item.fields(allowed: ["method", "path", "host", "headers"])
+            for key in ["method", "path", "host"] { _ = try rule.optional(key)?.string() }
+            for header in try rule.optional("headers")?.list() ?? [] { _ = try header.string() }
+        }
+        throw http.error("L7 HTTP rules need the L7 proxy, which this version of SwiftMesh does not have yet",
+                         hint: "remove \"rules\" to allow the port at L4")
+    }
+}

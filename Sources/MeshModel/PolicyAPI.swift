@@ -1,0 +1,239 @@
+import Foundation
+
+/// API paths and wire types of policies, tracing, monitoring and BPF map dumps.
+extension APIPath {
+    public static let policies = "/v1/policies"
+    public static func policy(_ key: String) -> String { "/v1/policies/\(key)" }
+    public static let trace = "/v1/policy/trace"
+    public static let monitor = "/v1/monitor"
+    public static let bpfPolicy = "/v1/bpf/policy"
+    public static let bpfIPCache = "/v1/bpf/ipcache"
+    public static let bpfConntrack = "/v1/bpf/ct"
+}
+
+/// Body of `POST /v1/policies`: one or many YAML documents, applied whole or not at all.
+public struct PolicyApplyRequest: Codable, Sendable {
+    public var yaml: String
+    /// Where the text came from, for error messages (a file name or `-`).
+    public var source: String
+    /// Validate only: parse, check and compile, change nothing.
+    public var dryRun: Bool
+    public init(yaml: String, source: String, dryRun: Bool) {
+        self.yaml = yaml
+        self.source = source
+        self.dryRun = dryRun
+    }
+}
+
+public struct PolicyApplyResult: Codable, Sendable {
+    /// `namespace/name` of each document in the file.
+    public var documents: [String]
+    public var policies: Int
+    public var rules: Int
+    public var revision: Int
+    public var dryRun: Bool
+    /// Map entries the compiled set needs.
+    public var entries: Int
+    public var enforcedSeconds: Double
+    public init(documents: [String], policies: Int, rules: Int, revision: Int, dryRun: Bool, entries: Int, enforcedSeconds: Double) {
+        self.documents = documents
+        self.policies = policies
+        self.rules = rules
+        self.revision = revision
+        self.dryRun = dryRun
+        self.entries = entries
+        self.enforcedSeconds = enforcedSeconds
+    }
+}
+
+public struct PolicySummary: Codable, Sendable {
+    public var key: String
+    public var kind: String
+    public var appliedAt: Date
+    /// Endpoints the document's policies select.
+    public var selects: [String]
+    public var rules: Int
+    public init(key: String, kind: String, appliedAt: Date, selects: [String], rules: Int) {
+        self.key = key
+        self.kind = kind
+        self.appliedAt = appliedAt
+        self.selects = selects
+        self.rules = rules
+    }
+}
+
+public struct PolicyDocumentView: Codable, Sendable {
+    public var key: String
+    public var kind: String
+    public var yaml: String
+    public var policies: [Policy]
+    public init(key: String, kind: String, yaml: String, policies: [Policy]) {
+        self.key = key
+        self.kind = kind
+        self.yaml = yaml
+        self.policies = policies
+    }
+}
+
+/// `meshctl policy trace`: the decision of each hook a first packet crosses.
+public struct TraceRequest: Codable, Sendable {
+    public var from: String
+    public var to: String
+    public var port: Int
+    public var proto: String
+    public init(from: String, to: String, port: Int, proto: String) {
+        self.from = from
+        self.to = to
+        self.port = port
+        self.proto = proto
+    }
+}
+
+public struct TraceHop: Codable, Sendable {
+    /// `egress of web` / `ingress of db`.
+    public var hook: String
+    public var enforced: Bool
+    public var verdict: String
+    public var reason: String
+    public var rule: String
+    public var peerIdentity: Int
+    public var peer: String
+    public init(hook: String, enforced: Bool, verdict: String, reason: String, rule: String, peerIdentity: Int, peer: String) {
+        self.hook = hook
+        self.enforced = enforced
+        self.verdict = verdict
+        self.reason = reason
+        self.rule = rule
+        self.peerIdentity = peerIdentity
+        self.peer = peer
+    }
+}
+
+public struct TraceResponse: Codable, Sendable {
+    public var from: String
+    public var to: String
+    public var port: Int
+    public var proto: String
+    public var revision: Int
+    public var hops: [TraceHop]
+    public var verdict: String
+    public init(from: String, to: String, port: Int, proto: String, revision: Int, hops: [TraceHop], verdict: String) {
+        self.from = from
+        self.to = to
+        self.port = port
+        self.proto = proto
+        self.revision = revision
+        self.hops = hops
+        self.verdict = verdict
+    }
+}
+
+/// One event of `meshctl monitor`, names resolved.
+public struct MonitorEvent: Codable, Sendable {
+    public var time: Date
+    /// `drop` or `verdict`.
+    public var type: String
+    public var endpoint: String
+    public var direction: String
+    public var source: String
+    public var destination: String
+    public var sourcePort: Int
+    public var destinationPort: Int
+    public var proto: String
+    public var peerIdentity: Int
+    public var peer: String
+    public var verdict: String
+    public var reason: String
+    public var rule: String
+    public var revision: Int
+    public init(time: Date, type: String, endpoint: String, direction: String, source: String, destination: String,
+                sourcePort: Int, destinationPort: Int, proto: String, peerIdentity: Int, peer: String,
+                verdict: String, reason: String, rule: String, revision: Int) {
+        self.time = time
+        self.type = type
+        self.endpoint = endpoint
+        self.direction = direction
+        self.source = source
+        self.destination = destination
+        self.sourcePort = sourcePort
+        self.destinationPort = destinationPort
+        self.proto = proto
+        self.peerIdentity = peerIdentity
+        self.peer = peer
+        self.verdict = verdict
+        self.reason = reason
+        self.rule = rule
+        self.revision = revision
+    }
+}
+
+/// Rows of `meshctl bpf … list`.
+public struct BPFPolicyRow: Codable, Sendable {
+    public var endpoint: String
+    public var direction: String
+    public var identity: Int
+    public var peer: String
+    public var proto: String
+    public var ports: String
+    public var action: String
+    public var rule: String
+    public init(endpoint: String, direction: String, identity: Int, peer: String, proto: String, ports: String, action: String, rule: String) {
+        self.endpoint = endpoint
+        self.direction = direction
+        self.identity = identity
+        self.peer = peer
+        self.proto = proto
+        self.ports = ports
+        self.action = action
+        self.rule = rule
+    }
+}
+
+public struct BPFIPCacheRow: Codable, Sendable {
+    public var prefix: String
+    public var identity: Int
+    public var labels: String
+    public var endpoint: String
+    public init(prefix: String, identity: Int, labels: String, endpoint: String) {
+        self.prefix = prefix
+        self.identity = identity
+        self.labels = labels
+        self.endpoint = endpoint
+    }
+}
+
+public struct BPFConntrackRow: Codable, Sendable {
+    public var endpoint: String
+    public var direction: String
+    public var flow: String
+    public var proto: String
+    public var revision: Int
+    public var rule: String
+    public var closing: Bool
+    public var ageSeconds: Double
+    public var idleSeconds: Double
+    public init(endpoint: String, direction: String, flow: String, proto: String, revision: Int, rule: String,
+                closing: Bool, ageSeconds: Double, idleSeconds: Double) {
+        self.endpoint = endpoint
+        self.direction = direction
+        self.flow = flow
+        self.proto = proto
+        self.revision = revision
+        self.rule = rule
+        self.closing = closing
+        self.ageSeconds = ageSeconds
+        self.idleSeconds = idleSeconds
+    }
+}
+
+public enum ProtocolName {
+    public static func name(_ n: UInt8) -> String {
+        switch n {
+        case 0: "ANY"
+        case 1: "ICMP"
+        case 6: "TCP"
+        case 17: "UDP"
+        default: "proto-\(n)"
+        }
+    }
+}

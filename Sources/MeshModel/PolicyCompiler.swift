@@ -1,0 +1,302 @@
+/// Turns policies and the node's endpoints into what the kernel looks up: identities, an
+/// ipcache, policy map entries and per-endpoint enforcement. Pure and deterministic: the
+/// same input always gives the same output, so a restarted meshd rebuilds exactly what its
+/// predecessor left pinned.
+public enum PolicyCompiler {
+    public static let anyIdentity: UInt32 = 0
+    public static let hostIdentity: UInt32 = 1
+    public static let worldIdentity: UInt32 = 2
+    static let firstEndpointIdentity: UInt32 = 256
+    static let firstCIDRIdentity: UInt32 = 0x0100_0000
+
+    /// What a compiled policy set needs to know about an endpoint.
+    public struct EndpointInfo: Sendable, Equatable {
+        public var id: Int
+        public var name: String
+        public var labels: Labels
+        public var ipv4: IPv4Address
+        public init(id: Int, name: String, labels: Labels, ipv4: IPv4Address) {
+            self.id = id
+            self.name = name
+            self.labels = labels
+            self.ipv4 = ipv4
+        }
+    }
+
+    public struct IPCacheEntry: Sendable, Equatable, Hashable {
+        public var prefix: IPv4CIDR
+        public var identity: UInt32
+        public var endpointID: Int
+    }
+
+    public struct Entry: Sendable, Equatable, Hashable {
+        public var endpointID: Int
+        public var direction: TrafficDirection
+        /// Peer identity; 0 for every peer.
+        public var identity: UInt32
+        /// 0 for every protocol (and so every port).
+        public var proto: UInt8
+        public var portPrefix: UInt16
+        public var portPrefixLength: Int
+        public var action: PolicyRule.Action
+        public var ruleID: UInt32
+        public var policyID: UInt32
+    }
+
+    public struct Enforcement: Sendable, Equatable {
+        public var endpointID: Int
+        public var ingress: Bool
+        public var egress: Bool
+        public var ingressDefaultRule: UInt32
+        public var egressDefaultRule: UInt32
+    }
+
+    /// What a rule id in an entry, an event or a trace stands for.
+    public struct RuleInfo: Sendable, Equatable, Codable {
+        /// `namespace/name` of the policy, empty for a default-deny entry.
+        public var policy: String
+        public var path: String
+        public var action: PolicyRule.Action
+        /// Human text: `default/allow-web spec.ingress[0] (allow)` or
+        /// `default deny: selected by default/p1, default/p2`.
+        public var description: String
+    }
+
+    public struct Result: Sendable {
+        public var identities: [UInt32: IdentityInfo]
+        public var endpointIdentity: [Int: UInt32]
+        public var ipcache: [IPCacheEntry]
+        public var entries: [Entry]
+        public var enforcement: [Enforcement]
+        /// Index = rule id; 0 is "no rule".
+        public var rules: [RuleInfo]
+        /// Policy id (as counted by the kernel) → policy key.
+        public var policyIDs: [UInt32: String]
+    }
+
+    public struct IdentityInfo: Sendable, Equatable, Codable {
+        public var id: UInt32
+        /// `app=web,namespace=prod`, `cidr:10.0.0.0/8`, `reserved:host`, `reserved:world`.
+        public var description: String
+    }
+
+    public static func policyID(_ key: String) -> UInt32 {
+        let h = key.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
+        return h == 0 ? 1 : h
+    }
+
+    public static func compile(policies: [Policy], endpoints: [EndpointInfo], hostAddresses: [IPv4Address]) -> Result {
+        // Identities: one per distinct label set, one per CIDR prefix that rules name.
+        var identities: [UInt32: IdentityInfo] = [
+            hostIdentity: IdentityInfo(id: hostIdentity, description: "reserved:host"),
+            worldIdentity: IdentityInfo(id: worldIdentity, description: "reserved:world"),
+        ]
+        var byLabels: [String: UInt32] = [:]
+        for labels in Set(endpoints.map(\.labels.description)).sorted() {
+            let id = allocate(labels, base: firstEndpointIdentity, taken: identities)
+            identities[id] = IdentityInfo(id: id, description: labels.isEmpty ? "(no labels)" : labels)
+            byLabels[labels] = id
+        }
+        var endpointIdentity: [Int: UInt32] = [:]
+        for ep in endpoints { endpointIdentity[ep.id] = byLabels[ep.labels.description] }
+
+        var cidrs = Set<IPv4CIDR>()
+        for p in policies {
+            for r in p.rules {
+                for peer in r.peers {
+                    if case .cidr(let c, let except) = peer { cidrs.insert(c); except.forEach { cidrs.insert($0) } }
+                }
+            }
+        }
+        var cidrIdentity: [IPv4CIDR: UInt32] = [:]
+        for c in cidrs.sorted(by: { ($0.network, $0.prefixLength) < ($1.network, $1.prefixLength) }) {
+            let id = allocate("cidr:\(c)", base: firstCIDRIdentity, taken: identities)
+            identities[id] = IdentityInfo(id: id, description: "cidr:\(c)")
+            cidrIdentity[c] = id
+        }
+
+        var ipcache: [IPCacheEntry] = cidrs.map { IPCacheEntry(prefix: $0, identity: cidrIdentity[$0]!, endpointID: 0) }
+        for ep in endpoints {
+            ipcache.append(IPCacheEntry(prefix: try! IPv4CIDR(parsing: "\(ep.ipv4)/32"), identity: endpointIdentity[ep.id]!, endpointID: ep.id))
+        }
+        for h in Set(hostAddresses) {
+            ipcache.append(IPCacheEntry(prefix: try! IPv4CIDR(parsing: "\(h)/32"), identity: hostIdentity, endpointID: 0))
+        }
+        // An endpoint or host /32 wins over a CIDR entry of the same /32.
+        var seen = Set<IPv4CIDR>()
+        ipcache = ipcache.reversed().filter { seen.insert($0.prefix).inserted }.reversed()
+        ipcache.sort { ($0.prefix.network, $0.prefix.prefixLength) < ($1.prefix.network, $1.prefix.prefixLength) }
+
+        // Rules table and per-(endpoint, direction, peer) atoms.
+        var rules = [RuleInfo(policy: "", path: "", action: .allow, description: "no policy selects this endpoint in this direction")]
+        var policyIDs: [UInt32: String] = [:]
+        struct GroupKey: Hashable { var ep: Int; var dir: TrafficDirection; var identity: UInt32 }
+        var atoms: [GroupKey: [Atom]] = [:]
+        var selectedBy: [Int: [TrafficDirection: [String]]] = [:]
+
+        let sortedPolicies = policies.sorted { $0.key < $1.key }
+        for p in sortedPolicies {
+            let pid = policyID(p.key)
+            policyIDs[pid] = p.key
+            let subjects = endpoints.filter { p.subject.matches($0.labels) }
+            for ep in subjects {
+                if p.enforceIngress { selectedBy[ep.id, default: [:]][.ingress, default: []].append(p.key) }
+                if p.enforceEgress { selectedBy[ep.id, default: [:]][.egress, default: []].append(p.key) }
+            }
+            for r in p.rules {
+                rules.append(RuleInfo(policy: p.key, path: r.path, action: r.action,
+                                      description: "\(p.key) \(r.path) (\(r.action.rawValue))"))
+                let ruleID = UInt32(rules.count - 1)
+                let peerIDs = resolve(r.peers, endpoints: endpoints, byLabels: byLabels, cidrIdentity: cidrIdentity)
+                let ports = portAtoms(r.ports)
+                for ep in subjects {
+                    for identity in peerIDs {
+                        let key = GroupKey(ep: ep.id, dir: r.direction, identity: identity)
+                        for (proto, prefix, len) in ports {
+                            atoms[key, default: []].append(Atom(proto: proto, prefix: prefix, length: len, action: r.action,
+                                                               ruleID: ruleID, policyID: pid))
+                        }
+                    }
+                }
+            }
+        }
+
+        var enforcement: [Enforcement] = []
+        for ep in endpoints.sorted(by: { $0.id < $1.id }) {
+            guard let sel = selectedBy[ep.id] else { continue }
+            var e = Enforcement(endpointID: ep.id, ingress: sel[.ingress] != nil, egress: sel[.egress] != nil,
+                                ingressDefaultRule: 0, egressDefaultRule: 0)
+            for dir in TrafficDirection.allCases {
+                guard let by = sel[dir] else { continue }
+                rules.append(RuleInfo(policy: "", path: "", action: .deny,
+                                      description: "default deny (\(dir.rawValue)): selected by \(by.joined(separator: ", "))"))
+                if dir == .ingress { e.ingressDefaultRule = UInt32(rules.count - 1) } else { e.egressDefaultRule = UInt32(rules.count - 1) }
+            }
+            enforcement.append(e)
+        }
+
+        var entries: [Entry] = []
+        for (key, list) in atoms.sorted(by: { ($0.key.ep, $0.key.dir.rawValue, $0.key.identity) < ($1.key.ep, $1.key.dir.rawValue, $1.key.identity) }) {
+            // Only enforced directions need entries; elsewhere everything is allowed anyway.
+            guard selectedBy[key.ep]?[key.dir] != nil else { continue }
+            for (region, decided) in resolveLongestMatch(list) {
+                entries.append(Entry(endpointID: key.ep, direction: key.dir, identity: key.identity, proto: region.proto,
+                                     portPrefix: region.prefix, portPrefixLength: region.length, action: decided.action,
+                                     ruleID: decided.ruleID, policyID: decided.policyID))
+            }
+        }
+        return Result(identities: identities, endpointIdentity: endpointIdentity, ipcache: ipcache, entries: entries,
+                      enforcement: enforcement, rules: rules, policyIDs: policyIDs)
+    }
+
+    struct Atom {
+        var proto: UInt8 // 0: any protocol
+        var prefix: UInt16
+        var length: Int // port prefix bits, 0...16 (ignored for proto 0)
+        var action: PolicyRule.Action
+        var ruleID: UInt32
+        var policyID: UInt32
+
+        var region: Region { Region(proto: proto, prefix: proto == 0 ? 0 : prefix, length: proto == 0 ? 0 : length) }
+
+        /// Region `r` lies inside this atom's region.
+        func covers(_ r: Region) -> Bool {
+            if proto == 0 { return true }
+            guard r.proto == proto, r.length >= length else { return false }
+            let mask: UInt16 = length == 0 ? 0 : ~UInt16(0) << (16 - length)
+            return r.prefix & mask == prefix & mask
+        }
+    }
+
+    struct Region: Hashable {
+        var proto: UInt8
+        var prefix: UInt16
+        var length: Int
+    }
+
+    /// For each distinct region the kernel will longest-match on, the verdict over every
+    /// packet for which it is the longest match: a deny among it and its ancestors wins,
+    /// else an allow. Regions nest or are disjoint, so the answer is uniform per region.
+    static func resolveLongestMatch(_ atoms: [Atom]) -> [(Region, Atom)] {
+        var regions: [Region: Atom?] = [:]
+        for a in atoms { regions[a.region] = .some(nil) }
+        var out: [(Region, Atom)] = []
+        for r in regions.keys.sorted(by: { ($0.proto, $0.prefix, $0.length) < ($1.proto, $1.prefix, $1.length) }) {
+            let covering = atoms.filter { $0.covers(r) }
+            // Most specific first, then lowest rule id: the rule the user will recognise.
+            let ordered = covering.sorted { ($0.proto == 0 ? -1 : $0.length, -Int($0.ruleID)) > ($1.proto == 0 ? -1 : $1.length, -Int($1.ruleID)) }
+            if let deny = ordered.first(where: { $0.action == .deny }) {
+                out.append((r, deny))
+            } else if let allow = ordered.first {
+                out.append((r, allow))
+            }
+        }
+        return out
+    }
+
+    /// A rule's ports as (protocol, port prefix, prefix length) blocks. No ports: every
+    /// protocol. ANY with ports: TCP and UDP.
+    static func portAtoms(_ ports: [PortRange]) -> [(UInt8, UInt16, Int)] {
+        if ports.isEmpty { return [(0, 0, 0)] }
+        var out: [(UInt8, UInt16, Int)] = []
+        for p in ports {
+            let protos: [UInt8] = p.proto == .any ? [6, 17] : [p.proto.number]
+            // Every port (1-65535, as a rule without a port reads) is one block, not sixteen.
+            let (from, to) = p.from <= 1 && p.to == UInt16.max ? (UInt16(0), UInt16.max) : (p.from, p.to)
+            for proto in protos {
+                for (prefix, len) in portBlocks(from: from, to: to) { out.append((proto, prefix, len)) }
+            }
+        }
+        return out
+    }
+
+    /// Splits `from...to` into the fewest aligned power-of-two blocks (prefix, bits).
+    static func portBlocks(from: UInt16, to: UInt16) -> [(UInt16, Int)] {
+        var out: [(UInt16, Int)] = []
+        var start = UInt32(from)
+        let end = UInt32(to)
+        while start <= end {
+            var size: UInt32 = 1
+            // Grow while aligned and inside the range.
+            while size < 65536, start % (size * 2) == 0, start + size * 2 - 1 <= end { size *= 2 }
+            let bits = 16 - size.trailingZeroBitCount
+            out.append((UInt16(start), bits))
+            start += size
+        }
+        return out
+    }
+
+    /// The identities a rule's peers stand for; 0 (any) for `all`.
+    static func resolve(_ peers: [Peer], endpoints: [EndpointInfo], byLabels: [String: UInt32],
+                        cidrIdentity: [IPv4CIDR: UInt32]) -> [UInt32] {
+        var out = Set<UInt32>()
+        for peer in peers {
+            switch peer {
+            case .entity(.all): out.insert(anyIdentity)
+            case .entity(.host): out.insert(hostIdentity)
+            case .entity(.world):
+                out.insert(worldIdentity)
+                out.formUnion(cidrIdentity.values)
+            case .endpoints(let sel):
+                for ep in endpoints where sel.matches(ep.labels) { out.insert(byLabels[ep.labels.description]!) }
+            case .cidr(let c, let except):
+                for (prefix, id) in cidrIdentity where prefix.prefixLength >= c.prefixLength && c.contains(prefix.network)
+                    && !except.contains(where: { $0.prefixLength <= prefix.prefixLength && $0.contains(prefix.network) }) {
+                    out.insert(id)
+                }
+                if c.prefixLength == 0 { out.insert(worldIdentity) }
+            }
+        }
+        return out.sorted()
+    }
+
+    /// A stable number for `key` in [base, base + 2^23): a hash, probing past collisions.
+    static func allocate(_ key: String, base: UInt32, taken: [UInt32: IdentityInfo]) -> UInt32 {
+        var h = key.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
+        while true {
+            let id = base + (h & 0x7f_ffff)
+            if taken[id] == nil { return id }
+            h &+= 1
+        }
+    }
+}

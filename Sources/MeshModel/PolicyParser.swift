@@ -1,0 +1,145 @@
+/// Turns policy documents (one file's worth, already converted from YAML to PolicyTree)
+/// into validated Policy values, or refuses the whole file.
+///
+/// Two kinds are read: `cilium.io/v2` CiliumNetworkPolicy (see CiliumPolicyReader for how
+/// `specs` entries become policies) and `networking.k8s.io/v1` NetworkPolicy. Validation is
+/// strict: unknown fields, wrong types and values SwiftMesh cannot enforce are errors, so
+/// a policy never means less than its author wrote.
+///
+/// Every error is a MeshError(.invalidArgument) whose message reads
+/// `<source>: document <n> (<kind> <name>): <path>: <what is wrong>`, e.g.
+/// `web.yaml: document 2 (CiliumNetworkPolicy web): spec.ingress[0].toPorts[0].ports[0].port: "http" is not a port number; …`.
+public enum PolicyParser {
+    /// The `apiVersion`/`kind` pairs SwiftMesh reads.
+    public static let supportedKinds: [(apiVersion: String, kind: Policy.Kind)] = [
+        ("cilium.io/v2", .ciliumNetworkPolicy),
+        ("networking.k8s.io/v1", .networkPolicy),
+    ]
+
+    /// Parses every document of one file. Null documents (empty YAML documents) are skipped
+    /// but still counted, so document numbers match the file. Two documents may not share a
+    /// namespace and name.
+    public static func parse(documents: [PolicyTree], source: String) throws(MeshError) -> [Policy] {
+        var policies: [Policy] = []
+        var documentOfKey: [String: Int] = [:]
+        for (index, tree) in documents.enumerated() {
+            if case .null = tree { continue }
+            do throws(PolicyFieldError) {
+                let (metadata, parsed) = try parseDocument(PolicyNode(tree: tree, path: ""))
+                if let first = documentOfKey[metadata.key] {
+                    throw PolicyFieldError(path: "metadata.name",
+                                           problem: "\"\(metadata.name)\" in namespace \"\(metadata.namespace)\" is already used by document \(first + 1) of this file; names must be unique per namespace")
+                }
+                documentOfKey[metadata.key] = index
+                policies += parsed
+            } catch {
+                throw meshError(error, source: source, index: index, document: tree)
+            }
+        }
+        return policies
+    }
+
+    static func parseDocument(_ node: PolicyNode) throws(PolicyFieldError) -> (PolicyMetadata, [Policy]) {
+        guard case .map = node.tree else {
+            throw node.error("a policy document must be a map with apiVersion, kind, metadata and spec; got \(node.tree.summary)")
+        }
+        let kind = try documentKind(node)
+        switch kind {
+        case .ciliumNetworkPolicy:
+            let top = try node.fields(allowed: CiliumPolicyReader.topLevelFields)
+            let metadata = try PolicyMetadata(top.required("metadata"))
+            return (metadata, try CiliumPolicyReader.read(top, metadata: metadata))
+        case .networkPolicy:
+            let top = try node.fields(allowed: NetworkPolicyReader.topLevelFields)
+            let metadata = try PolicyMetadata(top.required("metadata"))
+            return (metadata, [try NetworkPolicyReader.read(top, metadata: metadata)])
+        }
+    }
+
+    /// Which supported kind the document is, from its `apiVersion` and `kind`.
+    static func documentKind(_ node: PolicyNode) throws(PolicyFieldError) -> Policy.Kind {
+        let top = try node.entries()
+        func field(_ key: String) throws(PolicyFieldError) -> String {
+            guard let child = top.first(where: { $0.key == key })?.node else {
+                throw node.error("missing required field \"\(key)\"", hint: "start the document with apiVersion and kind, e.g. apiVersion: cilium.io/v2 and kind: CiliumNetworkPolicy")
+            }
+            return try child.string()
+        }
+        let apiVersion = try field("apiVersion"), kind = try field("kind")
+        if let match = supportedKinds.first(where: { $0.kind.rawValue == kind }) {
+            guard match.apiVersion == apiVersion else {
+                throw PolicyNode(tree: .null, path: "apiVersion").error(
+                    "\"\(apiVersion)\" is not the apiVersion of \(kind); use \(match.apiVersion)")
+            }
+            return match.kind
+        }
+        let supported = supportedKinds.map { "\($0.kind.rawValue) (\($0.apiVersion))" }.joined(separator: ", ")
+        throw PolicyNode(tree: .null, path: "kind").error(
+            "\"\(kind)\" (apiVersion \"\(apiVersion)\") is not a policy kind SwiftMesh reads; supported: \(supported)")
+    }
+
+    /// The MeshError for `error`, prefixed with the file and the document, named by kind
+    /// and name when those can be read.
+    static func meshError(_ error: PolicyFieldError, source: String, index: Int, document: PolicyTree) -> MeshError {
+        var label: [String] = []
+        if case .string(let kind)? = document["kind"] { label.append(kind) }
+        if case .string(let name)? = document["metadata"]?["name"] { label.append(name) }
+        let named = label.isEmpty ? "" : " (\(label.joined(separator: " ")))"
+        let place = error.path.isEmpty ? "" : "\(error.path): "
+        return .invalid("\(source): document \(index + 1)\(named): \(place)\(error.problem)", hint: error.hint)
+    }
+}
+
+/// The `metadata` every document has: its name and namespace. `labels` and `annotations`
+/// are allowed and ignored.
+struct PolicyMetadata {
+    let name: String
+    let namespace: String
+    var key: String { "\(namespace)/\(name)" }
+
+    init(_ node: PolicyNode) throws(PolicyFieldError) {
+        let fields = try node.fields(allowed: ["name", "namespace", "labels", "annotations"])
+        let nameNode = try fields.required("name")
+        name = try nameNode.string()
+        guard isDNSSubdomain(name) else {
+            throw nameNode.error("\"\(name)\" is not a valid name: use at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")
+        }
+        if let namespaceNode = fields.optional("namespace") {
+            namespace = try namespaceNode.string()
+            guard isDNSLabel(namespace) else {
+                throw namespaceNode.error("\"\(namespace)\" is not a valid namespace: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit")
+            }
+        } else {
+            namespace = "default"
+        }
+        for key in ["labels", "annotations"] { _ = try fields.optional(key)?.entries() }
+    }
+}
+
+/// Port ranges as both kinds write them: `port` (a number or a string of digits),
+/// optional `endPort`; no `port` at all means every port of the protocol.
+enum PolicyPorts {
+    static func range(_ fields: PolicyFields, proto: PortRange.L4Protocol) throws(PolicyFieldError) -> PortRange {
+        let endNode = fields.optional("endPort")
+        guard let portNode = fields.optional("port") else {
+            if let endNode { throw endNode.error("endPort needs a port to start the range") }
+            return PortRange(proto: proto, from: 1, to: 65535)
+        }
+        let port = try portNode.portNumber()
+        guard let endNode else { return PortRange(proto: proto, from: port, to: port) }
+        let end = try endNode.portNumber(field: "endPort")
+        guard end >= port else { throw endNode.error("endPort \(end) is less than port \(port)") }
+        return PortRange(proto: proto, from: port, to: end)
+    }
+}
+
+/// Kubernetes object names (RFC 1123 subdomain): at most 253 characters, dot-separated
+/// parts of lowercase letters, digits and '-', each starting and ending alphanumeric.
+func isDNSSubdomain(_ s: String) -> Bool {
+    guard !s.isEmpty, s.count <= 253 else { return false }
+    let ok: (Character) -> Bool = { $0.isASCII && ($0.isLowercase || $0.isNumber) }
+    return s.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { part in
+        guard let f = part.first, let l = part.last else { return false }
+        return ok(f) && ok(l) && part.allSatisfy { ok($0) || $0 == "-" }
+    }
+}

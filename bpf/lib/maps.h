@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Every map of the node's datapath. All are pinned by name under the node's bpffs folder,
+ * so a restarted meshd re-uses them and their contents. */
+#ifndef SWIFTMESH_LIB_MAPS_H
+#define SWIFTMESH_LIB_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "mesh_abi.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MESH_MAX_ENDPOINTS);
+	__type(key, struct mesh_endpoint_key);
+	__type(value, struct mesh_endpoint_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MESH_MAX_ENDPOINTS * MESH_DIR_MAX);
+	__type(key, struct mesh_traffic_key);
+	__type(value, struct mesh_traffic_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_traffic SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, MESH_EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MESH_IPCACHE_ENTRIES);
+	__type(key, struct mesh_ipcache_key);
+	__type(value, struct mesh_ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MESH_POLICY_ENTRIES);
+	__type(key, struct mesh_policy_key);
+	__type(value, struct mesh_policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MESH_MAX_ENDPOINTS * 2);
+	__type(key, struct mesh_policy_ep_key);
+	__type(value, struct mesh_policy_ep_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_policy_ep SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mesh_policy_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_pol_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MESH_CT_ENTRIES);
+	__type(key, struct mesh_ct_key);
+	__type(value, struct mesh_ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MESH_DROP_MAX * MESH_DIR_MAX);
+	__type(key, struct mesh_drop_key);
+	__type(value, struct mesh_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MESH_VERDICT_ENTRIES);
+	__type(key, struct mesh_verdict_key);
+	__type(value, struct mesh_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_verdicts SEC(".maps");
+
+/* Adds one packet of `len` bytes to a per-CPU counter, creating it on first use. */
+static __always_inline void counter_add(void *map, const void *key, __u32 len)
+{
+	struct mesh_counter *c = bpf_map_lookup_elem(map, key);
+
+	if (!c) {
+		struct mesh_counter init = {};
+
+		/* NOEXIST: another CPU may have created it first; then look it up again. */
+		bpf_map_update_elem(map, key, &init, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(map, key);
+		if (!c)
+			return; /* map full: visible as map pressure, never a drop */
+	}
+	c->packets += 1;
+	c->bytes += len;
+}
+
+#endif

@@ -126,13 +126,34 @@ final class TestNode {
         return nil
     }
 
+    private var externalCount = 0
+
+    /// A host outside the node (a "world" peer): its own netns `<node>-x<n>`, wired to the
+    /// node's netns by a veth, with `address` in `subnet` and the node at `.1` of it.
+    /// Returns the netns name.
+    @discardableResult
+    func addExternalHost(address: String, subnet: String, nodeAddress: String) throws -> String {
+        externalCount += 1
+        let ns = "\(name)-x\(externalCount)"
+        let ifname = "smx\(externalCount)"
+        try Run.checked("ip", "netns", "add", ns)
+        try Run.checked("ip", "-n", name, "link", "add", ifname, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        try Run.checked("ip", "-n", name, "addr", "add", "\(nodeAddress)/\(subnet.split(separator: "/")[1])", "dev", ifname)
+        try Run.checked("ip", "-n", name, "link", "set", ifname, "up")
+        try Run.checked("ip", "-n", ns, "addr", "add", "\(address)/\(subnet.split(separator: "/")[1])", "dev", "eth0")
+        try Run.checked("ip", "-n", ns, "link", "set", "lo", "up")
+        try Run.checked("ip", "-n", ns, "link", "set", "eth0", "up")
+        try Run.checked("ip", "-n", ns, "route", "add", "default", "via", nodeAddress)
+        return ns
+    }
+
     /// Removes everything the node made, whatever state it is in.
     func destroy() {
         stop(SIGKILL)
         let list = Run.run("/usr/sbin/ip", ["netns", "list"]).stdout
         for line in list.split(separator: "\n") {
             let ns = String(line.split(separator: " ").first ?? "")
-            if ns.hasPrefix(name + "-ep-") { _ = Run.run("/usr/sbin/ip", ["netns", "del", ns]) }
+            if ns.hasPrefix(name + "-ep-") || ns.hasPrefix(name + "-x") { _ = Run.run("/usr/sbin/ip", ["netns", "del", ns]) }
         }
         _ = Run.run("/usr/sbin/ip", ["netns", "del", name])
         _ = Run.run("/bin/rm", ["-rf", bpffs, dir])

@@ -49,6 +49,23 @@ struct Traffic {
         return Background(pid: pid, output: out)
     }
 
+    /// Starts `traffic.py ARGS` directly in a named netns (an external host).
+    func startInNetns(_ ns: String, _ args: [String], waitReady: Bool = false) throws -> Background {
+        let tag = UUID().uuidString.prefix(8)
+        let out = "\(node.dir)/traffic-\(tag).out"
+        let ready = "\(node.dir)/traffic-\(tag).ready"
+        let full = ["netns", "exec", ns, "python3", Self.script] + args + (waitReady ? ["--ready-file", ready] : [])
+        let pid = try Run.spawn("/usr/sbin/ip", full, output: out)
+        if waitReady {
+            let deadline = Date().addingTimeInterval(15)
+            while !FileManager.default.fileExists(atPath: ready) {
+                guard Date() < deadline else { throw TestFailure("server in \(ns) never became ready") }
+                usleep(20_000)
+            }
+        }
+        return Background(pid: pid, output: out)
+    }
+
     /// Runs `traffic.py ARGS` in endpoint `ep` to completion.
     func run(in ep: String, _ args: [String]) throws -> [String: Any] {
         try start(in: ep, args).result()

@@ -18,6 +18,13 @@ exactly one JSON line on stdout; errors go to stderr with a non-zero exit status
   stream-send --host H --port P --seconds T --rate BYTES_PER_SEC
                 send the i % 251 pattern, paced, for T s -> {"bytes"} or {"bytes", "error"}
 
+  echo-server --tcp PORTS --udp PORTS [--ready-file F] [--seconds T]
+                echo on every listed port (e.g. 80,8080-8090) until killed or T s
+  probe       --host H --port P [--proto tcp|udp] [--timeout S]
+                one new connection (or datagram) and its echo -> {"ok", "error"}
+  probe-loop  --host H --port P --seconds T [--interval MS] [--timeout S]
+                new connections back to back for T s -> {"attempts", "ok", "failed"}
+
 Senders retry connecting for up to 5 s, half-close when done and wait for the peer's
 EOF, so a sender's success means the sink has read everything.
 """
@@ -182,6 +189,93 @@ def stream_send(args):
     emit({"bytes": sent})
 
 
+def port_list(text):
+    out = []
+    for part in filter(None, (text or "").split(",")):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def echo_server(args):
+    import threading
+    import time
+
+    def serve_tcp(sock):
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=echo_tcp, args=(conn,), daemon=True).start()
+
+    def echo_tcp(conn):
+        with conn:
+            conn.settimeout(10)
+            try:
+                while data := conn.recv(4096):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def serve_udp(sock):
+        while True:
+            try:
+                data, peer = sock.recvfrom(65535)
+                sock.sendto(data, peer)
+            except OSError:
+                return
+
+    for port in port_list(args.tcp):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((args.bind, port))
+        s.listen(128)
+        threading.Thread(target=serve_tcp, args=(s,), daemon=True).start()
+    for port in port_list(args.udp):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((args.bind, port))
+        threading.Thread(target=serve_udp, args=(s,), daemon=True).start()
+    if args.ready_file:
+        open(args.ready_file, "w").close()
+    time.sleep(args.seconds)
+    emit({"served": True})
+
+
+def probe_once(host, port, proto, timeout):
+    if proto == "udp":
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(b"probe", (host, port))
+            data, _ = s.recvfrom(64)
+            return data == b"probe"
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(b"probe")
+        return s.recv(64) == b"probe"
+
+
+def probe(args):
+    try:
+        emit({"ok": probe_once(args.host, args.port, args.proto, args.timeout), "error": None})
+    except OSError as e:
+        emit({"ok": False, "error": f"{type(e).__name__}: {e}"})
+
+
+def probe_loop(args):
+    import time
+
+    end = time.monotonic() + args.seconds
+    attempts = ok = 0
+    while time.monotonic() < end:
+        attempts += 1
+        try:
+            ok += probe_once(args.host, args.port, args.proto, args.timeout)
+        except OSError:
+            pass
+        time.sleep(args.interval / 1000)
+    emit({"attempts": attempts, "ok": ok, "failed": attempts - ok})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -212,6 +306,24 @@ def main():
     p = command("stream-send", stream_send, sink=False)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--rate", type=float, required=True, help="bytes per second")
+
+    p = sub.add_parser("echo-server")
+    p.set_defaults(func=echo_server)
+    p.add_argument("--tcp", default="")
+    p.add_argument("--udp", default="")
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--ready-file")
+    p.add_argument("--seconds", type=float, default=600)
+    for name, func in (("probe", probe), ("probe-loop", probe_loop)):
+        p = sub.add_parser(name)
+        p.set_defaults(func=func)
+        p.add_argument("--host", required=True)
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
+        p.add_argument("--timeout", type=float, default=1.0)
+        if name == "probe-loop":
+            p.add_argument("--seconds", type=float, required=True)
+            p.add_argument("--interval", type=float, default=20.0, help="milliseconds")
 
     args = parser.parse_args()
     try:

@@ -1,0 +1,376 @@
+import Foundation
+import XCTest
+
+/// L4 policy on real traffic: a reachability matrix, atomic revisions under load,
+/// enforcement across a meshd kill, drops that name their rule, and bad documents that
+/// change nothing.
+final class PolicyTests: XCTestCase {
+    var node: TestNode!
+    var traffic: Traffic { Traffic(node: node) }
+    var servers: [Traffic.Background] = []
+
+    override func tearDown() {
+        for s in servers { kill(s.pid, SIGKILL) }
+        node?.destroy()
+    }
+
+    func apply(_ yaml: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let path = node.dir + "/policy-\(UUID().uuidString.prefix(6)).yaml"
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        try node.ctlOK("policy", "apply", "-f", path)
+    }
+
+    func ip(_ ep: String) throws -> String {
+        let json = try node.ctlOK("endpoint", "get", ep, "-o", "json")
+        return try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["ipv4"] as? String)
+    }
+
+    /// One new connection (or datagram) from endpoint `from` (or external netns) and its echo.
+    func probe(from: String, external: Bool = false, to host: String, port: Int, proto: String = "tcp") throws -> Bool {
+        let args = ["probe", "--host", host, "--port", "\(port)", "--proto", proto, "--timeout", "1"]
+        let bg = external ? try traffic.startInNetns(from, args) : try traffic.start(in: from, args)
+        return try bg.result()["ok"] as? Bool ?? false
+    }
+
+    func serve(_ ep: String, external: Bool = false, tcp: String, udp: String = "") throws {
+        let args = ["echo-server", "--tcp", tcp, "--udp", udp, "--seconds", "300"]
+        servers.append(external ? try traffic.startInNetns(ep, args, waitReady: true) : try traffic.start(in: ep, args, waitReady: true))
+    }
+
+    /// The trace's verdict for the same flow, from the kernel's own programs.
+    func trace(from: String, to: String, port: Int, proto: String) throws -> String {
+        let out = try node.ctlOK("policy", "trace", "--from", from, "--to", to, "--port", "\(port)/\(proto.uppercased())", "-o", "json")
+        return try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])?["verdict"] as? String)
+    }
+
+    // Two namespaces, four endpoints, two hosts outside the node, and policies of both
+    // kinds: allow, deny, CIDR with except, entities, port ranges, UDP. The expected
+    // matrix below is written by hand from the policies' documented meaning, not computed
+    // by the compiler under test.
+    static let matrixPolicies = """
+    apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: api-ingress, namespace: prod}
+    spec:
+      endpointSelector: {matchLabels: {app: api}}
+      ingress:
+      - fromEndpoints: [{matchLabels: {app: web}}]
+        toPorts:
+        - ports: [{port: "80", protocol: TCP}, {port: "8080", endPort: 8090, protocol: TCP}]
+    ---
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: db-ingress, namespace: prod}
+    spec:
+      podSelector: {matchLabels: {app: db}}
+      policyTypes: [Ingress]
+      ingress:
+      - from: [{podSelector: {matchLabels: {app: api}}}]
+        ports: [{port: 5432, protocol: TCP}]
+      - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: dev}}}]
+        ports: [{port: 53, protocol: UDP}]
+    ---
+    apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: web-egress, namespace: prod}
+    spec:
+      endpointSelector: {matchLabels: {app: web}}
+      egress:
+      - toEndpoints: [{matchLabels: {app: api}}]
+      - toCIDRSet: [{cidr: 192.0.2.0/24, except: [192.0.2.20/32]}]
+        toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+      egressDeny:
+      - toEndpoints: [{matchLabels: {app: api}}]
+        toPorts: [{ports: [{port: "8085", protocol: TCP}]}]
+    ---
+    apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: dev-lockdown, namespace: dev}
+    spec:
+      endpointSelector: {}
+      ingress:
+      - fromEntities: [world]
+        toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+    """
+
+    func testReachabilityMatrixMatchesThePolicies() throws {
+        node = try TestNode(podCIDR: "10.201.0.0/28")
+        try node.start()
+        try node.ctlOK("endpoint", "create", "web", "--labels", "app=web,namespace=prod")
+        try node.ctlOK("endpoint", "create", "api", "--labels", "app=api,namespace=prod")
+        try node.ctlOK("endpoint", "create", "db", "--labels", "app=db,namespace=prod")
+        try node.ctlOK("endpoint", "create", "devweb", "--labels", "app=web,namespace=dev")
+        let ext10 = try node.addExternalHost(address: "192.0.2.10", subnet: "192.0.2.0/24", nodeAddress: "192.0.2.1")
+        let ext20 = try node.addExternalHost(address: "192.0.2.20", subnet: "192.0.2.0/24", nodeAddress: "192.0.2.2")
+        // .20 sits behind its own veth: a /32 route in the node picks it.
+        XCTAssertEqual(node.inNode("ip", "route", "replace", "192.0.2.20/32", "dev", "smx2").status, 0)
+        for ep in ["web", "api", "db", "devweb"] { try serve(ep, tcp: "80,5432,8080-8090", udp: "53") }
+        try serve(ext10, external: true, tcp: "80,8080", udp: "53")
+        try serve(ext20, external: true, tcp: "80")
+
+        let addr = ["web": try ip("web"), "api": try ip("api"), "db": try ip("db"), "devweb": try ip("devweb"),
+                    "ext10": "192.0.2.10", "ext20": "192.0.2.20"]
+        let externals = ["ext10": ext10, "ext20": ext20]
+
+        // (from, to, port, proto, allowed before any policy, allowed under the policies)
+        let matrix: [(String, String, Int, String, Bool)] = [
+            ("web", "api", 80, "tcp", true),        // web egress to api ∧ api ingress from web:80
+            ("web", "api", 8083, "tcp", true),      // inside 8080-8090
+            ("web", "api", 8085, "tcp", false),     // egressDeny beats the allow on both sides
+            ("web", "api", 5432, "tcp", false),     // api ingress: not one of its ports
+            ("web", "api", 53, "udp", false),       // api ingress: TCP only
+            ("db", "api", 80, "tcp", false),        // api ingress: only from app=web
+            ("devweb", "api", 80, "tcp", false),    // app=web, but namespace dev
+            ("api", "db", 5432, "tcp", true),       // NetworkPolicy podSelector
+            ("web", "db", 5432, "tcp", false),      // web egress: no rule to db
+            ("devweb", "db", 53, "udp", true),      // namespaceSelector dev, UDP 53
+            ("devweb", "db", 5432, "tcp", false),
+            ("api", "db", 53, "udp", false),        // prod is not dev
+            ("web", "ext10", 80, "tcp", true),      // toCIDRSet 192.0.2.0/24
+            ("web", "ext20", 80, "tcp", false),     // ... except 192.0.2.20/32
+            ("web", "ext10", 8080, "tcp", false),   // CIDR rule is port 80 only
+            ("api", "ext10", 80, "tcp", true),      // api egress not enforced
+            ("ext10", "devweb", 80, "tcp", true),   // fromEntities world
+            ("ext10", "devweb", 8080, "tcp", false),
+            ("web", "devweb", 80, "tcp", false),    // web egress has no rule to devweb
+            ("api", "devweb", 80, "tcp", false),    // devweb ingress: world only
+            ("ext10", "web", 80, "tcp", true),      // web ingress not enforced; reply passes egress
+            ("db", "web", 80, "tcp", true),
+            ("ext20", "api", 80, "tcp", false),     // api ingress: only app=web
+            ("devweb", "ext10", 53, "udp", true),   // devweb egress not enforced
+        ]
+
+        func observe(_ label: String) throws -> [String] {
+            var wrong: [String] = []
+            for (from, to, port, proto, expected) in matrix {
+                let got = try probe(from: externals[from] ?? from, external: externals[from] != nil, to: addr[to]!, port: port, proto: proto)
+                if label == "before" ? !got : got != expected {
+                    wrong.append("\(from) -> \(to) \(port)/\(proto): got \(got ? "allowed" : "denied")")
+                }
+                if label == "after", externals[from] == nil || externals[to] == nil {
+                    // Trace runs the kernel's programs: it must agree with what happened.
+                    let t = try trace(from: externals[from] != nil ? addr[from]! : from, to: externals[to] != nil ? addr[to]! : to,
+                                      port: port, proto: proto)
+                    if (t == "allowed") != got { wrong.append("trace of \(from) -> \(to) \(port)/\(proto) says \(t), traffic was \(got)") }
+                }
+            }
+            return wrong
+        }
+
+        XCTAssertEqual(try observe("before"), [], "with no policy everything is reachable")
+        try apply(Self.matrixPolicies)
+        XCTAssertEqual(try observe("after"), [], "observed reachability must equal the expected matrix")
+        // Drops are counted by reason and direction.
+        XCTAssertGreaterThan(try node.metric("mesh_drops_total", ["reason": "policy_default_deny", "direction": "ingress"]) ?? 0, 0)
+        XCTAssertGreaterThan(try node.metric("mesh_drops_total", ["reason": "policy_deny", "direction": "egress"]) ?? 0, 0)
+        XCTAssertGreaterThan(try node.metric("mesh_policy_verdicts_total",
+                                             ["policy": "prod/api-ingress", "direction": "ingress", "verdict": "allowed"]) ?? 0, 0)
+        let list = try node.ctlOK("policy", "list")
+        for p in ["prod/api-ingress", "prod/db-ingress", "prod/web-egress", "dev/dev-lockdown"] { XCTAssertTrue(list.contains(p), list) }
+
+        // Deleting a policy lifts its restrictions at once.
+        try node.ctlOK("policy", "delete", "prod/web-egress")
+        XCTAssertTrue(try probe(from: "web", to: addr["ext20"]!, port: 80))
+        XCTAssertTrue(try probe(from: "web", to: addr["db"]!, port: 5432) == false, "db ingress still applies")
+    }
+
+    func testEveryDropNamesItsRuleInMonitorAndTrace() throws {
+        node = try TestNode()
+        try node.start()
+        try node.ctlOK("endpoint", "create", "client", "--labels", "app=client")
+        try node.ctlOK("endpoint", "create", "server", "--labels", "app=server")
+        try serve("server", tcp: "80,81")
+        try apply("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: server-in}
+        spec:
+          endpointSelector: {matchLabels: {app: server}}
+          ingress:
+          - toPorts: [{ports: [{port: "80", endPort: 81, protocol: TCP}]}]
+          ingressDeny:
+          - fromEndpoints: [{matchLabels: {app: client}}]
+            toPorts: [{ports: [{port: "81", protocol: TCP}]}]
+        """)
+        let server = try ip("server")
+        let monitorOut = node.dir + "/monitor.json"
+        let monitor = try Run.spawn(TestNode.products + "/meshctl", ["monitor", "--type", "drop", "-o", "json", "--count", "1"],
+                                    output: monitorOut, environment: ["SWIFTMESH_API_SOCKET": node.socket])
+        usleep(500_000)
+        XCTAssertTrue(try probe(from: "client", to: server, port: 80))
+        XCTAssertFalse(try probe(from: "client", to: server, port: 81))
+        var st: Int32 = 0
+        let deadline = Date().addingTimeInterval(10)
+        while waitpid(monitor, &st, WNOHANG) == 0 && Date() < deadline { usleep(50_000) }
+        let line = try XCTUnwrap(try String(contentsOfFile: monitorOut, encoding: .utf8).split(separator: "\n").first)
+        let ev = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        XCTAssertEqual(ev["type"] as? String, "drop")
+        XCTAssertEqual(ev["endpoint"] as? String, "server")
+        XCTAssertEqual(ev["direction"] as? String, "ingress")
+        XCTAssertEqual(ev["destinationPort"] as? Int, 81)
+        XCTAssertEqual(ev["proto"] as? String, "TCP")
+        XCTAssertEqual(ev["reason"] as? String, "policy_deny")
+        XCTAssertEqual(ev["peer"] as? String, "app=client")
+        XCTAssertEqual(ev["rule"] as? String, "default/server-in spec.ingressDeny[0] (deny)")
+
+        let t = try node.ctlOK("policy", "trace", "--from", "client", "--to", "server", "--port", "81/TCP")
+        XCTAssertTrue(t.contains("default/server-in spec.ingressDeny[0] (deny)"), t)
+        XCTAssertTrue(t.contains("verdict: DENIED"), t)
+        let t2 = try node.ctlOK("policy", "trace", "--from", "client", "--to", "server", "--port", "9/UDP")
+        XCTAssertTrue(t2.contains("default deny (ingress): selected by default/server-in"), t2)
+        let dump = try node.ctlOK("bpf", "policy", "list")
+        XCTAssertTrue(dump.contains("app=client") && dump.contains("deny"), dump)
+        XCTAssertTrue(try node.ctlOK("bpf", "ipcache", "list").contains("app=server"))
+        XCTAssertTrue(try node.ctlOK("bpf", "ct", "list").contains("\(server):80"))
+    }
+
+    func testAHundredRevisionsUnderLoadNeverGiveAVerdictBothRefuse() throws {
+        node = try TestNode()
+        try node.start()
+        try node.ctlOK("endpoint", "create", "good", "--labels", "app=good")
+        try node.ctlOK("endpoint", "create", "bad", "--labels", "app=bad")
+        try node.ctlOK("endpoint", "create", "server", "--labels", "app=server")
+        try serve("server", tcp: "80,9000")
+        let server = try ip("server")
+        // Every revision allows good -> server:80 and refuses bad -> server:80; they differ
+        // in a churning rule, so each one rewrites the maps.
+        func revision(_ i: Int) -> String {
+            """
+            apiVersion: cilium.io/v2
+            kind: CiliumNetworkPolicy
+            metadata: {name: churn}
+            spec:
+              endpointSelector: {matchLabels: {app: server}}
+              ingress:
+              - fromEndpoints: [{matchLabels: {app: good}}]
+                toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+              - fromCIDR: [198.18.\(i % 200).0/24]
+                toPorts: [{ports: [{port: "\(1000 + i)", protocol: TCP}]}]
+              - fromEndpoints: [{matchLabels: {app: \(i % 2 == 0 ? "good" : "bad")}}]
+                toPorts: [{ports: [{port: "9000", protocol: TCP}]}]
+            """
+        }
+        try apply(revision(0))
+        let stream = try traffic.start(in: "server", ["stream-sink", "--port", "7000"], waitReady: true)
+        // A long-lived connection from good (port 7000 is allowed by no rule: open it first).
+        try node.ctlOK("policy", "delete", "churn")
+        let sender = try traffic.start(in: "good", ["stream-send", "--host", server, "--port", "7000", "--seconds", "12", "--rate", "500000"])
+        usleep(300_000)
+        try apply(revision(0).replacingOccurrences(of: "  ingress:\n", with: "  ingress:\n  - fromEndpoints: [{matchLabels: {app: good}}]\n    toPorts: [{ports: [{port: \"7000\", protocol: TCP}]}]\n"))
+        let goodLoop = try traffic.start(in: "good", ["probe-loop", "--host", server, "--port", "80", "--seconds", "10", "--interval", "5"])
+        let badLoop = try traffic.start(in: "bad", ["probe-loop", "--host", server, "--port", "80", "--seconds", "10", "--interval", "5", "--timeout", "0.3"])
+        var published = 0
+        let start = Date()
+        for i in 1...100 {
+            var text = revision(i)
+            text = text.replacingOccurrences(of: "  ingress:\n", with: "  ingress:\n  - fromEndpoints: [{matchLabels: {app: good}}]\n    toPorts: [{ports: [{port: \"7000\", protocol: TCP}]}]\n")
+            try apply(text)
+            published += 1
+        }
+        let elapsed = Date().timeIntervalSince(start)
+        let good = try goodLoop.result(), bad = try badLoop.result()
+        let sent = try sender.result(), got = try stream.result()
+        XCTAssertEqual(published, 100)
+        XCTAssertLessThan(elapsed, 10, "the 100 revisions must land while the probes run")
+        XCTAssertGreaterThan(good["attempts"] as? Int ?? 0, 50)
+        XCTAssertEqual(good["failed"] as? Int, 0, "a flow every revision allows was refused: \(good)")
+        XCTAssertGreaterThan(bad["attempts"] as? Int ?? 0, 5)
+        XCTAssertEqual(bad["ok"] as? Int, 0, "a flow every revision refuses got through: \(bad)")
+        XCTAssertNil(sent["error"], "the established stream survived every revision: \(sent)")
+        XCTAssertEqual(got["ok"] as? Bool, true)
+        XCTAssertEqual(got["bytes"] as? Int, sent["bytes"] as? Int)
+        XCTAssertEqual(try node.metric("mesh_policy_apply_to_enforced_seconds_count"), 102)
+    }
+
+    func testEnforcementHoldsWhileMeshdIsDeadAndAfterItsRestart() throws {
+        node = try TestNode()
+        try node.start()
+        try node.ctlOK("endpoint", "create", "allowed", "--labels", "app=allowed")
+        try node.ctlOK("endpoint", "create", "denied", "--labels", "app=denied")
+        try node.ctlOK("endpoint", "create", "server", "--labels", "app=server")
+        try serve("server", tcp: "80")
+        let server = try ip("server")
+        try apply("""
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: server-from-allowed}
+        spec:
+          podSelector: {matchLabels: {app: server}}
+          ingress:
+          - from: [{podSelector: {matchLabels: {app: allowed}}}]
+            ports: [{port: 80}]
+        """)
+        let listBefore = try node.ctlOK("policy", "list", "-o", "json")
+        let dumpBefore = try node.ctlOK("bpf", "policy", "list", "-o", "json")
+        XCTAssertTrue(try probe(from: "allowed", to: server, port: 80))
+        XCTAssertFalse(try probe(from: "denied", to: server, port: 80))
+
+        node.stop(SIGKILL)
+        // No meshd: the pinned programs and maps keep enforcing. (meshctl exec needs meshd,
+        // so enter the namespaces directly.)
+        func direct(_ ep: String) throws -> Bool {
+            let bg = try traffic.startInNetns("\(node.name)-ep-\(ep)", ["probe", "--host", server, "--port", "80", "--timeout", "1"])
+            return try bg.result()["ok"] as? Bool ?? false
+        }
+        XCTAssertTrue(try direct("allowed"), "allowed stays allowed while meshd is dead")
+        XCTAssertFalse(try direct("denied"), "denied stays denied while meshd is dead")
+
+        try node.start()
+        XCTAssertEqual(try node.ctlOK("policy", "list", "-o", "json"), listBefore, "the same policies after restart")
+        XCTAssertEqual(try node.ctlOK("bpf", "policy", "list", "-o", "json"), dumpBefore, "the same compiled entries")
+        XCTAssertTrue(try probe(from: "allowed", to: server, port: 80))
+        XCTAssertFalse(try probe(from: "denied", to: server, port: 80))
+    }
+
+    func testABadDocumentRejectsTheWholeFileAndChangesNothing() throws {
+        node = try TestNode()
+        try node.start()
+        try node.ctlOK("endpoint", "create", "server", "--labels", "app=server")
+        try apply("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: first}
+        spec:
+          endpointSelector: {matchLabels: {app: server}}
+          ingress: [{toPorts: [{ports: [{port: "80"}]}]}]
+        """)
+        func snapshot() throws -> String {
+            let status = try JSONSerialization.jsonObject(with: Data(try node.ctlOK("status", "-o", "json").utf8)) as? [String: Any]
+            return [try node.ctlOK("policy", "list", "-o", "json"), try node.ctlOK("bpf", "policy", "list", "-o", "json"),
+                    "\(status?["policyRevision"] ?? "?")"].joined(separator: "\n")
+        }
+        let before = try snapshot()
+        let bad = node.dir + "/bad.yaml"
+        try """
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: good-one}
+        spec:
+          endpointSelector: {}
+          ingress: [{toPorts: [{ports: [{port: "443"}]}]}]
+        ---
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: broken}
+        spec:
+          endpointSelector: {}
+          ingress:
+          - toPorts:
+            - ports:
+              - port: http
+        """.write(toFile: bad, atomically: true, encoding: .utf8)
+        let r = node.ctl("policy", "apply", "-f", bad)
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("spec.ingress[0].toPorts[0].ports[0].port"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("\"http\""), r.stderr)
+        XCTAssertTrue(r.stderr.contains("document 2"), r.stderr)
+        XCTAssertEqual(try snapshot(), before, "nothing of the file was applied")
+        let v = node.ctl("policy", "validate", "-f", bad)
+        XCTAssertEqual(v.status, 1)
+        XCTAssertEqual(try snapshot(), before)
+        XCTAssertEqual(node.ctl("policy", "delete", "nope").status, 1)
+        XCTAssertTrue(node.ctl("policy", "get", "nope").stderr.contains("policy \"default/nope\" does not exist"))
+        let yaml = try node.ctlOK("policy", "get", "first")
+        XCTAssertTrue(yaml.contains("kind: CiliumNetworkPolicy") && yaml.contains("name: first"), yaml)
+    }
+}

@@ -101,7 +101,8 @@ public final class MetricsCollector: @unchecked Sendable {
             revisionGauge.set(Double(revision))
             policiesGauge.set(Double(policies))
             kernelCounters.update(readings)
-            for m in maps {
+            // Arrays are always full and ring buffers never: pressure means nothing for them.
+            for m in maps where m.type != "array" && m.type != "ringbuf" {
                 let g = mapGauges[m.name] ?? (
                     registry.makeGauge(name: "mesh_bpf_map_entries", labels: [("map", m.name)], help: "Entries in a BPF map (ring buffers report 0)."),
                     registry.makeGauge(name: "mesh_bpf_map_capacity", labels: [("map", m.name)], help: "Maximum entries of a BPF map (bytes for ring buffers)."),

@@ -68,7 +68,7 @@ struct Status: AsyncParsableCommand {
             print("")
             printTable(["MAP", "TYPE", "ENTRIES", "CAPACITY", "FILL"], s.maps.map {
                 [$0.name, $0.type, String($0.entries), String($0.capacity),
-                 $0.type == "ringbuf" ? "-" : String(format: "%.1f%%", Double($0.entries) * 100 / Double(max($0.capacity, 1)))]
+                 $0.type == "ringbuf" || $0.type == "array" ? "-" : String(format: "%.1f%%", Double($0.entries) * 100 / Double(max($0.capacity, 1)))]
             })
         }
     }

@@ -10,17 +10,22 @@ import ServiceLifecycle
 /// Every failure answers with an ErrorResponse whose message `meshctl` prints as is.
 enum APIServer {
     static func make(settings: NodeSettings, manager: EndpointManager, policy: PolicyEngine, datapath: MeshDatapath,
-                     store: Store, hub: EventHub, startedAt: Date, logger: Logger) -> some Service {
+                     redirect: RedirectControl, store: Store, hub: EventHub, startedAt: Date, logger: Logger) -> some Service {
         let router = Router()
         PolicyRoutes.add(to: router, manager: manager, policy: policy, datapath: datapath, store: store, hub: hub)
+        RedirectRoutes.add(to: router, control: redirect, store: store)
         router.get(RouterPath(APIPath.status)) { _, _ in
             try await respond {
                 let eps = try await manager.list()
                 let attached = eps.flatMap { datapath.attachments(of: $0) }
-                let programs = [datapath.fromEndpoint, datapath.toEndpoint].map { p in
+                var programs = [datapath.fromEndpoint, datapath.toEndpoint].map { p in
                     let suffix = p === datapath.fromEndpoint ? "/ingress" : "/egress"
                     return NodeStatus.Program(name: p.name, id: Int(p.id), attachments: attached.filter { $0.hasSuffix(suffix) })
                 }
+                let r = redirect.redirect
+                programs.append(NodeStatus.Program(name: r.sockops.name, id: Int(r.sockops.id),
+                                                   attachments: r.isAttached ? ["cgroup:\(r.cgroup)"] : []))
+                programs.append(NodeStatus.Program(name: r.skmsg.name, id: Int(r.skmsg.id), attachments: ["sockhash:mesh_sockhash"]))
                 let maps = datapath.mapStats().map {
                     NodeStatus.Map(name: $0.name, type: $0.type, entries: $0.entries, capacity: $0.capacity)
                 }

@@ -21,21 +21,26 @@ public enum Daemon {
         let store = try Store(directory: settings.stateDir)
         let lock = try lockStateDir(settings.stateDir)
         defer { close(lock) }
+        try Cgroup2.create(settings.cgroup)
         let datapath = try MeshDatapath.load(settings: settings, nodeID: nodeID(settings.nodeName))
         try prepareNodeNetwork(settings, logger: logger)
-        try Cgroup2.create(settings.cgroup)
 
+        let redirect: SocketRedirect
+        do { redirect = try SocketRedirect(pinDir: settings.bpffs, cgroup: settings.cgroup, nodeID: nodeID(settings.nodeName)) } catch {
+            throw MeshError(.datapath, "loading socket redirection failed: \(error)")
+        }
+        let redirectControl = try RedirectControl(redirect: redirect, store: store, settings: settings, logger: logger)
         let policy = try PolicyEngine(store: store, datapath: datapath, logger: logger)
         let manager = EndpointManager(settings: settings, store: store, datapath: datapath, policy: policy, logger: logger)
         try await manager.reconcile()
 
         try prepareSocket(settings.apiSocket)
-        let metrics = MetricsCollector(datapath: datapath, manager: manager, policy: policy, nodeName: settings.nodeName)
+        let metrics = MetricsCollector(datapath: datapath, manager: manager, policy: policy, redirect: redirect, nodeName: settings.nodeName)
         await policy.setOnEnforced { metrics.observeEnforced($0) }
         let hub = EventHub()
         let services: [any Service] = [
-            APIServer.make(settings: settings, manager: manager, policy: policy, datapath: datapath, store: store, hub: hub,
-                           startedAt: startedAt, logger: logger),
+            APIServer.make(settings: settings, manager: manager, policy: policy, datapath: datapath, redirect: redirectControl,
+                           store: store, hub: hub, startedAt: startedAt, logger: logger),
             MetricsServer.make(settings: settings, metrics: metrics, logger: logger),
             DatapathEventService(datapath: datapath, metrics: metrics, hub: hub, logger: logger),
         ]

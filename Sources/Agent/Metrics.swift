@@ -15,6 +15,8 @@ public final class MetricsCollector: @unchecked Sendable {
     private let datapath: MeshDatapath
     private let manager: EndpointManager
     private let policy: PolicyEngine
+    private let redirect: SocketRedirect
+    private let redirectSockets: Gauge
 
     private let kernelCounters: KernelCounters
     private let endpointsGauge: Gauge
@@ -33,10 +35,13 @@ public final class MetricsCollector: @unchecked Sendable {
     static let dropBytesHelp = "Bytes of packets dropped by the datapath, by reason and direction."
     static let verdictsHelp = "New flows decided on enforced endpoints, by deciding policy, direction and verdict."
 
-    public init(datapath: MeshDatapath, manager: EndpointManager, policy: PolicyEngine, nodeName: String) {
+    public init(datapath: MeshDatapath, manager: EndpointManager, policy: PolicyEngine, redirect: SocketRedirect, nodeName: String) {
         self.datapath = datapath
         self.manager = manager
         self.policy = policy
+        self.redirect = redirect
+        redirectSockets = registry.makeGauge(name: "mesh_socket_redirect_sockets",
+                                             help: "Sockets in the sockhash now; an accelerated connection has two.")
         kernelCounters = KernelCounters(registry: registry)
         registry.makeGauge(name: "mesh_build_info", labels: [("version", MeshVersion.string), ("node", nodeName)],
                            help: "Always 1; labels carry the meshd version and node name.").set(to: 1.0)
@@ -92,12 +97,24 @@ public final class MetricsCollector: @unchecked Sendable {
                                   labels: [("policy", name), ("direction", v.direction.rawValue), ("verdict", v.action == .allow ? "allowed" : "denied")],
                                   help: Self.verdictsHelp, value: v.counters.packets))
         }
+        let rc = try redirect.counters()
+        readings.append(.init(name: "mesh_socket_redirect_messages_total", labels: [], help: "Messages handed from socket to socket by sk_msg, skipping the TCP/IP stack.", value: rc[.messages] ?? 0))
+        readings.append(.init(name: "mesh_socket_redirect_bytes_total", labels: [], help: "Bytes handed from socket to socket by sk_msg.", value: rc[.bytes] ?? 0))
+        readings.append(.init(name: "mesh_socket_redirect_connections_added_total", labels: [], help: "Sockets of local-endpoint connections put in the sockhash.", value: rc[.socketsAdded] ?? 0))
+        readings.append(.init(name: "mesh_socket_redirect_denied_messages_total", labels: [], help: "Messages of accelerated connections dropped because a policy revision denies the flow.", value: rc[.deniedMessages] ?? 0))
+        for (counter, reason) in [(SocketRedirect.Counter.fallbackNotLocal, "not_local"), (.fallbackDisabled, "disabled"), (.fallbackNoPeer, "no_peer"),
+                                  (.fallbackLargeWrite, "large_write"), (.fallbackRedirectFailed, "redirect_failed")] {
+            readings.append(.init(name: "mesh_socket_redirect_fallbacks_total", labels: [("reason", reason)],
+                                  help: "Connections or directions that went through the normal path instead, by reason.", value: rc[counter] ?? 0))
+        }
+        let sockets = (try? redirect.socketCount()) ?? 0
         let revision = try datapath.policyState().revision
         let policies = await policy.policyKeys.count
         let maps = datapath.mapStats()
         let process = ProcessStats.read()
         return lock.withLock {
             endpointsGauge.set(Double(endpoints.count))
+            redirectSockets.set(Double(sockets))
             revisionGauge.set(Double(revision))
             policiesGauge.set(Double(policies))
             kernelCounters.update(readings)

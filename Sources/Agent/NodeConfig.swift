@@ -15,11 +15,14 @@ public struct NodeConfig: Sendable, Equatable {
     public var podCIDR = "10.200.0.0/24"
     public var apiSocket = "/run/swiftmesh/meshd.sock"
     public var metricsAddress = "127.0.0.1:9464"
+    /// nil: keep what `meshctl config set` stored last (default on).
+    public var socketRedirect: String?
 
     public init() {}
 
     /// The keys a config file may set, as on the command line without the dashes.
-    public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address"]
+    public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address",
+                                  "socket-redirect"]
 
     /// Applies a YAML mapping of `fileKeys` to strings. Unknown keys are an error.
     public mutating func apply(yaml text: String, source: String) throws(MeshError) {
@@ -52,6 +55,7 @@ public struct NodeConfig: Sendable, Equatable {
         case "pod-cidr": podCIDR = value
         case "api-socket": apiSocket = value
         case "metrics-address": metricsAddress = value
+        case "socket-redirect": socketRedirect = value
         default: break
         }
     }
@@ -73,6 +77,9 @@ public struct NodeConfig: Sendable, Equatable {
         for (what, path) in [("state dir", stateDir), ("api socket", apiSocket)] where !path.hasPrefix("/") {
             throw .invalid("\(what) \"\(path)\" must be an absolute path")
         }
+        if let socketRedirect, RuntimeConfig.parseSwitch(socketRedirect) == nil {
+            throw .invalid("socket-redirect \"\(socketRedirect)\" must be on or off")
+        }
         let pin = bpffs ?? "/sys/fs/bpf/\(nodeName)"
         guard pin.hasPrefix("/sys/fs/bpf/"), pin.count > "/sys/fs/bpf/".count else {
             throw .invalid("bpffs folder \"\(pin)\" must be a folder under /sys/fs/bpf")
@@ -83,7 +90,8 @@ public struct NodeConfig: Sendable, Equatable {
             throw .invalid("cgroup \"\(cg)\" is not under the cgroup2 mount \(cgroup2Root)")
         }
         return NodeSettings(nodeName: nodeName, stateDir: stateDir, bpffs: pin, cgroup: cg, podCIDR: cidr,
-                            apiSocket: apiSocket, metricsHost: String(parts[0]), metricsPort: port)
+                            apiSocket: apiSocket, metricsHost: String(parts[0]), metricsPort: port,
+                            socketRedirect: socketRedirect.flatMap(RuntimeConfig.parseSwitch))
     }
 
     private func isNodeName(_ s: String) -> Bool {
@@ -102,6 +110,8 @@ public struct NodeSettings: Sendable {
     public let apiSocket: String
     public let metricsHost: String
     public let metricsPort: Int
+    /// Set by flag or config file; nil keeps the stored run-time value.
+    public let socketRedirect: Bool?
 
     /// Named netns of an endpoint: `<node>-ep-<endpoint>`, so that nodes sharing one kernel
     /// never collide and leftovers are recognisable.

@@ -47,6 +47,12 @@ public final class Store: Sendable {
                 t.column("appliedAt", .datetime).notNull()
             }
         }
+        m.registerMigration("v3-config") { db in
+            try db.create(table: "setting") { t in
+                t.column("key", .text).primaryKey()
+                t.column("value", .text).notNull()
+            }
+        }
         return m
     }
 
@@ -123,6 +129,16 @@ public final class Store: Sendable {
                 for key in delete { _ = try PolicyDocumentRow.deleteOne(db, key: key) }
                 for r in rows { try r.save(db) }
             }
+        }
+    }
+
+    public func setting(_ key: String) throws(MeshError) -> String? {
+        try wrap("read setting") { try db.read { try String.fetchOne($0, sql: "SELECT value FROM setting WHERE key = ?", arguments: [key]) } }
+    }
+
+    public func setSetting(_ key: String, _ value: String) throws(MeshError) {
+        try wrap("write setting") {
+            try db.write { try $0.execute(sql: "INSERT OR REPLACE INTO setting (key, value) VALUES (?, ?)", arguments: [key, value]) }
         }
     }
 

@@ -124,3 +124,47 @@ public enum MeshJSON {
 public enum MeshVersion {
     public static let string = "0.1.0"
 }
+
+/// Settings that can change while meshd runs (`meshctl config get|set`).
+public enum RuntimeConfig {
+    public static let socketRedirect = "socket-redirect"
+    public static let keys = [socketRedirect]
+    public static let path = "/v1/config"
+
+    /// `on`/`off` (also true/false, enabled/disabled).
+    public static func parseSwitch(_ s: String) -> Bool? {
+        switch s.lowercased() {
+        case "on", "true", "enabled", "1": true
+        case "off", "false", "disabled", "0": false
+        default: nil
+        }
+    }
+}
+
+/// Body of `PUT /v1/config/KEY`.
+public struct ConfigSetRequest: Codable, Sendable {
+    public var value: String
+    public init(value: String) { self.value = value }
+}
+
+/// A row of `meshctl bpf sockmap list`.
+public struct BPFSocketRow: Codable, Sendable {
+    public var local: String
+    public var remote: String
+    public var client: String
+    public var server: String
+    public var mode: String
+    public var fallback: String
+    public var revision: Int
+    public var ageSeconds: Double
+    public init(local: String, remote: String, client: String, server: String, mode: String, fallback: String, revision: Int, ageSeconds: Double) {
+        self.local = local
+        self.remote = remote
+        self.client = client
+        self.server = server
+        self.mode = mode
+        self.fallback = fallback
+        self.revision = revision
+        self.ageSeconds = ageSeconds
+    }
+}

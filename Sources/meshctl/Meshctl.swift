@@ -10,7 +10,7 @@ struct Meshctl: AsyncParsableCommand {
         abstract: "Control a SwiftMesh node: its status, endpoints, policies and datapath.",
         discussion: "meshctl talks to meshd over its unix socket (--api-socket, or SWIFTMESH_API_SOCKET).",
         version: MeshVersion.string,
-        subcommands: [Status.self, EndpointCommand.self, PolicyCommand.self, Monitor.self, BPFCommand.self]
+        subcommands: [Status.self, EndpointCommand.self, PolicyCommand.self, Monitor.self, ConfigCommand.self, BPFCommand.self]
     )
 }
 

@@ -182,8 +182,27 @@ struct BPFCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bpf",
         abstract: "Dump the datapath's BPF maps readably.",
-        subcommands: [PolicyMap.self, IPCache.self, Conntrack.self]
+        subcommands: [PolicyMap.self, IPCache.self, Conntrack.self, Sockmap.self]
     )
+
+    struct Sockmap: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "sockmap", abstract: "Sockets of accelerated connections.",
+                                                        subcommands: [ListCmd.self])
+        struct ListCmd: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(commandName: "list", abstract: "List sockets in the sockhash and how each sends.")
+            @OptionGroup var global: GlobalOptions
+            @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
+            func run() async throws {
+                try await running {
+                    let rows = try await global.client.call(.GET, "/v1/bpf/sockmap", as: [BPFSocketRow].self)
+                    if output == .json { return try printJSON(rows) }
+                    printTable(["LOCAL", "REMOTE", "CLIENT", "SERVER", "MODE", "FALLBACK", "REV"], rows.map {
+                        [$0.local, $0.remote, $0.client, $0.server, $0.mode, $0.fallback.isEmpty ? "-" : $0.fallback, String($0.revision)]
+                    })
+                }
+            }
+        }
+    }
 
     struct PolicyMap: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "policy", abstract: "The active revision's policy map.",
@@ -239,6 +258,41 @@ struct BPFCommand: AsyncParsableCommand {
                          String(format: "%.0fs", $0.idleSeconds), $0.rule]
                     })
                 }
+            }
+        }
+    }
+}
+
+struct ConfigCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "config",
+        abstract: "Show or change settings of a running meshd (kept across restarts).",
+        discussion: "Settings: socket-redirect (on|off). Example: meshctl config set socket-redirect off",
+        subcommands: [Get.self, Set.self]
+    )
+
+    struct Get: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the run-time settings.")
+        @OptionGroup var global: GlobalOptions
+        @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
+        func run() async throws {
+            try await running {
+                let c = try await global.client.call(.GET, RuntimeConfig.path, as: [String: String].self)
+                if output == .json { return try printJSON(c) }
+                for (k, v) in c.sorted(by: { $0.key < $1.key }) { print("\(k): \(v)") }
+            }
+        }
+    }
+
+    struct Set: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Change a setting now.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The setting, e.g. socket-redirect.") var key: String
+        @Argument(help: "Its new value, e.g. on or off.") var value: String
+        func run() async throws {
+            try await running {
+                let c = try await global.client.call(.PUT, "\(RuntimeConfig.path)/\(key)", body: ConfigSetRequest(value: value), as: [String: String].self)
+                print("\(key): \(c[key] ?? value)")
             }
         }
     }

@@ -43,6 +43,9 @@ struct Meshd: AsyncParsableCommand {
     @Option(help: "IPv4:port for GET /metrics. (default: 127.0.0.1:9464)")
     var metricsAddress: String?
 
+    @Option(help: "on or off: accelerate TCP between local endpoints with sockmap redirection. (default: the last `meshctl config set`, else on)")
+    var socketRedirect: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -71,6 +74,7 @@ struct Meshd: AsyncParsableCommand {
             if let podCidr { settings.podCIDR = podCidr }
             if let apiSocket { settings.apiSocket = apiSocket }
             if let metricsAddress { settings.metricsAddress = metricsAddress }
+            if let socketRedirect { settings.socketRedirect = socketRedirect }
             try await Daemon.run(config: settings, logger: logger)
         } catch let e as MeshError {
             FileHandle.standardError.write(Data("meshd: error: \(e)\n".utf8))

@@ -23,6 +23,10 @@
 #define MESH_MAP_CT "mesh_ct"
 #define MESH_MAP_DROPS "mesh_drops"
 #define MESH_MAP_VERDICTS "mesh_verdicts"
+#define MESH_MAP_SOCKHASH "mesh_sockhash"
+#define MESH_MAP_SOCK_STATE "mesh_sock_state"
+#define MESH_MAP_REDIRECT_CFG "mesh_redir_cfg"
+#define MESH_MAP_REDIRECT_STATS "mesh_redir_stats"
 
 /* Default capacities; meshd may resize before load with --max-endpoints. */
 #define MESH_MAX_ENDPOINTS 1024
@@ -31,6 +35,7 @@
 #define MESH_POLICY_ENTRIES (2 * 131072)   /* two revision slots */
 #define MESH_CT_ENTRIES 65536
 #define MESH_VERDICT_ENTRIES 16384
+#define MESH_SOCKHASH_ENTRIES 65536
 
 /* Direction as seen by the endpoint (the workload), not by the host-side veth. */
 enum mesh_direction {
@@ -205,6 +210,67 @@ enum mesh_trace_cb {
 	MESH_TRACE_CB_RULE = 2,     /* rule id */
 	MESH_TRACE_CB_PEER = 3,     /* peer identity */
 	MESH_TRACE_CB_FLAGS = 4,    /* bit 0: direction enforced; bit 1: the program ran the policy */
+};
+
+/*
+ * Socket redirection. A TCP connection between two local endpoints is put in the
+ * sockhash (both sockets, keyed by their own 4-tuple; endpoint addresses are unique on a
+ * node, so keys are unique across network namespaces). The sk_msg program then hands
+ * each message straight to the peer socket's receive queue.
+ *
+ * Each direction of a connection starts UNDECIDED and makes one decision on its first
+ * message: ACCELERATED (the peer is in the map) or PASSTHROUGH. ACCELERATED may later
+ * fall back to PASSTHROUGH (large writes, the switch turned off); PASSTHROUGH never goes
+ * back. That is what keeps bytes in order: the receiver drains redirected data before
+ * anything that came through the stack, and nothing redirected can overtake data that
+ * is already in the stack.
+ */
+struct mesh_sock_key {
+	__u32 local_ip;   /* network order */
+	__u32 remote_ip;
+	__u16 local_port; /* host order */
+	__u16 remote_port;
+};
+
+enum mesh_sock_mode {
+	MESH_SOCK_UNDECIDED = 0,
+	MESH_SOCK_ACCELERATED = 1,
+	MESH_SOCK_PASSTHROUGH = 2,
+	MESH_SOCK_DENIED = 3, /* a policy revision refused the flow: every message dropped */
+};
+
+struct mesh_sock_state {
+	__u32 client_ip;   /* the connection's original direction, for policy re-checks */
+	__u32 server_ip;
+	__u16 client_port;
+	__u16 server_port;
+	__u32 client_endpoint;
+	__u32 server_endpoint;
+	__u32 revision;    /* policy revision the flow was last allowed under */
+	__u8 mode;         /* enum mesh_sock_mode, for messages this socket sends */
+	__u8 fallback;     /* enum mesh_redirect_counter of the fallback, if any */
+	__u8 pad[2];
+	__u64 created;
+};
+
+/* mesh_redir_cfg (array, one entry), written by meshd. */
+struct mesh_redirect_config {
+	__u32 enabled;             /* 0: new connections are not accelerated, existing ones fall back */
+	__u32 max_message_bytes;   /* a larger write makes the direction fall back for good */
+};
+
+/* mesh_redir_stats (per-CPU array): indexes. */
+enum mesh_redirect_counter {
+	MESH_REDIR_MESSAGES = 0,        /* messages redirected */
+	MESH_REDIR_BYTES = 1,           /* bytes redirected */
+	MESH_REDIR_SOCKETS_ADDED = 2,   /* sockets put in the sockhash */
+	MESH_REDIR_FB_NOT_LOCAL = 3,    /* fallbacks by reason: peer is not a local endpoint */
+	MESH_REDIR_FB_DISABLED = 4,     /* the switch is off */
+	MESH_REDIR_FB_NO_PEER = 5,      /* first message before the peer socket was known */
+	MESH_REDIR_FB_LARGE_WRITE = 6,  /* a write above max_message_bytes (bulk) */
+	MESH_REDIR_FB_REDIRECT_FAILED = 7,
+	MESH_REDIR_DENIED_MESSAGES = 8, /* messages dropped by a policy revision */
+	MESH_REDIR_MAX = 9,
 };
 
 /* Ring-buffer events (mesh_events). Every event starts with this header. */

@@ -88,6 +88,38 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mesh_verdicts SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, MESH_SOCKHASH_ENTRIES);
+	__type(key, struct mesh_sock_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_sockhash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MESH_SOCKHASH_ENTRIES);
+	__type(key, struct mesh_sock_key);
+	__type(value, struct mesh_sock_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_sock_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mesh_redirect_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_redir_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MESH_REDIR_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_redir_stats SEC(".maps");
+
 /* Adds one packet of `len` bytes to a per-CPU counter, creating it on first use. */
 static __always_inline void counter_add(void *map, const void *key, __u32 len)
 {

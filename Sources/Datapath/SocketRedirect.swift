@@ -1,0 +1,148 @@
+import BPFObjects
+import CBPF
+import Glibc
+
+/// Socket redirection (bpf/sockops.bpf.c): the sock_ops program on the node's cgroup, the
+/// sk_msg program on the sockhash, their switch and their counters.
+///
+/// The sock_ops attachment is a BPF link pinned under the node's folder: a restarted meshd
+/// swaps the program inside the link atomically, and a dead one leaves it working.
+public final class SocketRedirect: @unchecked Sendable {
+    public enum Counter: Int, CaseIterable, Sendable {
+        case messages = 0, bytes, socketsAdded, fallbackNotLocal, fallbackDisabled, fallbackNoPeer,
+             fallbackLargeWrite, fallbackRedirectFailed, deniedMessages
+    }
+
+    public struct SocketEntry: Sendable {
+        public var localIP: UInt32 // host order
+        public var remoteIP: UInt32
+        public var localPort: UInt16
+        public var remotePort: UInt16
+        public var clientEndpoint: UInt32
+        public var serverEndpoint: UInt32
+        public var mode: String
+        public var fallback: String
+        public var revision: UInt32
+        public var ageSeconds: Double
+    }
+
+    let object: LoadedBPFObject
+    public let sockops: BPFProgram
+    public let skmsg: BPFProgram
+    let sockhash: BPFMap
+    let state: BPFMap
+    let config: BPFMap
+    let stats: BPFMap
+    public let cgroup: String
+    let linkPath: String
+
+    /// Loads the programs (re-using the node's pinned maps), attaches sk_msg to the
+    /// sockhash and sock_ops to `cgroup`, replacing what an earlier meshd attached.
+    public init(pinDir: String, cgroup: String, nodeID: UInt32) throws {
+        self.cgroup = cgroup
+        linkPath = "\(pinDir)/mesh_sockops_link"
+        let spec = try BPFObjectSpec(bytes: EmbeddedBPF.sockops.bytes, name: "sockops", pinRoot: pinDir)
+        try spec.setConstant("cfg_node_id", nodeID)
+        object = try spec.load()
+        sockops = try object.program("mesh_sockops")
+        skmsg = try object.program("mesh_skmsg")
+        sockhash = try object.map(MESH_MAP_SOCKHASH)
+        state = try object.map(MESH_MAP_SOCK_STATE)
+        config = try object.map(MESH_MAP_REDIRECT_CFG)
+        stats = try object.map(MESH_MAP_REDIRECT_STATS)
+        for p in [sockops, skmsg] { try p.pin(at: "\(pinDir)/\(p.name)") }
+        // One sk_msg program per sockhash: attaching replaces the previous one.
+        try ProgramAttachment.attach(skmsg, map: sockhash, type: BPF_SK_MSG_VERDICT)
+        try attachSockops()
+    }
+
+    private func attachSockops() throws {
+        let existing = bpf_obj_get(linkPath)
+        if existing >= 0 {
+            defer { close(existing) }
+            if bpf_link_update(existing, sockops.fd, nil) == 0 { return }
+            // A link whose cgroup is gone (or not a link): replace it.
+            unlink(linkPath)
+        }
+        let cg = open(cgroup, O_RDONLY | O_DIRECTORY)
+        guard cg >= 0 else { throw DatapathError("open cgroup \(cgroup)", errno: Glibc.errno) }
+        defer { close(cg) }
+        let link = bpf_link_create(sockops.fd, cg, BPF_CGROUP_SOCK_OPS, nil)
+        guard link >= 0 else { throw DatapathError("attach \(sockops.name) to cgroup \(cgroup)", errno: Glibc.errno) }
+        defer { close(link) }
+        try check("pin sock_ops link at \(linkPath)", bpf_obj_pin(link, linkPath))
+    }
+
+    /// True when the pinned link holds this meshd's sock_ops program.
+    public var isAttached: Bool {
+        let fd = bpf_obj_get(linkPath)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var info = bpf_link_info()
+        var len = UInt32(MemoryLayout<bpf_link_info>.size)
+        return bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && info.prog_id == sockops.id
+    }
+
+    public struct Config: Sendable, Equatable {
+        public var enabled: Bool
+        public var maxMessageBytes: UInt32
+        public init(enabled: Bool, maxMessageBytes: UInt32) {
+            self.enabled = enabled
+            self.maxMessageBytes = maxMessageBytes
+        }
+    }
+
+    public func configure(_ c: Config) throws {
+        var v = mesh_redirect_config()
+        v.enabled = c.enabled ? 1 : 0
+        v.max_message_bytes = c.maxMessageBytes
+        try config.update(UInt32(0), v)
+    }
+
+    public func currentConfig() throws -> Config {
+        let v = try config.lookup(UInt32(0), as: mesh_redirect_config.self) ?? mesh_redirect_config()
+        return Config(enabled: v.enabled != 0, maxMessageBytes: v.max_message_bytes)
+    }
+
+    /// Counters summed over CPUs.
+    public func counters() throws -> [Counter: UInt64] {
+        var out: [Counter: UInt64] = [:]
+        for c in Counter.allCases {
+            out[c] = (try stats.lookupPerCPU(UInt32(c.rawValue), as: UInt64.self) ?? []).reduce(0, &+)
+        }
+        return out
+    }
+
+    /// Sockets in the sockhash now (two per accelerated connection).
+    public func socketCount() throws -> Int { try sockhash.count() }
+
+    public func sockets() throws -> [SocketEntry] {
+        let now = MeshDatapath.monotonicNanoseconds()
+        return try state.entriesRaw().map { k, v in
+            let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_sock_key.self) }
+            let s = v.withUnsafeBytes { $0.loadUnaligned(as: mesh_sock_state.self) }
+            let mode = switch UInt32(s.mode) {
+            case MESH_SOCK_ACCELERATED.rawValue: "accelerated"
+            case MESH_SOCK_PASSTHROUGH.rawValue: "passthrough"
+            case MESH_SOCK_DENIED.rawValue: "denied"
+            default: "undecided"
+            }
+            let fallback = s.fallback == 0 ? "" : Self.fallbackName(Int(s.fallback))
+            return SocketEntry(localIP: UInt32(bigEndian: key.local_ip), remoteIP: UInt32(bigEndian: key.remote_ip),
+                               localPort: key.local_port, remotePort: key.remote_port, clientEndpoint: s.client_endpoint,
+                               serverEndpoint: s.server_endpoint, mode: mode, fallback: fallback, revision: s.revision,
+                               ageSeconds: Double(now &- s.created) / 1e9)
+        }
+    }
+
+    public static func fallbackName(_ raw: Int) -> String {
+        switch Counter(rawValue: raw) {
+        case .fallbackNotLocal: "not_local"
+        case .fallbackDisabled: "disabled"
+        case .fallbackNoPeer: "no_peer"
+        case .fallbackLargeWrite: "large_write"
+        case .fallbackRedirectFailed: "redirect_failed"
+        default: "other"
+        }
+    }
+}

@@ -25,6 +25,17 @@ exactly one JSON line on stdout; errors go to stderr with a non-zero exit status
   probe-loop  --host H --port P --seconds T [--interval MS] [--timeout S]
                 new connections back to back for T s -> {"attempts", "ok", "failed"}
 
+  duplex-server / duplex-client  --bytes N --seed S [--max-chunk C]
+                both ends send N seeded bytes in uneven writes while reading in uneven
+                reads, then half-close -> {"sent", "sent_sha256", "received", "received_sha256"}
+  halfclose-server --port P --reply-bytes N: read to EOF, then answer N bytes
+  halfclose-client --host H --port P --bytes N: send, shutdown(SHUT_WR), read the answer
+  reset-server --port P / expect-reset --host H --port P: a reset must arrive as a reset
+  close-early-server --port P --after N: read N bytes, then close with data unread
+  slow-sink   --port P --pause S [--progress-file F]: accept, read nothing for S seconds, then all
+  many-server --port P / many-client --host H --port P --count N --hold S
+                N concurrent connections, one echo each, held S seconds
+
 Senders retry connecting for up to 5 s, half-close when done and wait for the peer's
 EOF, so a sender's success means the sink has read everything.
 """
@@ -56,7 +67,7 @@ def listen(bind, port, kind, ready_file):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((bind, port))
     if kind == socket.SOCK_STREAM:
-        sock.listen(1)
+        sock.listen(1024)
     if ready_file:
         open(ready_file, "a").close()
     return sock
@@ -144,10 +155,17 @@ PATTERN = bytes(range(PATTERN_MOD)) * (RECV_SIZE // PATTERN_MOD + 2)
 
 
 def stream_sink(args):
+    import time
+
     conn = accept_one(args)
     total, first_bad, error = 0, None, None
+    last_progress = 0.0
     try:
         while chunk := conn.recv(RECV_SIZE):
+            if args.progress_file and time.monotonic() - last_progress > 0.05:
+                last_progress = time.monotonic()
+                with open(args.progress_file, "w") as f:
+                    f.write(str(total + len(chunk)))
             if first_bad is None:
                 start = total % PATTERN_MOD
                 expected = PATTERN[start:start + len(chunk)]
@@ -158,6 +176,9 @@ def stream_sink(args):
     except OSError as e:  # e.g. a reset: report it in the JSON, the test decides
         error = f"{type(e).__name__}: {e}"
     conn.close()
+    if args.progress_file:
+        with open(args.progress_file, "w") as f:
+            f.write(str(total))
     result = {"bytes": total, "ok": first_bad is None and error is None,
               "first_bad_offset": first_bad}
     if error:
@@ -276,6 +297,172 @@ def probe_loop(args):
     emit({"attempts": attempts, "ok": ok, "failed": attempts - ok})
 
 
+def seeded_chunks(total, seed, max_chunk):
+    """Yields `total` seeded pseudo-random bytes in uneven chunks of 1..max_chunk."""
+    data_rng, size_rng = random.Random(seed), random.Random(seed + 1_000_003)
+    left = total
+    while left:
+        n = min(left, size_rng.randint(1, max_chunk))
+        left -= n
+        yield data_rng.randbytes(n)
+
+
+def duplex(sock, args):
+    import threading
+
+    sent_hash = hashlib.sha256()
+    sent = 0
+    error = []
+
+    def sender():
+        nonlocal sent
+        try:
+            for chunk in seeded_chunks(args.bytes, args.seed, args.max_chunk):
+                sock.sendall(chunk)
+                sent_hash.update(chunk)
+                sent += len(chunk)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            error.append(f"{type(e).__name__}: {e}")
+
+    t = threading.Thread(target=sender)
+    t.start()
+    got_hash, got = hashlib.sha256(), 0
+    read_rng = random.Random(args.seed + 7)
+    while data := sock.recv(read_rng.randint(1, 65536)):
+        got_hash.update(data)
+        got += len(data)
+    t.join()
+    sock.close()
+    emit({"sent": sent, "sent_sha256": sent_hash.hexdigest(), "received": got,
+          "received_sha256": got_hash.hexdigest(), "error": error[0] if error else None})
+
+
+def duplex_server(args):
+    duplex(accept_one(args), args)
+
+
+def duplex_client(args):
+    duplex(connect(args.host, args.port), args)
+
+
+def halfclose_server(args):
+    conn = accept_one(args)
+    got = 0
+    while data := conn.recv(65536):
+        got += len(data)
+    # The peer's EOF arrived; this direction still works.
+    conn.sendall(b"r" * args.reply_bytes)
+    conn.close()
+    emit({"received": got, "replied": args.reply_bytes})
+
+
+def halfclose_client(args):
+    sock = connect(args.host, args.port)
+    sock.sendall(b"q" * args.bytes)
+    sock.shutdown(socket.SHUT_WR)
+    got = 0
+    while data := sock.recv(65536):
+        got += len(data)
+    sock.close()
+    emit({"sent": args.bytes, "replied": got})
+
+
+def reset_server(args):
+    import struct
+
+    conn = accept_one(args)
+    conn.recv(5)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+    emit({"reset_sent": True})
+
+
+def expect_reset(args):
+    sock = connect(args.host, args.port)
+    sock.settimeout(10)
+    sock.sendall(b"hello")
+    try:
+        data = sock.recv(10)
+        emit({"reset": False, "got": len(data)})
+    except ConnectionResetError:
+        emit({"reset": True})
+
+
+def close_early_server(args):
+    conn = accept_one(args)
+    got = 0
+    while got < args.after:
+        data = conn.recv(min(65536, args.after - got))
+        if not data:
+            break
+        got += len(data)
+    conn.close()
+    emit({"received": got})
+
+
+def slow_sink(args):
+    import threading
+    import time
+
+    conn = accept_one(args)
+    time.sleep(args.pause)
+    got_hash, got = hashlib.sha256(), 0
+    stop = []
+
+    def progress():
+        while not stop:
+            with open(args.progress_file, "w") as f:
+                f.write(str(got))
+            time.sleep(0.05)
+
+    if args.progress_file:
+        threading.Thread(target=progress, daemon=True).start()
+    while data := conn.recv(65536):
+        got_hash.update(data)
+        got += len(data)
+    stop.append(True)
+    conn.close()
+    emit({"bytes": got, "sha256": got_hash.hexdigest()})
+
+
+def many_server(args):
+    import threading
+
+    srv = listen(args.bind, args.port, socket.SOCK_STREAM, args.ready_file)
+
+    def echo(conn):
+        with conn:
+            try:
+                while data := conn.recv(64):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+
+def many_client(args):
+    import resource
+    import time
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (args.count + 256, args.count + 256))
+    socks = []
+    for _ in range(args.count):
+        s = socket.create_connection((args.host, args.port), timeout=10)
+        s.sendall(b"x")
+        socks.append(s)
+    ok = sum(1 for s in socks if s.recv(1) == b"x")
+    if args.ready_file:
+        open(args.ready_file, "w").close()
+    time.sleep(args.hold)
+    for s in socks:
+        s.close()
+    emit({"connected": len(socks), "echoed": ok})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -302,10 +489,33 @@ def main():
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--interval", type=float, default=1.0, help="milliseconds")
-    command("stream-sink", stream_sink, sink=True)
+    p = command("stream-sink", stream_sink, sink=True)
+    p.add_argument("--progress-file")
     p = command("stream-send", stream_send, sink=False)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--rate", type=float, required=True, help="bytes per second")
+
+    for name, func, sink in (("duplex-server", duplex_server, True), ("duplex-client", duplex_client, False)):
+        p = command(name, func, sink=sink)
+        p.add_argument("--bytes", type=int, required=True)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--max-chunk", type=int, default=16000)
+    p = command("halfclose-server", halfclose_server, sink=True)
+    p.add_argument("--reply-bytes", type=int, required=True)
+    p = command("halfclose-client", halfclose_client, sink=False)
+    p.add_argument("--bytes", type=int, required=True)
+    command("reset-server", reset_server, sink=True)
+    command("expect-reset", expect_reset, sink=False)
+    p = command("close-early-server", close_early_server, sink=True)
+    p.add_argument("--after", type=int, required=True)
+    p = command("slow-sink", slow_sink, sink=True)
+    p.add_argument("--pause", type=float, required=True)
+    p.add_argument("--progress-file")
+    command("many-server", many_server, sink=True)
+    p = command("many-client", many_client, sink=False)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--hold", type=float, default=1.0)
+    p.add_argument("--ready-file")
 
     p = sub.add_parser("echo-server")
     p.set_defaults(func=echo_server)

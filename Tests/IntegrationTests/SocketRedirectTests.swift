@@ -1,0 +1,185 @@
+import Foundation
+import XCTest
+
+/// Socket redirection must be byte-exact under every socket behaviour, hold back a fast
+/// writer, leave the map clean, obey policy revisions and switch without losing a byte.
+final class SocketRedirectTests: XCTestCase {
+    var node: TestNode!
+    var traffic: Traffic { Traffic(node: node) }
+    var server = ""
+
+    override func setUpWithError() throws {
+        node = try TestNode()
+        try node.start(["--socket-redirect", "on"])
+        try node.ctlOK("endpoint", "create", "client", "--labels", "app=client")
+        try node.ctlOK("endpoint", "create", "server", "--labels", "app=server")
+        server = "10.201.0.2"
+    }
+
+    override func tearDown() { node?.destroy() }
+
+    func metric(_ name: String, _ labels: [String: String] = [:]) throws -> Double {
+        try node.metric(name, labels) ?? 0
+    }
+
+    func testDuplexTransfersFromOneByteTo64MiBAreByteExact() throws {
+        let before = try metric("mesh_socket_redirect_bytes_total")
+        var total = 0
+        for (i, (up, down)) in [(1, 1), (1000, 77_777), (65_537, 3), (1 << 20, 5 << 20), (64 << 20, 64 << 20)].enumerated() {
+            let port = 7200 + i
+            let srv = try traffic.start(in: "server", ["duplex-server", "--port", "\(port)", "--bytes", "\(down)", "--seed", "\(100 + i)"],
+                                        waitReady: true)
+            let cli = try traffic.run(in: "client", ["duplex-client", "--host", server, "--port", "\(port)", "--bytes", "\(up)",
+                                                     "--seed", "\(200 + i)"])
+            let s = try srv.result(timeout: 120)
+            XCTAssertNil(cli["error"] as? String, "\(up)/\(down): \(cli)")
+            XCTAssertNil(s["error"] as? String, "\(up)/\(down): \(s)")
+            XCTAssertEqual(s["received"] as? Int, up)
+            XCTAssertEqual(cli["received"] as? Int, down)
+            XCTAssertEqual(s["received_sha256"] as? String, cli["sent_sha256"] as? String, "client -> server bytes, \(up)")
+            XCTAssertEqual(cli["received_sha256"] as? String, s["sent_sha256"] as? String, "server -> client bytes, \(down)")
+            total += up + down
+        }
+        // Writes of at most 16,000 bytes stay on the accelerated path: it carried them all.
+        XCTAssertGreaterThanOrEqual(try metric("mesh_socket_redirect_bytes_total") - before, Double(total))
+        XCTAssertEqual(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "no_peer"]), 0)
+    }
+
+    func testLargeWritesFallBackMidStreamWithoutReorderingBytes() throws {
+        // Small writes first (accelerated), then writes up to 100 KB: the direction falls
+        // back to the stack in the middle of the stream.
+        let srv = try traffic.start(in: "server", ["duplex-server", "--port", "7300", "--bytes", "0"], waitReady: true)
+        let cli = try traffic.run(in: "client", ["duplex-client", "--host", server, "--port", "7300", "--bytes", "\(8 << 20)",
+                                                 "--seed", "5", "--max-chunk", "100000"])
+        let s = try srv.result()
+        XCTAssertEqual(s["received"] as? Int, 8 << 20)
+        XCTAssertEqual(s["received_sha256"] as? String, cli["sent_sha256"] as? String)
+        XCTAssertGreaterThan(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "large_write"]), 0)
+    }
+
+    func testHalfCloseResetAndAPeerThatClosesEarly() throws {
+        // Half-close: the server sees EOF, then still answers.
+        let hs = try traffic.start(in: "server", ["halfclose-server", "--port", "7400", "--reply-bytes", "300000"], waitReady: true)
+        let hc = try traffic.run(in: "client", ["halfclose-client", "--host", server, "--port", "7400", "--bytes", "5000"])
+        XCTAssertEqual(try hs.result()["received"] as? Int, 5000)
+        XCTAssertEqual(hc["replied"] as? Int, 300_000)
+        // A reset arrives as a reset.
+        let rs = try traffic.start(in: "server", ["reset-server", "--port", "7401"], waitReady: true)
+        let rc = try traffic.run(in: "client", ["expect-reset", "--host", server, "--port", "7401"])
+        _ = try rs.result()
+        XCTAssertEqual(rc["reset"] as? Bool, true, "\(rc)")
+        // A peer that closes mid-transfer does not hang the writer.
+        let es = try traffic.start(in: "server", ["close-early-server", "--port", "7402", "--after", "100000"], waitReady: true)
+        let start = Date()
+        let sender = try traffic.start(in: "client", ["stream-send", "--host", server, "--port", "7402", "--seconds", "20", "--rate", "4000000"])
+        let sent = try sender.result(timeout: 30)
+        _ = try es.result()
+        XCTAssertNotNil(sent["error"], "the writer must learn that the peer is gone: \(sent)")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 15, "the writer must not hang")
+        XCTAssertGreaterThan(try metric("mesh_socket_redirect_messages_total"), 0)
+    }
+
+    func testASlowReaderHoldsTheWriterBackAndLosesNothing() throws {
+        let progress = node.dir + "/slow.progress"
+        let sink = try traffic.start(in: "server", ["slow-sink", "--port", "7500", "--pause", "3", "--progress-file", progress], waitReady: true)
+        let sendOut = node.dir + "/slow-send.json"
+        let size = 256 << 20
+        let sender = try Run.spawn(TestNode.products + "/meshctl",
+                                   ["endpoint", "exec", "client", "--", "python3", Traffic.script, "tcp-send", "--host", server,
+                                    "--port", "7500", "--bytes", "\(size)", "--seed", "9"],
+                                   output: sendOut, environment: ["SWIFTMESH_API_SOCKET": node.socket])
+        // While the reader sleeps, the writer must be held back: socket buffers, not the
+        // whole transfer, may be in flight.
+        usleep(2_500_000)
+        var st: Int32 = 0
+        XCTAssertEqual(waitpid(sender, &st, WNOHANG), 0, "the writer finished 256 MiB while the reader read nothing")
+        let queued = try XCTUnwrap(Int(node.inNode("cat", "/proc/net/sockstat").stdout.split(separator: "\n")
+            .first { $0.hasPrefix("TCP:") }?.split(separator: " ").last ?? ""))
+        XCTAssertLessThan(queued * 4096, 96 << 20, "TCP memory stays bounded in the node")
+        let got = try sink.result(timeout: 120)
+        var status: Int32 = 0
+        waitpid(sender, &status, 0)
+        let sent = try JSONSerialization.jsonObject(with: Data(try String(contentsOfFile: sendOut, encoding: .utf8)
+            .split(separator: "\n").last { $0.hasPrefix("{") }!.utf8)) as? [String: Any]
+        XCTAssertEqual(got["bytes"] as? Int, size)
+        XCTAssertEqual(got["sha256"] as? String, sent?["sha256"] as? String, "nothing lost once the reader catches up")
+    }
+
+    func testAThousandConnectionsLeaveTheSockhashAtItsBaseline() throws {
+        let baseline = try metric("mesh_socket_redirect_sockets")
+        let srv = try traffic.start(in: "server", ["many-server", "--port", "7600"], waitReady: true)
+        defer { kill(srv.pid, SIGKILL) }
+        let ready = node.dir + "/many.ready"
+        let cli = try traffic.start(in: "client", ["many-client", "--host", server, "--port", "7600", "--count", "1000",
+                                                   "--hold", "3", "--ready-file", ready])
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: ready) && Date() < deadline { usleep(50_000) }
+        XCTAssertGreaterThanOrEqual(try metric("mesh_socket_redirect_sockets"), baseline + 2000, "both sockets of 1,000 connections")
+        let r = try cli.result(timeout: 60)
+        XCTAssertEqual(r["echoed"] as? Int, 1000)
+        kill(srv.pid, SIGKILL)
+        var now = -1.0
+        for _ in 0..<50 {
+            now = try metric("mesh_socket_redirect_sockets")
+            if now == baseline { break }
+            usleep(100_000)
+        }
+        XCTAssertEqual(now, baseline, "closed sockets leave the map")
+        XCTAssertEqual(try node.ctlOK("bpf", "sockmap", "list").split(separator: "\n").count, 1, "only the header is left")
+    }
+
+    func testAnAcceleratedFlowDeniedByANewRevisionPassesNoMoreBytes() throws {
+        let progress = node.dir + "/deny.progress"
+        let sink = try traffic.start(in: "server", ["stream-sink", "--port", "7700", "--progress-file", progress], waitReady: true)
+        let sender = try traffic.start(in: "client", ["stream-send", "--host", server, "--port", "7700", "--seconds", "8", "--rate", "1000000"])
+        usleep(1_500_000)
+        XCTAssertTrue(try node.ctlOK("bpf", "sockmap", "list").contains("accelerated"))
+        let path = node.dir + "/deny.yaml"
+        try """
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: server-closed}
+        spec:
+          endpointSelector: {matchLabels: {app: server}}
+          ingressDeny: [{fromEndpoints: [{matchLabels: {app: client}}]}]
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        try node.ctlOK("policy", "apply", "-f", path)
+        // In force once apply returns; a message already inside sendmsg may still land.
+        usleep(300_000)
+        let atEnforcement = Int(try String(contentsOfFile: progress, encoding: .utf8)) ?? 0
+        usleep(2_000_000)
+        let later = Int(try String(contentsOfFile: progress, encoding: .utf8)) ?? 0
+        XCTAssertEqual(later, atEnforcement, "no byte passes after the revision is in force")
+        let sent = try sender.result()
+        XCTAssertNotNil(sent["error"], "the writer is refused: \(sent)")
+        kill(sink.pid, SIGKILL)
+        XCTAssertGreaterThan(try metric("mesh_socket_redirect_denied_messages_total"), 0)
+        XCTAssertGreaterThan(try metric("mesh_drops_total", ["reason": "policy_deny", "direction": "egress"]), 0,
+                             "counted like any other drop")
+    }
+
+    func testSwitchingOffAndOnUnderTrafficLosesNothing() throws {
+        let sink = try traffic.start(in: "server", ["stream-sink", "--port", "7800"], waitReady: true)
+        let sender = try traffic.start(in: "client", ["stream-send", "--host", server, "--port", "7800", "--seconds", "5", "--rate", "2000000"])
+        usleep(1_000_000)
+        XCTAssertTrue(try node.ctlOK("bpf", "sockmap", "list").contains("accelerated"))
+        try node.ctlOK("config", "set", "socket-redirect", "off")
+        XCTAssertEqual(try node.ctlOK("config", "get"), "socket-redirect: off\n")
+        let addedWhileOff = try metric("mesh_socket_redirect_connections_added_total")
+        XCTAssertTrue(try Traffic(node: node).run(in: "client", ["probe", "--host", server, "--port", "7801"])["ok"] as? Bool == false)
+        usleep(1_000_000)
+        XCTAssertTrue(try node.ctlOK("bpf", "sockmap", "list").contains("passthrough"), "the running stream fell back to the stack")
+        try node.ctlOK("config", "set", "socket-redirect", "on")
+        let sent = try sender.result(), got = try sink.result()
+        XCTAssertNil(sent["error"])
+        XCTAssertEqual(got["ok"] as? Bool, true, "\(got)")
+        XCTAssertEqual(got["bytes"] as? Int, sent["bytes"] as? Int, "no byte lost across off and on")
+        XCTAssertGreaterThan(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "disabled"]), 0)
+        // New connections: not accelerated while off, accelerated again once on.
+        let echo = try traffic.start(in: "server", ["echo-server", "--tcp", "7802", "--seconds", "30"], waitReady: true)
+        defer { kill(echo.pid, SIGKILL) }
+        XCTAssertEqual(try metric("mesh_socket_redirect_connections_added_total"), addedWhileOff, "nothing added while off")
+        XCTAssertEqual(try traffic.run(in: "client", ["probe", "--host", server, "--port", "7802"])["ok"] as? Bool, true)
+        XCTAssertEqual(try metric("mesh_socket_redirect_connections_added_total"), addedWhileOff + 2, "accelerated again once on")
+    }
+}

@@ -123,6 +123,19 @@ final class EndpointTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("meshd is not running at /tmp/smt-none/api.sock"), r.stderr)
     }
 
+    func testMeshctlTellsANonRootCallerWhatToDo() throws {
+        try start()
+        // The socket's folder is root-only: another user cannot even reach it.
+        let r = Run.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups",
+                                             TestNode.products + "/meshctl", "status", "--api-socket", node.socket])
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("permission denied on \(node.socket)"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("run it as root"), r.stderr)
+        let m = Run.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", TestNode.products + "/meshd"])
+        XCTAssertEqual(m.status, 1)
+        XCTAssertTrue(m.stderr.contains("meshd must run as root"), m.stderr)
+    }
+
     func testMeshdRejectsBadSettingsBeforeTouchingAnything() throws {
         try TestNode.requirePrivileges()
         let dir = NSTemporaryDirectory() + "smt\(getpid())cfg"

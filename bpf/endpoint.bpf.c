@@ -15,6 +15,7 @@
 #include "lib/packet.h"
 #include "lib/policy.h"
 #include "lib/conntrack.h"
+#include "lib/events.h"
 
 /* Set by meshd between open and load; never a recompile. */
 const volatile __u32 cfg_node_id = 0;
@@ -40,33 +41,6 @@ static __always_inline void report_unknown(__u32 ifindex, __u8 direction)
 	bpf_ringbuf_submit(ev, 0);
 }
 
-static __always_inline void report_policy(__u16 type, __u32 ep, __u32 peer, const struct flow *f, __u8 dir,
-					  const struct verdict *v, __u32 revision)
-{
-	struct mesh_event_policy *ev = bpf_ringbuf_reserve(&mesh_events, sizeof(*ev), 0);
-
-	if (!ev)
-		return;
-	ev->hdr.type = type;
-	ev->hdr.len = sizeof(*ev);
-	ev->hdr.node_id = cfg_node_id;
-	ev->hdr.timestamp = bpf_ktime_get_ns();
-	ev->endpoint_id = ep;
-	ev->peer_identity = peer;
-	ev->saddr = f->saddr;
-	ev->daddr = f->daddr;
-	ev->sport = f->sport;
-	ev->dport = f->dport;
-	ev->proto = f->proto;
-	ev->direction = dir;
-	ev->action = v->action;
-	ev->reason = v->reason;
-	ev->rule_id = v->rule_id;
-	ev->revision = revision;
-	ev->pad = 0;
-	bpf_ringbuf_submit(ev, 0);
-}
-
 static __always_inline void count_traffic(__u32 ep, __u8 dir, __u32 len)
 {
 	struct mesh_traffic_key tk = { .endpoint_id = ep, .direction = dir };
@@ -87,6 +61,39 @@ static __always_inline void count_verdict(const struct verdict *v, __u8 dir, __u
 	struct mesh_verdict_key vk = { .policy_id = v->policy_id, .direction = dir, .action = v->action };
 
 	counter_add(&mesh_verdicts, &vk, len);
+}
+
+static __always_inline void report_flow(__u16 type, __u32 ep, __u32 peer, const struct flow *f, __u8 dir,
+					const struct verdict *v, __u32 revision)
+{
+	report_policy(type, cfg_node_id, ep, peer, f->saddr, f->daddr, f->sport, f->dport, f->proto, dir, v, revision);
+}
+
+/*
+ * A packet of a tracked flow. The flow was allowed under ct->revision; under a newer
+ * revision it is decided again as the original flow (`flow_dir`, its peer and port), and
+ * a flow the new revision denies is dropped and forgotten.
+ */
+static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_value *ct, struct mesh_ct_key *ck,
+				       __u32 ep, __u8 flow_dir, __u32 peer_addr, __u16 dport, const struct flow *f,
+				       __u8 dir, __u8 slot, __u32 revision, __u64 now)
+{
+	if (ct->revision != revision) {
+		__u32 peer = identity_of(slot, peer_addr);
+		struct verdict v = policy_decide(slot, flow_dir, ep, peer, f->proto, dport);
+
+		if (v.action == MESH_ACTION_DENY) {
+			bpf_map_delete_elem(&mesh_ct, ck);
+			report_flow(MESH_EVENT_DROP, ep, peer, f, dir, &v, revision);
+			return drop(skb, v.reason, dir);
+		}
+		ct->revision = revision;
+		ct->rule_id = v.rule_id;
+	}
+	ct->last_seen = now;
+	if (f->tcp_flags & 0x05)
+		ct->closing = 1;
+	return TC_ACT_OK;
 }
 
 /* Policy for one packet of endpoint `ep` travelling in `dir` (as the endpoint sees it). */
@@ -135,45 +142,17 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir)
 	/* Established in this direction? */
 	ct_key(&ck, ep, &f, dir, 0);
 	ct = bpf_map_lookup_elem(&mesh_ct, &ck);
-	if (ct && !ct_expired(ct, f.proto, now)) {
-		if (ct->revision != revision) {
-			peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f.daddr : f.saddr);
-			v = policy_decide(slot, dir, ep, peer, f.proto, f.dport);
-			if (v.action == MESH_ACTION_DENY) {
-				bpf_map_delete_elem(&mesh_ct, &ck);
-				report_policy(MESH_EVENT_DROP, ep, peer, &f, dir, &v, revision);
-				return drop(skb, v.reason, dir);
-			}
-			ct->revision = revision;
-			ct->rule_id = v.rule_id;
-		}
-		ct->last_seen = now;
-		if (f.tcp_flags & 0x05)
-			ct->closing = 1;
-		return TC_ACT_OK;
-	}
+	if (ct && !ct_expired(ct, f.proto, now))
+		return established(skb, ct, &ck, ep, dir, dir == MESH_DIR_EGRESS ? f.daddr : f.saddr, f.dport,
+				   &f, dir, slot, revision, now);
 
-	/* A reply of a flow the endpoint's other direction allowed? */
+	/* A reply of a flow the endpoint's other direction allowed? Its peer and port are
+	 * the original flow's. */
 	ct_key(&ck, ep, &f, odir, 1);
 	ct = bpf_map_lookup_elem(&mesh_ct, &ck);
-	if (ct && !ct_expired(ct, f.proto, now)) {
-		if (ct->revision != revision) {
-			/* Re-check the original flow: its peer and port, its direction. */
-			peer = identity_of(slot, odir == MESH_DIR_EGRESS ? f.saddr : f.daddr);
-			v = policy_decide(slot, odir, ep, peer, f.proto, f.sport);
-			if (v.action == MESH_ACTION_DENY) {
-				bpf_map_delete_elem(&mesh_ct, &ck);
-				report_policy(MESH_EVENT_DROP, ep, peer, &f, dir, &v, revision);
-				return drop(skb, v.reason, dir);
-			}
-			ct->revision = revision;
-			ct->rule_id = v.rule_id;
-		}
-		ct->last_seen = now;
-		if (f.tcp_flags & 0x05)
-			ct->closing = 1;
-		return TC_ACT_OK;
-	}
+	if (ct && !ct_expired(ct, f.proto, now))
+		return established(skb, ct, &ck, ep, odir, odir == MESH_DIR_EGRESS ? f.saddr : f.daddr, f.sport,
+				   &f, dir, slot, revision, now);
 
 	/* A new flow. */
 	peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f.daddr : f.saddr);
@@ -181,7 +160,7 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir)
 	if (v.enforced)
 		count_verdict(&v, dir, skb->len);
 	if (v.action == MESH_ACTION_DENY) {
-		report_policy(MESH_EVENT_DROP, ep, peer, &f, dir, &v, revision);
+		report_flow(MESH_EVENT_DROP, ep, peer, &f, dir, &v, revision);
 		return drop(skb, v.reason, dir);
 	}
 	{
@@ -198,7 +177,7 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir)
 		bpf_map_update_elem(&mesh_ct, &ck, &nv, BPF_ANY);
 	}
 	if (v.enforced && cfg_report_verdicts)
-		report_policy(MESH_EVENT_VERDICT, ep, peer, &f, dir, &v, revision);
+		report_flow(MESH_EVENT_VERDICT, ep, peer, &f, dir, &v, revision);
 	return TC_ACT_OK;
 }
 

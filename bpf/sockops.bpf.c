@@ -16,6 +16,7 @@
 #include "mesh_abi.h"
 #include "lib/maps.h"
 #include "lib/policy.h"
+#include "lib/events.h"
 
 #define AF_INET 2
 
@@ -129,33 +130,6 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-static __always_inline void report_denied(const struct mesh_sock_state *s, const struct verdict *v, __u8 dir,
-					  __u32 ep, __u32 peer, __u32 revision)
-{
-	struct mesh_event_policy *ev = bpf_ringbuf_reserve(&mesh_events, sizeof(*ev), 0);
-
-	if (!ev)
-		return;
-	ev->hdr.type = MESH_EVENT_DROP;
-	ev->hdr.len = sizeof(*ev);
-	ev->hdr.node_id = cfg_node_id;
-	ev->hdr.timestamp = bpf_ktime_get_ns();
-	ev->endpoint_id = ep;
-	ev->peer_identity = peer;
-	ev->saddr = s->client_ip;
-	ev->daddr = s->server_ip;
-	ev->sport = s->client_port;
-	ev->dport = s->server_port;
-	ev->proto = IPPROTO_TCP;
-	ev->direction = dir;
-	ev->action = v->action;
-	ev->reason = v->reason;
-	ev->rule_id = v->rule_id;
-	ev->revision = revision;
-	ev->pad = 0;
-	bpf_ringbuf_submit(ev, 0);
-}
-
 /* The connection's verdict under the current revision, at both hooks it would cross. */
 static __always_inline int recheck(struct mesh_sock_state *s, __u32 len)
 {
@@ -180,7 +154,8 @@ static __always_inline int recheck(struct mesh_sock_state *s, __u32 len)
 
 		s->mode = MESH_SOCK_DENIED;
 		counter_add(&mesh_drops, &dk, len);
-		report_denied(s, &v, MESH_DIR_EGRESS, s->client_endpoint, peer, st->revision);
+		report_policy(MESH_EVENT_DROP, cfg_node_id, s->client_endpoint, peer, s->client_ip, s->server_ip, s->client_port,
+			      s->server_port, IPPROTO_TCP, MESH_DIR_EGRESS, &v, st->revision);
 		return 0;
 	}
 	if (s->mode == MESH_SOCK_DENIED)

@@ -20,7 +20,6 @@
 /* Set by meshd between open and load; never a recompile. */
 const volatile __u32 cfg_node_id = 0;
 const volatile __u8 cfg_report_unknown = 1;
-const volatile __u8 cfg_report_verdicts = 1;
 
 static __always_inline void report_unknown(__u32 ifindex, __u8 direction)
 {
@@ -139,6 +138,11 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir)
 		return TC_ACT_OK;
 	}
 
+	/* A SYN opens a new connection even if an entry of an earlier one with the same
+	 * tuple is still closing: decide (and count, and report) it afresh. */
+	if (f.proto == IPPROTO_TCP && (f.tcp_flags & 0x12) == 0x02)
+		goto new_flow;
+
 	/* Established in this direction? */
 	ct_key(&ck, ep, &f, dir, 0);
 	ct = bpf_map_lookup_elem(&mesh_ct, &ck);
@@ -154,7 +158,7 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir)
 		return established(skb, ct, &ck, ep, odir, odir == MESH_DIR_EGRESS ? f.saddr : f.daddr, f.sport,
 				   &f, dir, slot, revision, now);
 
-	/* A new flow. */
+new_flow:
 	peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f.daddr : f.saddr);
 	v = policy_decide(slot, dir, ep, peer, f.proto, f.dport);
 	if (v.enforced)
@@ -176,8 +180,12 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir)
 		ct_key(&ck, ep, &f, dir, 0);
 		bpf_map_update_elem(&mesh_ct, &ck, &nv, BPF_ANY);
 	}
-	if (v.enforced && cfg_report_verdicts)
-		report_flow(MESH_EVENT_VERDICT, ep, peer, &f, dir, &v, revision);
+	if (v.enforced) {
+		struct mesh_monitor_config *mon = bpf_map_lookup_elem(&mesh_monitor, &zero);
+
+		if (mon && mon->verdict_events)
+			report_flow(MESH_EVENT_VERDICT, ep, peer, &f, dir, &v, revision);
+	}
 	return TC_ACT_OK;
 }
 

@@ -37,7 +37,13 @@ public enum Daemon {
         try prepareSocket(settings.apiSocket)
         let metrics = MetricsCollector(datapath: datapath, manager: manager, policy: policy, redirect: redirect, nodeName: settings.nodeName)
         await policy.setOnEnforced { metrics.observeEnforced($0) }
-        let hub = EventHub()
+        try? datapath.setVerdictEvents(false)
+        let hubLogger = logger
+        let hub = EventHub { on in
+            do { try datapath.setVerdictEvents(on) } catch {
+                hubLogger.warning("cannot switch verdict events", metadata: ["error": "\(error)"])
+            }
+        }
         let services: [any Service] = [
             APIServer.make(settings: settings, manager: manager, policy: policy, datapath: datapath, redirect: redirectControl,
                            store: store, hub: hub, startedAt: startedAt, logger: logger),

@@ -8,18 +8,40 @@ import NIOCore
 final class EventHub: @unchecked Sendable {
     private let lock = NSLock()
     private var subscribers: [UUID: AsyncStream<MeshDatapath.PolicyEvent>.Continuation] = [:]
+    private var verdictWatchers = Set<UUID>()
+    /// Told when the first subscriber that wants verdicts arrives and when the last leaves:
+    /// the kernel writes verdict events only while someone reads them.
+    private let onVerdictInterest: @Sendable (Bool) -> Void
+
+    init(onVerdictInterest: @escaping @Sendable (Bool) -> Void = { _ in }) {
+        self.onVerdictInterest = onVerdictInterest
+    }
 
     func publish(_ event: MeshDatapath.PolicyEvent) {
         let subs = lock.withLock { Array(subscribers.values) }
         for s in subs { s.yield(event) }
     }
 
-    func subscribe() -> AsyncStream<MeshDatapath.PolicyEvent> {
+    func subscribe(wantsVerdicts: Bool) -> AsyncStream<MeshDatapath.PolicyEvent> {
         let id = UUID()
         let (stream, continuation) = AsyncStream<MeshDatapath.PolicyEvent>.makeStream(bufferingPolicy: .bufferingNewest(4096))
-        continuation.onTermination = { [weak self] _ in self?.lock.withLock { _ = self?.subscribers.removeValue(forKey: id) } }
-        lock.withLock { subscribers[id] = continuation }
+        continuation.onTermination = { [weak self] _ in self?.unsubscribe(id) }
+        let first = lock.withLock { () -> Bool in
+            subscribers[id] = continuation
+            guard wantsVerdicts else { return false }
+            verdictWatchers.insert(id)
+            return verdictWatchers.count == 1
+        }
+        if first { onVerdictInterest(true) }
         return stream
+    }
+
+    private func unsubscribe(_ id: UUID) {
+        let last = lock.withLock { () -> Bool in
+            subscribers[id] = nil
+            return verdictWatchers.remove(id) != nil && verdictWatchers.isEmpty
+        }
+        if last { onVerdictInterest(false) }
     }
 }
 
@@ -41,7 +63,7 @@ struct EventResolver: Sendable {
 
     /// A stream of JSON lines for one `GET /v1/monitor` client.
     func stream(hub: EventHub, type: String) -> AsyncStream<ByteBuffer> {
-        let events = hub.subscribe()
+        let events = hub.subscribe(wantsVerdicts: type != "drop")
         let (out, continuation) = AsyncStream<ByteBuffer>.makeStream(bufferingPolicy: .bufferingNewest(4096))
         let task = Task {
             let encoder = JSONEncoder()

@@ -135,6 +135,8 @@ public actor PolicyEngine {
         }
         policies = next
         documents.merge(incoming) { $1 }
+        // Parsing and compiling a large file allocates in bursts: hand the pages back.
+        ProcessMemory.trim()
         logger.info("policies applied", metadata: ["documents": "\(incoming.keys.sorted())", "revision": "\(revision)"])
         return PolicyApplyResult(documents: incoming.keys.sorted(), policies: parsed.count, rules: rules, revision: Int(revision),
                                  dryRun: false, entries: compiled?.entries.count ?? 0,
@@ -204,3 +206,4 @@ public actor PolicyEngine {
 
     public var policyKeys: [String] { documents.keys.sorted() }
 }
+

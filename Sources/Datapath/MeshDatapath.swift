@@ -74,6 +74,7 @@ public final class MeshDatapath: @unchecked Sendable {
     let conntrack: BPFMap
     let drops: BPFMap
     let verdicts: BPFMap
+    let monitor: BPFMap
     /// What each revision slot holds, mirrored in memory so a new revision writes only
     /// what differs from the slot's previous contents.
     var slots = [SlotContents(), SlotContents()]
@@ -99,6 +100,7 @@ public final class MeshDatapath: @unchecked Sendable {
         conntrack = try object.map(MESH_MAP_CT)
         drops = try object.map(MESH_MAP_DROPS)
         verdicts = try object.map(MESH_MAP_VERDICTS)
+        monitor = try object.map(MESH_MAP_MONITOR)
         for p in [fromEndpoint, toEndpoint] { try p.pin(at: "\(pinDir)/\(p.name)") }
         try loadSlots()
     }
@@ -165,6 +167,13 @@ public final class MeshDatapath: @unchecked Sendable {
         [endpoints, traffic, events, ipcache, policy, policyEP, stateMap, conntrack, drops, verdicts].map { m in
             MapStats(name: m.name, type: m.typeName, entries: (try? m.count()) ?? 0, capacity: m.maxEntries)
         }
+    }
+
+    /// Turns the per-new-flow verdict events on (while a monitor wants them) or off.
+    public func setVerdictEvents(_ on: Bool) throws {
+        var c = mesh_monitor_config()
+        c.verdict_events = on ? 1 : 0
+        try monitor.update(UInt32(0), c)
     }
 
     /// A reader of the node's event ring buffer; one task should own it.

@@ -115,6 +115,8 @@ public enum PolicyCompiler {
             cidrIdentity[c] = id
         }
 
+        // Sorted by network address: the prefixes inside a CIDR are one contiguous run.
+        let cidrIndex = cidrIdentity.sorted { ($0.key.network, $0.key.prefixLength) < ($1.key.network, $1.key.prefixLength) }
         var ipcache: [IPCacheEntry] = cidrs.map { IPCacheEntry(prefix: $0, identity: cidrIdentity[$0]!, endpointID: 0) }
         for ep in endpoints {
             ipcache.append(IPCacheEntry(prefix: try! IPv4CIDR(parsing: "\(ep.ipv4)/32"), identity: endpointIdentity[ep.id]!, endpointID: ep.id))
@@ -147,7 +149,7 @@ public enum PolicyCompiler {
                 rules.append(RuleInfo(policy: p.key, path: r.path, action: r.action,
                                       description: "\(p.key) \(r.path) (\(r.action.rawValue))"))
                 let ruleID = UInt32(rules.count - 1)
-                let peerIDs = resolve(r.peers, endpoints: endpoints, byLabels: byLabels, cidrIdentity: cidrIdentity)
+                let peerIDs = resolve(r.peers, endpoints: endpoints, byLabels: byLabels, cidrIdentity: cidrIdentity, cidrIndex: cidrIndex)
                 let ports = portAtoms(r.ports)
                 for ep in subjects {
                     for identity in peerIDs {
@@ -268,7 +270,7 @@ public enum PolicyCompiler {
 
     /// The identities a rule's peers stand for; 0 (any) for `all`.
     static func resolve(_ peers: [Peer], endpoints: [EndpointInfo], byLabels: [String: UInt32],
-                        cidrIdentity: [IPv4CIDR: UInt32]) -> [UInt32] {
+                        cidrIdentity: [IPv4CIDR: UInt32], cidrIndex: [(key: IPv4CIDR, value: UInt32)]) -> [UInt32] {
         var out = Set<UInt32>()
         for peer in peers {
             switch peer {
@@ -280,9 +282,19 @@ public enum PolicyCompiler {
             case .endpoints(let sel):
                 for ep in endpoints where sel.matches(ep.labels) { out.insert(byLabels[ep.labels.description]!) }
             case .cidr(let c, let except):
-                for (prefix, id) in cidrIdentity where prefix.prefixLength >= c.prefixLength && c.contains(prefix.network)
-                    && !except.contains(where: { $0.prefixLength <= prefix.prefixLength && $0.contains(prefix.network) }) {
-                    out.insert(id)
+                // Binary search to the first prefix at or after c's network, then walk the run.
+                var lo = 0, hi = cidrIndex.count
+                while lo < hi {
+                    let mid = (lo + hi) / 2
+                    if cidrIndex[mid].key.network < c.network { lo = mid + 1 } else { hi = mid }
+                }
+                while lo < cidrIndex.count, cidrIndex[lo].key.network <= c.broadcast {
+                    let (prefix, id) = cidrIndex[lo]
+                    lo += 1
+                    if prefix.prefixLength >= c.prefixLength,
+                       !except.contains(where: { $0.prefixLength <= prefix.prefixLength && $0.contains(prefix.network) }) {
+                        out.insert(id)
+                    }
                 }
                 if c.prefixLength == 0 { out.insert(worldIdentity) }
             }

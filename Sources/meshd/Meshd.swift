@@ -50,6 +50,7 @@ struct Meshd: AsyncParsableCommand {
     var logLevel: String = "info"
 
     func run() async throws {
+        ProcessMemory.limitArenas()
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level \"\(logLevel)\" is not one of trace, debug, info, notice, warning, error, critical")
         }

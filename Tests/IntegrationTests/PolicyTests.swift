@@ -213,6 +213,21 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual(ev["peer"] as? String, "app=client")
         XCTAssertEqual(ev["rule"] as? String, "default/server-in spec.ingressDeny[0] (deny)")
 
+        // Verdict events are written only while a monitor asks for them.
+        let verdictOut = node.dir + "/verdicts.json"
+        let verdicts = try Run.spawn(TestNode.products + "/meshctl", ["monitor", "--type", "verdict", "-o", "json", "--count", "1"],
+                                     output: verdictOut, environment: ["SWIFTMESH_API_SOCKET": node.socket])
+        usleep(500_000)
+        XCTAssertTrue(try probe(from: "client", to: server, port: 80))
+        let vdeadline = Date().addingTimeInterval(10)
+        while waitpid(verdicts, &st, WNOHANG) == 0 && Date() < vdeadline { usleep(50_000) }
+        let vline = try XCTUnwrap(try String(contentsOfFile: verdictOut, encoding: .utf8).split(separator: "\n").first)
+        let vev = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(vline.utf8)) as? [String: Any])
+        XCTAssertEqual(vev["type"] as? String, "verdict")
+        XCTAssertEqual(vev["verdict"] as? String, "allowed")
+        XCTAssertEqual(vev["rule"] as? String, "default/server-in spec.ingress[0] (allow)")
+        XCTAssertEqual(vev["destinationPort"] as? Int, 80)
+
         let t = try node.ctlOK("policy", "trace", "--from", "client", "--to", "server", "--port", "81/TCP")
         XCTAssertTrue(t.contains("default/server-in spec.ingressDeny[0] (deny)"), t)
         XCTAssertTrue(t.contains("verdict: DENIED"), t)

@@ -27,6 +27,7 @@
 #define MESH_MAP_SOCK_STATE "mesh_sock_state"
 #define MESH_MAP_REDIRECT_CFG "mesh_redir_cfg"
 #define MESH_MAP_REDIRECT_STATS "mesh_redir_stats"
+#define MESH_MAP_MONITOR "mesh_monitor"
 
 /* Default capacities; meshd may resize before load with --max-endpoints. */
 #define MESH_MAX_ENDPOINTS 1024
@@ -271,6 +272,14 @@ enum mesh_redirect_counter {
 	MESH_REDIR_FB_REDIRECT_FAILED = 7,
 	MESH_REDIR_DENIED_MESSAGES = 8, /* messages dropped by a policy revision */
 	MESH_REDIR_MAX = 9,
+};
+
+/* mesh_monitor (array, one entry): which optional events meshd wants now. Verdict events
+ * cost a ring-buffer write per new flow, so they are on only while a `meshctl monitor`
+ * asks for them; drops are always reported. */
+struct mesh_monitor_config {
+	__u32 verdict_events;
+	__u32 pad;
 };
 
 /* Ring-buffer events (mesh_events). Every event starts with this header. */

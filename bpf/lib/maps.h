@@ -120,6 +120,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mesh_redir_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mesh_monitor_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_monitor SEC(".maps");
+
 /* Adds one packet of `len` bytes to a per-CPU counter, creating it on first use. */
 static __always_inline void counter_add(void *map, const void *key, __u32 len)
 {

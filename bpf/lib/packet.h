@@ -17,7 +17,7 @@ struct flow {
 	__u16 sport; /* host order; 0 for protocols without ports */
 	__u16 dport;
 	__u8 proto;
-	__u8 tcp_flags; /* FIN 0x01, SYN 0x02, RST 0x04 */
+	__u8 tcp_flags; /* FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10 */
 };
 
 enum parse_result {
@@ -56,7 +56,7 @@ static __always_inline enum parse_result parse_flow(struct __sk_buff *skb, struc
 			return PARSE_IPV4;
 		f->sport = bpf_ntohs(th.source);
 		f->dport = bpf_ntohs(th.dest);
-		f->tcp_flags = (th.fin ? 0x01 : 0) | (th.syn ? 0x02 : 0) | (th.rst ? 0x04 : 0);
+		f->tcp_flags = (th.fin ? 0x01 : 0) | (th.syn ? 0x02 : 0) | (th.rst ? 0x04 : 0) | (th.ack ? 0x10 : 0);
 	} else if (ip.protocol == IPPROTO_UDP) {
 		__u16 ports[2];
 

@@ -168,7 +168,7 @@ int mesh_skmsg(struct sk_msg_md *msg)
 {
 	struct mesh_sock_key key = {}, peer = {};
 	struct mesh_redirect_config *cfg;
-	struct mesh_sock_state *s;
+	struct mesh_sock_state *s, *ps;
 	long ret;
 
 	if (msg->family != AF_INET)
@@ -184,6 +184,14 @@ int mesh_skmsg(struct sk_msg_md *msg)
 		stat_add(MESH_REDIR_DENIED_MESSAGES, 1);
 		return SK_DROP;
 	}
+	peer.local_ip = key.remote_ip;
+	peer.remote_ip = key.local_ip;
+	peer.local_port = key.remote_port;
+	peer.remote_port = key.local_port;
+	ps = bpf_map_lookup_elem(&mesh_sock_state, &peer);
+	/* This socket spoke: whatever its peer redirected to it so far was answered. */
+	if (ps)
+		ps->unanswered = 0;
 	if (s->mode == MESH_SOCK_PASSTHROUGH)
 		return SK_PASS;
 	cfg = redirect_config();
@@ -201,12 +209,14 @@ int mesh_skmsg(struct sk_msg_md *msg)
 		stat_add(MESH_REDIR_FB_LARGE_WRITE, 1);
 		return SK_PASS;
 	}
-	peer.local_ip = key.remote_ip;
-	peer.remote_ip = key.local_ip;
-	peer.local_port = key.remote_port;
-	peer.remote_port = key.local_port;
+	if (cfg->max_unanswered_bytes && s->unanswered + msg->size > cfg->max_unanswered_bytes) {
+		s->mode = MESH_SOCK_PASSTHROUGH;
+		s->fallback = MESH_REDIR_FB_UNANSWERED;
+		stat_add(MESH_REDIR_FB_UNANSWERED, 1);
+		return SK_PASS;
+	}
 	if (s->mode == MESH_SOCK_UNDECIDED) {
-		if (!bpf_map_lookup_elem(&mesh_sock_state, &peer)) {
+		if (!ps) {
 			s->mode = MESH_SOCK_PASSTHROUGH;
 			s->fallback = MESH_REDIR_FB_NO_PEER;
 			stat_add(MESH_REDIR_FB_NO_PEER, 1);
@@ -222,6 +232,7 @@ int mesh_skmsg(struct sk_msg_md *msg)
 		stat_add(MESH_REDIR_FB_REDIRECT_FAILED, 1);
 		return SK_PASS;
 	}
+	s->unanswered += msg->size;
 	stat_add(MESH_REDIR_MESSAGES, 1);
 	stat_add(MESH_REDIR_BYTES, msg->size);
 	return SK_PASS;

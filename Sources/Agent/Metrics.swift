@@ -103,7 +103,8 @@ public final class MetricsCollector: @unchecked Sendable {
         readings.append(.init(name: "mesh_socket_redirect_connections_added_total", labels: [], help: "Sockets of local-endpoint connections put in the sockhash.", value: rc[.socketsAdded] ?? 0))
         readings.append(.init(name: "mesh_socket_redirect_denied_messages_total", labels: [], help: "Messages of accelerated connections dropped because a policy revision denies the flow.", value: rc[.deniedMessages] ?? 0))
         for (counter, reason) in [(SocketRedirect.Counter.fallbackNotLocal, "not_local"), (.fallbackDisabled, "disabled"), (.fallbackNoPeer, "no_peer"),
-                                  (.fallbackLargeWrite, "large_write"), (.fallbackRedirectFailed, "redirect_failed")] {
+                                  (.fallbackLargeWrite, "large_write"), (.fallbackRedirectFailed, "redirect_failed"),
+                                  (.fallbackUnanswered, "unanswered")] {
             readings.append(.init(name: "mesh_socket_redirect_fallbacks_total", labels: [("reason", reason)],
                                   help: "Connections or directions that went through the normal path instead, by reason.", value: rc[counter] ?? 0))
         }

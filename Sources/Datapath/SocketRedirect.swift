@@ -10,7 +10,7 @@ import Glibc
 public final class SocketRedirect: @unchecked Sendable {
     public enum Counter: Int, CaseIterable, Sendable {
         case messages = 0, bytes, socketsAdded, fallbackNotLocal, fallbackDisabled, fallbackNoPeer,
-             fallbackLargeWrite, fallbackRedirectFailed, deniedMessages
+             fallbackLargeWrite, fallbackRedirectFailed, deniedMessages, fallbackUnanswered
     }
 
     public struct SocketEntry: Sendable {
@@ -86,9 +86,11 @@ public final class SocketRedirect: @unchecked Sendable {
     public struct Config: Sendable, Equatable {
         public var enabled: Bool
         public var maxMessageBytes: UInt32
-        public init(enabled: Bool, maxMessageBytes: UInt32) {
+        public var maxUnansweredBytes: UInt32
+        public init(enabled: Bool, maxMessageBytes: UInt32, maxUnansweredBytes: UInt32) {
             self.enabled = enabled
             self.maxMessageBytes = maxMessageBytes
+            self.maxUnansweredBytes = maxUnansweredBytes
         }
     }
 
@@ -96,12 +98,13 @@ public final class SocketRedirect: @unchecked Sendable {
         var v = mesh_redirect_config()
         v.enabled = c.enabled ? 1 : 0
         v.max_message_bytes = c.maxMessageBytes
+        v.max_unanswered_bytes = c.maxUnansweredBytes
         try config.update(UInt32(0), v)
     }
 
     public func currentConfig() throws -> Config {
         let v = try config.lookup(UInt32(0), as: mesh_redirect_config.self) ?? mesh_redirect_config()
-        return Config(enabled: v.enabled != 0, maxMessageBytes: v.max_message_bytes)
+        return Config(enabled: v.enabled != 0, maxMessageBytes: v.max_message_bytes, maxUnansweredBytes: v.max_unanswered_bytes)
     }
 
     /// Counters summed over CPUs.
@@ -142,6 +145,7 @@ public final class SocketRedirect: @unchecked Sendable {
         case .fallbackNoPeer: "no_peer"
         case .fallbackLargeWrite: "large_write"
         case .fallbackRedirectFailed: "redirect_failed"
+        case .fallbackUnanswered: "unanswered"
         default: "other"
         }
     }

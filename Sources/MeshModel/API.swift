@@ -128,7 +128,10 @@ public enum MeshVersion {
 /// Settings that can change while meshd runs (`meshctl config get|set`).
 public enum RuntimeConfig {
     public static let socketRedirect = "socket-redirect"
-    public static let keys = [socketRedirect]
+    /// Writes above this many bytes make that direction of a connection take the stack
+    /// for good; 0 (the default) redirects writes of any size.
+    public static let socketRedirectMaxWrite = "socket-redirect-max-write"
+    public static let keys = [socketRedirect, socketRedirectMaxWrite]
     public static let path = "/v1/config"
 
     /// `on`/`off` (also true/false, enabled/disabled).

@@ -178,6 +178,12 @@ struct EndpointCommand: AsyncParsableCommand {
                 }
                 let argv = ["ip", "netns", "exec", ep.netns] + command
                 var cargs = argv.map { strdup($0) } + [nil]
+                // The Swift runtime blocks most signals in its threads and ignores SIGPIPE;
+                // exec keeps both, so give the command the defaults a shell would.
+                var none = sigset_t()
+                sigemptyset(&none)
+                pthread_sigmask(SIG_SETMASK, &none, nil)
+                signal(SIGPIPE, SIG_DFL)
                 execvp("ip", &cargs)
                 throw MeshError(.internalError, "cannot run ip netns exec: \(String(cString: strerror(errno)))")
             }

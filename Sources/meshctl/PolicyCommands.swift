@@ -267,7 +267,7 @@ struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "config",
         abstract: "Show or change settings of a running meshd (kept across restarts).",
-        discussion: "Settings: socket-redirect (on|off). Example: meshctl config set socket-redirect off",
+        discussion: "Settings: socket-redirect (on|off); socket-redirect-max-write (bytes; a larger write sends that direction through the stack for good; 0: no limit). Example: meshctl config set socket-redirect off",
         subcommands: [Get.self, Set.self]
     )
 

@@ -55,7 +55,8 @@ final class RestartTests: XCTestCase {
     func testSIGKILLDuringAnAcceleratedStreamLosesNoByte() throws {
         try node.ctlOK("config", "set", "socket-redirect", "on")
         let traffic = Traffic(node: node)
-        let sink = try traffic.start(in: "reader", ["stream-sink", "--port", "7101"], waitReady: true)
+        // The reader acknowledges now and then, so the stream stays accelerated.
+        let sink = try traffic.start(in: "reader", ["stream-sink", "--port", "7101", "--ack-every", "262144"], waitReady: true)
         let sender = try traffic.start(in: "writer", ["stream-send", "--host", "10.201.0.2", "--port", "7101",
                                                      "--seconds", "5", "--rate", "2000000"])
         usleep(1_000_000)
@@ -72,7 +73,7 @@ final class RestartTests: XCTestCase {
         XCTAssertEqual(got["bytes"] as? Int, sent["bytes"] as? Int, "no byte lost")
         let after = try node.metric("mesh_socket_redirect_bytes_total") ?? 0
         XCTAssertGreaterThanOrEqual(after, Double(sent["bytes"] as? Int ?? 0), "redirected bytes kept counting while meshd was dead")
-        XCTAssertEqual(try node.ctlOK("config", "get"), "socket-redirect: on\n", "the switch survives a restart")
+        XCTAssertTrue(try node.ctlOK("config", "get").contains("socket-redirect: on\n"), "the switch survives a restart")
     }
 
     func testSIGTERMLeavesTheDatapathAttachedAndForwarding() throws {

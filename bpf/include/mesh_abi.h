@@ -252,12 +252,19 @@ struct mesh_sock_state {
 	__u8 fallback;     /* enum mesh_redirect_counter of the fallback, if any */
 	__u8 pad[2];
 	__u64 created;
+	/* Bytes this socket redirected since its peer last sent anything. The kernel does not
+	 * hold a redirecting writer back when the reader stalls (its receive queue grows
+	 * without bound), so a direction that has sent this much unanswered takes the stack,
+	 * whose flow control does. Request/response traffic never gets near it. */
+	__u64 unanswered;
 };
 
 /* mesh_redir_cfg (array, one entry), written by meshd. */
 struct mesh_redirect_config {
 	__u32 enabled;             /* 0: new connections are not accelerated, existing ones fall back */
-	__u32 max_message_bytes;   /* a larger write makes the direction fall back for good */
+	__u32 max_message_bytes;   /* a larger write makes the direction fall back for good; 0: none */
+	__u32 max_unanswered_bytes;/* see mesh_sock_state.unanswered; 0: no limit */
+	__u32 pad;
 };
 
 /* mesh_redir_stats (per-CPU array): indexes. */
@@ -271,7 +278,8 @@ enum mesh_redirect_counter {
 	MESH_REDIR_FB_LARGE_WRITE = 6,  /* a write above max_message_bytes (bulk) */
 	MESH_REDIR_FB_REDIRECT_FAILED = 7,
 	MESH_REDIR_DENIED_MESSAGES = 8, /* messages dropped by a policy revision */
-	MESH_REDIR_MAX = 9,
+	MESH_REDIR_FB_UNANSWERED = 9,   /* a one-way stream outran its reader's flow control */
+	MESH_REDIR_MAX = 10,
 };
 
 /* mesh_monitor (array, one entry): which optional events meshd wants now. Verdict events

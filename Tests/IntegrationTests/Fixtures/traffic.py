@@ -160,6 +160,7 @@ def stream_sink(args):
     conn = accept_one(args)
     total, first_bad, error = 0, None, None
     last_progress = 0.0
+    unacked = 0
     try:
         while chunk := conn.recv(RECV_SIZE):
             if args.progress_file and time.monotonic() - last_progress > 0.05:
@@ -173,6 +174,11 @@ def stream_sink(args):
                     first_bad = total + next(
                         i for i, (a, b) in enumerate(zip(chunk, expected)) if a != b)
             total += len(chunk)
+            # An application-level acknowledgement now and then, as many protocols send.
+            unacked += len(chunk)
+            if args.ack_every and unacked >= args.ack_every:
+                conn.sendall(b"a")
+                unacked = 0
     except OSError as e:  # e.g. a reset: report it in the JSON, the test decides
         error = f"{type(e).__name__}: {e}"
     conn.close()
@@ -491,6 +497,7 @@ def main():
     p.add_argument("--interval", type=float, default=1.0, help="milliseconds")
     p = command("stream-sink", stream_sink, sink=True)
     p.add_argument("--progress-file")
+    p.add_argument("--ack-every", type=int, default=0, help="send one byte back every N bytes received")
     p = command("stream-send", stream_send, sink=False)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--rate", type=float, required=True, help="bytes per second")

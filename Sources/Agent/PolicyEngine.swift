@@ -12,6 +12,11 @@ public actor PolicyEngine {
         var kind: String
         var tree: PolicyTree
         var appliedAt: Date
+        /// The document as the user wrote it, when the file held only this one; else nil
+        /// and the tree is written out again.
+        var text: String?
+
+        var yaml: String { text ?? YAMLTree.text(tree) }
     }
 
     let store: Store
@@ -37,7 +42,8 @@ public actor PolicyEngine {
             do {
                 let trees = try YAMLTree.documents(row.yaml, source: "stored policy \(row.key)")
                 let parsed = try PolicyParser.parse(documents: trees, source: "stored policy \(row.key)")
-                documents[row.key] = Document(key: row.key, kind: row.kind, tree: trees.first ?? .null, appliedAt: row.appliedAt)
+                documents[row.key] = Document(key: row.key, kind: row.kind, tree: trees.first(where: { $0 != .null }) ?? .null,
+                                              appliedAt: row.appliedAt, text: row.yaml)
                 policies += parsed
             } catch {
                 logger.error("a stored policy no longer parses; it is not enforced", metadata: ["policy": "\(row.key)", "error": "\(error.message)"])
@@ -110,7 +116,7 @@ public actor PolicyEngine {
         for tree in trees {
             let key = Self.documentKey(tree)
             incoming[key] = Document(key: key, kind: tree["kind"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? "",
-                                     tree: tree, appliedAt: Date())
+                                     tree: tree, appliedAt: Date(), text: trees.count == 1 ? request.yaml : nil)
         }
         // The new set: everything else as it was, these documents replaced.
         let replaced = Set(incoming.keys)
@@ -126,7 +132,7 @@ public actor PolicyEngine {
         onEnforced?(elapsed)
         do {
             try store.writePolicyDocuments(incoming.values.map {
-                Store.PolicyDocumentRow(key: $0.key, kind: $0.kind, yaml: YAMLTree.text($0.tree), appliedAt: $0.appliedAt)
+                Store.PolicyDocumentRow(key: $0.key, kind: $0.kind, yaml: $0.yaml, appliedAt: $0.appliedAt)
             })
         } catch {
             // Keep kernel and store in step: put the previous revision's policies back.
@@ -172,7 +178,7 @@ public actor PolicyEngine {
         guard let doc = documents[key] else {
             throw MeshError(.notFound, "policy \"\(key)\" does not exist", hint: "meshctl policy list shows the policies")
         }
-        return PolicyDocumentView(key: key, kind: doc.kind, yaml: YAMLTree.text(doc.tree),
+        return PolicyDocumentView(key: key, kind: doc.kind, yaml: doc.yaml,
                                   policies: policies.filter { Self.documentKey(of: $0) == key })
     }
 

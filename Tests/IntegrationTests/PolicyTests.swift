@@ -193,17 +193,10 @@ final class PolicyTests: XCTestCase {
             toPorts: [{ports: [{port: "81", protocol: TCP}]}]
         """)
         let server = try ip("server")
-        let monitorOut = node.dir + "/monitor.json"
-        let monitor = try Run.spawn(TestNode.products + "/meshctl", ["monitor", "--type", "drop", "-o", "json", "--count", "1"],
-                                    output: monitorOut, environment: ["SWIFTMESH_API_SOCKET": node.socket])
-        usleep(500_000)
-        XCTAssertTrue(try probe(from: "client", to: server, port: 80))
-        XCTAssertFalse(try probe(from: "client", to: server, port: 81))
-        var st: Int32 = 0
-        let deadline = Date().addingTimeInterval(10)
-        while waitpid(monitor, &st, WNOHANG) == 0 && Date() < deadline { usleep(50_000) }
-        let line = try XCTUnwrap(try String(contentsOfFile: monitorOut, encoding: .utf8).split(separator: "\n").first)
-        let ev = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        let ev = try firstMonitorEvent(type: "drop") {
+            XCTAssertTrue(try probe(from: "client", to: server, port: 80))
+            XCTAssertFalse(try probe(from: "client", to: server, port: 81))
+        }
         XCTAssertEqual(ev["type"] as? String, "drop")
         XCTAssertEqual(ev["endpoint"] as? String, "server")
         XCTAssertEqual(ev["direction"] as? String, "ingress")
@@ -214,15 +207,9 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual(ev["rule"] as? String, "default/server-in spec.ingressDeny[0] (deny)")
 
         // Verdict events are written only while a monitor asks for them.
-        let verdictOut = node.dir + "/verdicts.json"
-        let verdicts = try Run.spawn(TestNode.products + "/meshctl", ["monitor", "--type", "verdict", "-o", "json", "--count", "1"],
-                                     output: verdictOut, environment: ["SWIFTMESH_API_SOCKET": node.socket])
-        usleep(500_000)
-        XCTAssertTrue(try probe(from: "client", to: server, port: 80))
-        let vdeadline = Date().addingTimeInterval(10)
-        while waitpid(verdicts, &st, WNOHANG) == 0 && Date() < vdeadline { usleep(50_000) }
-        let vline = try XCTUnwrap(try String(contentsOfFile: verdictOut, encoding: .utf8).split(separator: "\n").first)
-        let vev = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(vline.utf8)) as? [String: Any])
+        let vev = try firstMonitorEvent(type: "verdict") {
+            XCTAssertTrue(try probe(from: "client", to: server, port: 80))
+        }
         XCTAssertEqual(vev["type"] as? String, "verdict")
         XCTAssertEqual(vev["verdict"] as? String, "allowed")
         XCTAssertEqual(vev["rule"] as? String, "default/server-in spec.ingress[0] (allow)")
@@ -237,6 +224,21 @@ final class PolicyTests: XCTestCase {
         XCTAssertTrue(dump.contains("app=client") && dump.contains("deny"), dump)
         XCTAssertTrue(try node.ctlOK("bpf", "ipcache", "list").contains("app=server"))
         XCTAssertTrue(try node.ctlOK("bpf", "ct", "list").contains("\(server):80"))
+    }
+
+    /// Starts `meshctl monitor --type TYPE --count 1 -o json`, runs `traffic`, and returns
+    /// the event it printed.
+    func firstMonitorEvent(type: String, _ traffic: () throws -> Void) throws -> [String: Any] {
+        let out = node.dir + "/monitor-\(type).json"
+        let monitor = try Run.spawn(TestNode.products + "/meshctl", ["monitor", "--type", type, "-o", "json", "--count", "1"],
+                                    output: out, environment: ["SWIFTMESH_API_SOCKET": node.socket])
+        usleep(500_000)
+        try traffic()
+        var st: Int32 = 0
+        let deadline = Date().addingTimeInterval(10)
+        while waitpid(monitor, &st, WNOHANG) == 0 && Date() < deadline { usleep(50_000) }
+        let line = try XCTUnwrap(try String(contentsOfFile: out, encoding: .utf8).split(separator: "\n").first, "no \(type) event")
+        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
     }
 
     func testAHundredRevisionsUnderLoadNeverGiveAVerdictBothRefuse() throws {

@@ -20,8 +20,9 @@ enum RedirectRoutes {
         }
         router.get("/v1/bpf/sockmap") { _, _ in
             try await APIServer.respond {
-                let byIP = Dictionary(try store.endpoints().map { ($0.ipv4.value, $0.name) }) { a, _ in a }
-                let names = Dictionary(try store.endpoints().map { ($0.id, $0.name) }) { a, _ in a }
+                let endpoints = try store.endpoints()
+                let byIP = Dictionary(endpoints.map { ($0.ipv4.value, $0.name) }) { a, _ in a }
+                let names = Dictionary(endpoints.map { ($0.id, $0.name) }) { a, _ in a }
                 return try control.redirect.sockets().sorted { ($0.ageSeconds, $0.localPort) < ($1.ageSeconds, $1.localPort) }.map { s in
                     BPFSocketRow(local: "\(byIP[s.localIP] ?? IPv4Address(s.localIP).description):\(s.localPort)",
                                  remote: "\(byIP[s.remoteIP] ?? IPv4Address(s.remoteIP).description):\(s.remotePort)",

@@ -78,8 +78,10 @@ extension MeshDatapath {
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
+    /// The programs' idle lifetime of an entry (mesh_abi.h), in nanoseconds.
     static func lifetime(proto: UInt8, closing: Bool) -> UInt64 {
-        closing ? 10_000_000_000 : proto == 6 ? 3_600_000_000_000 : 60_000_000_000
+        let seconds = closing ? MESH_CT_CLOSING_LIFETIME_S : proto == 6 ? MESH_CT_TCP_LIFETIME_S : MESH_CT_OTHER_LIFETIME_S
+        return UInt64(seconds) * 1_000_000_000
     }
 
     public func conntrackEntries() throws -> [ConntrackEntry] {

@@ -267,21 +267,23 @@ final class PolicyTests: XCTestCase {
                 toPorts: [{ports: [{port: "9000", protocol: TCP}]}]
             """
         }
+        // Every revision under load also allows the long-lived stream on 7000.
+        func withStream(_ text: String) -> String {
+            text.replacingOccurrences(of: "  ingress:\n", with: "  ingress:\n  - fromEndpoints: [{matchLabels: {app: good}}]\n    toPorts: [{ports: [{port: \"7000\", protocol: TCP}]}]\n")
+        }
         try apply(revision(0))
         let stream = try traffic.start(in: "server", ["stream-sink", "--port", "7000"], waitReady: true)
         // A long-lived connection from good (port 7000 is allowed by no rule: open it first).
         try node.ctlOK("policy", "delete", "churn")
         let sender = try traffic.start(in: "good", ["stream-send", "--host", server, "--port", "7000", "--seconds", "12", "--rate", "500000"])
         usleep(300_000)
-        try apply(revision(0).replacingOccurrences(of: "  ingress:\n", with: "  ingress:\n  - fromEndpoints: [{matchLabels: {app: good}}]\n    toPorts: [{ports: [{port: \"7000\", protocol: TCP}]}]\n"))
+        try apply(withStream(revision(0)))
         let goodLoop = try traffic.start(in: "good", ["probe-loop", "--host", server, "--port", "80", "--seconds", "10", "--interval", "5"])
         let badLoop = try traffic.start(in: "bad", ["probe-loop", "--host", server, "--port", "80", "--seconds", "10", "--interval", "5", "--timeout", "0.3"])
         var published = 0
         let start = Date()
         for i in 1...100 {
-            var text = revision(i)
-            text = text.replacingOccurrences(of: "  ingress:\n", with: "  ingress:\n  - fromEndpoints: [{matchLabels: {app: good}}]\n    toPorts: [{ports: [{port: \"7000\", protocol: TCP}]}]\n")
-            try apply(text)
+            try apply(withStream(revision(i)))
             published += 1
         }
         let elapsed = Date().timeIntervalSince(start)

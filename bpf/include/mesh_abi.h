@@ -169,6 +169,12 @@ struct mesh_ct_value {
 	__u8 pad[3];
 };
 
+/* Conntrack idle lifetimes in seconds: the programs ignore older entries, and meshd's
+ * garbage collector deletes them, by the same numbers. */
+#define MESH_CT_TCP_LIFETIME_S 3600
+#define MESH_CT_CLOSING_LIFETIME_S 10
+#define MESH_CT_OTHER_LIFETIME_S 60
+
 /* Why a packet was dropped. One enum for kernel, metrics and monitor. */
 enum mesh_drop_reason {
 	MESH_DROP_NONE = 0,

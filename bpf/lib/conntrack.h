@@ -7,17 +7,11 @@
 #include "maps.h"
 #include "packet.h"
 
-/* Idle lifetimes. meshd's garbage collector uses the same numbers (exported through
- * the ABI so the two cannot drift). */
-#define MESH_CT_TCP_LIFETIME_NS (3600ULL * 1000000000ULL)
-#define MESH_CT_CLOSING_LIFETIME_NS (10ULL * 1000000000ULL)
-#define MESH_CT_OTHER_LIFETIME_NS (60ULL * 1000000000ULL)
-
 static __always_inline int ct_expired(const struct mesh_ct_value *v, __u8 proto, __u64 now)
 {
-	__u64 life = v->closing ? MESH_CT_CLOSING_LIFETIME_NS :
-		     proto == IPPROTO_TCP ? MESH_CT_TCP_LIFETIME_NS : MESH_CT_OTHER_LIFETIME_NS;
-	return now - v->last_seen > life;
+	__u64 life = v->closing ? MESH_CT_CLOSING_LIFETIME_S :
+		     proto == IPPROTO_TCP ? MESH_CT_TCP_LIFETIME_S : MESH_CT_OTHER_LIFETIME_S;
+	return now - v->last_seen > life * 1000000000ULL;
 }
 
 static __always_inline void ct_key(struct mesh_ct_key *k, __u32 ep, const struct flow *f, __u8 dir, int reverse)

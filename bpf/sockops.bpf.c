@@ -3,7 +3,8 @@
  * Socket redirection between local endpoints (see mesh_abi.h for the ordering rules).
  *
  *   mesh_sockops  cgroup sock_ops on the node's cgroup: established TCP connections whose
- *                 both ends are local endpoints go into mesh_sockhash.
+ *                 both ends are local endpoints go into mesh_sockhash; a socket whose
+ *                 connection fell back leaves it again once that is safe.
  *   mesh_skmsg    sk_msg on mesh_sockhash: each message goes to the peer's receive queue,
  *                 unless the direction has fallen back; policy is re-checked when the
  *                 revision changes, so acceleration never lets through what policy denies.
@@ -12,6 +13,7 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 
 #include "mesh_abi.h"
 #include "lib/maps.h"
@@ -21,6 +23,39 @@
 #define AF_INET 2
 
 const volatile __u32 cfg_node_id = 0;
+
+/*
+ * The few kernel fields the sk_msg program reads, relocated by CO-RE against the running
+ * kernel's BTF (libbpf matches "sock___mesh" to "sock", and so on). They are read with
+ * bpf_probe_read_kernel, so a field that moved or a socket that is going away can only
+ * make a read fail, never fault.
+ */
+struct sock___mesh {
+	void *sk_user_data; /* the psock, with flag bits in the low 3 bits */
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	struct {
+		int counter;
+	} refs;
+} refcount___mesh;
+
+struct sk_psock___mesh {
+	__u32 msg_tot_len; /* bytes redirected to this socket and not read yet */
+	refcount___mesh refcnt;
+} __attribute__((preserve_access_index));
+
+/* The sk_msg context is the kernel's struct sk_msg, the sock_ops one its
+ * struct bpf_sock_ops_kern. */
+struct sk_msg___mesh {
+	struct sock___mesh *sk_redir; /* set by bpf_msg_redirect_hash */
+} __attribute__((preserve_access_index));
+
+struct bpf_sock_ops_kern___mesh {
+	struct sock___mesh *sk;
+} __attribute__((preserve_access_index));
+
+#define SK_USER_DATA_FLAG_BITS 7ULL
 
 static __always_inline void stat_add(__u32 idx, __u64 n)
 {
@@ -56,6 +91,91 @@ static __always_inline __u32 local_endpoint(__u8 slot, __u32 addr)
 	return v ? v->endpoint_id : 0;
 }
 
+static __always_inline struct sk_psock___mesh *psock_of(struct sock___mesh *sk)
+{
+	__u64 data = 0;
+
+	if (!sk || bpf_core_read(&data, sizeof(data), &sk->sk_user_data))
+		return NULL;
+	return (struct sk_psock___mesh *)(data & ~SK_USER_DATA_FLAG_BITS);
+}
+
+/* The peer of `s` (its state `other`) stopped redirecting long enough ago that none of
+ * its messages can still be on the way; no state at all means closed or never accelerated. */
+static __always_inline int stopped_long_ago(struct mesh_sock_state *other)
+{
+	if (!other)
+		return 1;
+	if (other->mode != MESH_SOCK_PASSTHROUGH && other->mode != MESH_SOCK_DENIED)
+		return 0;
+	return other->stopped && bpf_ktime_get_ns() - other->stopped >= MESH_REDIRECT_GRACE_NS;
+}
+
+/*
+ * A socket that no longer redirects still pays for the kernel's redirect-aware socket
+ * operations for as long as it is in the sockhash. Taking it out frees its psock, and with
+ * it whatever is still queued for its reader, so it leaves only when nothing can be lost:
+ *   - it sends through the stack (PASSTHROUGH); what it sent before through the redirect
+ *     is in its peer's queue, which the peer's reader drains before the stack's bytes;
+ *   - its peer stopped redirecting to it MESH_REDIRECT_GRACE_NS ago or more (or has no
+ *     state: closed, or never accelerated), so no message the peer decided to redirect
+ *     is still on its way;
+ *   - its own redirect queue is empty: its reader has everything the peer redirected.
+ * `sk` is the socket's struct sock. Returns 1 when the socket is out of the sockhash.
+ */
+static __always_inline int leave(struct mesh_sock_key *key, struct mesh_sock_state *s, struct sock___mesh *sk,
+				 struct mesh_sock_state *other)
+{
+	struct sk_psock___mesh *psock;
+	__u32 queued = 1;
+
+	if (s->left)
+		return 1;
+	if (s->mode != MESH_SOCK_PASSTHROUGH || !stopped_long_ago(other))
+		return 0;
+	psock = psock_of(sk);
+	if (!psock || bpf_core_read(&queued, sizeof(queued), &psock->msg_tot_len) || queued)
+		return 0;
+	if (bpf_map_delete_elem(&mesh_sockhash, key))
+		return 0;
+	s->left = 1;
+	stat_add(MESH_REDIR_SOCKETS_LEFT, 1);
+	return 1;
+}
+
+/*
+ * On a socket's RTT callback: the socket and its peer leave the sockhash once their
+ * connection fell back and it is safe (leave). A connection that sends through the stack
+ * gets ACKs, an accelerated one hardly any; one side's ACKs serve both, since the side
+ * that only reads never gets an RTT sample. Returns 1 when both sockets are out.
+ */
+static __always_inline int maybe_leave(struct bpf_sock_ops *skops, struct mesh_sock_key *key)
+{
+	struct bpf_sock_ops_kern___mesh *ctx = (void *)skops;
+	struct sock___mesh *sk = NULL;
+	struct mesh_sock_state *s, *ps;
+	struct mesh_sock_key peer = {
+		.local_ip = key->remote_ip,
+		.remote_ip = key->local_ip,
+		.local_port = key->remote_port,
+		.remote_port = key->local_port,
+	};
+	int out;
+
+	s = bpf_map_lookup_elem(&mesh_sock_state, key);
+	if (!s)
+		return 1; /* not ours */
+	if (s->mode == MESH_SOCK_UNDECIDED || s->mode == MESH_SOCK_ACCELERATED)
+		return 0;
+	ps = bpf_map_lookup_elem(&mesh_sock_state, &peer);
+	if (bpf_core_read(&sk, sizeof(sk), &ctx->sk))
+		return 0;
+	out = leave(key, s, sk, ps);
+	if (ps && !leave(&peer, ps, (struct sock___mesh *)ps->sock, s))
+		out = 0;
+	return out;
+}
+
 SEC("sockops")
 int mesh_sockops(struct bpf_sock_ops *skops)
 {
@@ -81,6 +201,10 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 		if (skops->args[1] == BPF_TCP_CLOSE)
 			bpf_map_delete_elem(&mesh_sock_state, &key);
 		return 1;
+	case BPF_SOCK_OPS_RTT_CB:
+		if (maybe_leave(skops, &key))
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
+		return 1;
 	default:
 		return 1;
 	}
@@ -103,6 +227,11 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 		stat_add(MESH_REDIR_FB_NOT_LOCAL, 1);
 		return 1;
 	}
+	/* Without it a stalled reader could queue without bound (see mesh_skmsg). */
+	if (!bpf_core_field_exists(struct sk_psock___mesh, msg_tot_len)) {
+		stat_add(MESH_REDIR_FB_UNSUPPORTED, 1);
+		return 1;
+	}
 	{
 		struct mesh_sock_state s = {
 			.client_ip = active ? key.local_ip : key.remote_ip,
@@ -117,6 +246,7 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 			.created = bpf_ktime_get_ns(),
 		};
 
+		bpf_core_read(&s.sock, sizeof(s.sock), &((struct bpf_sock_ops_kern___mesh *)skops)->sk);
 		if (bpf_map_update_elem(&mesh_sock_state, &key, &s, BPF_ANY))
 			return 1;
 		if (bpf_sock_hash_update(skops, &mesh_sockhash, &key, BPF_ANY)) {
@@ -124,8 +254,10 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 			return 1;
 		}
 	}
-	/* Be told when the socket closes, to drop its state. */
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	/* Be told when the socket closes, to drop its state, and of ACKs, which only come
+	 * once the connection sends through the stack (maybe_leave). */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
+					 BPF_SOCK_OPS_RTT_CB_FLAG);
 	stat_add(MESH_REDIR_SOCKETS_ADDED, 1);
 	return 1;
 }
@@ -152,6 +284,8 @@ static __always_inline int recheck(struct mesh_sock_state *s, __u32 len)
 	if (v.action == MESH_ACTION_DENY) {
 		struct mesh_drop_key dk = { .reason = v.reason, .direction = MESH_DIR_EGRESS };
 
+		if (!s->stopped)
+			s->stopped = bpf_ktime_get_ns();
 		s->mode = MESH_SOCK_DENIED;
 		counter_add(&mesh_drops, &dk, len);
 		report_policy(MESH_EVENT_DROP, cfg_node_id, s->client_endpoint, peer, s->client_ip, s->server_ip, s->client_port,
@@ -161,6 +295,60 @@ static __always_inline int recheck(struct mesh_sock_state *s, __u32 len)
 	if (s->mode == MESH_SOCK_DENIED)
 		s->mode = MESH_SOCK_PASSTHROUGH; /* allowed again: through the stack, never back */
 	return 1;
+}
+
+/* Bytes waiting in the redirect queue of the socket a message was just redirected to. */
+static __always_inline __u32 peer_queued(struct sk_msg_md *msg)
+{
+	struct sk_msg___mesh *m = (void *)msg;
+	struct sock___mesh *peer = NULL;
+	struct sk_psock___mesh *psock;
+	__u32 queued = 0;
+
+	if (bpf_core_read(&peer, sizeof(peer), &m->sk_redir))
+		return 0;
+	psock = psock_of(peer);
+	if (psock)
+		bpf_core_read(&queued, sizeof(queued), &psock->msg_tot_len);
+	return queued;
+}
+
+/*
+ * mesh_sock_state.stopped for a direction leaving `was`: now, or for one that never
+ * redirected anything (it was UNDECIDED, and the swap means it never will), a time long
+ * past, since none of its messages can be on the way (maybe_leave).
+ */
+static __always_inline __u64 stop_time(__u32 was)
+{
+	return was == MESH_SOCK_UNDECIDED ? 1 : bpf_ktime_get_ns();
+}
+
+/*
+ * This direction takes the stack from now on, and so does the other one: a connection is
+ * either accelerated both ways or on its way out of the sockhash.
+ */
+static __always_inline int fall_back(struct mesh_sock_state *s, struct mesh_sock_state *ps, __u8 reason)
+{
+	__u32 was = s->mode;
+
+	s->mode = MESH_SOCK_PASSTHROUGH;
+	s->fallback = reason;
+	if (!s->stopped)
+		s->stopped = stop_time(was);
+	stat_add(reason, 1);
+	if (!ps)
+		return SK_PASS;
+	if (__sync_bool_compare_and_swap(&ps->mode, MESH_SOCK_ACCELERATED, MESH_SOCK_PASSTHROUGH))
+		was = MESH_SOCK_ACCELERATED;
+	else if (__sync_bool_compare_and_swap(&ps->mode, MESH_SOCK_UNDECIDED, MESH_SOCK_PASSTHROUGH))
+		was = MESH_SOCK_UNDECIDED;
+	else
+		return SK_PASS;
+	/* Stamped after the swap: whatever the peer decided before is older. */
+	ps->fallback = MESH_REDIR_FB_PEER;
+	ps->stopped = stop_time(was);
+	stat_add(MESH_REDIR_FB_PEER, 1);
+	return SK_PASS;
 }
 
 SEC("sk_msg")
@@ -188,53 +376,30 @@ int mesh_skmsg(struct sk_msg_md *msg)
 	peer.remote_ip = key.local_ip;
 	peer.local_port = key.remote_port;
 	peer.remote_port = key.local_port;
-	ps = bpf_map_lookup_elem(&mesh_sock_state, &peer);
-	/* This socket spoke: whatever its peer redirected to it so far was answered. */
-	if (ps)
-		ps->unanswered = 0;
 	if (s->mode == MESH_SOCK_PASSTHROUGH)
 		return SK_PASS;
+	ps = bpf_map_lookup_elem(&mesh_sock_state, &peer);
 	cfg = redirect_config();
-	if (!cfg || !cfg->enabled) {
-		s->mode = MESH_SOCK_PASSTHROUGH;
-		s->fallback = MESH_REDIR_FB_DISABLED;
-		stat_add(MESH_REDIR_FB_DISABLED, 1);
-		return SK_PASS;
-	}
-	/* Bulk goes through the stack: redirecting large writes costs more than it saves
-	 * (no GSO, one wake-up and copy per message into a queue the reader drains). */
-	if (cfg->max_message_bytes && msg->size > cfg->max_message_bytes) {
-		s->mode = MESH_SOCK_PASSTHROUGH;
-		s->fallback = MESH_REDIR_FB_LARGE_WRITE;
-		stat_add(MESH_REDIR_FB_LARGE_WRITE, 1);
-		return SK_PASS;
-	}
-	if (cfg->max_unanswered_bytes && s->unanswered + msg->size > cfg->max_unanswered_bytes) {
-		s->mode = MESH_SOCK_PASSTHROUGH;
-		s->fallback = MESH_REDIR_FB_UNANSWERED;
-		stat_add(MESH_REDIR_FB_UNANSWERED, 1);
-		return SK_PASS;
-	}
+	if (!cfg || !cfg->enabled)
+		return fall_back(s, ps, MESH_REDIR_FB_DISABLED);
+	if (cfg->max_message_bytes && msg->size > cfg->max_message_bytes)
+		return fall_back(s, ps, MESH_REDIR_FB_LARGE_WRITE);
 	if (s->mode == MESH_SOCK_UNDECIDED) {
-		if (!ps) {
-			s->mode = MESH_SOCK_PASSTHROUGH;
-			s->fallback = MESH_REDIR_FB_NO_PEER;
-			stat_add(MESH_REDIR_FB_NO_PEER, 1);
-			return SK_PASS;
-		}
-		s->mode = MESH_SOCK_ACCELERATED;
+		if (!ps)
+			return fall_back(s, ps, MESH_REDIR_FB_NO_PEER);
+		if (!__sync_bool_compare_and_swap(&s->mode, MESH_SOCK_UNDECIDED, MESH_SOCK_ACCELERATED))
+			return SK_PASS; /* the peer's direction fell back just now, and took this one */
 	}
 	ret = bpf_msg_redirect_hash(msg, &mesh_sockhash, &peer, BPF_F_INGRESS);
-	if (ret != SK_PASS) {
-		/* The peer left the map (it closed): let the stack deliver the usual reset. */
-		s->mode = MESH_SOCK_PASSTHROUGH;
-		s->fallback = MESH_REDIR_FB_REDIRECT_FAILED;
-		stat_add(MESH_REDIR_FB_REDIRECT_FAILED, 1);
-		return SK_PASS;
-	}
-	s->unanswered += msg->size;
+	if (ret != SK_PASS) /* the peer left the map (it closed): the stack delivers the usual reset */
+		return fall_back(s, ps, MESH_REDIR_FB_REDIRECT_FAILED);
 	stat_add(MESH_REDIR_MESSAGES, 1);
 	stat_add(MESH_REDIR_BYTES, msg->size);
+	/* Back-pressure: this message goes to the peer's queue (the redirect is set and
+	 * cannot be taken back), the next ones through the stack if the reader is behind.
+	 * A stalled reader so holds at most max_queued_bytes and one message. */
+	if (cfg->max_queued_bytes && peer_queued(msg) > cfg->max_queued_bytes)
+		fall_back(s, ps, MESH_REDIR_FB_READER_BEHIND);
 	return SK_PASS;
 }
 

@@ -102,10 +102,10 @@ public final class MetricsCollector: @unchecked Sendable {
         readings.append(.init(name: "mesh_socket_redirect_bytes_total", labels: [], help: "Bytes handed from socket to socket by sk_msg.", value: rc[.bytes] ?? 0))
         readings.append(.init(name: "mesh_socket_redirect_connections_added_total", labels: [], help: "Sockets of local-endpoint connections put in the sockhash.", value: rc[.socketsAdded] ?? 0))
         readings.append(.init(name: "mesh_socket_redirect_denied_messages_total", labels: [], help: "Messages of accelerated connections dropped because a policy revision denies the flow.", value: rc[.deniedMessages] ?? 0))
-        for (counter, reason) in [(SocketRedirect.Counter.fallbackNotLocal, "not_local"), (.fallbackDisabled, "disabled"), (.fallbackNoPeer, "no_peer"),
-                                  (.fallbackLargeWrite, "large_write"), (.fallbackRedirectFailed, "redirect_failed"),
-                                  (.fallbackUnanswered, "unanswered")] {
-            readings.append(.init(name: "mesh_socket_redirect_fallbacks_total", labels: [("reason", reason)],
+        readings.append(.init(name: "mesh_socket_redirect_sockets_left_total", labels: [], help: "Sockets that left the sockhash after their connection fell back, to cost no more than plain TCP.", value: rc[.socketsLeft] ?? 0))
+        for counter in [SocketRedirect.Counter.fallbackNotLocal, .fallbackDisabled, .fallbackNoPeer, .fallbackLargeWrite, .fallbackRedirectFailed,
+                        .fallbackReaderBehind, .fallbackPeer, .fallbackUnsupported] {
+            readings.append(.init(name: "mesh_socket_redirect_fallbacks_total", labels: [("reason", SocketRedirect.fallbackName(counter.rawValue))],
                                   help: "Connections or directions that went through the normal path instead, by reason.", value: rc[counter] ?? 0))
         }
         let sockets = (try? redirect.socketCount()) ?? 0

@@ -10,7 +10,8 @@ import Glibc
 public final class SocketRedirect: @unchecked Sendable {
     public enum Counter: Int, CaseIterable, Sendable {
         case messages = 0, bytes, socketsAdded, fallbackNotLocal, fallbackDisabled, fallbackNoPeer,
-             fallbackLargeWrite, fallbackRedirectFailed, deniedMessages, fallbackUnanswered
+             fallbackLargeWrite, fallbackRedirectFailed, deniedMessages, fallbackReaderBehind, fallbackPeer,
+             socketsLeft, fallbackUnsupported
     }
 
     public struct SocketEntry: Sendable {
@@ -86,11 +87,11 @@ public final class SocketRedirect: @unchecked Sendable {
     public struct Config: Sendable, Equatable {
         public var enabled: Bool
         public var maxMessageBytes: UInt32
-        public var maxUnansweredBytes: UInt32
-        public init(enabled: Bool, maxMessageBytes: UInt32, maxUnansweredBytes: UInt32) {
+        public var maxQueuedBytes: UInt32
+        public init(enabled: Bool, maxMessageBytes: UInt32, maxQueuedBytes: UInt32) {
             self.enabled = enabled
             self.maxMessageBytes = maxMessageBytes
-            self.maxUnansweredBytes = maxUnansweredBytes
+            self.maxQueuedBytes = maxQueuedBytes
         }
     }
 
@@ -98,13 +99,13 @@ public final class SocketRedirect: @unchecked Sendable {
         var v = mesh_redirect_config()
         v.enabled = c.enabled ? 1 : 0
         v.max_message_bytes = c.maxMessageBytes
-        v.max_unanswered_bytes = c.maxUnansweredBytes
+        v.max_queued_bytes = c.maxQueuedBytes
         try config.update(UInt32(0), v)
     }
 
     public func currentConfig() throws -> Config {
         let v = try config.lookup(UInt32(0), as: mesh_redirect_config.self) ?? mesh_redirect_config()
-        return Config(enabled: v.enabled != 0, maxMessageBytes: v.max_message_bytes, maxUnansweredBytes: v.max_unanswered_bytes)
+        return Config(enabled: v.enabled != 0, maxMessageBytes: v.max_message_bytes, maxQueuedBytes: v.max_queued_bytes)
     }
 
     /// Counters summed over CPUs.
@@ -125,6 +126,7 @@ public final class SocketRedirect: @unchecked Sendable {
             let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_sock_key.self) }
             let s = v.withUnsafeBytes { $0.loadUnaligned(as: mesh_sock_state.self) }
             let mode = switch UInt32(s.mode) {
+            case _ where s.left != 0: "stack" // out of the sockhash: plain TCP
             case MESH_SOCK_ACCELERATED.rawValue: "accelerated"
             case MESH_SOCK_PASSTHROUGH.rawValue: "passthrough"
             case MESH_SOCK_DENIED.rawValue: "denied"
@@ -145,7 +147,9 @@ public final class SocketRedirect: @unchecked Sendable {
         case .fallbackNoPeer: "no_peer"
         case .fallbackLargeWrite: "large_write"
         case .fallbackRedirectFailed: "redirect_failed"
-        case .fallbackUnanswered: "unanswered"
+        case .fallbackReaderBehind: "reader_behind"
+        case .fallbackPeer: "peer"
+        case .fallbackUnsupported: "unsupported"
         default: "other"
         }
     }

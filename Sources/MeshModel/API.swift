@@ -131,7 +131,8 @@ public enum RuntimeConfig {
     /// Writes above this many bytes make that direction of a connection take the stack
     /// for good; 0 (the default) redirects writes of any size.
     public static let socketRedirectMaxWrite = "socket-redirect-max-write"
-    public static let keys = [socketRedirect, socketRedirectMaxWrite]
+    public static let socketRedirectMaxQueued = "socket-redirect-max-queued"
+    public static let keys = [socketRedirect, socketRedirectMaxWrite, socketRedirectMaxQueued]
     public static let path = "/v1/config"
 
     /// `on`/`off` (also true/false, enabled/disabled).

@@ -40,8 +40,7 @@ final class SocketRedirectTests: XCTestCase {
             XCTAssertEqual(cli["received_sha256"] as? String, s["sent_sha256"] as? String, "server -> client bytes, \(down)")
             total += up + down
         }
-        // Both directions talk at once, so they stay accelerated until one side has finished
-        // and the other streams on alone past the unanswered limit.
+        // Readers that keep up: the transfers stay accelerated.
         XCTAssertGreaterThan(try metric("mesh_socket_redirect_bytes_total") - before, Double(10 << 20))
         XCTAssertEqual(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "no_peer"]), 0)
     }
@@ -60,7 +59,8 @@ final class SocketRedirectTests: XCTestCase {
         XCTAssertEqual(node.ctl("config", "set", "socket-redirect-max-write", "lots").status, 1)
     }
 
-    func testLargeRequestsAndAnswersStayAcceleratedByDefault() throws {
+    func testWithoutAWriteLimitLargeRequestsAndAnswersStayAccelerated() throws {
+        try node.ctlOK("config", "set", "socket-redirect-max-write", "0")
         let before = try metric("mesh_socket_redirect_bytes_total")
         let srv = try traffic.start(in: "server", ["duplex-server", "--port", "7310", "--bytes", "\(16 << 20)", "--seed", "3",
                                                    "--max-chunk", "1000000"], waitReady: true)
@@ -70,7 +70,24 @@ final class SocketRedirectTests: XCTestCase {
         XCTAssertEqual(s["received_sha256"] as? String, cli["sent_sha256"] as? String)
         XCTAssertEqual(cli["received_sha256"] as? String, s["sent_sha256"] as? String)
         XCTAssertGreaterThanOrEqual(try metric("mesh_socket_redirect_bytes_total") - before, Double(1 << 20))
-        XCTAssertEqual(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "large_write"]), 0, "no write-size limit by default")
+        XCTAssertEqual(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "large_write"]), 0)
+    }
+
+    func testByDefaultABulkWriteSendsItsConnectionBackToPlainTCP() throws {
+        XCTAssertTrue(try node.ctlOK("config", "get").contains("socket-redirect-max-write: 65536\n"))
+        let before = try metric("mesh_socket_redirect_bytes_total")
+        // Seed 1 writes 25,989 and 46,504 bytes (accelerated), then 80,048 (above the
+        // limit: the connection takes the stack) and so on, 64 MiB in all.
+        let sink = try traffic.start(in: "server", ["tcp-sink", "--port", "7320"], waitReady: true)
+        let sent = try traffic.run(in: "client", ["tcp-send", "--host", server, "--port", "7320", "--bytes", "\(64 << 20)", "--seed", "1"])
+        let got = try sink.result()
+        XCTAssertEqual(got["bytes"] as? Int, 64 << 20)
+        XCTAssertEqual(got["sha256"] as? String, sent["sha256"] as? String)
+        XCTAssertEqual(try metric("mesh_socket_redirect_bytes_total") - before, Double(25_989 + 46_504),
+                       "exactly the writes before the first large one were redirected")
+        XCTAssertEqual(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "large_write"]), 1)
+        XCTAssertGreaterThanOrEqual(try metric("mesh_socket_redirect_sockets_left_total"), 1,
+                                    "the writer's socket left the sockhash at once: its peer never redirected")
     }
 
     func testHalfCloseResetAndAPeerThatClosesEarly() throws {
@@ -95,13 +112,34 @@ final class SocketRedirectTests: XCTestCase {
         XCTAssertGreaterThan(try metric("mesh_socket_redirect_messages_total"), 0)
     }
 
-    func testAOneWayStreamMovesToTheStackAfterTheUnansweredLimit() throws {
+    func testAOneWayStreamToAReaderThatKeepsUpStaysAccelerated() throws {
+        let before = try metric("mesh_socket_redirect_bytes_total")
         let sink = try traffic.start(in: "server", ["stream-sink", "--port", "7510"], waitReady: true)
         let sent = try traffic.run(in: "client", ["stream-send", "--host", server, "--port", "7510", "--seconds", "1", "--rate", "8000000"])
         let got = try sink.result()
         XCTAssertEqual(got["ok"] as? Bool, true)
         XCTAssertEqual(got["bytes"] as? Int, sent["bytes"] as? Int)
-        XCTAssertEqual(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "unanswered"]), 1)
+        let bytes = try XCTUnwrap(sent["bytes"] as? Int)
+        XCTAssertGreaterThanOrEqual(try metric("mesh_socket_redirect_bytes_total") - before, Double(bytes), "every byte redirected")
+        XCTAssertEqual(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "reader_behind"]), 0)
+    }
+
+    func testAWriterWhoseReaderFellBehindLeavesTheSockhashAndLosesNothing() throws {
+        // The reader sleeps: the writer redirects up to the queue limit, then takes the
+        // stack (and so does the other direction). Once that is safe (the reader has
+        // drained its redirect queue), both sockets leave the sockhash and the connection
+        // is plain TCP; the reader gets every byte in order.
+        try node.ctlOK("config", "set", "socket-redirect-max-write", "0") // writes of up to 100 KB stay accelerated
+        let sink = try traffic.start(in: "server", ["slow-sink", "--port", "7520", "--pause", "2"], waitReady: true)
+        let size = 96 << 20
+        let sent = try traffic.start(in: "client", ["tcp-send", "--host", server, "--port", "7520", "--bytes", "\(size)", "--seed", "21"])
+            .result(timeout: 120)
+        let got = try sink.result(timeout: 120)
+        XCTAssertEqual(got["bytes"] as? Int, size)
+        XCTAssertEqual(got["sha256"] as? String, sent["sha256"] as? String)
+        XCTAssertEqual(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "reader_behind"]), 1)
+        XCTAssertEqual(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "peer"]), 1, "the other direction follows")
+        XCTAssertEqual(try metric("mesh_socket_redirect_sockets_left_total"), 2, "both sockets left the sockhash")
     }
 
     func testASlowReaderHoldsTheWriterBackAndLosesNothing() throws {
@@ -128,7 +166,7 @@ final class SocketRedirectTests: XCTestCase {
             .split(separator: "\n").last { $0.hasPrefix("{") }!.utf8)) as? [String: Any]
         XCTAssertEqual(got["bytes"] as? Int, size)
         XCTAssertEqual(got["sha256"] as? String, sent?["sent_sha256"] as? String, "nothing lost once the reader catches up")
-        XCTAssertGreaterThan(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "unanswered"]), 0,
+        XCTAssertGreaterThan(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "reader_behind"]), 0,
                              "the stalled direction moved to the stack's flow control")
     }
 

@@ -227,10 +227,12 @@ enum mesh_trace_cb {
  *
  * Each direction of a connection starts UNDECIDED and makes one decision on its first
  * message: ACCELERATED (the peer is in the map) or PASSTHROUGH. ACCELERATED may later
- * fall back to PASSTHROUGH (large writes, the switch turned off); PASSTHROUGH never goes
- * back. That is what keeps bytes in order: the receiver drains redirected data before
- * anything that came through the stack, and nothing redirected can overtake data that
- * is already in the stack.
+ * fall back to PASSTHROUGH; PASSTHROUGH never goes back. That is what keeps bytes in
+ * order: the receiver drains redirected data before anything that came through the stack,
+ * and nothing redirected can overtake data that is already in the stack. When one
+ * direction falls back, the other does too, and each socket then leaves the sockhash as
+ * soon as that is safe (sockops.bpf.c, maybe_leave), so the connection costs no more
+ * than plain TCP from then on.
  */
 struct mesh_sock_key {
 	__u32 local_ip;   /* network order */
@@ -254,22 +256,37 @@ struct mesh_sock_state {
 	__u32 client_endpoint;
 	__u32 server_endpoint;
 	__u32 revision;    /* policy revision the flow was last allowed under */
-	__u8 mode;         /* enum mesh_sock_mode, for messages this socket sends */
+	/* enum mesh_sock_mode, for messages this socket sends. The peer's program may move
+	 * it from UNDECIDED or ACCELERATED to PASSTHROUGH, so both change it only with
+	 * compare-and-swap when leaving those two. */
+	__u32 mode;
 	__u8 fallback;     /* enum mesh_redirect_counter of the fallback, if any */
+	__u8 left;         /* 1: the socket has left the sockhash (plain TCP from then on) */
 	__u8 pad[2];
 	__u64 created;
-	/* Bytes this socket redirected since its peer last sent anything. The kernel does not
-	 * hold a redirecting writer back when the reader stalls (its receive queue grows
-	 * without bound), so a direction that has sent this much unanswered takes the stack,
-	 * whose flow control does. Request/response traffic never gets near it. */
-	__u64 unanswered;
+	/* When this direction stopped redirecting (PASSTHROUGH or DENIED), in
+	 * bpf_ktime_get_ns time; 1 if it never redirected; 0 while it may still redirect. */
+	__u64 stopped;
+	/* The socket's struct sock, for its peer's program to see whether the socket's redirect
+	 * queue is empty (sockops.bpf.c, maybe_leave). Kernel address: never shown. */
+	__u64 sock;
 };
+
+/* A socket leaves the sockhash only once its peer stopped redirecting to it at least this
+ * long ago, so that a message the peer's sk_msg decided to redirect just before has
+ * reached the queue by then (see maybe_leave). A second of the slower send path is
+ * cheap next to that guarantee: by then the connection's reader is behind anyway, or the
+ * switch is off. */
+#define MESH_REDIRECT_GRACE_NS (1000ULL * 1000 * 1000)
 
 /* mesh_redir_cfg (array, one entry), written by meshd. */
 struct mesh_redirect_config {
 	__u32 enabled;             /* 0: new connections are not accelerated, existing ones fall back */
 	__u32 max_message_bytes;   /* a larger write makes the direction fall back for good; 0: none */
-	__u32 max_unanswered_bytes;/* see mesh_sock_state.unanswered; 0: no limit */
+	/* Bytes a reader may leave unread in its redirect queue. The kernel does not hold a
+	 * redirecting writer back when the reader stalls, so past this the direction takes
+	 * the stack, whose flow control does. 0: no limit. */
+	__u32 max_queued_bytes;
 	__u32 pad;
 };
 
@@ -284,8 +301,11 @@ enum mesh_redirect_counter {
 	MESH_REDIR_FB_LARGE_WRITE = 6,  /* a write above max_message_bytes (bulk) */
 	MESH_REDIR_FB_REDIRECT_FAILED = 7,
 	MESH_REDIR_DENIED_MESSAGES = 8, /* messages dropped by a policy revision */
-	MESH_REDIR_FB_UNANSWERED = 9,   /* a one-way stream outran its reader's flow control */
-	MESH_REDIR_MAX = 10,
+	MESH_REDIR_FB_READER_BEHIND = 9,/* the reader left more than max_queued_bytes unread */
+	MESH_REDIR_FB_PEER = 10,        /* the other direction of the connection fell back */
+	MESH_REDIR_SOCKETS_LEFT = 11,   /* sockets that left the sockhash after falling back */
+	MESH_REDIR_FB_UNSUPPORTED = 12, /* the kernel cannot tell how much a reader has queued */
+	MESH_REDIR_MAX = 13,
 };
 
 /* mesh_monitor (array, one entry): which optional events meshd wants now. Verdict events

@@ -186,6 +186,16 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 	__u8 slot;
 	int active;
 
+	/* Most callbacks of a connection are none of ours: leave before reading anything. */
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_STATE_CB:
+	case BPF_SOCK_OPS_RTT_CB:
+		break;
+	default:
+		return 1;
+	}
 	if (skops->family != AF_INET)
 		return 1;
 	key.local_ip = skops->local_ip4;

@@ -121,7 +121,7 @@ public actor EndpointManager {
     private func teardown(_ ep: Endpoint) {
         let ifindex = Plumbing.ifindex(ep.interface)
         Cgroup2.remove(ep.cgroup)
-        datapath.uninstall(endpointID: UInt32(ep.id), ifindex: ifindex > 0 ? ifindex : nil)
+        datapath.uninstall(endpointID: UInt32(ep.id), ipv4NetworkOrder: ep.ipv4.networkOrder, ifindex: ifindex > 0 ? ifindex : nil)
         datapath.conntrackForget(endpointID: UInt32(ep.id))
         Plumbing.remove(ep)
     }

@@ -14,7 +14,10 @@ extension MeshDatapath {
     func install(_ ep: Endpoint) throws(MeshError) {
         let ifindex = Plumbing.ifindex(ep.interface)
         guard ifindex > 0 else { throw MeshError(.datapath, "interface \(ep.interface) of endpoint \(ep.name) does not exist") }
-        do { try install(endpointID: UInt32(ep.id), ipv4NetworkOrder: ep.ipv4.networkOrder, ifindex: ifindex) } catch {
+        let mac = try Plumbing.mac(of: "eth0", netns: ep.netns), gateway = try Plumbing.mac(of: ep.interface, netns: nil)
+        do {
+            try install(endpointID: UInt32(ep.id), ipv4NetworkOrder: ep.ipv4.networkOrder, ifindex: ifindex, mac: mac, gatewayMAC: gateway)
+        } catch {
             throw MeshError(.datapath, "attaching the datapath to \(ep.interface) failed: \(error)")
         }
     }

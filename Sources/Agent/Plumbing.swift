@@ -42,6 +42,17 @@ enum Plumbing {
         }
     }
 
+    /// The MAC address of `interface` in `netns` (nil: the node's netns), from `ip -j`.
+    static func mac(of interface: String, netns: String?) throws(MeshError) -> [UInt8] {
+        let out = try Shell.ip((netns.map { ["-n", $0] } ?? []) + ["-j", "link", "show", "dev", interface])
+        let address = (try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])?.first?["address"] as? String
+        let bytes = address?.split(separator: ":").compactMap { UInt8($0, radix: 16) } ?? []
+        guard bytes.count == 6 else {
+            throw MeshError(.internalError, "no MAC address for \(interface)\(netns.map { " in netns \($0)" } ?? ""): \(out.prefix(200))")
+        }
+        return bytes
+    }
+
     /// True when the netns, the host-side veth and its route are all in place.
     static func isIntact(_ ep: Endpoint) -> Bool {
         guard netnsExists(ep.netns), ifindex(ep.interface) > 0 else { return false }

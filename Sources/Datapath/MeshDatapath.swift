@@ -65,6 +65,7 @@ public final class MeshDatapath: @unchecked Sendable {
     public let fromEndpoint: BPFProgram
     public let toEndpoint: BPFProgram
     let endpoints: BPFMap
+    let localEndpoints: BPFMap
     let traffic: BPFMap
     let events: BPFMap
     let ipcache: BPFMap
@@ -91,6 +92,7 @@ public final class MeshDatapath: @unchecked Sendable {
         fromEndpoint = try object.program("mesh_from_endpoint")
         toEndpoint = try object.program("mesh_to_endpoint")
         endpoints = try object.map(MESH_MAP_ENDPOINTS)
+        localEndpoints = try object.map(MESH_MAP_LOCAL)
         traffic = try object.map(MESH_MAP_TRAFFIC)
         events = try object.map(MESH_MAP_EVENTS)
         ipcache = try object.map(MESH_MAP_IPCACHE)
@@ -110,18 +112,29 @@ public final class MeshDatapath: @unchecked Sendable {
          (TCHook(ifindex: ifindex, direction: .egress), toEndpoint)]
     }
 
-    /// Registers an endpoint's veth in the map, then attaches both programs to it: the
-    /// entry exists before the first packet can be seen.
-    public func install(endpointID: UInt32, ipv4NetworkOrder: UInt32, ifindex: Int32) throws {
+    /// Registers an endpoint's veth in the maps, then attaches both programs to it: the
+    /// entries exist before the first packet can be seen. `mac` is the endpoint's eth0,
+    /// `gatewayMAC` the host-side veth's: local delivery writes them (mesh_local_ep).
+    public func install(endpointID: UInt32, ipv4NetworkOrder: UInt32, ifindex: Int32, mac: [UInt8], gatewayMAC: [UInt8]) throws {
+        guard mac.count == 6, gatewayMAC.count == 6 else { throw DatapathError("a MAC address has 6 bytes", errno: EINVAL) }
         var info = mesh_endpoint_info()
         info.endpoint_id = endpointID
         info.ipv4 = ipv4NetworkOrder
         try endpoints.update(mesh_endpoint_key(ifindex: UInt32(ifindex)), info)
         for (hook, prog) in hooks(ifindex) { try hook.attach(prog) }
+        var local = mesh_local_endpoint()
+        local.ifindex = UInt32(ifindex)
+        local.endpoint_id = endpointID
+        withUnsafeMutableBytes(of: &local.mac) { $0.copyBytes(from: mac) }
+        withUnsafeMutableBytes(of: &local.gateway_mac) { $0.copyBytes(from: gatewayMAC) }
+        // Last: other endpoints deliver to this one directly only once its programs are on.
+        try localEndpoints.update(ipv4NetworkOrder, local)
     }
 
-    /// Forgets an endpoint: detaches, removes its map entry and its counters.
-    public func uninstall(endpointID: UInt32, ifindex: Int32?) {
+    /// Forgets an endpoint: stops local delivery to it, detaches, removes its map entries
+    /// and its counters.
+    public func uninstall(endpointID: UInt32, ipv4NetworkOrder: UInt32, ifindex: Int32?) {
+        _ = try? localEndpoints.delete(ipv4NetworkOrder)
         if let ifindex, ifindex > 0 {
             for (hook, _) in hooks(ifindex) { _ = try? hook.detach() }
             _ = try? endpoints.delete(mesh_endpoint_key(ifindex: UInt32(ifindex)))
@@ -133,6 +146,11 @@ public final class MeshDatapath: @unchecked Sendable {
     public func prune(keepIfindexes: Set<UInt32>, keepEndpointIDs: Set<UInt32>) {
         for k in (try? endpoints.keys(as: mesh_endpoint_key.self)) ?? [] where !keepIfindexes.contains(k.ifindex) {
             _ = try? endpoints.delete(k)
+        }
+        for a in (try? localEndpoints.keys(as: UInt32.self)) ?? [] {
+            if let v = try? localEndpoints.lookup(a, as: mesh_local_endpoint.self),
+               keepIfindexes.contains(v.ifindex) && keepEndpointIDs.contains(v.endpoint_id) { continue }
+            _ = try? localEndpoints.delete(a)
         }
         for k in (try? traffic.keys(as: mesh_traffic_key.self)) ?? [] where !keepEndpointIDs.contains(k.endpoint_id) {
             _ = try? traffic.delete(k)

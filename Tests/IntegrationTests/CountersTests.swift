@@ -54,12 +54,21 @@ final class CountersTests: XCTestCase {
         XCTAssertGreaterThan(d("client.egress.packets"), 0)
     }
 
+    /// Datagrams the node's own IP stack forwarded (Ip: ForwDatagrams, /proc/net/snmp).
+    func nodeForwarded() throws -> Double {
+        let lines = node.inNode("cat", "/proc/net/snmp").stdout.split(separator: "\n").filter { $0.hasPrefix("Ip:") }
+        guard lines.count >= 2 else { throw XCTSkip("no Ip: lines in /proc/net/snmp") }
+        let names = lines[0].split(separator: " "), values = lines[1].split(separator: " ")
+        return try XCTUnwrap(names.firstIndex(of: "ForwDatagrams").flatMap { Double(values[$0]) })
+    }
+
     func testUDPDatagramsMatchCountersExactly() throws {
         let server = try node.ctlOK("endpoint", "get", "server", "-o", "json")
         let ip = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(server.utf8)) as? [String: Any])?["ipv4"] as? String)
         let traffic = Traffic(node: node)
         _ = traffic.node.ctl("endpoint", "exec", "client", "--", "ping", "-c", "1", "-W", "1", ip)
         let before = try counters()
+        let forwardedBefore = try nodeForwarded()
         let count = 300, size = 1000
         let sink = try traffic.start(in: "server", ["udp-sink", "--port", "7002", "--count", "\(count)", "--timeout", "5"], waitReady: true)
         _ = try traffic.run(in: "client", ["udp-send", "--host", ip, "--port", "7002", "--count", "\(count)", "--size", "\(size)"])
@@ -75,6 +84,9 @@ final class CountersTests: XCTestCase {
             XCTAssertGreaterThanOrEqual(d("\(dir).bytes"), Double(count) * frame, dir)
             XCTAssertLessThanOrEqual(d("\(dir).bytes"), Double(count) * frame + 4 * 100, dir)
         }
+        // Endpoint to endpoint, the client's program hands each datagram to the server's
+        // eth0 itself: the node's IP stack forwards none of them.
+        XCTAssertLessThan(try nodeForwarded() - forwardedBefore, 5, "datagrams went through the node's IP forwarding")
     }
 
     func testMetricsPassPromtoolAndCoverTheNode() throws {

@@ -14,6 +14,7 @@
 
 /* Map names; meshd pins each under <bpffs>/<node>/<name>. */
 #define MESH_MAP_ENDPOINTS "mesh_endpoints"
+#define MESH_MAP_LOCAL "mesh_local_ep"
 #define MESH_MAP_TRAFFIC "mesh_traffic"
 #define MESH_MAP_EVENTS "mesh_events"
 #define MESH_MAP_IPCACHE "mesh_ipcache"
@@ -55,6 +56,19 @@ struct mesh_endpoint_info {
 	__u32 ipv4;        /* endpoint address, network byte order */
 	__u32 flags;       /* reserved for policy and redirect modes */
 	__u32 pad;
+};
+
+/*
+ * mesh_local_ep: endpoint address -> where to deliver it. A packet from one endpoint to
+ * another of the same node is handed by the sender's tc program straight to the
+ * receiver's eth0 (bpf_redirect_peer), after the receiver's ingress policy: it skips the
+ * node's IP forwarding and the receiver's tc egress program. Written by meshd only.
+ */
+struct mesh_local_endpoint {
+	__u32 ifindex;      /* host-side veth */
+	__u32 endpoint_id;
+	__u8 mac[6];        /* the endpoint's eth0 */
+	__u8 gateway_mac[6];/* the host-side veth: the endpoint's gateway, 169.254.1.1 */
 };
 
 /* mesh_traffic (per-CPU): per endpoint and direction, summed by meshd at read time. */
@@ -160,7 +174,7 @@ struct mesh_ct_key {
 };
 
 struct mesh_ct_value {
-	__u64 created;   /* bpf_ktime_get_ns() */
+	__u64 created;   /* bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC, to a tick */
 	__u64 last_seen;
 	__u32 revision;  /* policy revision the flow was last allowed under */
 	__u32 rule_id;

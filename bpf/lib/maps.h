@@ -17,6 +17,14 @@ struct {
 } mesh_endpoints SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MESH_MAX_ENDPOINTS);
+	__type(key, __u32); /* IPv4 address, network order */
+	__type(value, struct mesh_local_endpoint);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_local_ep SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, MESH_MAX_ENDPOINTS * MESH_DIR_MAX);
 	__type(key, struct mesh_traffic_key);
@@ -64,8 +72,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mesh_pol_state SEC(".maps");
 
+/* LRU lists per CPU: a new flow's insert takes no lock shared with the other CPUs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, MESH_CT_ENTRIES);
 	__type(key, struct mesh_ct_key);
 	__type(value, struct mesh_ct_value);

@@ -140,6 +140,11 @@ final class SocketRedirectTests: XCTestCase {
         XCTAssertEqual(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "reader_behind"]), 1)
         XCTAssertEqual(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "peer"]), 1, "the other direction follows")
         XCTAssertEqual(try metric("mesh_socket_redirect_sockets_left_total"), 2, "both sockets left the sockhash")
+        // The limit is a run-time setting; a bad value is refused and changes nothing.
+        XCTAssertEqual(node.ctl("config", "set", "socket-redirect-max-queued", "4MiB").status, 1)
+        XCTAssertTrue(try node.ctlOK("config", "get").contains("socket-redirect-max-queued: 4194304\n"))
+        try node.ctlOK("config", "set", "socket-redirect-max-queued", "65536")
+        XCTAssertTrue(try node.ctlOK("config", "get").contains("socket-redirect-max-queued: 65536\n"))
     }
 
     func testASlowReaderHoldsTheWriterBackAndLosesNothing() throws {

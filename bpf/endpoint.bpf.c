@@ -30,10 +30,7 @@ static __always_inline void report_unknown(__u32 ifindex, __u8 direction)
 	ev = bpf_ringbuf_reserve(&mesh_events, sizeof(*ev), 0);
 	if (!ev)
 		return; /* ring full: the reader is behind; losing a report is fine */
-	ev->hdr.type = MESH_EVENT_UNKNOWN_INTERFACE;
-	ev->hdr.len = sizeof(*ev);
-	ev->hdr.node_id = cfg_node_id;
-	ev->hdr.timestamp = bpf_ktime_get_ns();
+	event_header(&ev->hdr, MESH_EVENT_UNKNOWN_INTERFACE, sizeof(*ev), cfg_node_id);
 	ev->ifindex = ifindex;
 	ev->direction = direction;
 	ev->pad[0] = ev->pad[1] = ev->pad[2] = 0;
@@ -95,21 +92,21 @@ static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_val
 	return TC_ACT_OK;
 }
 
-/* Policy for one packet of endpoint `ep` travelling in `dir` (as the endpoint sees it). */
-static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir)
+/* Policy for one packet of endpoint `ep` travelling in `dir` (as the endpoint sees it);
+ * `pr` and `f` are what parse_flow made of it. */
+static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, enum parse_result pr,
+				   const struct flow *f)
 {
 	__u32 zero = 0;
 	struct mesh_policy_state *st = bpf_map_lookup_elem(&mesh_pol_state, &zero);
 	struct mesh_ct_key ck;
 	struct mesh_ct_value *ct;
 	struct verdict v;
-	struct flow f;
 	/* The coarse clock: CT lifetimes are seconds, and in a VM the precise one costs a
 	 * paravirtual clock read on every packet. Same clock (CLOCK_MONOTONIC) as meshd's GC. */
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 revision, peer;
 	__u8 slot, odir = dir ^ 1;
-	enum parse_result pr;
 
 	if (!st)
 		return TC_ACT_OK;
@@ -117,11 +114,10 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir)
 	slot = st->active_slot & 1;
 	revision = st->revision;
 
-	pr = parse_flow(skb, &f);
 	if (skb->mark == MESH_TRACE_MARK && pr == PARSE_IPV4) {
 		/* Trace: the new-flow decision, no side effects (see mesh_abi.h). */
-		peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f.daddr : f.saddr);
-		v = policy_decide(slot, dir, ep, peer, f.proto, f.dport);
+		peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f->daddr : f->saddr);
+		v = policy_decide(slot, dir, ep, peer, f->proto, f->dport);
 		skb->cb[MESH_TRACE_CB_ACTION] = v.action;
 		skb->cb[MESH_TRACE_CB_REASON] = v.reason;
 		skb->cb[MESH_TRACE_CB_RULE] = v.rule_id;
@@ -142,31 +138,31 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir)
 
 	/* A SYN opens a new connection even if an entry of an earlier one with the same
 	 * tuple is still closing: decide (and count, and report) it afresh. */
-	if (f.proto == IPPROTO_TCP && (f.tcp_flags & 0x12) == 0x02)
+	if (f->proto == IPPROTO_TCP && (f->tcp_flags & 0x12) == 0x02)
 		goto new_flow;
 
 	/* Established in this direction? */
-	ct_key(&ck, ep, &f, dir, 0);
+	ct_key(&ck, ep, f, dir, 0);
 	ct = bpf_map_lookup_elem(&mesh_ct, &ck);
-	if (ct && !ct_expired(ct, f.proto, now))
-		return established(skb, ct, &ck, ep, dir, dir == MESH_DIR_EGRESS ? f.daddr : f.saddr, f.dport,
-				   &f, dir, slot, revision, now);
+	if (ct && !ct_expired(ct, f->proto, now))
+		return established(skb, ct, &ck, ep, dir, dir == MESH_DIR_EGRESS ? f->daddr : f->saddr, f->dport,
+				   f, dir, slot, revision, now);
 
 	/* A reply of a flow the endpoint's other direction allowed? Its peer and port are
 	 * the original flow's. */
-	ct_key(&ck, ep, &f, odir, 1);
+	ct_key(&ck, ep, f, odir, 1);
 	ct = bpf_map_lookup_elem(&mesh_ct, &ck);
-	if (ct && !ct_expired(ct, f.proto, now))
-		return established(skb, ct, &ck, ep, odir, odir == MESH_DIR_EGRESS ? f.saddr : f.daddr, f.sport,
-				   &f, dir, slot, revision, now);
+	if (ct && !ct_expired(ct, f->proto, now))
+		return established(skb, ct, &ck, ep, odir, odir == MESH_DIR_EGRESS ? f->saddr : f->daddr, f->sport,
+				   f, dir, slot, revision, now);
 
 new_flow:
-	peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f.daddr : f.saddr);
-	v = policy_decide(slot, dir, ep, peer, f.proto, f.dport);
+	peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f->daddr : f->saddr);
+	v = policy_decide(slot, dir, ep, peer, f->proto, f->dport);
 	if (v.enforced)
 		count_verdict(&v, dir, skb->len);
 	if (v.action == MESH_ACTION_DENY) {
-		report_flow(MESH_EVENT_DROP, ep, peer, &f, dir, &v, revision);
+		report_flow(MESH_EVENT_DROP, ep, peer, f, dir, &v, revision);
 		return drop(skb, v.reason, dir);
 	}
 	{
@@ -176,17 +172,17 @@ new_flow:
 			.revision = revision,
 			.rule_id = v.rule_id,
 			.peer_identity = peer,
-			.closing = (f.tcp_flags & 0x05) ? 1 : 0,
+			.closing = (f->tcp_flags & 0x05) ? 1 : 0,
 		};
 
-		ct_key(&ck, ep, &f, dir, 0);
+		ct_key(&ck, ep, f, dir, 0);
 		bpf_map_update_elem(&mesh_ct, &ck, &nv, BPF_ANY);
 	}
 	if (v.enforced) {
 		struct mesh_monitor_config *mon = bpf_map_lookup_elem(&mesh_monitor, &zero);
 
 		if (mon && mon->verdict_events)
-			report_flow(MESH_EVENT_VERDICT, ep, peer, &f, dir, &v, revision);
+			report_flow(MESH_EVENT_VERDICT, ep, peer, f, dir, &v, revision);
 	}
 	return TC_ACT_OK;
 }
@@ -198,29 +194,24 @@ new_flow:
  * Returns -1 when the packet takes the node's stack instead (not for a local endpoint,
  * TTL expiring: the stack answers that).
  */
-static __always_inline int deliver_locally(struct __sk_buff *skb, __u32 from_ifindex)
+static __always_inline int deliver_locally(struct __sk_buff *skb, const struct flow *f)
 {
-	struct mesh_local_endpoint *to;
-	struct iphdr ip;
-	__u16 old_ttl, new_ttl;
+	struct mesh_local_endpoint *to = bpf_map_lookup_elem(&mesh_local_ep, &f->daddr);
+	/* TTL and protocol: one 16-bit word of the header checksum. */
+	__u8 old_word[2] = { f->ttl, f->proto }, new_word[2] = { f->ttl - 1, f->proto };
 	int verdict;
 
-	if (skb->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+	if (!to || to->ifindex == skb->ifindex || f->ttl <= 1)
 		return -1;
-	to = bpf_map_lookup_elem(&mesh_local_ep, &ip.daddr);
-	if (!to || to->ifindex == from_ifindex || ip.ttl <= 1)
-		return -1;
-	verdict = enforce(skb, to->endpoint_id, MESH_DIR_INGRESS);
+	verdict = enforce(skb, to->endpoint_id, MESH_DIR_INGRESS, PARSE_IPV4, f);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	count_traffic(to->endpoint_id, MESH_DIR_INGRESS, skb->len);
-	old_ttl = *(__u16 *)((void *)&ip + 8); /* ttl and protocol: one checksum word */
-	ip.ttl--;
-	new_ttl = *(__u16 *)((void *)&ip + 8);
-	/* These writes stay inside the headers just read; should one fail all the same, the
-	 * stack delivers the packet (to_endpoint then sees it too). */
-	if (bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), old_ttl, new_ttl, 2) ||
-	    bpf_skb_store_bytes(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, ttl), &ip.ttl, 1, 0) ||
+	/* These writes stay inside the headers parse_flow read; should one fail all the same,
+	 * the stack delivers the packet (to_endpoint then sees it too). */
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), *(__u16 *)old_word,
+				*(__u16 *)new_word, 2) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, ttl), &new_word[0], 1, 0) ||
 	    bpf_skb_store_bytes(skb, 0, to->mac, 6, 0) || bpf_skb_store_bytes(skb, 6, to->gateway_mac, 6, 0))
 		return -1;
 	return bpf_redirect_peer(to->ifindex, 0);
@@ -230,6 +221,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct mesh_endpoint_key ek = { .ifindex = skb->ifindex };
 	struct mesh_endpoint_info *ep = bpf_map_lookup_elem(&mesh_endpoints, &ek);
+	enum parse_result pr;
+	struct flow f = {};
 	__u32 id;
 	int verdict;
 
@@ -238,13 +231,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_OK;
 	}
 	id = ep->endpoint_id;
-	verdict = enforce(skb, id, dir);
+	pr = parse_flow(skb, &f);
+	verdict = enforce(skb, id, dir, pr, &f);
 	if (verdict != TC_ACT_OK || skb->mark == MESH_TRACE_MARK)
 		return verdict;
 	/* Forwarded traffic only: drops are counted in mesh_drops. */
 	count_traffic(id, dir, skb->len);
-	if (dir == MESH_DIR_EGRESS) {
-		int local = deliver_locally(skb, skb->ifindex);
+	if (dir == MESH_DIR_EGRESS && pr == PARSE_IPV4) {
+		int local = deliver_locally(skb, &f);
 
 		if (local >= 0)
 			return local;

@@ -74,6 +74,19 @@ static __always_inline __u16 port_from_be32(__u32 v)
 	return bpf_ntohs((__u16)v);
 }
 
+/* The key of the other socket of the same connection. */
+static __always_inline struct mesh_sock_key peer_key(const struct mesh_sock_key *key)
+{
+	struct mesh_sock_key peer = {
+		.local_ip = key->remote_ip,
+		.remote_ip = key->local_ip,
+		.local_port = key->remote_port,
+		.remote_port = key->local_port,
+	};
+
+	return peer;
+}
+
 static __always_inline struct mesh_redirect_config *redirect_config(void)
 {
 	__u32 zero = 0;
@@ -154,12 +167,7 @@ static __always_inline int maybe_leave(struct bpf_sock_ops *skops, struct mesh_s
 	struct bpf_sock_ops_kern___mesh *ctx = (void *)skops;
 	struct sock___mesh *sk = NULL;
 	struct mesh_sock_state *s, *ps;
-	struct mesh_sock_key peer = {
-		.local_ip = key->remote_ip,
-		.remote_ip = key->local_ip,
-		.local_port = key->remote_port,
-		.remote_port = key->local_port,
-	};
+	struct mesh_sock_key peer = peer_key(key);
 	int out;
 
 	s = bpf_map_lookup_elem(&mesh_sock_state, key);
@@ -364,7 +372,7 @@ static __always_inline int fall_back(struct mesh_sock_state *s, struct mesh_sock
 SEC("sk_msg")
 int mesh_skmsg(struct sk_msg_md *msg)
 {
-	struct mesh_sock_key key = {}, peer = {};
+	struct mesh_sock_key key = {}, peer;
 	struct mesh_redirect_config *cfg;
 	struct mesh_sock_state *s, *ps;
 	long ret;
@@ -382,12 +390,9 @@ int mesh_skmsg(struct sk_msg_md *msg)
 		stat_add(MESH_REDIR_DENIED_MESSAGES, 1);
 		return SK_DROP;
 	}
-	peer.local_ip = key.remote_ip;
-	peer.remote_ip = key.local_ip;
-	peer.local_port = key.remote_port;
-	peer.remote_port = key.local_port;
 	if (s->mode == MESH_SOCK_PASSTHROUGH)
 		return SK_PASS;
+	peer = peer_key(&key);
 	ps = bpf_map_lookup_elem(&mesh_sock_state, &peer);
 	cfg = redirect_config();
 	if (!cfg || !cfg->enabled)

@@ -6,6 +6,15 @@
 #include "maps.h"
 #include "policy.h"
 
+/* The header every event starts with. */
+static __always_inline void event_header(struct mesh_event_header *hdr, __u16 type, __u16 len, __u32 node_id)
+{
+	hdr->type = type;
+	hdr->len = len;
+	hdr->node_id = node_id;
+	hdr->timestamp = bpf_ktime_get_ns();
+}
+
 /* A drop or a new-flow verdict. Addresses in network order, ports in host order. A full
  * ring means the reader is behind; losing an event never changes a verdict. */
 static __always_inline void report_policy(__u16 type, __u32 node_id, __u32 ep, __u32 peer, __u32 saddr, __u32 daddr,
@@ -16,10 +25,7 @@ static __always_inline void report_policy(__u16 type, __u32 node_id, __u32 ep, _
 
 	if (!ev)
 		return;
-	ev->hdr.type = type;
-	ev->hdr.len = sizeof(*ev);
-	ev->hdr.node_id = node_id;
-	ev->hdr.timestamp = bpf_ktime_get_ns();
+	event_header(&ev->hdr, type, sizeof(*ev), node_id);
 	ev->endpoint_id = ep;
 	ev->peer_identity = peer;
 	ev->saddr = saddr;

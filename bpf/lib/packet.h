@@ -18,6 +18,8 @@ struct flow {
 	__u16 dport;
 	__u8 proto;
 	__u8 tcp_flags; /* FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10 */
+	__u8 ttl;
+	__u8 pad[3];
 };
 
 enum parse_result {
@@ -43,6 +45,7 @@ static __always_inline enum parse_result parse_flow(struct __sk_buff *skb, struc
 	f->saddr = ip.saddr;
 	f->daddr = ip.daddr;
 	f->proto = ip.protocol;
+	f->ttl = ip.ttl;
 	f->sport = f->dport = 0;
 	f->tcp_flags = 0;
 	/* Only the first fragment carries ports; later ones are matched as port 0. */

@@ -55,6 +55,16 @@ final class EndpointTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("err"))
         XCTAssertTrue(r.stdout.contains("inet 10.201.0.1/32"), r.stdout)
         XCTAssertTrue(r.stdout.contains("0::/\(node.name)/web-1"), "process joins the endpoint's cgroup: \(r.stdout)")
+        // The command starts with no signal blocked and SIGPIPE at its default, as from a
+        // shell: the Swift runtime's mask would otherwise keep SIGTERM, SIGINT and SIGALRM
+        // from it. (Signals the caller ignores stay ignored, as a shell leaves them.)
+        let signals = node.ctl("endpoint", "exec", "web-1", "--", "grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status")
+        let masks = Dictionary(uniqueKeysWithValues: signals.stdout.split(separator: "\n").map { line in
+            let f = line.split(separator: ":").map { $0.trimmingCharacters(in: .whitespaces) }
+            return (f[0], UInt64(f[1], radix: 16) ?? .max)
+        })
+        XCTAssertEqual(masks["SigBlk"], 0, signals.stdout)
+        XCTAssertEqual((masks["SigIgn"] ?? .max) & (1 << (UInt64(SIGPIPE) - 1)), 0, "SIGPIPE ignored: \(signals.stdout)")
 
         // Endpoints reach each other by IP.
         XCTAssertEqual(node.ctl("endpoint", "exec", "db", "--", "ping", "-c", "1", "-W", "2", "10.201.0.1").status, 0)

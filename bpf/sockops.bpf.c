@@ -280,6 +280,11 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+static __always_inline struct mesh_sock_state *peer_state(struct mesh_sock_key *peer)
+{
+	return bpf_map_lookup_elem(&mesh_sock_state, peer);
+}
+
 /* The connection's verdict under the current revision, at both hooks it would cross. */
 static __always_inline int recheck(struct mesh_sock_state *s, __u32 len)
 {
@@ -392,14 +397,16 @@ int mesh_skmsg(struct sk_msg_md *msg)
 	}
 	if (s->mode == MESH_SOCK_PASSTHROUGH)
 		return SK_PASS;
+	/* The peer's state is looked up only where a decision needs it: an accelerated
+	 * message needs just the peer's key (one hash lookup less per message). */
 	peer = peer_key(&key);
-	ps = bpf_map_lookup_elem(&mesh_sock_state, &peer);
 	cfg = redirect_config();
 	if (!cfg || !cfg->enabled)
-		return fall_back(s, ps, MESH_REDIR_FB_DISABLED);
+		return fall_back(s, peer_state(&peer), MESH_REDIR_FB_DISABLED);
 	if (cfg->max_message_bytes && msg->size > cfg->max_message_bytes)
-		return fall_back(s, ps, MESH_REDIR_FB_LARGE_WRITE);
+		return fall_back(s, peer_state(&peer), MESH_REDIR_FB_LARGE_WRITE);
 	if (s->mode == MESH_SOCK_UNDECIDED) {
+		ps = peer_state(&peer);
 		if (!ps)
 			return fall_back(s, ps, MESH_REDIR_FB_NO_PEER);
 		if (!__sync_bool_compare_and_swap(&s->mode, MESH_SOCK_UNDECIDED, MESH_SOCK_ACCELERATED))
@@ -407,14 +414,14 @@ int mesh_skmsg(struct sk_msg_md *msg)
 	}
 	ret = bpf_msg_redirect_hash(msg, &mesh_sockhash, &peer, BPF_F_INGRESS);
 	if (ret != SK_PASS) /* the peer left the map (it closed): the stack delivers the usual reset */
-		return fall_back(s, ps, MESH_REDIR_FB_REDIRECT_FAILED);
+		return fall_back(s, peer_state(&peer), MESH_REDIR_FB_REDIRECT_FAILED);
 	stat_add(MESH_REDIR_MESSAGES, 1);
 	stat_add(MESH_REDIR_BYTES, msg->size);
 	/* Back-pressure: this message goes to the peer's queue (the redirect is set and
 	 * cannot be taken back), the next ones through the stack if the reader is behind.
 	 * A stalled reader so holds at most max_queued_bytes and one message. */
 	if (cfg->max_queued_bytes && peer_queued(msg) > cfg->max_queued_bytes)
-		fall_back(s, ps, MESH_REDIR_FB_READER_BEHIND);
+		fall_back(s, peer_state(&peer), MESH_REDIR_FB_READER_BEHIND);
 	return SK_PASS;
 }
 

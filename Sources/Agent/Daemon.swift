@@ -29,6 +29,12 @@ public enum Daemon {
         do { redirect = try SocketRedirect(pinDir: settings.bpffs, cgroup: settings.cgroup, nodeID: nodeID(settings.nodeName)) } catch {
             throw MeshError(.datapath, "loading socket redirection failed: \(error)")
         }
+        // An upgrade that changed a map's layout gets that map anew, empty; the
+        // reconcile below writes endpoints and policy back from the store.
+        for replaced in datapath.replacedMaps + redirect.replacedMaps {
+            logger.warning("pinned BPF map had another layout (a meshd of another version made it): replaced with an empty one",
+                           metadata: ["map": "\(replaced)"])
+        }
         let redirectControl = try RedirectControl(redirect: redirect, store: store, settings: settings, logger: logger)
         let policy = try PolicyEngine(store: store, datapath: datapath, logger: logger)
         let manager = EndpointManager(settings: settings, store: store, datapath: datapath, policy: policy, logger: logger)

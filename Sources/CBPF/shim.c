@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <bpf/btf.h>
 
 /* libbpf reports through one process-wide print callback; this keeps the tail of what it
@@ -69,6 +70,76 @@ struct bpf_object *cbpf_open_mem(const void *buf, size_t len, const char *name,
 {
 	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = name, .pin_root_path = pin_root);
 	return bpf_object__open_mem(buf, len, &opts);
+}
+
+static void appendf(char *buf, size_t cap, const char *fmt, ...)
+{
+	size_t used = strnlen(buf, cap);
+	va_list args;
+
+	if (used + 1 >= cap)
+		return;
+	va_start(args, fmt);
+	vsnprintf(buf + used, cap - used, fmt, args);
+	va_end(args);
+}
+
+/* Reports one property of a pinned map that differs from the object's map: 1 if so. */
+static int differ(char *report, size_t cap, const struct bpf_map *m, int earlier, const char *what,
+		  unsigned long long pinned, unsigned long long declared)
+{
+	if (pinned == declared)
+		return 0;
+	if (earlier)
+		appendf(report, cap, ", %s %llu, now %llu", what, pinned, declared);
+	else
+		appendf(report, cap, "%s: %s %llu, now %llu", bpf_map__name(m), what, pinned, declared);
+	return 1;
+}
+
+int cbpf_unpin_incompatible(struct bpf_object *obj, char *report, size_t report_len)
+{
+	struct bpf_map *m;
+	int removed = 0;
+
+	if (report_len)
+		report[0] = 0;
+	bpf_object__for_each_map(m, obj) {
+		const char *path = bpf_map__pin_path(m);
+		struct bpf_map_info info = {};
+		__u32 len = sizeof(info);
+		int fd, differs = 0;
+
+		if (!path)
+			continue;
+		fd = bpf_obj_get(path);
+		if (fd < 0) {
+			if (errno == ENOENT)
+				continue; /* not pinned yet: load pins it */
+			return -errno;
+		}
+		if (bpf_obj_get_info_by_fd(fd, &info, &len)) {
+			int err = -errno;
+
+			close(fd);
+			return err;
+		}
+		close(fd);
+		differs += differ(report, report_len, m, differs, "type", info.type, bpf_map__type(m));
+		differs += differ(report, report_len, m, differs, "key size", info.key_size, bpf_map__key_size(m));
+		differs += differ(report, report_len, m, differs, "value size", info.value_size, bpf_map__value_size(m));
+		/* libbpf sizes a perf event array to the CPUs itself; none is pinned here */
+		if (bpf_map__type(m) != BPF_MAP_TYPE_PERF_EVENT_ARRAY)
+			differs += differ(report, report_len, m, differs, "entries", info.max_entries, bpf_map__max_entries(m));
+		differs += differ(report, report_len, m, differs, "flags", info.map_flags, bpf_map__map_flags(m));
+		if (!differs)
+			continue;
+		appendf(report, report_len, "\n");
+		if (unlink(path) && errno != ENOENT)
+			return -errno;
+		removed++;
+	}
+	return removed;
 }
 
 int cbpf_set_rodata(struct bpf_object *obj, const char *var, const void *value, size_t size)

@@ -39,12 +39,19 @@ public final class BPFObjectSpec {
 
     /// Loads every program and map into the kernel. A refused program throws with the
     /// verifier log. The spec is consumed: its object now belongs to the result.
+    ///
+    /// A pinned map whose layout no longer matches the object (a newer meshd changed it)
+    /// is unpinned first and created anew, empty: libbpf would refuse to re-use it, and
+    /// the node could not start after an upgrade. `LoadedBPFObject.replacedMaps` says which.
     public func load() throws -> LoadedBPFObject {
         guard let object else { throw DatapathError("load \(name): already loaded", errno: EINVAL) }
+        var report = [CChar](repeating: 0, count: 4096)
+        try check("check the pinned maps of \(name)", cbpf_unpin_incompatible(object, &report, report.count))
+        let replaced = String(cString: report).split(separator: "\n").map(String.init)
         _ = try withLibbpfLog("load BPF object \(name)", { bpf_object__load(object) },
                               failed: { $0 < 0 ? -$0 : nil })
         self.object = nil
-        return LoadedBPFObject(object: object, name: name)
+        return LoadedBPFObject(object: object, name: name, replacedMaps: replaced)
     }
 }
 
@@ -54,10 +61,14 @@ public final class BPFObjectSpec {
 public final class LoadedBPFObject: @unchecked Sendable {
     private var object: OpaquePointer?
     public let name: String
+    /// Pinned maps this load replaced because their layout had changed, one line each:
+    /// "name: what differs". Their entries started empty.
+    public let replacedMaps: [String]
 
-    init(object: OpaquePointer, name: String) {
+    init(object: OpaquePointer, name: String, replacedMaps: [String]) {
         self.object = object
         self.name = name
+        self.replacedMaps = replacedMaps
     }
 
     deinit { close() }

@@ -62,6 +62,9 @@ public final class MeshDatapath: @unchecked Sendable {
 
     public let pinDir: String
     let object: LoadedBPFObject
+    /// Pinned maps this start replaced because their layout had changed (see
+    /// `BPFObjectSpec.load`), one "name: what differs" line each.
+    public var replacedMaps: [String] { object.replacedMaps }
     public let fromEndpoint: BPFProgram
     public let toEndpoint: BPFProgram
     let endpoints: BPFMap

@@ -28,6 +28,9 @@ public final class SocketRedirect: @unchecked Sendable {
     }
 
     let object: LoadedBPFObject
+    /// Pinned maps this start replaced because their layout had changed (see
+    /// `BPFObjectSpec.load`), one "name: what differs" line each.
+    public var replacedMaps: [String] { object.replacedMaps }
     public let sockops: BPFProgram
     public let skmsg: BPFProgram
     let sockhash: BPFMap

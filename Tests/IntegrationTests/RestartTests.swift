@@ -138,6 +138,38 @@ final class RestartTests: XCTestCase {
         XCTAssertEqual(maps.first { $0["name"] as? String == "mesh_endpoints" }?["entries"] as? Int, 2, "entry restored")
     }
 
+    func testAPinnedMapOfAnotherLayoutIsReplacedAndRefilled() throws {
+        // What a meshd of another version leaves behind: maps of the same names with
+        // other value sizes, one used by the tc programs and one by socket redirection.
+        node.stop(SIGTERM)
+        let bpftool = "/usr/sbin/bpftool"
+        for (map, type) in [("mesh_local_ep", "hash"), ("mesh_redir_cfg", "array")] {
+            XCTAssertEqual(unlink(node.bpffs + "/" + map), 0)
+            let made = Run.run(bpftool, ["map", "create", node.bpffs + "/" + map, "type", type, "key", "4", "value", "4",
+                                         "entries", "1", "name", map])
+            XCTAssertEqual(made.status, 0, made.stderr)
+        }
+        try node.start()
+
+        for map in ["mesh_local_ep", "mesh_redir_cfg"] {
+            XCTAssertTrue(node.meshdLog.contains("\(map): value size 4, now"), "replacement of \(map) logged: \(node.meshdLog)")
+            let shown = Run.run(bpftool, ["-j", "map", "show", "pinned", node.bpffs + "/" + map])
+            let info = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(shown.stdout.utf8)) as? [String: Any], shown.stderr)
+            XCTAssertNotEqual(info["bytes_value"] as? Int, 4, "\(map) has the layout this meshd declares: \(shown.stdout)")
+        }
+        // Refilled from the store: both endpoints are in the new local-delivery map, and
+        // the socket-redirect setting (off) is in force again.
+        let dump = Run.run(bpftool, ["-j", "map", "dump", "pinned", node.bpffs + "/mesh_local_ep"])
+        XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(dump.stdout.utf8)) as? [Any])?.count, 2, dump.stdout)
+        let cfg = Run.run(bpftool, ["-j", "map", "dump", "pinned", node.bpffs + "/mesh_redir_cfg"])
+        let entry = (try JSONSerialization.jsonObject(with: Data(cfg.stdout.utf8)) as? [[String: Any]])?.first
+        let value = (entry?["formatted"] as? [String: Any])?["value"] as? [String: Any]
+        XCTAssertEqual(value?["enabled"] as? Int, 0, cfg.stdout)
+        XCTAssertEqual(value?["max_message_bytes"] as? Int, 65536, cfg.stdout)
+        let ping = Run.run("/usr/sbin/ip", ["netns", "exec", "\(node.name)-ep-writer", "ping", "-c", "3", "-i", "0.2", "-W", "1", "10.201.0.2"])
+        XCTAssertEqual(ping.status, 0, ping.stdout + ping.stderr)
+    }
+
     func testASecondMeshdOnTheSameStateIsRefused() throws {
         let out = node.dir + "/second.log"
         let pid = try Run.spawn("/usr/bin/nsenter", ["--net=/run/netns/\(node.name)", TestNode.products + "/meshd",

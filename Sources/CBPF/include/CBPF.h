@@ -24,6 +24,13 @@ char *cbpf_log_take(void);
 struct bpf_object *cbpf_open_mem(const void *buf, size_t len, const char *name,
 				 const char *pin_root);
 
+/* Before load: removes the pin of every LIBBPF_PIN_BY_NAME map whose pinned map no longer
+ * matches what the object declares (type, key or value size, entries, flags), so that
+ * load creates it anew instead of failing; a map whose layout changed between versions
+ * cannot be reused. Appends "name: what differs" lines to report (NUL-terminated, cut at
+ * report_len). Returns how many pins were removed, or -errno. */
+int cbpf_unpin_incompatible(struct bpf_object *obj, char *report, size_t report_len);
+
 /* Sets a `const volatile` global of the object's .rodata between open and load.
  * Returns 0, -ENOENT when there is no such variable, -EINVAL on a size mismatch. */
 int cbpf_set_rodata(struct bpf_object *obj, const char *var, const void *value, size_t size);

@@ -26,7 +26,7 @@ enum APIServer {
                 programs.append(NodeStatus.Program(name: r.sockops.name, id: Int(r.sockops.id),
                                                    attachments: r.isAttached ? ["cgroup:\(r.cgroup)"] : []))
                 programs.append(NodeStatus.Program(name: r.skmsg.name, id: Int(r.skmsg.id), attachments: ["sockhash:mesh_sockhash"]))
-                let maps = datapath.mapStats().map {
+                let maps = (datapath.mapStats() + r.mapStats()).map {
                     NodeStatus.Map(name: $0.name, type: $0.type, entries: $0.entries, capacity: $0.capacity)
                 }
                 var status = NodeStatus(version: MeshVersion.string, node: settings.nodeName, podCIDR: settings.podCIDR.description,

@@ -111,7 +111,7 @@ public final class MetricsCollector: @unchecked Sendable {
         let sockets = (try? redirect.socketCount()) ?? 0
         let revision = try datapath.policyState().revision
         let policies = await policy.policyKeys.count
-        let maps = datapath.mapStats()
+        let maps = datapath.mapStats() + redirect.mapStats()
         let process = ProcessStats.read()
         return lock.withLock {
             endpointsGauge.set(Double(endpoints.count))

@@ -31,6 +31,17 @@ public final class MeshDatapath: @unchecked Sendable {
         public var type: String
         public var entries: Int
         public var capacity: Int
+
+        init(_ m: BPFMap) {
+            self.init(name: m.name, type: m.typeName, entries: (try? m.count()) ?? 0, capacity: m.maxEntries)
+        }
+
+        init(name: String, type: String, entries: Int, capacity: Int) {
+            self.name = name
+            self.type = type
+            self.entries = entries
+            self.capacity = capacity
+        }
     }
 
     /// A decoded ring-buffer event.
@@ -185,9 +196,7 @@ public final class MeshDatapath: @unchecked Sendable {
     }
 
     public func mapStats() -> [MapStats] {
-        [endpoints, traffic, events, ipcache, policy, policyEP, stateMap, conntrack, drops, verdicts].map { m in
-            MapStats(name: m.name, type: m.typeName, entries: (try? m.count()) ?? 0, capacity: m.maxEntries)
-        }
+        [endpoints, localEndpoints, traffic, events, ipcache, policy, policyEP, stateMap, conntrack, drops, verdicts].map { MapStats($0) }
     }
 
     /// Turns the per-new-flow verdict events on (while a monitor wants them) or off.

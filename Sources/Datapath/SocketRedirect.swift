@@ -123,6 +123,9 @@ public final class SocketRedirect: @unchecked Sendable {
     /// Sockets in the sockhash now (two per accelerated connection).
     public func socketCount() throws -> Int { try sockhash.count() }
 
+    /// The sockhash and the per-socket state, for status and mesh_bpf_map_entries.
+    public func mapStats() -> [MeshDatapath.MapStats] { [sockhash, state].map { MeshDatapath.MapStats($0) } }
+
     public func sockets() throws -> [SocketEntry] {
         let now = MeshDatapath.monotonicNanoseconds()
         return try state.entriesRaw().map { k, v in

@@ -185,6 +185,13 @@ final class SocketRedirectTests: XCTestCase {
         let deadline = Date().addingTimeInterval(60)
         while !FileManager.default.fileExists(atPath: ready) && Date() < deadline { usleep(50_000) }
         XCTAssertGreaterThanOrEqual(try metric("mesh_socket_redirect_sockets"), baseline + 2000, "both sockets of 1,000 connections")
+        // The map gauges and status see the same maps filling.
+        for map in ["mesh_sockhash", "mesh_sock_state"] {
+            XCTAssertGreaterThanOrEqual(try node.metric("mesh_bpf_map_entries", ["map": map]) ?? 0, baseline + 2000, map)
+        }
+        let status = try JSONSerialization.jsonObject(with: Data(try node.ctlOK("status", "-o", "json").utf8)) as? [String: Any]
+        let sockhash = (status?["maps"] as? [[String: Any]])?.first { $0["name"] as? String == "mesh_sockhash" }
+        XCTAssertGreaterThanOrEqual(sockhash?["entries"] as? Int ?? 0, Int(baseline) + 2000, "status: \(String(describing: sockhash))")
         let r = try cli.result(timeout: 60)
         XCTAssertEqual(r["echoed"] as? Int, 1000)
         kill(srv.pid, SIGKILL)
@@ -195,6 +202,8 @@ final class SocketRedirectTests: XCTestCase {
             usleep(100_000)
         }
         XCTAssertEqual(now, baseline, "closed sockets leave the map")
+        XCTAssertEqual(try node.metric("mesh_bpf_map_entries", ["map": "mesh_sockhash"]), baseline)
+        XCTAssertEqual(try node.metric("mesh_bpf_map_entries", ["map": "mesh_sock_state"]), baseline, "closed sockets' state goes too")
         XCTAssertEqual(try node.ctlOK("bpf", "sockmap", "list").split(separator: "\n").count, 1, "only the header is left")
     }
 

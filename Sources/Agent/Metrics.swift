@@ -122,7 +122,7 @@ public final class MetricsCollector: @unchecked Sendable {
             // Arrays are always full and ring buffers never: pressure means nothing for them.
             for m in maps where m.type != "array" && m.type != "ringbuf" {
                 let g = mapGauges[m.name] ?? (
-                    registry.makeGauge(name: "mesh_bpf_map_entries", labels: [("map", m.name)], help: "Entries in a BPF map (ring buffers report 0)."),
+                    registry.makeGauge(name: "mesh_bpf_map_entries", labels: [("map", m.name)], help: "Entries in a BPF hash, LRU, LPM or socket map."),
                     registry.makeGauge(name: "mesh_bpf_map_capacity", labels: [("map", m.name)], help: "Maximum entries of a BPF map (bytes for ring buffers)."),
                     registry.makeGauge(name: "mesh_bpf_map_pressure_ratio", labels: [("map", m.name)], help: "Entries divided by capacity of a BPF map, 0 to 1."))
                 mapGauges[m.name] = g

@@ -45,6 +45,7 @@ final class RestartTests: XCTestCase {
         XCTAssertGreaterThan(got["bytes"] as? Int ?? 0, 8_000_000)
 
         XCTAssertEqual(try node.ctlOK("endpoint", "list", "-o", "json"), listBefore, "same endpoints after restart")
+        XCTAssertFalse(node.meshdLog.contains("had another layout"), "the same version re-uses every pinned map: \(node.meshdLog)")
         // Counters continued from the kernel's totals, which include the bytes sent
         // while no meshd was running.
         let countedAfter = try bytes("writer", "egress")

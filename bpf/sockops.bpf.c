@@ -280,11 +280,6 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-static __always_inline struct mesh_sock_state *peer_state(struct mesh_sock_key *peer)
-{
-	return bpf_map_lookup_elem(&mesh_sock_state, peer);
-}
-
 /* The connection's verdict under the current revision, at both hooks it would cross. */
 static __always_inline int recheck(struct mesh_sock_state *s, __u32 len)
 {
@@ -347,11 +342,13 @@ static __always_inline __u64 stop_time(__u32 was)
 }
 
 /*
- * This direction takes the stack from now on, and so does the other one: a connection is
- * either accelerated both ways or on its way out of the sockhash.
+ * This direction takes the stack from now on, and so does the other one (the socket
+ * `peer`): a connection is either accelerated both ways or on its way out of the sockhash.
+ * The peer's state is looked up here, on the rare path, and not for every message.
  */
-static __always_inline int fall_back(struct mesh_sock_state *s, struct mesh_sock_state *ps, __u8 reason)
+static __always_inline int fall_back(struct mesh_sock_state *s, struct mesh_sock_key *peer, __u8 reason)
 {
+	struct mesh_sock_state *ps;
 	__u32 was = s->mode;
 
 	s->mode = MESH_SOCK_PASSTHROUGH;
@@ -359,6 +356,7 @@ static __always_inline int fall_back(struct mesh_sock_state *s, struct mesh_sock
 	if (!s->stopped)
 		s->stopped = stop_time(was);
 	stat_add(reason, 1);
+	ps = bpf_map_lookup_elem(&mesh_sock_state, peer);
 	if (!ps)
 		return SK_PASS;
 	if (__sync_bool_compare_and_swap(&ps->mode, MESH_SOCK_ACCELERATED, MESH_SOCK_PASSTHROUGH))
@@ -379,7 +377,7 @@ int mesh_skmsg(struct sk_msg_md *msg)
 {
 	struct mesh_sock_key key = {}, peer;
 	struct mesh_redirect_config *cfg;
-	struct mesh_sock_state *s, *ps;
+	struct mesh_sock_state *s;
 	long ret;
 
 	if (msg->family != AF_INET)
@@ -397,31 +395,28 @@ int mesh_skmsg(struct sk_msg_md *msg)
 	}
 	if (s->mode == MESH_SOCK_PASSTHROUGH)
 		return SK_PASS;
-	/* The peer's state is looked up only where a decision needs it: an accelerated
-	 * message needs just the peer's key (one hash lookup less per message). */
 	peer = peer_key(&key);
 	cfg = redirect_config();
 	if (!cfg || !cfg->enabled)
-		return fall_back(s, peer_state(&peer), MESH_REDIR_FB_DISABLED);
+		return fall_back(s, &peer, MESH_REDIR_FB_DISABLED);
 	if (cfg->max_message_bytes && msg->size > cfg->max_message_bytes)
-		return fall_back(s, peer_state(&peer), MESH_REDIR_FB_LARGE_WRITE);
+		return fall_back(s, &peer, MESH_REDIR_FB_LARGE_WRITE);
 	if (s->mode == MESH_SOCK_UNDECIDED) {
-		ps = peer_state(&peer);
-		if (!ps)
-			return fall_back(s, ps, MESH_REDIR_FB_NO_PEER);
+		if (!bpf_map_lookup_elem(&mesh_sock_state, &peer))
+			return fall_back(s, &peer, MESH_REDIR_FB_NO_PEER);
 		if (!__sync_bool_compare_and_swap(&s->mode, MESH_SOCK_UNDECIDED, MESH_SOCK_ACCELERATED))
 			return SK_PASS; /* the peer's direction fell back just now, and took this one */
 	}
 	ret = bpf_msg_redirect_hash(msg, &mesh_sockhash, &peer, BPF_F_INGRESS);
 	if (ret != SK_PASS) /* the peer left the map (it closed): the stack delivers the usual reset */
-		return fall_back(s, peer_state(&peer), MESH_REDIR_FB_REDIRECT_FAILED);
+		return fall_back(s, &peer, MESH_REDIR_FB_REDIRECT_FAILED);
 	stat_add(MESH_REDIR_MESSAGES, 1);
 	stat_add(MESH_REDIR_BYTES, msg->size);
 	/* Back-pressure: this message goes to the peer's queue (the redirect is set and
 	 * cannot be taken back), the next ones through the stack if the reader is behind.
 	 * A stalled reader so holds at most max_queued_bytes and one message. */
 	if (cfg->max_queued_bytes && peer_queued(msg) > cfg->max_queued_bytes)
-		fall_back(s, peer_state(&peer), MESH_REDIR_FB_READER_BEHIND);
+		fall_back(s, &peer, MESH_REDIR_FB_READER_BEHIND);
 	return SK_PASS;
 }
 

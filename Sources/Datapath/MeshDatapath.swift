@@ -31,17 +31,6 @@ public final class MeshDatapath: @unchecked Sendable {
         public var type: String
         public var entries: Int
         public var capacity: Int
-
-        init(_ m: BPFMap) {
-            self.init(name: m.name, type: m.typeName, entries: (try? m.count()) ?? 0, capacity: m.maxEntries)
-        }
-
-        init(name: String, type: String, entries: Int, capacity: Int) {
-            self.name = name
-            self.type = type
-            self.entries = entries
-            self.capacity = capacity
-        }
     }
 
     /// A decoded ring-buffer event.
@@ -231,5 +220,12 @@ public final class MeshDatapath: @unchecked Sendable {
         default:
             return .unrecognised(type: hdr.type)
         }
+    }
+}
+
+extension MeshDatapath.MapStats {
+    /// What a map holds now (outside the struct, so its memberwise init stays).
+    init(_ m: BPFMap) {
+        self.init(name: m.name, type: m.typeName, entries: (try? m.count()) ?? 0, capacity: m.maxEntries)
     }
 }

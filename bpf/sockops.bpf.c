@@ -3,8 +3,9 @@
  * Socket redirection between local endpoints (see mesh_abi.h for the ordering rules).
  *
  *   mesh_sockops  cgroup sock_ops on the node's cgroup: established TCP connections whose
- *                 both ends are local endpoints go into mesh_sockhash; a socket whose
- *                 connection fell back leaves it again once that is safe.
+ *                 both ends are local endpoints get the node-local congestion control
+ *                 and go into mesh_sockhash; a socket whose connection fell back leaves
+ *                 it again once that is safe.
  *   mesh_skmsg    sk_msg on mesh_sockhash: each message goes to the peer's receive queue,
  *                 unless the direction has fallen back; policy is re-checked when the
  *                 revision changes, so acceleration never lets through what policy denies.
@@ -21,6 +22,8 @@
 #include "lib/events.h"
 
 #define AF_INET 2
+#define SOL_TCP 6
+#define TCP_CONGESTION 13
 
 const volatile __u32 cfg_node_id = 0;
 
@@ -53,6 +56,13 @@ struct sk_msg___mesh {
 
 struct bpf_sock_ops_kern___mesh {
 	struct sock___mesh *sk;
+} __attribute__((preserve_access_index));
+
+/* Set when the application chose the socket's congestion control with setsockopt (or its
+ * listener did), or the route did (`ip route ... congctl lock`). */
+struct inet_connection_sock___mesh {
+	__u8 icsk_ca_setsockopt : 1;
+	__u8 icsk_ca_dst_locked : 1;
 } __attribute__((preserve_access_index));
 
 #define SK_USER_DATA_FLAG_BITS 7ULL
@@ -184,6 +194,48 @@ static __always_inline int maybe_leave(struct bpf_sock_ops *skops, struct mesh_s
 	return out;
 }
 
+/*
+ * Node-local congestion control: a connection between two local endpoints gets
+ * cfg->local_cc as it is established (the kernel initialises congestion control after
+ * this callback, with what it sets). Such a connection has no bottleneck link and a
+ * round trip of microseconds; an algorithm that paces, as BBR does without an fq qdisc,
+ * only spreads one stream's segments over both CPUs, where they arrive out of order
+ * (tools/bench-sockmap --cc: ~20k spurious retransmits in 5 s and about half the
+ * throughput of reno). An application's or route's own choice stays.
+ */
+static __always_inline void set_local_cc(struct bpf_sock_ops *skops, struct mesh_redirect_config *cfg)
+{
+	struct inet_connection_sock___mesh *icsk = NULL;
+	char want[MESH_CC_NAME_MAX], cur[MESH_CC_NAME_MAX] = {};
+	int i, same = 1;
+
+	if (!cfg->local_cc[0])
+		return;
+	/* A TCP socket's struct sock is the start of its struct inet_connection_sock. */
+	bpf_core_read(&icsk, sizeof(icsk), &((struct bpf_sock_ops_kern___mesh *)skops)->sk);
+	if (icsk && bpf_core_field_exists(icsk->icsk_ca_setsockopt) &&
+	    (BPF_CORE_READ_BITFIELD_PROBED(icsk, icsk_ca_setsockopt) ||
+	     BPF_CORE_READ_BITFIELD_PROBED(icsk, icsk_ca_dst_locked))) {
+		stat_add(MESH_REDIR_CC_OWN, 1);
+		return;
+	}
+	__builtin_memcpy(want, cfg->local_cc, sizeof(want));
+	want[MESH_CC_NAME_MAX - 1] = 0;
+	if (bpf_getsockopt(skops, SOL_TCP, TCP_CONGESTION, cur, sizeof(cur)))
+		same = 0;
+	for (i = 0; i < MESH_CC_NAME_MAX && same; i++) {
+		if (cur[i] != want[i])
+			same = 0;
+		else if (!want[i])
+			break;
+	}
+	if (!same && bpf_setsockopt(skops, SOL_TCP, TCP_CONGESTION, want, sizeof(want))) {
+		stat_add(MESH_REDIR_CC_FAILED, 1);
+		return;
+	}
+	stat_add(MESH_REDIR_CC_APPLIED, 1);
+}
+
 SEC("sockops")
 int mesh_sockops(struct bpf_sock_ops *skops)
 {
@@ -229,18 +281,20 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 
 	active = skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB;
 	cfg = redirect_config();
-	if (!cfg || !cfg->enabled) {
+	st = bpf_map_lookup_elem(&mesh_pol_state, &zero);
+	if (!cfg || !st)
+		return 1;
+	slot = st->active_slot & 1;
+	lep = local_endpoint(slot, key.local_ip);
+	rep = key.remote_ip == key.local_ip ? lep : local_endpoint(slot, key.remote_ip);
+	if (lep && rep)
+		set_local_cc(skops, cfg);
+	if (!cfg->enabled) {
 		stat_add(MESH_REDIR_FB_DISABLED, 1);
 		return 1;
 	}
-	st = bpf_map_lookup_elem(&mesh_pol_state, &zero);
-	if (!st)
-		return 1;
-	slot = st->active_slot & 1;
 	if (key.local_ip == key.remote_ip)
 		return 1; /* an endpoint talking to itself: loopback already skips the veth */
-	lep = local_endpoint(slot, key.local_ip);
-	rep = local_endpoint(slot, key.remote_ip);
 	if (!lep || !rep) {
 		stat_add(MESH_REDIR_FB_NOT_LOCAL, 1);
 		return 1;

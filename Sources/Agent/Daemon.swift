@@ -14,6 +14,8 @@ public enum Daemon {
             throw MeshError(.permissionDenied, "meshd must run as root: it loads BPF programs and creates network namespaces")
         }
         let settings = try config.resolve(cgroup2Root: try Cgroup2.mountPoint())
+        // A congestion control this kernel lacks stops the start before anything changes.
+        if let cc = settings.localCongestionControl { _ = try RedirectControl.checkedCC(cc) }
         let startedAt = Date()
         var logger = logger
         logger[metadataKey: "node"] = "\(settings.nodeName)"

@@ -108,6 +108,11 @@ public final class MetricsCollector: @unchecked Sendable {
             readings.append(.init(name: "mesh_socket_redirect_fallbacks_total", labels: [("reason", SocketRedirect.fallbackName(counter.rawValue))],
                                   help: "Connections or directions that went through the normal path instead, by reason.", value: rc[counter] ?? 0))
         }
+        for (counter, outcome) in [(SocketRedirect.Counter.localCCApplied, "applied"), (.localCCOwn, "own_choice"), (.localCCFailed, "failed")] {
+            readings.append(.init(name: "mesh_local_congestion_control_total", labels: [("outcome", outcome)],
+                                  help: "Sockets of connections between two local endpoints, as they were established: running local-congestion-control (applied), keeping their application's or route's own (own_choice), or refused by the kernel (failed).",
+                                  value: rc[counter] ?? 0))
+        }
         let sockets = (try? redirect.socketCount()) ?? 0
         let revision = try datapath.policyState().revision
         let policies = await policy.policyKeys.count

@@ -17,12 +17,14 @@ public struct NodeConfig: Sendable, Equatable {
     public var metricsAddress = "127.0.0.1:9464"
     /// nil: keep what `meshctl config set` stored last (default on).
     public var socketRedirect: String?
+    /// nil: keep what `meshctl config set` stored last (default cubic).
+    public var localCongestionControl: String?
 
     public init() {}
 
     /// The keys a config file may set, as on the command line without the dashes.
     public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address",
-                                  "socket-redirect"]
+                                  "socket-redirect", "local-congestion-control"]
 
     /// Applies a YAML mapping of `fileKeys` to strings. Unknown keys are an error.
     public mutating func apply(yaml text: String, source: String) throws(MeshError) {
@@ -56,6 +58,7 @@ public struct NodeConfig: Sendable, Equatable {
         case "api-socket": apiSocket = value
         case "metrics-address": metricsAddress = value
         case "socket-redirect": socketRedirect = value
+        case "local-congestion-control": localCongestionControl = value
         default: break
         }
     }
@@ -80,6 +83,9 @@ public struct NodeConfig: Sendable, Equatable {
         if let socketRedirect, RuntimeConfig.parseSwitch(socketRedirect) == nil {
             throw .invalid("socket-redirect \"\(socketRedirect)\" must be on or off")
         }
+        if let cc = localCongestionControl, !RuntimeConfig.isCongestionControlName(cc) {
+            throw .invalid("local-congestion-control \"\(cc)\" must be a congestion control name such as cubic or reno, or keep")
+        }
         let pin = bpffs ?? "/sys/fs/bpf/\(nodeName)"
         guard pin.hasPrefix("/sys/fs/bpf/"), pin.count > "/sys/fs/bpf/".count else {
             throw .invalid("bpffs folder \"\(pin)\" must be a folder under /sys/fs/bpf")
@@ -91,7 +97,8 @@ public struct NodeConfig: Sendable, Equatable {
         }
         return NodeSettings(nodeName: nodeName, stateDir: stateDir, bpffs: pin, cgroup: cg, podCIDR: cidr,
                             apiSocket: apiSocket, metricsHost: String(parts[0]), metricsPort: port,
-                            socketRedirect: socketRedirect.flatMap(RuntimeConfig.parseSwitch))
+                            socketRedirect: socketRedirect.flatMap(RuntimeConfig.parseSwitch),
+                            localCongestionControl: localCongestionControl)
     }
 
     private func isNodeName(_ s: String) -> Bool {
@@ -112,6 +119,8 @@ public struct NodeSettings: Sendable {
     public let metricsPort: Int
     /// Set by flag or config file; nil keeps the stored run-time value.
     public let socketRedirect: Bool?
+    /// Set by flag or config file (a name or keep); nil keeps the stored run-time value.
+    public let localCongestionControl: String?
 
     /// Named netns of an endpoint: `<node>-ep-<endpoint>`, so that nodes sharing one kernel
     /// never collide and leftovers are recognisable.

@@ -11,7 +11,7 @@ public final class SocketRedirect: @unchecked Sendable {
     public enum Counter: Int, CaseIterable, Sendable {
         case messages = 0, bytes, socketsAdded, fallbackNotLocal, fallbackDisabled, fallbackNoPeer,
              fallbackLargeWrite, fallbackRedirectFailed, deniedMessages, fallbackReaderBehind, fallbackPeer,
-             socketsLeft, fallbackUnsupported
+             socketsLeft, fallbackUnsupported, localCCApplied, localCCOwn, localCCFailed
     }
 
     public struct SocketEntry: Sendable {
@@ -91,10 +91,14 @@ public final class SocketRedirect: @unchecked Sendable {
         public var enabled: Bool
         public var maxMessageBytes: UInt32
         public var maxQueuedBytes: UInt32
-        public init(enabled: Bool, maxMessageBytes: UInt32, maxQueuedBytes: UInt32) {
+        /// Congestion control for connections between two local endpoints; "" leaves
+        /// them theirs. At most 15 bytes (MESH_CC_NAME_MAX with its NUL).
+        public var localCongestionControl: String
+        public init(enabled: Bool, maxMessageBytes: UInt32, maxQueuedBytes: UInt32, localCongestionControl: String = "") {
             self.enabled = enabled
             self.maxMessageBytes = maxMessageBytes
             self.maxQueuedBytes = maxQueuedBytes
+            self.localCongestionControl = localCongestionControl
         }
     }
 
@@ -103,12 +107,19 @@ public final class SocketRedirect: @unchecked Sendable {
         v.enabled = c.enabled ? 1 : 0
         v.max_message_bytes = c.maxMessageBytes
         v.max_queued_bytes = c.maxQueuedBytes
+        let name = Array(c.localCongestionControl.utf8)
+        guard name.count < Int(MESH_CC_NAME_MAX) else {
+            throw DatapathError("congestion control name \"\(c.localCongestionControl)\" (at most \(MESH_CC_NAME_MAX - 1) bytes)", errno: ENAMETOOLONG)
+        }
+        withUnsafeMutableBytes(of: &v.local_cc) { $0.copyBytes(from: name) } // the rest stays NUL
         try config.update(UInt32(0), v)
     }
 
     public func currentConfig() throws -> Config {
-        let v = try config.lookup(UInt32(0), as: mesh_redirect_config.self) ?? mesh_redirect_config()
-        return Config(enabled: v.enabled != 0, maxMessageBytes: v.max_message_bytes, maxQueuedBytes: v.max_queued_bytes)
+        var v = try config.lookup(UInt32(0), as: mesh_redirect_config.self) ?? mesh_redirect_config()
+        let cc = withUnsafeBytes(of: &v.local_cc) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        return Config(enabled: v.enabled != 0, maxMessageBytes: v.max_message_bytes, maxQueuedBytes: v.max_queued_bytes,
+                      localCongestionControl: cc)
     }
 
     /// Counters summed over CPUs.

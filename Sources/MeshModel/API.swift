@@ -132,8 +132,19 @@ public enum RuntimeConfig {
     /// for good; 0 (the default) redirects writes of any size.
     public static let socketRedirectMaxWrite = "socket-redirect-max-write"
     public static let socketRedirectMaxQueued = "socket-redirect-max-queued"
-    public static let keys = [socketRedirect, socketRedirectMaxWrite, socketRedirectMaxQueued]
+    /// The TCP congestion control that connections between two local endpoints get, or
+    /// `keep` (`localCongestionControlKeep`) to leave them the node's.
+    public static let localCongestionControl = "local-congestion-control"
+    public static let localCongestionControlKeep = "keep"
+    public static let keys = [socketRedirect, socketRedirectMaxWrite, socketRedirectMaxQueued, localCongestionControl]
     public static let path = "/v1/config"
+
+    /// Whether `s` can name a congestion control at all: `keep`, or a name of at most 15
+    /// lowercase letters, digits, '_' and '-' (the kernel's TCP_CA_NAME_MAX is 16 with NUL).
+    /// Whether the kernel has it is for meshd to check.
+    public static func isCongestionControlName(_ s: String) -> Bool {
+        (1...15).contains(s.utf8.count) && s.utf8.allSatisfy { (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) || $0 == 0x5f || $0 == 0x2d }
+    }
 
     /// `on`/`off` (also true/false, enabled/disabled).
     public static func parseSwitch(_ s: String) -> Bool? {

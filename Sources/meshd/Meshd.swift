@@ -46,6 +46,9 @@ struct Meshd: AsyncParsableCommand {
     @Option(help: "on or off: accelerate TCP between local endpoints with sockmap redirection. (default: the last `meshctl config set`, else on)")
     var socketRedirect: String?
 
+    @Option(help: "TCP congestion control for connections between two local endpoints, e.g. cubic or reno, or keep to leave them the node's. An application's own choice stays. (default: the last `meshctl config set`, else cubic)")
+    var localCongestionControl: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -76,6 +79,7 @@ struct Meshd: AsyncParsableCommand {
             if let apiSocket { settings.apiSocket = apiSocket }
             if let metricsAddress { settings.metricsAddress = metricsAddress }
             if let socketRedirect { settings.socketRedirect = socketRedirect }
+            if let localCongestionControl { settings.localCongestionControl = localCongestionControl }
             try await Daemon.run(config: settings, logger: logger)
         } catch let e as MeshError {
             FileHandle.standardError.write(Data("meshd: error: \(e)\n".utf8))

@@ -293,7 +293,11 @@ struct mesh_sock_state {
  * switch is off. */
 #define MESH_REDIRECT_GRACE_NS (1000ULL * 1000 * 1000)
 
-/* mesh_redir_cfg (array, one entry), written by meshd. */
+/* The kernel's TCP_CA_NAME_MAX: a congestion control's name and its NUL. */
+#define MESH_CC_NAME_MAX 16
+
+/* mesh_redir_cfg (array, one entry), written by meshd: the sock_ops and sk_msg programs'
+ * settings. */
 struct mesh_redirect_config {
 	__u32 enabled;             /* 0: new connections are not accelerated, existing ones fall back */
 	__u32 max_message_bytes;   /* a larger write makes the direction fall back for good; 0: none */
@@ -302,6 +306,10 @@ struct mesh_redirect_config {
 	 * the stack, whose flow control does. 0: no limit. */
 	__u32 max_queued_bytes;
 	__u32 pad;
+	/* Congestion control for TCP connections whose two ends are local endpoints, set as
+	 * they are established, whether or not they are accelerated (sockops.bpf.c,
+	 * set_local_cc). "" leaves every socket the algorithm it has. */
+	char local_cc[MESH_CC_NAME_MAX];
 };
 
 /* mesh_redir_stats (per-CPU array): indexes. */
@@ -319,7 +327,10 @@ enum mesh_redirect_counter {
 	MESH_REDIR_FB_PEER = 10,        /* the other direction of the connection fell back */
 	MESH_REDIR_SOCKETS_LEFT = 11,   /* sockets that left the sockhash after falling back */
 	MESH_REDIR_FB_UNSUPPORTED = 12, /* the kernel cannot tell how much a reader has queued */
-	MESH_REDIR_MAX = 13,
+	MESH_REDIR_CC_APPLIED = 13,     /* local connections' sockets running local_cc from now */
+	MESH_REDIR_CC_OWN = 14,         /* ... that keep the algorithm their application or route chose */
+	MESH_REDIR_CC_FAILED = 15,      /* ... where the kernel refused local_cc (not available) */
+	MESH_REDIR_MAX = 16,
 };
 
 /* mesh_monitor (array, one entry): which optional events meshd wants now. Verdict events

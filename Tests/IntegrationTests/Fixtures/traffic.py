@@ -35,6 +35,10 @@ exactly one JSON line on stdout; errors go to stderr with a non-zero exit status
   slow-sink   --port P --pause S [--progress-file F]: accept, read nothing for S seconds, then all
   many-server --port P / many-client --host H --port P --count N --hold S
                 N concurrent connections, one echo each, held S seconds
+  cc-server --port P [--cc NAME] / cc-client --host H --port P [--cc NAME]
+                one connection, one byte each way -> {"cc"}: the socket's TCP congestion
+                control; --cc chooses one first, as an application may (the listener's
+                choice carries over to the accepted socket)
 
 Senders retry connecting for up to 5 s, half-close when done and wait for the peer's
 EOF, so a sender's success means the sink has read everything.
@@ -469,6 +473,45 @@ def many_client(args):
     emit({"connected": len(socks), "echoed": ok})
 
 
+def congestion_control(sock):
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).split(b"\0", 1)[0].decode()
+
+
+def choose_cc(sock, name):
+    """An application's own choice of congestion control, made before the handshake."""
+    if name:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
+
+
+def cc_server(args):
+    """One connection: report the accepted socket's congestion control after a round trip."""
+    server = socket.socket(family_of(args.bind), socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    choose_cc(server, args.cc)  # accepted sockets inherit the listener's choice
+    server.bind((args.bind, args.port))
+    server.listen(16)
+    if args.ready_file:
+        open(args.ready_file, "a").close()
+    conn, _ = server.accept()
+    server.close()
+    conn.settimeout(IO_TIMEOUT_S)
+    conn.recv(1)
+    conn.sendall(b"!")
+    emit({"cc": congestion_control(conn)})
+    conn.close()
+
+
+def cc_client(args):
+    sock = socket.socket(family_of(args.host), socket.SOCK_STREAM)
+    sock.settimeout(IO_TIMEOUT_S)
+    choose_cc(sock, args.cc)
+    sock.connect((args.host, args.port))
+    sock.sendall(b"?")
+    sock.recv(1)
+    emit({"cc": congestion_control(sock)})
+    sock.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -518,6 +561,9 @@ def main():
     p = command("slow-sink", slow_sink, sink=True)
     p.add_argument("--pause", type=float, required=True)
     p.add_argument("--progress-file")
+    for name, func, sink in (("cc-server", cc_server, True), ("cc-client", cc_client, False)):
+        p = command(name, func, sink=sink)
+        p.add_argument("--cc", default="", help="set this congestion control on the socket first, as an application may")
     command("many-server", many_server, sink=True)
     p = command("many-client", many_client, sink=False)
     p.add_argument("--count", type=int, required=True)

@@ -21,8 +21,9 @@ final class LocalCongestionControlTests: XCTestCase {
             try Run.checked("ip", "netns", "exec", "\(node.name)-ep-\(ep)", "sysctl", "-q", "-w", "net.ipv4.tcp_congestion_control=reno")
         }
         let available = try String(contentsOfFile: "/proc/sys/net/ipv4/tcp_available_congestion_control", encoding: .utf8)
-        XCTAssertTrue(available.split(separator: " ").contains { $0.trimmingCharacters(in: .whitespacesAndNewlines) == "cubic" },
-                      "these tests need cubic, built into the kernels SwiftMesh runs on: \(available)")
+        let names = available.split(whereSeparator: \.isWhitespace)
+        XCTAssertTrue(names.contains("cubic") && names.contains("bbr"),
+                      "these tests need cubic and bbr, built into the kernels SwiftMesh runs on: \(available)")
     }
 
     override func tearDown() { node?.destroy() }
@@ -75,6 +76,22 @@ final class LocalCongestionControlTests: XCTestCase {
         XCTAssertEqual(c.client, "reno")
         XCTAssertEqual(c.server, "reno", "the listener's choice carries over to the accepted socket")
         XCTAssertEqual(try metric("own_choice") - own, 2)
+    }
+
+    func testARouteThatLocksACongestionControlKeepsIt() throws {
+        // The client's route to the server says bbr, locked (`ip route ... congctl lock`):
+        // the route wins over meshd's cubic, as over the namespace's reno.
+        let ns = "\(node.name)-ep-client"
+        let route = Run.run("/usr/sbin/ip", ["-n", ns, "-o", "route", "show", "default"]).stdout
+        let via = route.split(whereSeparator: \.isWhitespace).dropFirst().map(String.init) // "via GW dev eth0 ..."
+        XCTAssertFalse(via.isEmpty, "the endpoint has a default route: \(route)")
+        let add = Run.run("/usr/sbin/ip", ["-n", ns, "route", "add", "\(server)/32"] + via + ["congctl", "lock", "bbr"])
+        XCTAssertEqual(add.status, 0, add.stderr)
+        let own = try metric("own_choice")
+        let c = try connection()
+        XCTAssertEqual(c.client, "bbr")
+        XCTAssertEqual(c.server, "cubic", "the server's side has no such route")
+        XCTAssertEqual(try metric("own_choice") - own, 1)
     }
 
     func testANameTheKernelLacksIsRefusedAndChangesNothing() throws {

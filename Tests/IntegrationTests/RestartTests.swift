@@ -167,6 +167,7 @@ final class RestartTests: XCTestCase {
         let value = (entry?["formatted"] as? [String: Any])?["value"] as? [String: Any]
         XCTAssertEqual(value?["enabled"] as? Int, 0, cfg.stdout)
         XCTAssertEqual(value?["max_message_bytes"] as? Int, 65536, cfg.stdout)
+        XCTAssertEqual(value?["local_cc"] as? String, "cubic", cfg.stdout)
         let ping = Run.run("/usr/sbin/ip", ["netns", "exec", "\(node.name)-ep-writer", "ping", "-c", "3", "-i", "0.2", "-W", "1", "10.201.0.2"])
         XCTAssertEqual(ping.status, 0, ping.stdout + ping.stderr)
     }

@@ -40,8 +40,10 @@ public final class SocketRedirect: @unchecked Sendable {
     public let cgroup: String
     let linkPath: String
 
-    /// Loads the programs (re-using the node's pinned maps), attaches sk_msg to the
-    /// sockhash and sock_ops to `cgroup`, replacing what an earlier meshd attached.
+    /// Loads and pins the programs, re-using the node's pinned maps. Nothing runs them
+    /// until `attach()`, so that a caller can `configure` first: a config map that an
+    /// upgrade replaced starts out all zeros, which would switch redirection off (and make
+    /// accelerated connections fall back) for as long as it stayed unwritten.
     public init(pinDir: String, cgroup: String, nodeID: UInt32) throws {
         self.cgroup = cgroup
         linkPath = "\(pinDir)/mesh_sockops_link"
@@ -55,6 +57,11 @@ public final class SocketRedirect: @unchecked Sendable {
         config = try object.map(MESH_MAP_REDIRECT_CFG)
         stats = try object.map(MESH_MAP_REDIRECT_STATS)
         for p in [sockops, skmsg] { try p.pin(at: "\(pinDir)/\(p.name)") }
+    }
+
+    /// Attaches sk_msg to the sockhash and sock_ops to the cgroup, replacing what an
+    /// earlier meshd attached (the programs it replaces keep running until then).
+    public func attach() throws {
         // One sk_msg program per sockhash: attaching replaces the previous one.
         try ProgramAttachment.attach(skmsg, map: sockhash, type: BPF_SK_MSG_VERDICT)
         try attachSockops()

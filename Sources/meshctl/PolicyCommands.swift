@@ -267,7 +267,7 @@ struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "config",
         abstract: "Show or change settings of a running meshd (kept across restarts).",
-        discussion: "Settings: socket-redirect (on|off); socket-redirect-max-write (bytes; a larger write sends the connection through the stack for good; 0: no limit); socket-redirect-max-queued (bytes a reader may leave unread before its writer takes the stack's flow control; default 4194304; 0: no limit, which lets a stalled reader queue without bound); local-congestion-control (the TCP congestion control of connections between two local endpoints, from their next connection on, e.g. cubic or reno; keep: the node's; default cubic; an application's own choice stays). Example: meshctl config set socket-redirect off",
+        discussion: "Settings: socket-redirect (on|off); socket-redirect-max-write (bytes; a larger write sends the connection through the stack for good; 0: no limit); socket-redirect-max-queued (bytes a reader may leave unread before its writer takes the stack's flow control; default 4194304; 0: no limit, which lets a stalled reader queue without bound); local-congestion-control (the TCP congestion control that connections between two local endpoints get as they are established, e.g. cubic or reno; keep: the node's; default cubic; an application's own choice stays). Example: meshctl config set socket-redirect off",
         subcommands: [Get.self, Set.self]
     )
 

@@ -67,6 +67,16 @@ struct inet_connection_sock___mesh {
 
 #define SK_USER_DATA_FLAG_BITS 7ULL
 
+/* The struct sock a sock_ops callback is about, or NULL. */
+static __always_inline struct sock___mesh *ops_sock(struct bpf_sock_ops *skops)
+{
+	struct sock___mesh *sk = NULL;
+
+	if (bpf_core_read(&sk, sizeof(sk), &((struct bpf_sock_ops_kern___mesh *)skops)->sk))
+		return NULL;
+	return sk;
+}
+
 static __always_inline void stat_add(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&mesh_redir_stats, &idx);
@@ -174,8 +184,7 @@ static __always_inline int leave(struct mesh_sock_key *key, struct mesh_sock_sta
  */
 static __always_inline int maybe_leave(struct bpf_sock_ops *skops, struct mesh_sock_key *key)
 {
-	struct bpf_sock_ops_kern___mesh *ctx = (void *)skops;
-	struct sock___mesh *sk = NULL;
+	struct sock___mesh *sk;
 	struct mesh_sock_state *s, *ps;
 	struct mesh_sock_key peer = peer_key(key);
 	int out;
@@ -186,7 +195,8 @@ static __always_inline int maybe_leave(struct bpf_sock_ops *skops, struct mesh_s
 	if (s->mode == MESH_SOCK_UNDECIDED || s->mode == MESH_SOCK_ACCELERATED)
 		return 0;
 	ps = bpf_map_lookup_elem(&mesh_sock_state, &peer);
-	if (bpf_core_read(&sk, sizeof(sk), &ctx->sk))
+	sk = ops_sock(skops);
+	if (!sk)
 		return 0;
 	out = leave(key, s, sk, ps);
 	if (ps && !leave(&peer, ps, (struct sock___mesh *)ps->sock, s))
@@ -201,18 +211,19 @@ static __always_inline int maybe_leave(struct bpf_sock_ops *skops, struct mesh_s
  * round trip of microseconds; an algorithm that paces, as BBR does without an fq qdisc,
  * only spreads one stream's segments over both CPUs, where they arrive out of order
  * (tools/bench-sockmap --cc: ~20k spurious retransmits in 5 s and about half the
- * throughput of reno). An application's or route's own choice stays.
+ * throughput of reno). An application's or route's own choice stays. Asking for the
+ * algorithm a socket already has changes nothing in the kernel, so there is no need to
+ * read it first.
  */
 static __always_inline void set_local_cc(struct bpf_sock_ops *skops, struct mesh_redirect_config *cfg)
 {
-	struct inet_connection_sock___mesh *icsk = NULL;
-	char want[MESH_CC_NAME_MAX], cur[MESH_CC_NAME_MAX] = {};
-	int i, same = 1;
+	struct inet_connection_sock___mesh *icsk;
+	char want[MESH_CC_NAME_MAX];
 
 	if (!cfg->local_cc[0])
 		return;
 	/* A TCP socket's struct sock is the start of its struct inet_connection_sock. */
-	bpf_core_read(&icsk, sizeof(icsk), &((struct bpf_sock_ops_kern___mesh *)skops)->sk);
+	icsk = (void *)ops_sock(skops);
 	if (icsk && bpf_core_field_exists(icsk->icsk_ca_setsockopt) &&
 	    (BPF_CORE_READ_BITFIELD_PROBED(icsk, icsk_ca_setsockopt) ||
 	     BPF_CORE_READ_BITFIELD_PROBED(icsk, icsk_ca_dst_locked))) {
@@ -221,15 +232,7 @@ static __always_inline void set_local_cc(struct bpf_sock_ops *skops, struct mesh
 	}
 	__builtin_memcpy(want, cfg->local_cc, sizeof(want));
 	want[MESH_CC_NAME_MAX - 1] = 0;
-	if (bpf_getsockopt(skops, SOL_TCP, TCP_CONGESTION, cur, sizeof(cur)))
-		same = 0;
-	for (i = 0; i < MESH_CC_NAME_MAX && same; i++) {
-		if (cur[i] != want[i])
-			same = 0;
-		else if (!want[i])
-			break;
-	}
-	if (!same && bpf_setsockopt(skops, SOL_TCP, TCP_CONGESTION, want, sizeof(want))) {
+	if (bpf_setsockopt(skops, SOL_TCP, TCP_CONGESTION, want, sizeof(want))) {
 		stat_add(MESH_REDIR_CC_FAILED, 1);
 		return;
 	}
@@ -318,7 +321,7 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 			.created = bpf_ktime_get_ns(),
 		};
 
-		bpf_core_read(&s.sock, sizeof(s.sock), &((struct bpf_sock_ops_kern___mesh *)skops)->sk);
+		s.sock = (__u64)ops_sock(skops);
 		if (bpf_map_update_elem(&mesh_sock_state, &key, &s, BPF_ANY))
 			return 1;
 		if (bpf_sock_hash_update(skops, &mesh_sockhash, &key, BPF_ANY)) {

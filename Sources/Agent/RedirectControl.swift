@@ -45,10 +45,10 @@ final class RedirectControl: @unchecked Sendable {
             try store.setSetting(RuntimeConfig.socketRedirect, forced ? "on" : "off")
         }
         if let forced = settings.localCongestionControl {
-            // Asked for on the command line or in the config file: a name this kernel
-            // lacks is an error (Daemon.run checks before anything changes), not a
-            // silent default.
-            try store.setSetting(RuntimeConfig.localCongestionControl, try Self.checkedCC(forced))
+            // Asked for on the command line or in the config file, and checked with
+            // checkedCC by Daemon.run before anything changed: a name this kernel lacks
+            // stopped the start there.
+            try store.setSetting(RuntimeConfig.localCongestionControl, forced)
         }
         try apply(stored())
     }

@@ -16,6 +16,7 @@
 #include "lib/policy.h"
 #include "lib/conntrack.h"
 #include "lib/events.h"
+#include "lib/fragments.h"
 
 /* Set by meshd between open and load; never a recompile. */
 const volatile __u32 cfg_node_id = 0;
@@ -35,13 +36,6 @@ static __always_inline void report_unknown(__u32 ifindex, __u8 direction)
 	ev->direction = direction;
 	ev->pad[0] = ev->pad[1] = ev->pad[2] = 0;
 	bpf_ringbuf_submit(ev, 0);
-}
-
-static __always_inline void count_traffic(__u32 ep, __u8 dir, __u32 len)
-{
-	struct mesh_traffic_key tk = { .endpoint_id = ep, .direction = dir };
-
-	counter_add(&mesh_traffic, &tk, len);
 }
 
 static __always_inline int drop(struct __sk_buff *skb, __u8 reason, __u8 dir)
@@ -93,26 +87,20 @@ static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_val
 }
 
 /* Policy for one packet of endpoint `ep` travelling in `dir` (as the endpoint sees it);
- * `pr` and `f` are what parse_flow made of it. */
+ * `pr` and `f` are what parse_flow made of it, `revision` what the program run read
+ * (policy_revision): every lookup and every record of this packet uses that revision. */
 static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, enum parse_result pr,
-				   const struct flow *f)
+				   const struct flow *f, __u32 revision)
 {
 	__u32 zero = 0;
-	struct mesh_policy_state *st = bpf_map_lookup_elem(&mesh_pol_state, &zero);
 	struct mesh_ct_key ck;
 	struct mesh_ct_value *ct;
 	struct verdict v;
 	/* The coarse clock: CT lifetimes are seconds, and in a VM the precise one costs a
 	 * paravirtual clock read on every packet. Same clock (CLOCK_MONOTONIC) as meshd's GC. */
 	__u64 now = bpf_ktime_get_coarse_ns();
-	__u32 revision, peer;
-	__u8 slot, odir = dir ^ 1;
-
-	if (!st)
-		return TC_ACT_OK;
-	/* One read of the slot: this packet sees exactly one policy revision. */
-	slot = st->active_slot & 1;
-	revision = st->revision;
+	__u32 peer;
+	__u8 slot = MESH_SLOT_OF(revision), odir = dir ^ 1;
 
 	if (skb->mark == MESH_TRACE_MARK && pr == PARSE_IPV4) {
 		/* Trace: the new-flow decision, no side effects (see mesh_abi.h). */
@@ -122,18 +110,26 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 		skb->cb[MESH_TRACE_CB_REASON] = v.reason;
 		skb->cb[MESH_TRACE_CB_RULE] = v.rule_id;
 		skb->cb[MESH_TRACE_CB_PEER] = peer;
-		skb->cb[MESH_TRACE_CB_FLAGS] = (v.enforced ? 1 : 0) | 2;
+		skb->cb[MESH_TRACE_CB_FLAGS] = (v.enforced ? MESH_TRACE_ENFORCED : 0) | MESH_TRACE_EVALUATED;
 		return v.action == MESH_ACTION_DENY ? TC_ACT_SHOT : TC_ACT_OK;
 	}
 	if (pr == PARSE_ARP)
 		return TC_ACT_OK;
-	if (pr == PARSE_OTHER) {
+	if (pr != PARSE_IPV4) {
+		/* Not IPv4, or an IPv4 header no stack accepts: nothing policy can judge, so an
+		 * enforced direction drops it, and says so like any other drop. */
 		struct mesh_policy_ep_key ek = { .endpoint_id = ep, .slot = slot };
 		struct mesh_policy_ep_value *ev = bpf_map_lookup_elem(&mesh_policy_ep, &ek);
 
-		if (ev && ev->enforce[dir & 1])
-			return drop(skb, MESH_DROP_UNSUPPORTED_L3, dir);
-		return TC_ACT_OK;
+		if (!ev || !ev->enforce[dir & 1])
+			return TC_ACT_OK;
+		v = (struct verdict){
+			.action = MESH_ACTION_DENY,
+			.reason = pr == PARSE_BAD_IPV4 ? MESH_DROP_MALFORMED_IPV4 : MESH_DROP_UNSUPPORTED_L3,
+			.enforced = 1,
+		};
+		report_flow(MESH_EVENT_DROP, ep, 0, f, dir, &v, revision);
+		return drop(skb, v.reason, dir);
 	}
 
 	/* A SYN opens a new connection even if an entry of an earlier one with the same
@@ -194,7 +190,7 @@ new_flow:
  * Returns -1 when the packet takes the node's stack instead (not for a local endpoint,
  * TTL expiring: the stack answers that).
  */
-static __always_inline int deliver_locally(struct __sk_buff *skb, const struct flow *f)
+static __always_inline int deliver_locally(struct __sk_buff *skb, const struct flow *f, __u32 revision)
 {
 	struct mesh_local_endpoint *to = bpf_map_lookup_elem(&mesh_local_ep, &f->daddr);
 	/* TTL and protocol: one 16-bit word of the header checksum. */
@@ -203,7 +199,8 @@ static __always_inline int deliver_locally(struct __sk_buff *skb, const struct f
 
 	if (!to || to->ifindex == skb->ifindex || f->ttl <= 1)
 		return -1;
-	verdict = enforce(skb, to->endpoint_id, MESH_DIR_INGRESS, PARSE_IPV4, f);
+	/* The sender's egress was decided under `revision`; so is the receiver's ingress. */
+	verdict = enforce(skb, to->endpoint_id, MESH_DIR_INGRESS, PARSE_IPV4, f, revision);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	count_traffic(to->endpoint_id, MESH_DIR_INGRESS, skb->len);
@@ -223,7 +220,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct mesh_endpoint_info *ep = bpf_map_lookup_elem(&mesh_endpoints, &ek);
 	enum parse_result pr;
 	struct flow f = {};
-	__u32 id;
+	__u32 id, revision;
 	int verdict;
 
 	if (!ep) {
@@ -232,13 +229,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	id = ep->endpoint_id;
 	pr = parse_flow(skb, &f);
-	verdict = enforce(skb, id, dir, pr, &f);
+	if (pr == PARSE_IPV4 && f.frag != FLOW_WHOLE && skb->mark != MESH_TRACE_MARK)
+		fragment_ports(&f);
+	/* One read of the revision for everything this packet meets, local delivery too. */
+	revision = policy_revision();
+	verdict = enforce(skb, id, dir, pr, &f, revision);
 	if (verdict != TC_ACT_OK || skb->mark == MESH_TRACE_MARK)
 		return verdict;
 	/* Forwarded traffic only: drops are counted in mesh_drops. */
 	count_traffic(id, dir, skb->len);
 	if (dir == MESH_DIR_EGRESS && pr == PARSE_IPV4) {
-		int local = deliver_locally(skb, &f);
+		int local = deliver_locally(skb, &f, revision);
 
 		if (local >= 0)
 			return local;

@@ -19,6 +19,7 @@
 #include "mesh_abi.h"
 #include "lib/maps.h"
 #include "lib/policy.h"
+#include "lib/conntrack.h"
 #include "lib/events.h"
 
 #define AF_INET 2
@@ -205,6 +206,32 @@ static __always_inline int maybe_leave(struct bpf_sock_ops *skops, struct mesh_s
 }
 
 /*
+ * The revision this socket's handshake was last checked under, by the tc programs at the
+ * socket's own endpoint: its conntrack entry says (the tc programs check the sender's
+ * egress and the receiver's ingress of a local packet in one run, under one revision, and
+ * tag both entries with it). sk_msg re-checks the flow when the revision in force differs,
+ * so a revision that arrived between the handshake and this callback is never skipped.
+ * Without an entry, MESH_REVISION_UNCHECKED: the first message is checked.
+ */
+static __always_inline __u32 checked_revision(const struct mesh_sock_key *key, __u32 ep, int active)
+{
+	struct mesh_ct_key ck = {
+		.endpoint_id = ep,
+		/* The client's first packet, as the tc programs keyed it: the client's egress
+		 * entry, or the server's ingress one. */
+		.saddr = active ? key->local_ip : key->remote_ip,
+		.daddr = active ? key->remote_ip : key->local_ip,
+		.sport = active ? key->local_port : key->remote_port,
+		.dport = active ? key->remote_port : key->local_port,
+		.proto = IPPROTO_TCP,
+		.direction = active ? MESH_DIR_EGRESS : MESH_DIR_INGRESS,
+	};
+	struct mesh_ct_value *ct = bpf_map_lookup_elem(&mesh_ct, &ck);
+
+	return ct ? *(volatile __u32 *)&ct->revision : MESH_REVISION_UNCHECKED;
+}
+
+/*
  * Node-local congestion control: a connection between two local endpoints gets
  * cfg->local_cc as it is established (the kernel initialises congestion control after
  * this callback, with what it sets). Such a connection has no bottleneck link and a
@@ -243,9 +270,8 @@ SEC("sockops")
 int mesh_sockops(struct bpf_sock_ops *skops)
 {
 	struct mesh_sock_key key = {};
-	struct mesh_policy_state *st;
 	struct mesh_redirect_config *cfg;
-	__u32 zero = 0, lep, rep;
+	__u32 lep, rep, revision;
 	__u8 slot;
 	int active;
 
@@ -284,10 +310,10 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 
 	active = skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB;
 	cfg = redirect_config();
-	st = bpf_map_lookup_elem(&mesh_pol_state, &zero);
-	if (!cfg || !st)
+	if (!cfg)
 		return 1;
-	slot = st->active_slot & 1;
+	revision = policy_revision();
+	slot = MESH_SLOT_OF(revision);
 	lep = local_endpoint(slot, key.local_ip);
 	rep = key.remote_ip == key.local_ip ? lep : local_endpoint(slot, key.remote_ip);
 	if (lep && rep)
@@ -315,8 +341,7 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 			.server_port = active ? key.remote_port : key.local_port,
 			.client_endpoint = active ? lep : rep,
 			.server_endpoint = active ? rep : lep,
-			/* The handshake just passed the tc programs under this revision. */
-			.revision = st->revision,
+			.revision = checked_revision(&key, lep, active),
 			.mode = MESH_SOCK_UNDECIDED,
 			.created = bpf_ktime_get_ns(),
 		};
@@ -340,22 +365,21 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 /* The connection's verdict under the current revision, at both hooks it would cross. */
 static __always_inline int recheck(struct mesh_sock_state *s, __u32 len)
 {
-	__u32 zero = 0;
-	struct mesh_policy_state *st = bpf_map_lookup_elem(&mesh_pol_state, &zero);
+	__u32 revision = policy_revision();
 	struct verdict v;
 	__u32 peer;
 	__u8 slot;
 
-	if (!st || st->revision == s->revision)
+	if (revision == s->revision)
 		return s->mode != MESH_SOCK_DENIED;
-	slot = st->active_slot & 1;
+	slot = MESH_SLOT_OF(revision);
 	peer = identity_of(slot, s->server_ip);
 	v = policy_decide(slot, MESH_DIR_EGRESS, s->client_endpoint, peer, IPPROTO_TCP, s->server_port);
 	if (v.action != MESH_ACTION_DENY) {
 		peer = identity_of(slot, s->client_ip);
 		v = policy_decide(slot, MESH_DIR_INGRESS, s->server_endpoint, peer, IPPROTO_TCP, s->server_port);
 	}
-	s->revision = st->revision;
+	s->revision = revision;
 	if (v.action == MESH_ACTION_DENY) {
 		struct mesh_drop_key dk = { .reason = v.reason, .direction = MESH_DIR_EGRESS };
 
@@ -364,7 +388,7 @@ static __always_inline int recheck(struct mesh_sock_state *s, __u32 len)
 		s->mode = MESH_SOCK_DENIED;
 		counter_add(&mesh_drops, &dk, len);
 		report_policy(MESH_EVENT_DROP, cfg_node_id, s->client_endpoint, peer, s->client_ip, s->server_ip, s->client_port,
-			      s->server_port, IPPROTO_TCP, MESH_DIR_EGRESS, &v, st->revision);
+			      s->server_port, IPPROTO_TCP, MESH_DIR_EGRESS, &v, revision);
 		return 0;
 	}
 	if (s->mode == MESH_SOCK_DENIED)
@@ -469,6 +493,15 @@ int mesh_skmsg(struct sk_msg_md *msg)
 		return fall_back(s, &peer, MESH_REDIR_FB_REDIRECT_FAILED);
 	stat_add(MESH_REDIR_MESSAGES, 1);
 	stat_add(MESH_REDIR_BYTES, msg->size);
+	/* These bytes never cross a veth: count them for both endpoints here, one message as
+	 * one packet, so an endpoint's counters hold what it sent and received either way. */
+	if (key.local_ip == s->client_ip) {
+		count_traffic(s->client_endpoint, MESH_DIR_EGRESS, msg->size);
+		count_traffic(s->server_endpoint, MESH_DIR_INGRESS, msg->size);
+	} else {
+		count_traffic(s->server_endpoint, MESH_DIR_EGRESS, msg->size);
+		count_traffic(s->client_endpoint, MESH_DIR_INGRESS, msg->size);
+	}
 	/* Back-pressure: this message goes to the peer's queue (the redirect is set and
 	 * cannot be taken back), the next ones through the stack if the reader is behind.
 	 * A stalled reader so holds at most max_queued_bytes and one message. */

@@ -105,7 +105,7 @@ public final class MetricsCollector: @unchecked Sendable {
         readings.append(.init(name: "mesh_socket_redirect_sockets_left_total", labels: [], help: "Sockets that left the sockhash after their connection fell back, to cost no more than plain TCP.", value: rc[.socketsLeft] ?? 0))
         for counter in [SocketRedirect.Counter.fallbackNotLocal, .fallbackDisabled, .fallbackNoPeer, .fallbackLargeWrite, .fallbackRedirectFailed,
                         .fallbackReaderBehind, .fallbackPeer, .fallbackUnsupported] {
-            readings.append(.init(name: "mesh_socket_redirect_fallbacks_total", labels: [("reason", SocketRedirect.fallbackName(counter.rawValue))],
+            readings.append(.init(name: "mesh_socket_redirect_fallbacks_total", labels: [("reason", SocketRedirect.fallbackName(counter))],
                                   help: "Connections or directions that went through the normal path instead, by reason.", value: rc[counter] ?? 0))
         }
         for (counter, outcome) in [(SocketRedirect.Counter.localCCApplied, "applied"), (.localCCOwn, "own_choice"), (.localCCFailed, "failed")] {

@@ -80,7 +80,10 @@ public actor PolicyEngine {
 
     private func publish(policies set: [Policy]) throws(MeshError) -> MeshDatapath.PublishStats {
         let result = try compile(set)
-        let next = revision &+ 1
+        // The next revision lives in the other slot; the one number no publish makes
+        // (MeshDatapath.uncheckedRevision, odd) is stepped over to 1, odd as well.
+        var next = revision &+ 1
+        if next == MeshDatapath.uncheckedRevision { next = 1 }
         let stats: MeshDatapath.PublishStats
         do {
             stats = try datapath.publish(

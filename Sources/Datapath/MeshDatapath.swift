@@ -15,6 +15,9 @@ public final class MeshDatapath: @unchecked Sendable {
         case ingress, egress
 
         var abi: mesh_direction { self == .ingress ? MESH_DIR_INGRESS : MESH_DIR_EGRESS }
+
+        /// A direction byte of a map key or event (MESH_DIR_INGRESS or MESH_DIR_EGRESS).
+        init(abi: UInt8) { self = UInt32(abi) == MESH_DIR_INGRESS.rawValue ? .ingress : .egress }
     }
 
     public struct Counters: Sendable, Equatable {
@@ -79,10 +82,12 @@ public final class MeshDatapath: @unchecked Sendable {
     let drops: BPFMap
     let verdicts: BPFMap
     let monitor: BPFMap
+    let frags: BPFMap
     /// What each revision slot holds, mirrored in memory so a new revision writes only
     /// what differs from the slot's previous contents.
     var slots = [SlotContents(), SlotContents()]
     let publishLock = NSLockShim()
+    let gracePeriod: GracePeriod
 
     /// Loads and pins the node's datapath under `pinDir` (created if missing).
     public init(pinDir: String, nodeID: UInt32) throws {
@@ -106,6 +111,8 @@ public final class MeshDatapath: @unchecked Sendable {
         drops = try object.map(MESH_MAP_DROPS)
         verdicts = try object.map(MESH_MAP_VERDICTS)
         monitor = try object.map(MESH_MAP_MONITOR)
+        frags = try object.map(MESH_MAP_FRAGS)
+        gracePeriod = try GracePeriod()
         for p in [fromEndpoint, toEndpoint] { try p.pin(at: "\(pinDir)/\(p.name)") }
         try loadSlots()
     }
@@ -185,7 +192,7 @@ public final class MeshDatapath: @unchecked Sendable {
     }
 
     public func mapStats() -> [MapStats] {
-        [endpoints, localEndpoints, traffic, events, ipcache, policy, policyEP, stateMap, conntrack, drops, verdicts].map { MapStats($0) }
+        [endpoints, localEndpoints, traffic, events, ipcache, policy, policyEP, stateMap, conntrack, frags, drops, verdicts].map { MapStats($0) }
     }
 
     /// Turns the per-new-flow verdict events on (while a monitor wants them) or off.
@@ -205,7 +212,7 @@ public final class MeshDatapath: @unchecked Sendable {
         case MESH_EVENT_UNKNOWN_INTERFACE.rawValue:
             guard bytes.count >= MemoryLayout<mesh_event_unknown_interface>.size else { return nil }
             let ev = bytes.withUnsafeBytes { $0.loadUnaligned(as: mesh_event_unknown_interface.self) }
-            return .unknownInterface(ifindex: ev.ifindex, direction: ev.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress,
+            return .unknownInterface(ifindex: ev.ifindex, direction: Direction(abi: ev.direction),
                                      nodeID: hdr.node_id)
         case MESH_EVENT_DROP.rawValue, MESH_EVENT_VERDICT.rawValue:
             guard bytes.count >= MemoryLayout<mesh_event_policy>.size else { return nil }
@@ -214,8 +221,8 @@ public final class MeshDatapath: @unchecked Sendable {
                 dropped: UInt32(hdr.type) == MESH_EVENT_DROP.rawValue, endpointID: ev.endpoint_id,
                 peerIdentity: ev.peer_identity, source: UInt32(bigEndian: ev.saddr), destination: UInt32(bigEndian: ev.daddr),
                 sourcePort: ev.sport, destinationPort: ev.dport, proto: ev.proto,
-                direction: ev.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress,
-                reason: DropReason(rawValue: ev.reason) ?? .none, ruleID: ev.rule_id, revision: ev.revision,
+                direction: Direction(abi: ev.direction),
+                reason: DropReason(abi: ev.reason) ?? .none, ruleID: ev.rule_id, revision: ev.revision,
                 timestampNanoseconds: hdr.timestamp))
         default:
             return .unrecognised(type: hdr.type)

@@ -5,10 +5,25 @@ import Glibc
 /// Policy in the kernel: identities in the ipcache, verdicts in the policy map, each in
 /// two revision slots flipped atomically (see mesh_abi.h).
 extension MeshDatapath {
-    public enum Action: UInt8, Sendable, Codable { case allow = 1, deny = 2 }
+    /// A policy entry's action (enum mesh_policy_action).
+    public enum Action: String, Sendable, Codable {
+        case allow, deny
 
-    public enum DropReason: UInt8, Sendable, CaseIterable {
-        case none = 0, policyDeny = 1, policyDefaultDeny = 2, unsupportedL3 = 3
+        var abi: UInt8 { UInt8(self == .allow ? MESH_ACTION_ALLOW.rawValue : MESH_ACTION_DENY.rawValue) }
+
+        init?(abi: UInt8) {
+            switch UInt32(abi) {
+            case MESH_ACTION_ALLOW.rawValue: self = .allow
+            case MESH_ACTION_DENY.rawValue: self = .deny
+            default: return nil
+            }
+        }
+    }
+
+    /// Why a packet was dropped (enum mesh_drop_reason); `label` is each one's name in
+    /// metrics and in the monitor.
+    public enum DropReason: String, Sendable, CaseIterable {
+        case none, policyDeny, policyDefaultDeny, unsupportedL3, malformedIPv4
 
         public var label: String {
             switch self {
@@ -16,17 +31,38 @@ extension MeshDatapath {
             case .policyDeny: "policy_deny"
             case .policyDefaultDeny: "policy_default_deny"
             case .unsupportedL3: "unsupported_l3"
+            case .malformedIPv4: "malformed_ipv4"
             }
         }
+
+        var abi: mesh_drop_reason {
+            switch self {
+            case .none: MESH_DROP_NONE
+            case .policyDeny: MESH_DROP_POLICY_DENY
+            case .policyDefaultDeny: MESH_DROP_POLICY_DEFAULT_DENY
+            case .unsupportedL3: MESH_DROP_UNSUPPORTED_L3
+            case .malformedIPv4: MESH_DROP_MALFORMED_IPV4
+            }
+        }
+
+        /// nil for a value this meshd does not know.
+        init?(abi: UInt8) {
+            guard let r = Self.allCases.first(where: { $0.abi.rawValue == UInt32(abi) }) else { return nil }
+            self = r
+        }
+
+        /// Every value the header defines (below MESH_DROP_MAX); DatapathTests checks that
+        /// each has a case here.
+        static var headerValues: Range<UInt32> { 0..<MESH_DROP_MAX.rawValue }
     }
 
     /// Entries one revision may use in each map: the maps hold two slots.
     public static let policyCapacityPerSlot = UInt32(MESH_POLICY_ENTRIES / 2)
     public static let ipcacheCapacityPerSlot = UInt32(MESH_IPCACHE_ENTRIES / 2)
 
-    public static let anyIdentity: UInt32 = 0
-    public static let hostIdentity: UInt32 = 1
-    public static let worldIdentity: UInt32 = 2
+    public static let anyIdentity = UInt32(MESH_ID_ANY.rawValue)
+    public static let hostIdentity = UInt32(MESH_ID_HOST.rawValue)
+    public static let worldIdentity = UInt32(MESH_ID_WORLD.rawValue)
 
     /// Address prefix → identity of the peer.
     public struct IPCacheEntry: Sendable, Hashable {
@@ -97,9 +133,15 @@ extension MeshDatapath {
         public var revision: UInt32
     }
 
+    /// The slot a revision lives in (mesh_abi.h, MESH_SLOT_OF).
+    public static func slot(of revision: UInt32) -> Int { Int(cbpf_slot_of(revision)) }
+
+    /// A revision no publish makes: the programs read it as "not checked yet".
+    public static let uncheckedRevision: UInt32 = MESH_REVISION_UNCHECKED
+
     public func policyState() throws -> PolicyState {
         let st = try stateMap.lookup(UInt32(0), as: mesh_policy_state.self) ?? mesh_policy_state()
-        return PolicyState(activeSlot: Int(st.active_slot & 1), revision: st.revision)
+        return PolicyState(activeSlot: Self.slot(of: st.revision), revision: st.revision)
     }
 
     /// What a publish wrote, for logs and metrics.
@@ -112,19 +154,31 @@ extension MeshDatapath {
 
     /// Writes a whole new policy revision into the inactive slot (only what differs from
     /// that slot's previous revision), then makes it active with one map update.
-    /// Packets see the old revision or the new one, never a mix.
+    /// Packets see the old revision or the new one, never a mix:
+    /// - `revision` must be the one in force plus one: it lives in the other slot.
+    /// - Before the slot is touched, an RCU grace period after the last flip: a program
+    ///   that read the slot's old revision has finished by then. The wait starts at the
+    ///   flip, in the background, so only a publish that follows the last one within a
+    ///   grace period (about 15 ms here) waits for it.
+    /// - The slot's leaving entries are deleted before the new ones are written, so the
+    ///   maps never hold more than the active revision and the new one.
+    /// - A failure part-way leaves the active revision in force; the slot is read back from
+    ///   the kernel, so the next publish starts from what the kernel really holds.
     public func publish(revision: UInt32, ipcache newIPCache: [IPCacheEntry], policy newPolicy: [PolicyEntry],
                         enforcement newEnforcement: [Enforcement]) throws -> PublishStats {
         try publishLock.withLock {
             let state = try policyState()
-            let target = state.activeSlot ^ 1
+            let target = Self.slot(of: revision)
+            guard target != state.activeSlot, revision != Self.uncheckedRevision else {
+                throw DatapathError("publish policy revision \(revision): revision \(state.revision) is in force, and a new revision must live in the other slot (one more than it)", errno: EINVAL)
+            }
             var next = SlotContents()
             for e in newIPCache {
                 next.ipcache[Self.bytes(ipcacheKey(e, slot: target))] = Self.bytes(mesh_ipcache_value(identity: e.identity, endpoint_id: e.endpointID))
             }
             for e in newPolicy {
                 var v = mesh_policy_value()
-                v.action = e.action.rawValue
+                v.action = e.action.abi
                 v.rule_id = e.ruleID
                 v.policy_id = e.policyID
                 next.policy[Self.bytes(policyKey(e, slot: target))] = Self.bytes(v)
@@ -134,31 +188,49 @@ extension MeshDatapath {
                 k.endpoint_id = e.endpointID
                 k.slot = UInt8(target)
                 var v = mesh_policy_ep_value()
-                v.enforce.0 = e.ingress ? 1 : 0   // MESH_DIR_INGRESS
-                v.enforce.1 = e.egress ? 1 : 0    // MESH_DIR_EGRESS
-                v.default_rule_id.0 = e.ingressDefaultRule
-                v.default_rule_id.1 = e.egressDefaultRule
+                withUnsafeMutableBytes(of: &v.enforce) { raw in
+                    raw[Int(MESH_DIR_INGRESS.rawValue)] = e.ingress ? 1 : 0
+                    raw[Int(MESH_DIR_EGRESS.rawValue)] = e.egress ? 1 : 0
+                }
+                withUnsafeMutableBytes(of: &v.default_rule_id) { raw in
+                    raw.storeBytes(of: e.ingressDefaultRule, toByteOffset: 4 * Int(MESH_DIR_INGRESS.rawValue), as: UInt32.self)
+                    raw.storeBytes(of: e.egressDefaultRule, toByteOffset: 4 * Int(MESH_DIR_EGRESS.rawValue), as: UInt32.self)
+                }
                 next.enforcement[Self.bytes(k)] = Self.bytes(v)
             }
+            // The slot was active until the last flip: wait until no program still reads it.
+            gracePeriod.waitForLastFlip()
             let old = slots[target]
             var written = 0, deleted = 0
-            // Add and change first, delete after: the slot is inactive, order is for tidiness.
-            for (map, new, prev) in [(ipcache, next.ipcache, old.ipcache), (policy, next.policy, old.policy),
-                                     (policyEP, next.enforcement, old.enforcement)] {
-                for (k, v) in new where prev[k] != v {
-                    try map.updateRaw(k, v)
-                    written += 1
+            let changes = [(ipcache, next.ipcache, old.ipcache), (policy, next.policy, old.policy),
+                           (policyEP, next.enforcement, old.enforcement)]
+            do {
+                for (map, new, prev) in changes {
+                    for k in prev.keys where new[k] == nil {
+                        try map.deleteRaw(k)
+                        deleted += 1
+                    }
                 }
-                for k in prev.keys where new[k] == nil {
-                    try map.deleteRaw(k)
-                    deleted += 1
+                for (map, new, prev) in changes {
+                    for (k, v) in new where prev[k] != v {
+                        do {
+                            try map.updateRaw(k, v)
+                        } catch let e as DatapathError where e.errno == ENOSPC || e.errno == E2BIG {
+                            throw DatapathError("policy revision \(revision) does not fit: map \(map.name) is full at its capacity of \(map.maxEntries) entries (\(map.maxEntries / 2) per revision slot); revision \(state.revision) stays in force", errno: e.errno)
+                        }
+                        written += 1
+                    }
                 }
+            } catch {
+                // Part of the change is in the kernel: mirror what is really there.
+                try? loadSlots()
+                throw error
             }
             slots[target] = next
             var st = mesh_policy_state()
-            st.active_slot = UInt32(target)
             st.revision = revision
             try stateMap.update(UInt32(0), st)
+            gracePeriod.flipped()
             return PublishStats(slot: target, revision: revision, written: written, deleted: deleted)
         }
     }
@@ -209,27 +281,30 @@ extension MeshDatapath {
 
     static func bytes<T>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v) { Array($0) } }
 
-    /// The active slot's ipcache, as (prefix, length, identity, endpoint id).
+    /// The active slot's ipcache as the kernel holds it, as (prefix, length, identity,
+    /// endpoint id).
     public func ipcacheEntries() throws -> [IPCacheEntry] {
         let active = try policyState().activeSlot
-        return slots[active].ipcache.map { k, v in
+        return try ipcache.entriesRaw().compactMap { k, v in
             let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_ipcache_key.self) }
+            guard Int(key.slot) == active else { return nil }
             let val = v.withUnsafeBytes { $0.loadUnaligned(as: mesh_ipcache_value.self) }
             let addr = withUnsafeBytes(of: key.addr) { UInt32(bigEndian: $0.loadUnaligned(as: UInt32.self)) }
             return IPCacheEntry(address: addr, prefixLength: Int(key.prefixlen) - 8, identity: val.identity, endpointID: val.endpoint_id)
         }.sorted { ($0.address, $0.prefixLength) < ($1.address, $1.prefixLength) }
     }
 
-    /// The active slot's policy entries.
+    /// The active slot's policy entries as the kernel holds them.
     public func policyEntries() throws -> [PolicyEntry] {
         let active = try policyState().activeSlot
-        return slots[active].policy.map { k, v in
+        return try policy.entriesRaw().compactMap { k, v in
             let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_policy_key.self) }
+            guard Int(key.slot) == active else { return nil }
             let val = v.withUnsafeBytes { $0.loadUnaligned(as: mesh_policy_value.self) }
             let portBits = max(0, Int(key.prefixlen) - Int(MESH_POLICY_FIXED_BITS) - 16)
-            return PolicyEntry(endpointID: key.endpoint_id, direction: key.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress,
+            return PolicyEntry(endpointID: key.endpoint_id, direction: Direction(abi: key.direction),
                                identity: key.identity, proto: key.proto, portPrefix: UInt16(bigEndian: key.dport),
-                               portPrefixLength: portBits, action: Action(rawValue: val.action) ?? .deny,
+                               portPrefixLength: portBits, action: Action(abi: val.action) ?? .deny,
                                ruleID: val.rule_id, policyID: val.policy_id)
         }.sorted { ($0.endpointID, $0.direction.rawValue, $0.identity, $0.proto, $0.portPrefix) < ($1.endpointID, $1.direction.rawValue, $1.identity, $1.proto, $1.portPrefix) }
     }
@@ -237,16 +312,16 @@ extension MeshDatapath {
     /// Drops by reason and direction, summed over CPUs.
     public func dropCounters() throws -> [(reason: DropReason, direction: Direction, counters: Counters)] {
         try drops.keys(as: mesh_drop_key.self).compactMap { k in
-            guard let reason = DropReason(rawValue: k.reason), let per = try drops.lookupPerCPU(k, as: mesh_counter.self) else { return nil }
-            return (reason, k.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress, Self.sum(per))
+            guard let reason = DropReason(abi: k.reason), let per = try drops.lookupPerCPU(k, as: mesh_counter.self) else { return nil }
+            return (reason, Direction(abi: k.direction), Self.sum(per))
         }
     }
 
     /// New-flow verdicts by policy id (0: default deny), direction and action.
     public func verdictCounters() throws -> [(policyID: UInt32, direction: Direction, action: Action, counters: Counters)] {
         try verdicts.keys(as: mesh_verdict_key.self).compactMap { k in
-            guard let action = Action(rawValue: k.action), let per = try verdicts.lookupPerCPU(k, as: mesh_counter.self) else { return nil }
-            return (k.policy_id, k.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress, action, Self.sum(per))
+            guard let action = Action(abi: k.action), let per = try verdicts.lookupPerCPU(k, as: mesh_counter.self) else { return nil }
+            return (k.policy_id, Direction(abi: k.direction), action, Self.sum(per))
         }
     }
 

@@ -8,10 +8,42 @@ import Glibc
 /// The sock_ops attachment is a BPF link pinned under the node's folder: a restarted meshd
 /// swaps the program inside the link atomically, and a dead one leaves it working.
 public final class SocketRedirect: @unchecked Sendable {
-    public enum Counter: Int, CaseIterable, Sendable {
-        case messages = 0, bytes, socketsAdded, fallbackNotLocal, fallbackDisabled, fallbackNoPeer,
+    /// The programs' counters (enum mesh_redirect_counter, the index in mesh_redir_stats).
+    public enum Counter: CaseIterable, Sendable {
+        case messages, bytes, socketsAdded, fallbackNotLocal, fallbackDisabled, fallbackNoPeer,
              fallbackLargeWrite, fallbackRedirectFailed, deniedMessages, fallbackReaderBehind, fallbackPeer,
              socketsLeft, fallbackUnsupported, localCCApplied, localCCOwn, localCCFailed
+
+        var abi: mesh_redirect_counter {
+            switch self {
+            case .messages: MESH_REDIR_MESSAGES
+            case .bytes: MESH_REDIR_BYTES
+            case .socketsAdded: MESH_REDIR_SOCKETS_ADDED
+            case .fallbackNotLocal: MESH_REDIR_FB_NOT_LOCAL
+            case .fallbackDisabled: MESH_REDIR_FB_DISABLED
+            case .fallbackNoPeer: MESH_REDIR_FB_NO_PEER
+            case .fallbackLargeWrite: MESH_REDIR_FB_LARGE_WRITE
+            case .fallbackRedirectFailed: MESH_REDIR_FB_REDIRECT_FAILED
+            case .deniedMessages: MESH_REDIR_DENIED_MESSAGES
+            case .fallbackReaderBehind: MESH_REDIR_FB_READER_BEHIND
+            case .fallbackPeer: MESH_REDIR_FB_PEER
+            case .socketsLeft: MESH_REDIR_SOCKETS_LEFT
+            case .fallbackUnsupported: MESH_REDIR_FB_UNSUPPORTED
+            case .localCCApplied: MESH_REDIR_CC_APPLIED
+            case .localCCOwn: MESH_REDIR_CC_OWN
+            case .localCCFailed: MESH_REDIR_CC_FAILED
+            }
+        }
+
+        /// nil for an index this meshd does not know.
+        init?(abi: UInt32) {
+            guard let c = Self.allCases.first(where: { $0.abi.rawValue == abi }) else { return nil }
+            self = c
+        }
+
+        /// Every index the header defines (below MESH_REDIR_MAX); DatapathTests checks that
+        /// each has a case here.
+        static var headerValues: Range<UInt32> { 0..<MESH_REDIR_MAX.rawValue }
     }
 
     public struct SocketEntry: Sendable {
@@ -133,7 +165,7 @@ public final class SocketRedirect: @unchecked Sendable {
     public func counters() throws -> [Counter: UInt64] {
         var out: [Counter: UInt64] = [:]
         for c in Counter.allCases {
-            out[c] = (try stats.lookupPerCPU(UInt32(c.rawValue), as: UInt64.self) ?? []).reduce(0, &+)
+            out[c] = (try stats.lookupPerCPU(c.abi.rawValue, as: UInt64.self) ?? []).reduce(0, &+)
         }
         return out
     }
@@ -156,7 +188,7 @@ public final class SocketRedirect: @unchecked Sendable {
             case MESH_SOCK_DENIED.rawValue: "denied"
             default: "undecided"
             }
-            let fallback = s.fallback == 0 ? "" : Self.fallbackName(Int(s.fallback))
+            let fallback = Counter(abi: UInt32(s.fallback)).map(Self.fallbackName) ?? ""
             return SocketEntry(localIP: UInt32(bigEndian: key.local_ip), remoteIP: UInt32(bigEndian: key.remote_ip),
                                localPort: key.local_port, remotePort: key.remote_port, clientEndpoint: s.client_endpoint,
                                serverEndpoint: s.server_endpoint, mode: mode, fallback: fallback, revision: s.revision,
@@ -164,8 +196,9 @@ public final class SocketRedirect: @unchecked Sendable {
         }
     }
 
-    public static func fallbackName(_ raw: Int) -> String {
-        switch Counter(rawValue: raw) {
+    /// The `reason` label of a fallback counter; "" for the others.
+    public static func fallbackName(_ counter: Counter) -> String {
+        switch counter {
         case .fallbackNotLocal: "not_local"
         case .fallbackDisabled: "disabled"
         case .fallbackNoPeer: "no_peer"
@@ -174,7 +207,7 @@ public final class SocketRedirect: @unchecked Sendable {
         case .fallbackReaderBehind: "reader_behind"
         case .fallbackPeer: "peer"
         case .fallbackUnsupported: "unsupported"
-        default: "other"
+        default: "" // not a fallback: mesh_sock_state.fallback is 0 (MESH_REDIR_MESSAGES) until one happens
         }
     }
 }

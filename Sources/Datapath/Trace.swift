@@ -10,7 +10,18 @@ extension MeshDatapath {
         public var enforced: Bool
     }
 
-    public enum TraceProtocol: UInt8, Sendable { case icmp = 1, tcp = 6, udp = 17 }
+    public enum TraceProtocol: Sendable {
+        case icmp, tcp, udp
+
+        /// The IP protocol number, from the system's netinet/in.h.
+        public var number: UInt8 {
+            switch self {
+            case .icmp: UInt8(IPPROTO_ICMP)
+            case .tcp: UInt8(IPPROTO_TCP)
+            case .udp: UInt8(IPPROTO_UDP)
+            }
+        }
+    }
 
     /// Runs the attached program of `direction` on a synthetic first packet of a flow, with
     /// BPF_PROG_TEST_RUN and the trace mark: the kernel's own code and maps decide, with no
@@ -27,11 +38,12 @@ extension MeshDatapath {
         let rc = cbpf_test_run_skb(program.fd, &packet, UInt32(packet.count), &ctxIn, &ctxOut, &retval)
         try check("trace run of \(program.name) on ifindex \(ifindex)", rc)
         let cb = ctxOut.cb
-        guard cb.4 & 2 != 0 else {
+        guard cb.4 & MESH_TRACE_EVALUATED.rawValue != 0 else {
             throw DatapathError("trace: \(program.name) did not evaluate policy (is ifindex \(ifindex) an endpoint?)", errno: EINVAL)
         }
-        return TraceResult(action: Action(rawValue: UInt8(cb.0)) ?? .deny, reason: DropReason(rawValue: UInt8(cb.1)) ?? .none,
-                           ruleID: cb.2, peerIdentity: cb.3, enforced: cb.4 & 1 != 0)
+        return TraceResult(action: Action(abi: UInt8(truncatingIfNeeded: cb.0)) ?? .deny,
+                           reason: DropReason(abi: UInt8(truncatingIfNeeded: cb.1)) ?? .none,
+                           ruleID: cb.2, peerIdentity: cb.3, enforced: cb.4 & MESH_TRACE_ENFORCED.rawValue != 0)
     }
 
     /// Ethernet + IPv4 + a TCP SYN, UDP or ICMP echo header: enough for the program to parse.
@@ -49,7 +61,7 @@ extension MeshDatapath {
             l4 = [8, 0, 0, 0, 0, 1, 0, 1]
         }
         let total = UInt16(20 + l4.count)
-        p += [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), 0, 1, 0x40, 0, 64, proto.rawValue, 0, 0]
+        p += [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), 0, 1, 0x40, 0, 64, proto.number, 0, 0]
         for a in [source, destination] { p += [UInt8(a >> 24), UInt8(a >> 16 & 0xff), UInt8(a >> 8 & 0xff), UInt8(a & 0xff)] }
         return p + l4
     }
@@ -80,7 +92,7 @@ extension MeshDatapath {
 
     /// The programs' idle lifetime of an entry (mesh_abi.h), in nanoseconds.
     static func lifetime(proto: UInt8, closing: Bool) -> UInt64 {
-        let seconds = closing ? MESH_CT_CLOSING_LIFETIME_S : proto == 6 ? MESH_CT_TCP_LIFETIME_S : MESH_CT_OTHER_LIFETIME_S
+        let seconds = closing ? MESH_CT_CLOSING_LIFETIME_S : proto == UInt8(IPPROTO_TCP) ? MESH_CT_TCP_LIFETIME_S : MESH_CT_OTHER_LIFETIME_S
         return UInt64(seconds) * 1_000_000_000
     }
 
@@ -91,7 +103,7 @@ extension MeshDatapath {
             let val = v.withUnsafeBytes { $0.loadUnaligned(as: mesh_ct_value.self) }
             return ConntrackEntry(endpointID: key.endpoint_id, source: UInt32(bigEndian: key.saddr), destination: UInt32(bigEndian: key.daddr),
                                   sourcePort: key.sport, destinationPort: key.dport, proto: key.proto,
-                                  direction: key.direction == UInt8(MESH_DIR_INGRESS.rawValue) ? .ingress : .egress,
+                                  direction: Direction(abi: key.direction),
                                   revision: val.revision, ruleID: val.rule_id, peerIdentity: val.peer_identity, closing: val.closing != 0,
                                   ageSeconds: Double(now &- val.created) / 1e9, idleSeconds: Double(now &- val.last_seen) / 1e9)
         }

@@ -6,20 +6,7 @@ import XCTest
 
 /// The libbpf layer against the real kernel: loading, pinning and re-adopting maps, typed
 /// and per-CPU access, and load failures that carry the verifier's words.
-final class DatapathTests: XCTestCase {
-    var pinDir = ""
-
-    override func setUpWithError() throws {
-        guard geteuid() == 0 else {
-            if ProcessInfo.processInfo.environment["SWIFTMESH_REQUIRE_PRIVILEGED"] == "1" {
-                XCTFail("needs root to load BPF programs; tools/test runs as root")
-            }
-            throw XCTSkip("needs root to load BPF programs (run tools/test as root)")
-        }
-        pinDir = "/sys/fs/bpf/smt\(getpid())x\(UInt32.random(in: 1000...9999))"
-    }
-
-    override func tearDown() { BPFFS.removeDirectory(pinDir) }
+final class DatapathTests: BPFTestCase {
 
     func testMapsArePinnedAndReadoptedWithTheirContentsAcrossLoads() throws {
         var key = mesh_endpoint_key(ifindex: 42)

@@ -241,6 +241,96 @@ final class PolicyTests: XCTestCase {
         return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
     }
 
+    /// Runs `meshctl monitor --type drop -o json` while `traffic` runs, and returns the
+    /// drop events it printed, once `enough` holds for them (or after 10 s).
+    func dropEvents(_ traffic: () throws -> Void, until enough: ([[String: Any]]) -> Bool) throws -> [[String: Any]] {
+        let out = node.dir + "/monitor-drops-\(UUID().uuidString.prefix(6)).json"
+        let monitor = try Run.spawn(TestNode.products + "/meshctl", ["monitor", "--type", "drop", "-o", "json"],
+                                    output: out, environment: ["SWIFTMESH_API_SOCKET": node.socket])
+        defer {
+            kill(monitor, SIGTERM)
+            var st: Int32 = 0
+            waitpid(monitor, &st, 0)
+        }
+        usleep(500_000)
+        try traffic()
+        var events: [[String: Any]] = []
+        let deadline = Date().addingTimeInterval(10)
+        repeat {
+            usleep(100_000)
+            let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+            events = text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        } while !enough(events) && Date() < deadline
+        return events
+    }
+
+    func testEveryFragmentOfAnAllowedDatagramArrivesAndNoneOfADeniedOne() throws {
+        node = try TestNode()
+        try node.start()
+        try node.ctlOK("endpoint", "create", "client", "--labels", "app=client")
+        try node.ctlOK("endpoint", "create", "server", "--labels", "app=server")
+        try apply("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: udp-5353-only}
+        spec:
+          endpointSelector: {matchLabels: {app: server}}
+          ingress:
+          - fromEndpoints: [{matchLabels: {app: client}}]
+            toPorts: [{ports: [{port: "5353", protocol: UDP}]}]
+        """)
+        let server = try ip("server")
+        let before = try node.metric("mesh_drops_total", ["reason": "policy_default_deny", "direction": "ingress"]) ?? 0
+        // 4,000 bytes do not fit the endpoints' 1,500-byte MTU: three fragments each, and
+        // only the first names the port.
+        let allowed = try traffic.start(in: "server", ["udp-sink", "--port", "5353", "--count", "3", "--timeout", "3"], waitReady: true)
+        let denied = try traffic.start(in: "server", ["udp-sink", "--port", "5354", "--count", "1", "--timeout", "3"], waitReady: true)
+        _ = try traffic.run(in: "client", ["udp-send", "--host", server, "--port", "5353", "--count", "3", "--size", "4000"])
+        _ = try traffic.run(in: "client", ["udp-send", "--host", server, "--port", "5354", "--count", "1", "--size", "4000"])
+        let a = try allowed.result(), d = try denied.result()
+        XCTAssertEqual(a["datagrams"] as? Int, 3, "every fragment of an allowed datagram arrives: \(a)")
+        XCTAssertEqual(a["bytes"] as? Int, 12_000)
+        XCTAssertEqual(d["datagrams"] as? Int, 0, "\(d)")
+        // The denied datagram's fragments are dropped as packets of its flow, all three.
+        let dropped = (try node.metric("mesh_drops_total", ["reason": "policy_default_deny", "direction": "ingress"]) ?? 0) - before
+        XCTAssertGreaterThanOrEqual(dropped, 3)
+    }
+
+    func testMalformedAndNonIPv4PacketsOnAnEnforcedEndpointAreDroppedByName() throws {
+        node = try TestNode()
+        try node.start()
+        try node.ctlOK("endpoint", "create", "client", "--labels", "app=client")
+        try node.ctlOK("endpoint", "create", "server", "--labels", "app=server")
+        let client = try ip("client"), server = try ip("server")
+        let frames = ["raw-frames", "--kinds", "bad-version,bad-ihl,bad-length,short,ipv6", "--source", client, "--destination", server]
+        // Not enforced: nothing of SwiftMesh's drops them (the stack does what it does).
+        _ = try traffic.run(in: "client", frames)
+        XCTAssertEqual(try node.metric("mesh_drops_total", ["reason": "malformed_ipv4", "direction": "egress"]) ?? 0, 0)
+        try apply("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: client-out}
+        spec:
+          endpointSelector: {matchLabels: {app: client}}
+          egress:
+          - toEndpoints: [{matchLabels: {app: server}}]
+        """)
+        let events = try dropEvents({ _ = try traffic.run(in: "client", frames) }) { events in
+            events.filter { $0["reason"] as? String == "malformed_ipv4" }.count >= 4
+                && events.contains { $0["reason"] as? String == "unsupported_l3" }
+        }
+        let malformed = events.filter { $0["reason"] as? String == "malformed_ipv4" }
+        XCTAssertGreaterThanOrEqual(malformed.count, 4, "\(events)")
+        XCTAssertEqual(malformed.first?["endpoint"] as? String, "client")
+        XCTAssertEqual(malformed.first?["direction"] as? String, "egress")
+        XCTAssertTrue(events.contains { $0["reason"] as? String == "unsupported_l3" && $0["endpoint"] as? String == "client" }, "\(events)")
+        XCTAssertGreaterThanOrEqual(try node.metric("mesh_drops_total", ["reason": "malformed_ipv4", "direction": "egress"]) ?? 0, 4)
+        XCTAssertGreaterThanOrEqual(try node.metric("mesh_drops_total", ["reason": "unsupported_l3", "direction": "egress"]) ?? 0, 1)
+        // Well-formed traffic the policy allows still flows.
+        try serve("server", tcp: "80")
+        XCTAssertTrue(try probe(from: "client", to: server, port: 80))
+    }
+
     func testAHundredRevisionsUnderLoadNeverGiveAVerdictBothRefuse() throws {
         node = try TestNode()
         try node.start()

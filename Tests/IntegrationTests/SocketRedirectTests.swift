@@ -45,6 +45,24 @@ final class SocketRedirectTests: XCTestCase {
         XCTAssertEqual(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "no_peer"]), 0)
     }
 
+    func testRedirectedBytesCountInBothEndpointsTrafficCounters() throws {
+        func bytes(_ ep: String, _ dir: String) throws -> Double {
+            try metric("mesh_endpoint_forwarded_bytes_total", ["endpoint": ep, "direction": dir])
+        }
+        let before = try [bytes("client", "egress"), bytes("server", "ingress"), metric("mesh_socket_redirect_bytes_total")]
+        let payload = 2_000_000
+        // Writes below socket-redirect-max-write, so the whole transfer stays accelerated.
+        let sink = try traffic.start(in: "server", ["duplex-server", "--port", "7050", "--bytes", "0"], waitReady: true)
+        let sent = try traffic.run(in: "client", ["duplex-client", "--host", server, "--port", "7050", "--bytes", "\(payload)", "--seed", "3"])
+        XCTAssertEqual(try sink.result()["received_sha256"] as? String, sent["sent_sha256"] as? String)
+        let after = try [bytes("client", "egress"), bytes("server", "ingress"), metric("mesh_socket_redirect_bytes_total")]
+        XCTAssertGreaterThanOrEqual(after[2] - before[2], Double(payload), "the transfer went socket to socket")
+        XCTAssertGreaterThanOrEqual(after[0] - before[0], Double(payload), "the sender's egress counts what it sent")
+        XCTAssertGreaterThanOrEqual(after[1] - before[1], Double(payload), "the receiver's ingress counts what it received")
+        // Not twice: a redirected byte never crosses the veths as well.
+        XCTAssertLessThan(after[1] - before[1], Double(payload) * 1.1)
+    }
+
     func testLargeWritesFallBackMidStreamWithoutReorderingBytes() throws {
         // With a write limit, small writes go first (accelerated), then writes up to 100 KB
         // send the direction back to the stack in the middle of the stream.

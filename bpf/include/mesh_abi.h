@@ -29,6 +29,7 @@
 #define MESH_MAP_REDIRECT_CFG "mesh_redir_cfg"
 #define MESH_MAP_REDIRECT_STATS "mesh_redir_stats"
 #define MESH_MAP_MONITOR "mesh_monitor"
+#define MESH_MAP_FRAGS "mesh_frags"
 
 /* Default capacities; meshd may resize before load with --max-endpoints. */
 #define MESH_MAX_ENDPOINTS 1024
@@ -38,6 +39,7 @@
 #define MESH_CT_ENTRIES 65536
 #define MESH_VERDICT_ENTRIES 16384
 #define MESH_SOCKHASH_ENTRIES 65536
+#define MESH_FRAG_ENTRIES 8192
 
 /* Direction as seen by the endpoint (the workload), not by the host-side veth. */
 enum mesh_direction {
@@ -84,10 +86,17 @@ struct mesh_traffic_value {
 };
 
 /*
- * Policy. Everything a verdict depends on lives in one of two revision slots; meshd writes
- * a new revision into the inactive slot, then flips mesh_pol_state.active_slot with one
- * map update. A packet reads the slot once, so it sees one revision whole: never a mix.
+ * Policy. Everything a verdict depends on lives in one of two revision slots: revision r
+ * lives in slot r & 1 (MESH_SLOT_OF). meshd writes revision r + 1 into the inactive slot,
+ * then makes it active by writing mesh_pol_state.revision, one aligned 32-bit word. A
+ * program reads that word once per run and derives the slot from it, so everything it
+ * looks up and every revision it records is that one revision's: never a mix. Before
+ * meshd rewrites a slot it waits for an RCU grace period, so no program that read the
+ * slot's old revision is still running (Datapath, PolicyMaps.swift).
  */
+#define MESH_SLOT_OF(revision) ((__u8)((revision) & 1))
+/* A revision no publish ever makes: "not checked under any revision yet". */
+#define MESH_REVISION_UNCHECKED 0xffffffffu
 
 /* Identities: a number per distinct label set (endpoints) or per CIDR (outside peers). */
 enum mesh_identity {
@@ -156,8 +165,8 @@ struct mesh_policy_ep_value {
 
 /* mesh_pol_state (array, one entry). */
 struct mesh_policy_state {
-	__u32 active_slot;
-	__u32 revision;
+	__u32 reserved; /* 0; was the active slot, which is now always MESH_SLOT_OF(revision) */
+	__u32 revision; /* the revision in force */
 };
 
 /* mesh_ct (LRU hash): SwiftMesh's own connection tracking, one entry per endpoint, flow
@@ -195,7 +204,27 @@ enum mesh_drop_reason {
 	MESH_DROP_POLICY_DENY = 1,         /* an explicit deny rule */
 	MESH_DROP_POLICY_DEFAULT_DENY = 2, /* enforced direction, no rule allows it */
 	MESH_DROP_UNSUPPORTED_L3 = 3,      /* not IPv4 (nor ARP) on an enforced endpoint */
-	MESH_DROP_MAX = 4,
+	MESH_DROP_MALFORMED_IPV4 = 4,      /* a bad IPv4 header (version, IHL, lengths) on an enforced endpoint */
+	MESH_DROP_MAX = 5,
+};
+
+/*
+ * mesh_frags (LRU hash): an IPv4 datagram in fragments -> the ports of its first
+ * fragment. Later fragments carry no L4 header; with these ports they are decided (and
+ * conntracked) as packets of the first fragment's flow, so every fragment of an allowed
+ * datagram passes and every fragment of a denied one is dropped.
+ */
+struct mesh_frag_key {
+	__u32 saddr; /* network order */
+	__u32 daddr;
+	__u16 id;    /* IPv4 identification, network order */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct mesh_frag_value {
+	__u16 sport; /* host order */
+	__u16 dport;
 };
 
 /* mesh_drops (per-CPU hash): by reason and direction. */
@@ -230,7 +259,12 @@ enum mesh_trace_cb {
 	MESH_TRACE_CB_REASON = 1,   /* enum mesh_drop_reason */
 	MESH_TRACE_CB_RULE = 2,     /* rule id */
 	MESH_TRACE_CB_PEER = 3,     /* peer identity */
-	MESH_TRACE_CB_FLAGS = 4,    /* bit 0: direction enforced; bit 1: the program ran the policy */
+	MESH_TRACE_CB_FLAGS = 4,    /* enum mesh_trace_flags */
+};
+
+enum mesh_trace_flags {
+	MESH_TRACE_ENFORCED = 1,  /* the direction is enforced for the endpoint */
+	MESH_TRACE_EVALUATED = 2, /* the program ran the policy (the ifindex is an endpoint's) */
 };
 
 /*

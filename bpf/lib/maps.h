@@ -138,6 +138,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mesh_monitor SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MESH_FRAG_ENTRIES);
+	__type(key, struct mesh_frag_key);
+	__type(value, struct mesh_frag_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_frags SEC(".maps");
+
 /* Adds one packet of `len` bytes to a per-CPU counter, creating it on first use. */
 static __always_inline void counter_add(void *map, const void *key, __u32 len)
 {
@@ -154,6 +162,15 @@ static __always_inline void counter_add(void *map, const void *key, __u32 len)
 	}
 	c->packets += 1;
 	c->bytes += len;
+}
+
+/* An endpoint's traffic counters: `len` bytes in one packet (one message, for bytes that
+ * socket redirection carried). */
+static __always_inline void count_traffic(__u32 ep, __u8 dir, __u32 len)
+{
+	struct mesh_traffic_key tk = { .endpoint_id = ep, .direction = dir };
+
+	counter_add(&mesh_traffic, &tk, len);
 }
 
 #endif

@@ -14,6 +14,16 @@ struct verdict {
 	__u32 policy_id;
 };
 
+/* The revision in force, read once per program run (see mesh_abi.h): its slot is
+ * MESH_SLOT_OF(revision), and whatever the run records is tagged with it. */
+static __always_inline __u32 policy_revision(void)
+{
+	__u32 zero = 0;
+	struct mesh_policy_state *st = bpf_map_lookup_elem(&mesh_pol_state, &zero);
+
+	return st ? *(volatile __u32 *)&st->revision : 0;
+}
+
 static __always_inline __u32 identity_of(__u8 slot, __u32 addr)
 {
 	struct mesh_ipcache_key k = { .prefixlen = 8 + 32, .slot = slot };

@@ -11,6 +11,7 @@
 #include <sys/statfs.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <linux/pkt_cls.h> /* TC_ACT_*: what a tc program returns */
 
 #include "../../../bpf/include/mesh_abi.h"
 
@@ -48,5 +49,8 @@ int64_t cbpf_tc_query(int ifindex, int ingress, uint32_t handle, uint32_t priori
  * struct __sk_buff (ifindex, mark, cb[] travel in and out). Returns 0 or -errno. */
 int cbpf_test_run_skb(int prog_fd, const void *data, uint32_t len, struct __sk_buff *ctx_in,
 		      struct __sk_buff *ctx_out, uint32_t *retval);
+
+/* MESH_SLOT_OF for Swift, which imports no function-like macro. */
+static inline uint8_t cbpf_slot_of(uint32_t revision) { return MESH_SLOT_OF(revision); }
 
 #endif

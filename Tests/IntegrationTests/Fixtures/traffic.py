@@ -35,6 +35,10 @@ exactly one JSON line on stdout; errors go to stderr with a non-zero exit status
   slow-sink   --port P --pause S [--progress-file F]: accept, read nothing for S seconds, then all
   many-server --port P / many-client --host H --port P --count N --hold S
                 N concurrent connections, one echo each, held S seconds
+  raw-frames  --iface I --kinds K1,K2,...
+                send one hand-made Ethernet frame of each kind on I (AF_PACKET), from I's
+                address to its gateway's MAC: ipv6, bad-version, bad-ihl, bad-length, short
+                -> {"sent"}
   cc-server --port P [--cc NAME] / cc-client --host H --port P [--cc NAME]
                 one connection, one byte each way -> {"cc"}: the socket's TCP congestion
                 control; --cc chooses one first, as an application may (the listener's
@@ -512,6 +516,37 @@ def cc_client(args):
     sock.close()
 
 
+def raw_frames(args):
+    """Hand-made frames no socket API would send: the datapath must drop them by name."""
+    import struct
+    with open(f"/sys/class/net/{args.iface}/address") as f:
+        src = bytes.fromhex(f.read().strip().replace(":", ""))
+    dst = b"\xff" * 6  # the host-side veth takes any frame
+    addr = socket.inet_aton(args.source)
+    peer = socket.inet_aton(args.destination)
+    udp = struct.pack("!HHHH", 40000, 9, 8, 0)
+
+    def ipv4(version=4, ihl=5, total=None):
+        total = 20 + len(udp) if total is None else total
+        return struct.pack("!BBHHHBBH4s4s", version << 4 | ihl, 0, total, 1, 0, 64, 17, 0, addr, peer) + udp
+
+    frames = {
+        "ipv6": (0x86DD, bytes([0x60, 0, 0, 0, 0, 8, 17, 64]) + b"\xfe\x80" + b"\0" * 13 + b"\x01" + b"\xff\x02" + b"\0" * 13 + b"\x01" + udp),
+        "bad-version": (0x0800, ipv4(version=6)),
+        "bad-ihl": (0x0800, ipv4(ihl=4)),
+        "bad-length": (0x0800, ipv4(total=1400)),
+        "short": (0x0800, ipv4()[:12]),
+    }
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sock.bind((args.iface, 0))
+    sent = []
+    for kind in args.kinds.split(","):
+        ethertype, payload = frames[kind]
+        sock.send(dst + src + struct.pack("!H", ethertype) + payload)
+        sent.append(kind)
+    emit({"sent": sent})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -564,6 +599,12 @@ def main():
     for name, func, sink in (("cc-server", cc_server, True), ("cc-client", cc_client, False)):
         p = command(name, func, sink=sink)
         p.add_argument("--cc", default="", help="set this congestion control on the socket first, as an application may")
+    p = sub.add_parser("raw-frames")
+    p.set_defaults(func=raw_frames)
+    p.add_argument("--iface", default="eth0")
+    p.add_argument("--kinds", required=True)
+    p.add_argument("--source", required=True)
+    p.add_argument("--destination", required=True)
     command("many-server", many_server, sink=True)
     p = command("many-client", many_client, sink=False)
     p.add_argument("--count", type=int, required=True)

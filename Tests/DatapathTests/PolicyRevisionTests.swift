@@ -1,0 +1,219 @@
+import CBPF
+@testable import Datapath
+import Foundation
+import XCTest
+
+/// Policy revisions in the kernel: a publish is atomic for every packet the programs see
+/// (one revision per program run, local delivery included), a publish that does not fit
+/// changes nothing in force, and the next one leaves exactly its own entries.
+final class PolicyRevisionTests: BPFTestCase {
+    // Two endpoints of a node that exists only in the maps: the programs run on packets
+    // through BPF_PROG_TEST_RUN with the loopback device's ifindex (1) as the sender's
+    // veth, so nothing is attached anywhere and no packet leaves the test.
+    static let senderIfindex: UInt32 = 1
+    static let sender: UInt32 = 0x0a09_0001 // 10.9.0.1
+    static let receiver: UInt32 = 0x0a09_0002
+
+    /// Revision A (odd revisions) and B (even ones) both allow UDP sender -> receiver:5000,
+    /// each by rules of its own; only A allows :5001. Identities differ too, so a lookup
+    /// that mixed the two (A's ipcache with B's policy, say) decides with a rule neither
+    /// revision gives.
+    struct Revision: Sendable {
+        var ipcache: [MeshDatapath.IPCacheEntry]
+        var policy: [MeshDatapath.PolicyEntry]
+        var enforcement: [MeshDatapath.Enforcement]
+        /// Rule ids a flow to `port` is allowed by, at the sender's egress and the
+        /// receiver's ingress; nil when the revision denies it.
+        var rules: [UInt16: (egress: UInt32, ingress: UInt32)]
+    }
+
+    static func revision(identityBase: UInt32, ruleBase: UInt32, ports: [UInt16]) -> Revision {
+        let sid = identityBase + 1, rid = identityBase + 2
+        var policy: [MeshDatapath.PolicyEntry] = []
+        var rules: [UInt16: (egress: UInt32, ingress: UInt32)] = [:]
+        for (i, port) in ports.enumerated() {
+            let egress = ruleBase + 3 + UInt32(2 * i), ingress = egress + 1
+            policy.append(.init(endpointID: 1, direction: .egress, identity: rid, proto: UInt8(IPPROTO_UDP), portPrefix: port,
+                                portPrefixLength: 16, action: .allow, ruleID: egress, policyID: ruleBase))
+            policy.append(.init(endpointID: 2, direction: .ingress, identity: sid, proto: UInt8(IPPROTO_UDP), portPrefix: port,
+                                portPrefixLength: 16, action: .allow, ruleID: ingress, policyID: ruleBase))
+            rules[port] = (egress, ingress)
+        }
+        return Revision(
+            ipcache: [.init(address: sender, prefixLength: 32, identity: sid, endpointID: 1),
+                      .init(address: receiver, prefixLength: 32, identity: rid, endpointID: 2)],
+            policy: policy,
+            enforcement: [.init(endpointID: 1, ingress: false, egress: true, ingressDefaultRule: 0, egressDefaultRule: ruleBase + 1),
+                          .init(endpointID: 2, ingress: true, egress: false, ingressDefaultRule: ruleBase + 2, egressDefaultRule: 0)],
+            rules: rules)
+    }
+
+    static let a = revision(identityBase: 300, ruleBase: 10, ports: [5000, 5001])
+    static let b = revision(identityBase: 400, ruleBase: 20, ports: [5000])
+
+    static func publish(_ dp: MeshDatapath, _ revision: UInt32) throws {
+        let r = revision & 1 == 1 ? Self.a : Self.b
+        try dp.publish(revision: revision, ipcache: r.ipcache, policy: r.policy, enforcement: r.enforcement)
+    }
+
+    /// Ethernet + IPv4 + UDP from the sender to the receiver.
+    static func datagram(sourcePort: UInt16, destinationPort: UInt16) -> [UInt8] {
+        var p = MeshDatapath.packet(source: sender, destination: receiver, proto: .udp, destinationPort: destinationPort)
+        p[34] = UInt8(sourcePort >> 8)
+        p[35] = UInt8(sourcePort & 0xff)
+        return p
+    }
+
+    /// Runs the sender's tc ingress program once, with its side effects (conntrack).
+    static func runFromEndpoint(_ dp: MeshDatapath, _ packet: [UInt8]) throws -> Int32 {
+        var data = packet
+        var ctxIn = __sk_buff()
+        ctxIn.ifindex = senderIfindex
+        var ctxOut = __sk_buff()
+        var retval: UInt32 = 0
+        try check("test run", cbpf_test_run_skb(dp.fromEndpoint.fd, &data, UInt32(data.count), &ctxIn, &ctxOut, &retval))
+        return Int32(bitPattern: retval)
+    }
+
+    static func ctKey(endpoint: UInt32, direction: MeshDatapath.Direction, sourcePort: UInt16, port: UInt16) -> mesh_ct_key {
+        var k = mesh_ct_key()
+        k.endpoint_id = endpoint
+        k.saddr = sender.bigEndian
+        k.daddr = receiver.bigEndian
+        k.sport = sourcePort
+        k.dport = port
+        k.proto = UInt8(IPPROTO_UDP)
+        k.direction = UInt8(direction.abi.rawValue)
+        return k
+    }
+
+    func makeNode() throws -> MeshDatapath {
+        let dp = try MeshDatapath(pinDir: pinDir, nodeID: 1)
+        var info = mesh_endpoint_info()
+        info.endpoint_id = 1
+        info.ipv4 = Self.sender.bigEndian
+        try dp.endpoints.update(mesh_endpoint_key(ifindex: Self.senderIfindex), info)
+        var local = mesh_local_endpoint()
+        local.ifindex = 999_999 // not the sender's: delivered locally (the redirect itself is not run)
+        local.endpoint_id = 2
+        try dp.localEndpoints.update(Self.receiver.bigEndian, local)
+        return dp
+    }
+
+    func testEveryPacketSeesOneRevisionWholeWhilePublishesAlternate() throws {
+        let dp = try makeNode()
+        try Self.publish(dp, 1)
+        let publishes: UInt32 = 400
+        let done = ManagedAtomicFlag()
+        let publisher = Thread {
+            for r in 2...(publishes + 1) { try! Self.publish(dp, r) }
+            done.set()
+        }
+        publisher.start()
+
+        var probes = 0, allowed = [0, 0], violations: [String] = []
+        var sourcePort: UInt16 = 1024
+        while !done.isSet || probes < 1000 {
+            sourcePort = sourcePort == UInt16.max ? 1024 : sourcePort + 1
+            let port: UInt16 = probes % 2 == 0 ? 5000 : 5001
+            probes += 1
+            let rc = try Self.runFromEndpoint(dp, Self.datagram(sourcePort: sourcePort, destinationPort: port))
+            let egress = try dp.conntrack.lookup(Self.ctKey(endpoint: 1, direction: .egress, sourcePort: sourcePort, port: port), as: mesh_ct_value.self)
+            let ingress = try dp.conntrack.lookup(Self.ctKey(endpoint: 2, direction: .ingress, sourcePort: sourcePort, port: port), as: mesh_ct_value.self)
+            if rc == TC_ACT_SHOT {
+                // Only B denies, and only :5001, at the sender's egress (nothing recorded).
+                if port != 5001 || egress != nil || ingress != nil {
+                    violations.append("probe \(probes) to :\(port) dropped (ct egress \(egress?.revision as Any), ingress \(ingress?.revision as Any))")
+                }
+                continue
+            }
+            guard rc == TC_ACT_REDIRECT, let egress, let ingress else {
+                violations.append("probe \(probes) to :\(port): verdict \(rc), ct egress \(egress?.revision as Any), ingress \(ingress?.revision as Any)")
+                continue
+            }
+            // Both hooks of one packet decided under one revision, with that revision's rules.
+            let expected = (egress.revision & 1 == 1 ? Self.a : Self.b).rules[port]
+            if egress.revision != ingress.revision || expected?.egress != egress.rule_id || expected?.ingress != ingress.rule_id {
+                violations.append("probe \(probes) to :\(port): egress revision \(egress.revision) rule \(egress.rule_id), ingress revision \(ingress.revision) rule \(ingress.rule_id)")
+            }
+            allowed[Int(egress.revision & 1)] += 1
+        }
+        publisher.cancel()
+        XCTAssertEqual(violations, [], "\(violations.count) of \(probes) probes saw a mix of revisions")
+        XCTAssertEqual(try dp.policyState().revision, publishes + 1)
+        // The probes ran across the flips: both revisions decided some of them.
+        XCTAssertGreaterThan(allowed[0], 0, "no probe was decided under B")
+        XCTAssertGreaterThan(allowed[1], 0, "no probe was decided under A")
+    }
+
+    func testAPublishThatDoesNotFitChangesNothingInForceAndTheNextLeavesOnlyItsOwnEntries() throws {
+        let dp = try makeNode()
+        let capacity = dp.ipcache.maxEntries
+        func addresses(_ n: Int, base: UInt32) -> [MeshDatapath.IPCacheEntry] {
+            (0..<UInt32(n)).map { .init(address: base + $0, prefixLength: 32, identity: 5000 + $0) }
+        }
+        // Revision 1 takes well over half the map (more than a slot's share, which the
+        // policy engine would refuse first: here the kernel itself must say no).
+        let first = addresses(capacity / 2 + 2000, base: 0x0b00_0000)
+        try dp.publish(revision: 1, ipcache: first, policy: [], enforcement: [])
+        XCTAssertThrowsError(try dp.publish(revision: 2, ipcache: addresses(capacity / 2 + 2000, base: 0x0c00_0000), policy: [], enforcement: [])) { error in
+            let message = "\(error)"
+            XCTAssertTrue(message.contains("map mesh_ipcache is full at its capacity of \(capacity) entries"), message)
+            XCTAssertTrue(message.contains("revision 1 stays in force"), message)
+        }
+        // Revision 1 is still the one in force, whole, as the kernel holds it.
+        XCTAssertEqual(try dp.policyState().revision, 1)
+        XCTAssertEqual(try dp.ipcacheEntries().count, first.count)
+        let verdict = try dp.trace(ifindex: Int32(Self.senderIfindex), direction: .egress, source: Self.sender, destination: 0x0b00_0005,
+                                   proto: .tcp, destinationPort: 80)
+        XCTAssertEqual(verdict.peerIdentity, 5005, "the ipcache in force answers")
+
+        // The next publish into that slot leaves exactly its own entries there.
+        let small = addresses(5, base: 0x0d00_0000)
+        try dp.publish(revision: 2, ipcache: small, policy: [], enforcement: [])
+        XCTAssertEqual(Set(try dp.ipcacheEntries().map(\.address)), Set(small.map(\.address)))
+        XCTAssertEqual(try slotCount(dp.ipcache, slot: 0), 5)
+        XCTAssertEqual(try slotCount(dp.ipcache, slot: 1), first.count)
+        try dp.publish(revision: 3, ipcache: addresses(3, base: 0x0e00_0000), policy: [], enforcement: [])
+        XCTAssertEqual(try slotCount(dp.ipcache, slot: 1), 3)
+        XCTAssertEqual(try dp.ipcache.count(), 8)
+    }
+
+    func testARevisionOfTheActiveSlotIsRefused() throws {
+        let dp = try makeNode()
+        try Self.publish(dp, 1)
+        XCTAssertThrowsError(try Self.publish(dp, 3)) { error in
+            XCTAssertTrue("\(error)".contains("revision 1 is in force"), "\(error)")
+        }
+        XCTAssertEqual(try dp.policyState().revision, 1)
+        XCTAssertThrowsError(try dp.publish(revision: MeshDatapath.uncheckedRevision, ipcache: [], policy: [], enforcement: []))
+    }
+
+    /// Swift names every value the header defines: a value added to mesh_abi.h without a
+    /// Swift case fails here (the numbers themselves come from the header).
+    func testSwiftNamesEveryDropReasonAndRedirectCounterOfTheHeader() {
+        for raw in MeshDatapath.DropReason.headerValues {
+            XCTAssertNotNil(MeshDatapath.DropReason(abi: UInt8(raw)), "drop reason \(raw) of mesh_abi.h has no Swift case")
+        }
+        XCTAssertEqual(MeshDatapath.DropReason.allCases.count, MeshDatapath.DropReason.headerValues.count)
+        for raw in SocketRedirect.Counter.headerValues {
+            XCTAssertNotNil(SocketRedirect.Counter(abi: raw), "redirect counter \(raw) of mesh_abi.h has no Swift case")
+        }
+        XCTAssertEqual(SocketRedirect.Counter.allCases.count, SocketRedirect.Counter.headerValues.count)
+        for c in SocketRedirect.Counter.allCases where "\(c)".hasPrefix("fallback") {
+            XCTAssertFalse(SocketRedirect.fallbackName(c).isEmpty, "\(c) has no reason label")
+        }
+    }
+
+    func slotCount(_ map: BPFMap, slot: UInt8) throws -> Int {
+        try map.entriesRaw().filter { k, _ in k.withUnsafeBytes { $0.loadUnaligned(as: mesh_ipcache_key.self) }.slot == slot }.count
+    }
+}
+
+/// A flag one thread sets and another reads.
+final class ManagedAtomicFlag: @unchecked Sendable { // every access holds the lock
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.lock(); value = true; lock.unlock() }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+}

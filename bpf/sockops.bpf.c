@@ -178,17 +178,21 @@ static __always_inline int leave(struct mesh_sock_key *key, struct mesh_sock_sta
 }
 
 /*
- * On a socket's RTT callback: the socket and its peer leave the sockhash once their
- * connection fell back and it is safe (leave). A connection that sends through the stack
- * gets ACKs, an accelerated one hardly any; one side's ACKs serve both, since the side
- * that only reads never gets an RTT sample. Returns 1 when both sockets are out.
+ * On a socket's RTT callback: the socket leaves the sockhash once its connection fell back
+ * and it is safe (leave). Only the socket itself: its struct sock comes with the callback,
+ * while the peer's could be reached only through a pointer kept in a map, which may by now
+ * name a freed socket, or another one in its memory (TCP sockets are SLAB_TYPESAFE_BY_RCU),
+ * whose empty queue would let the peer leave with bytes still queued. A socket that only
+ * reads gets no RTT samples and so stays until it writes or closes; reading plain TCP
+ * through the sockhash costs it little, since tcp_bpf_recvmsg hands a socket whose redirect
+ * queue is empty straight to tcp_recvmsg. The writer, whose every sendmsg would otherwise
+ * run sk_msg, is the side that gets the ACKs and leaves. Returns 1 when the socket is out.
  */
 static __always_inline int maybe_leave(struct bpf_sock_ops *skops, struct mesh_sock_key *key)
 {
 	struct sock___mesh *sk;
 	struct mesh_sock_state *s, *ps;
 	struct mesh_sock_key peer = peer_key(key);
-	int out;
 
 	s = bpf_map_lookup_elem(&mesh_sock_state, key);
 	if (!s)
@@ -199,10 +203,7 @@ static __always_inline int maybe_leave(struct bpf_sock_ops *skops, struct mesh_s
 	sk = ops_sock(skops);
 	if (!sk)
 		return 0;
-	out = leave(key, s, sk, ps);
-	if (ps && !leave(&peer, ps, (struct sock___mesh *)ps->sock, s))
-		out = 0;
-	return out;
+	return leave(key, s, sk, ps);
 }
 
 /*
@@ -346,7 +347,6 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 			.created = bpf_ktime_get_ns(),
 		};
 
-		s.sock = (__u64)ops_sock(skops);
 		if (bpf_map_update_elem(&mesh_sock_state, &key, &s, BPF_ANY))
 			return 1;
 		if (bpf_sock_hash_update(skops, &mesh_sockhash, &key, BPF_ANY)) {

@@ -278,9 +278,9 @@ enum mesh_trace_flags {
  * fall back to PASSTHROUGH; PASSTHROUGH never goes back. That is what keeps bytes in
  * order: the receiver drains redirected data before anything that came through the stack,
  * and nothing redirected can overtake data that is already in the stack. When one
- * direction falls back, the other does too, and each socket then leaves the sockhash as
- * soon as that is safe (sockops.bpf.c, maybe_leave), so the connection costs no more
- * than plain TCP from then on.
+ * direction falls back, the other does too, and each socket that writes then leaves the
+ * sockhash as soon as that is safe (sockops.bpf.c, maybe_leave), so the connection costs
+ * no more than plain TCP from then on. No map holds a kernel pointer.
  */
 struct mesh_sock_key {
 	__u32 local_ip;   /* network order */
@@ -315,9 +315,6 @@ struct mesh_sock_state {
 	/* When this direction stopped redirecting (PASSTHROUGH or DENIED), in
 	 * bpf_ktime_get_ns time; 1 if it never redirected; 0 while it may still redirect. */
 	__u64 stopped;
-	/* The socket's struct sock, for its peer's program to see whether the socket's redirect
-	 * queue is empty (sockops.bpf.c, maybe_leave). Kernel address: never shown. */
-	__u64 sock;
 };
 
 /* A socket leaves the sockhash only once its peer stopped redirecting to it at least this

@@ -21,9 +21,12 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
-        // libbpf and the shared kernel/userspace ABI header (bpf/include) as one C module.
+        // The shared kernel/userspace ABI header (bpf/include/mesh_abi.h) as a C module.
+        .target(name: "MeshABI"),
+        // libbpf with the ABI, as one C module for the Datapath module.
         .target(
             name: "CBPF",
+            dependencies: ["MeshABI"],
             linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]
         ),
         // Compiles bpf/*.bpf.c with clang -target bpf and embeds each object into Swift.
@@ -39,7 +42,7 @@ let package = Package(
             name: "Datapath",
             dependencies: ["CBPF", "BPFObjects"]
         ),
-        .target(name: "MeshModel"),
+        .target(name: "MeshModel", dependencies: ["MeshABI"]),
         .target(
             name: "Agent",
             dependencies: [

@@ -1,3 +1,5 @@
+import MeshABI
+
 /// Network policy as SwiftMesh enforces it: the common meaning of CiliumNetworkPolicy and
 /// Kubernetes NetworkPolicy documents after parsing and validation (see PolicyParser).
 ///
@@ -81,13 +83,15 @@ public enum Peer: Codable, Sendable, Equatable {
 /// A set of ports of one protocol: `from...to` (a single port has from == to).
 public struct PortRange: Codable, Sendable, Equatable {
     public enum L4Protocol: String, Codable, Sendable, CaseIterable {
-        case tcp = "TCP", udp = "UDP", any = "ANY"
+        /// ICMP's "ports" are message types (a CiliumNetworkPolicy `icmps` entry).
+        case tcp = "TCP", udp = "UDP", icmp = "ICMP", any = "ANY"
 
-        /// IANA protocol number, 0 for ANY.
+        /// IANA protocol number (the C library's), 0 for ANY.
         public var number: UInt8 {
             switch self {
-            case .tcp: 6
-            case .udp: 17
+            case .tcp: UInt8(IPPROTO_TCP)
+            case .udp: UInt8(IPPROTO_UDP)
+            case .icmp: UInt8(IPPROTO_ICMP)
             case .any: 0
             }
         }

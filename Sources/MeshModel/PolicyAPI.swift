@@ -228,12 +228,6 @@ public struct BPFConntrackRow: Codable, Sendable {
 
 public enum ProtocolName {
     public static func name(_ n: UInt8) -> String {
-        switch n {
-        case 0: "ANY"
-        case 1: "ICMP"
-        case 6: "TCP"
-        case 17: "UDP"
-        default: "proto-\(n)"
-        }
+        PortRange.L4Protocol.allCases.first { $0.number == n }?.rawValue ?? "proto-\(n)"
     }
 }

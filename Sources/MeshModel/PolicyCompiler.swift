@@ -1,13 +1,16 @@
+import MeshABI
+
 /// Turns policies and the node's endpoints into what the kernel looks up: identities, an
 /// ipcache, policy map entries and per-endpoint enforcement. Pure and deterministic: the
 /// same input always gives the same output, so a restarted meshd rebuilds exactly what its
 /// predecessor left pinned.
 public enum PolicyCompiler {
-    public static let anyIdentity: UInt32 = 0
-    public static let hostIdentity: UInt32 = 1
-    public static let worldIdentity: UInt32 = 2
-    static let firstEndpointIdentity: UInt32 = 256
-    static let firstCIDRIdentity: UInt32 = 0x0100_0000
+    // Reserved identities and where allocation starts: the kernel's numbers (mesh_abi.h).
+    public static let anyIdentity = UInt32(MESH_ID_ANY.rawValue)
+    public static let hostIdentity = UInt32(MESH_ID_HOST.rawValue)
+    public static let worldIdentity = UInt32(MESH_ID_WORLD.rawValue)
+    static let firstEndpointIdentity = UInt32(MESH_ID_FIRST_ENDPOINT.rawValue)
+    static let firstCIDRIdentity = UInt32(MESH_ID_FIRST_CIDR.rawValue)
 
     /// What a compiled policy set needs to know about an endpoint.
     public struct EndpointInfo: Sendable, Equatable {
@@ -242,7 +245,7 @@ public enum PolicyCompiler {
         if ports.isEmpty { return [(0, 0, 0)] }
         var out: [(UInt8, UInt16, Int)] = []
         for p in ports {
-            let protos: [UInt8] = p.proto == .any ? [6, 17] : [p.proto.number]
+            let protos: [UInt8] = p.proto == .any ? [PortRange.L4Protocol.tcp.number, PortRange.L4Protocol.udp.number] : [p.proto.number]
             // Every port (1-65535, as a rule without a port reads) is one block, not sixteen.
             let (from, to) = p.from <= 1 && p.to == UInt16.max ? (UInt16(0), UInt16.max) : (p.from, p.to)
             for proto in protos {

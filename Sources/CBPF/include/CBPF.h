@@ -13,7 +13,7 @@
 #include <bpf/libbpf.h>
 #include <linux/pkt_cls.h> /* TC_ACT_*: what a tc program returns */
 
-#include "../../../bpf/include/mesh_abi.h"
+#include "MeshABI.h"
 
 /* Route libbpf's warnings (and the verifier log it prints on a failed load) into a
  * buffer that cbpf_log_take() drains, so errors can carry libbpf's own words. */

@@ -66,14 +66,14 @@ static __always_inline void report_flow(__u16 type, __u32 ep, __u32 peer, const 
  */
 static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_value *ct, struct mesh_ct_key *ck,
 				       __u32 ep, __u8 flow_dir, __u32 peer_addr, __u16 dport, const struct flow *f,
-				       __u8 dir, __u8 slot, __u32 revision, __u64 now)
+				       __u8 dir, __u8 slot, __u32 revision, __u64 now, int reply)
 {
 	if (ct->revision != revision) {
 		__u32 peer = identity_of(slot, peer_addr);
 		struct verdict v = policy_decide(slot, flow_dir, ep, peer, f->proto, dport);
 
 		if (v.action == MESH_ACTION_DENY) {
-			bpf_map_delete_elem(&mesh_ct, ck);
+			ct_remove(ck);
 			report_flow(MESH_EVENT_DROP, ep, peer, f, dir, &v, revision);
 			return drop(skb, v.reason, dir);
 		}
@@ -81,6 +81,8 @@ static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_val
 		ct->rule_id = v.rule_id;
 	}
 	ct->last_seen = now;
+	if (reply && !ct->seen_reply)
+		ct->seen_reply = 1;
 	if (f->tcp_flags & 0x05)
 		ct->closing = 1;
 	return TC_ACT_OK;
@@ -142,7 +144,7 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 	ct = bpf_map_lookup_elem(&mesh_ct, &ck);
 	if (ct && !ct_expired(ct, f->proto, now))
 		return established(skb, ct, &ck, ep, dir, dir == MESH_DIR_EGRESS ? f->daddr : f->saddr, f->dport,
-				   f, dir, slot, revision, now);
+				   f, dir, slot, revision, now, 0);
 
 	/* A reply of a flow the endpoint's other direction allowed? Its peer and port are
 	 * the original flow's. */
@@ -150,7 +152,7 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 	ct = bpf_map_lookup_elem(&mesh_ct, &ck);
 	if (ct && !ct_expired(ct, f->proto, now))
 		return established(skb, ct, &ck, ep, odir, odir == MESH_DIR_EGRESS ? f->saddr : f->daddr, f->sport,
-				   f, dir, slot, revision, now);
+				   f, dir, slot, revision, now, 1);
 
 new_flow:
 	peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f->daddr : f->saddr);
@@ -172,7 +174,7 @@ new_flow:
 		};
 
 		ct_key(&ck, ep, f, dir, 0);
-		bpf_map_update_elem(&mesh_ct, &ck, &nv, BPF_ANY);
+		ct_create(&ck, &nv);
 	}
 	if (v.enforced) {
 		struct mesh_monitor_config *mon = bpf_map_lookup_elem(&mesh_monitor, &zero);

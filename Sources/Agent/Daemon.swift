@@ -28,7 +28,7 @@ public enum Daemon {
         try prepareNodeNetwork(settings, logger: logger)
 
         let redirect: SocketRedirect
-        do { redirect = try SocketRedirect(pinDir: settings.bpffs, cgroup: settings.cgroup, nodeID: nodeID(settings.nodeName)) } catch {
+        do { redirect = try SocketRedirect(pinDir: settings.bpffs, cgroup: settings.cgroup, nodeID: nodeID(settings.nodeName), sizes: settings.mapSizes) } catch {
             throw MeshError(.datapath, "loading socket redirection failed: \(error)")
         }
         // An upgrade that changed a map's layout gets that map anew, empty; the

@@ -27,6 +27,9 @@ public final class MetricsCollector: @unchecked Sendable {
     private var eventCounters: [String: Counter] = [:]
     private let cpu: Counter
     private var lastCPU = 0.0
+    /// The highest eviction count derived so far: the derivation reads several counters
+    /// that move while it reads, and a counter must never go back.
+    private var evictedHighWater: UInt64 = 0
     private let rss, vsize, fds, start: Gauge
 
     static let packetsHelp = "Packets forwarded through an endpoint's veth, counted by the tc programs, by direction as seen by the endpoint."
@@ -113,6 +116,17 @@ public final class MetricsCollector: @unchecked Sendable {
                                   help: "Sockets of connections between two local endpoints, as they were established: running local-congestion-control (applied), keeping their application's or route's own (own_choice), or refused by the kernel (failed).",
                                   value: rc[counter] ?? 0))
         }
+        let ct = try datapath.conntrackStatistics()
+        readings.append(.init(name: "mesh_conntrack_created_total", labels: [],
+                              help: "Connection-tracking entries the programs created: new flows, per endpoint and direction.",
+                              value: ct.created))
+        let evicted = lock.withLock {
+            evictedHighWater = max(evictedHighWater, ct.evicted)
+            return evictedHighWater
+        }
+        readings.append(.init(name: "mesh_conntrack_evictions_total", labels: [],
+                              help: "Connection-tracking entries evicted because the table was full (conntrack-max): created, less those still there, deleted by a new revision or expired.",
+                              value: evicted))
         let sockets = (try? redirect.socketCount()) ?? 0
         let revision = try datapath.policyState().revision
         let policies = await policy.policyKeys.count

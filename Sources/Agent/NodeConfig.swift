@@ -1,3 +1,4 @@
+import Datapath
 import Foundation
 import MeshModel
 import Yams
@@ -19,12 +20,36 @@ public struct NodeConfig: Sendable, Equatable {
     public var socketRedirect: String?
     /// nil: keep what `meshctl config set` stored last (default cubic).
     public var localCongestionControl: String?
+    /// Entries of the conntrack table; nil: sized for the node's memory.
+    public var conntrackMax: String?
 
     public init() {}
 
+    /// Bounds of conntrack-max: below 1024 a busy endpoint evicts its own flows; above
+    /// 2^24 the table alone would take gigabytes of kernel memory.
+    public static let conntrackMaxRange: ClosedRange<UInt32> = 1024...(1 << 24)
+
+    /// conntrack-max when none is given, as Cilium sizes its tables: 0.25% of the node's
+    /// memory at about 128 bytes an entry (key, value and the kernel's own element), as a
+    /// power of two between 65,536 and 1,048,576. 24 GiB gives 262,144.
+    public static func defaultConntrackMax(memoryBytes: UInt64) -> UInt32 {
+        let fit = memoryBytes / 400 / 128
+        var n: UInt64 = 65536
+        while n * 2 <= fit && n < 1 << 20 { n *= 2 }
+        return UInt32(n)
+    }
+
+    /// MemTotal from /proc/meminfo, in bytes (nil if it cannot be read).
+    static func memoryBytes() -> UInt64? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
+              let kib = line.split(separator: " ").dropFirst().first.flatMap({ UInt64($0) }) else { return nil }
+        return kib * 1024
+    }
+
     /// The keys a config file may set, as on the command line without the dashes.
     public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address",
-                                  "socket-redirect", "local-congestion-control"]
+                                  "socket-redirect", "local-congestion-control", "conntrack-max"]
 
     /// Applies a YAML mapping of `fileKeys` to strings. Unknown keys are an error.
     public mutating func apply(yaml text: String, source: String) throws(MeshError) {
@@ -59,6 +84,7 @@ public struct NodeConfig: Sendable, Equatable {
         case "metrics-address": metricsAddress = value
         case "socket-redirect": socketRedirect = value
         case "local-congestion-control": localCongestionControl = value
+        case "conntrack-max": conntrackMax = value
         default: break
         }
     }
@@ -86,6 +112,13 @@ public struct NodeConfig: Sendable, Equatable {
         if let cc = localCongestionControl, !RuntimeConfig.isCongestionControlName(cc) {
             throw .invalid("local-congestion-control \"\(cc)\" must be a congestion control name such as cubic or reno, or keep")
         }
+        var ctMax = Self.defaultConntrackMax(memoryBytes: Self.memoryBytes() ?? 0)
+        if let conntrackMax {
+            guard let n = UInt32(conntrackMax), Self.conntrackMaxRange.contains(n) else {
+                throw .invalid("conntrack-max \"\(conntrackMax)\" must be a number of entries from \(Self.conntrackMaxRange.lowerBound) to \(Self.conntrackMaxRange.upperBound)")
+            }
+            ctMax = n
+        }
         let pin = bpffs ?? "/sys/fs/bpf/\(nodeName)"
         guard pin.hasPrefix("/sys/fs/bpf/"), pin.count > "/sys/fs/bpf/".count else {
             throw .invalid("bpffs folder \"\(pin)\" must be a folder under /sys/fs/bpf")
@@ -98,7 +131,7 @@ public struct NodeConfig: Sendable, Equatable {
         return NodeSettings(nodeName: nodeName, stateDir: stateDir, bpffs: pin, cgroup: cg, podCIDR: cidr,
                             apiSocket: apiSocket, metricsHost: String(parts[0]), metricsPort: port,
                             socketRedirect: socketRedirect.flatMap(RuntimeConfig.parseSwitch),
-                            localCongestionControl: localCongestionControl)
+                            localCongestionControl: localCongestionControl, conntrackMax: ctMax)
     }
 
     private func isNodeName(_ s: String) -> Bool {
@@ -121,6 +154,11 @@ public struct NodeSettings: Sendable {
     public let socketRedirect: Bool?
     /// Set by flag or config file (a name or keep); nil keeps the stored run-time value.
     public let localCongestionControl: String?
+    /// Entries of the conntrack table.
+    public let conntrackMax: UInt32
+
+    /// The sizes the node's BPF maps load with (every object that declares them).
+    public var mapSizes: MapSizes { MapSizes(conntrack: conntrackMax) }
 
     /// Named netns of an endpoint: `<node>-ep-<endpoint>`, so that nodes sharing one kernel
     /// never collide and leftovers are recognisable.

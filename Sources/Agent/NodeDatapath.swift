@@ -5,7 +5,7 @@ import MeshModel
 /// The Agent's view of the datapath: endpoints in, MeshErrors out.
 extension MeshDatapath {
     static func load(settings: NodeSettings, nodeID: UInt32) throws(MeshError) -> MeshDatapath {
-        do { return try MeshDatapath(pinDir: settings.bpffs, nodeID: nodeID) } catch {
+        do { return try MeshDatapath(pinDir: settings.bpffs, nodeID: nodeID, sizes: settings.mapSizes) } catch {
             throw MeshError(.datapath, "loading the BPF datapath failed: \(error)",
                             hint: "meshd needs root, a kernel with BTF, and bpffs at /sys/fs/bpf")
         }

@@ -128,11 +128,29 @@ public final class BPFMap: @unchecked Sendable {
         return out
     }
 
-    /// Number of entries, for map pressure. Walks raw keys (any key type).
+    /// Writes one value per possible CPU (in CPU order) for `key` of a per-CPU map.
+    public func updatePerCPU<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, _ values: [V]) throws {
+        try checkSizes(K.self, V.self, perCPU: true)
+        let cpus = Int(libbpf_num_possible_cpus())
+        guard values.count == cpus else { throw DatapathError("update per-CPU map \(name): \(values.count) values for \(cpus) CPUs", errno: EINVAL) }
+        let stride = (valueSize + 7) & ~7
+        var buf = [UInt8](repeating: 0, count: stride * cpus)
+        buf.withUnsafeMutableBytes { raw in
+            for (i, v) in values.enumerated() { raw.storeBytes(of: v, toByteOffset: i * stride, as: V.self) }
+        }
+        var k = key
+        let rc = buf.withUnsafeMutableBytes { bpf_map_update_elem(fd, &k, $0.baseAddress, 0) }
+        guard rc == 0 else { throw DatapathError("update per-CPU map \(name)", errno: Glibc.errno) }
+    }
+
+    /// Number of entries, for map pressure. Hash maps are counted with the kernel's batch
+    /// lookup (thousands of entries a call, and it does not touch an LRU's recency);
+    /// other maps by walking their keys.
     public func count() throws -> Int {
         if type == BPF_MAP_TYPE_RINGBUF || type == BPF_MAP_TYPE_ARRAY || type == BPF_MAP_TYPE_PERCPU_ARRAY {
             return type == BPF_MAP_TYPE_RINGBUF ? 0 : maxEntries
         }
+        if let n = batchCount() { return n }
         var cur = [UInt8](repeating: 0, count: keySize)
         var next = [UInt8](repeating: 0, count: keySize)
         var n = 0
@@ -144,6 +162,36 @@ public final class BPFMap: @unchecked Sendable {
             if n > maxEntries * 2 { break }
         }
         return n
+    }
+
+    /// The entry count by BPF_MAP_LOOKUP_BATCH, or nil where the map type (or kernel) has
+    /// no batch operations.
+    private func batchCount() -> Int? {
+        guard [BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_LRU_PERCPU_HASH].contains(type) else {
+            return nil
+        }
+        let chunk = 4096
+        let stride = isPerCPU ? ((valueSize + 7) & ~7) * Int(libbpf_num_possible_cpus()) : valueSize
+        var keys = [UInt8](repeating: 0, count: keySize * chunk)
+        var values = [UInt8](repeating: 0, count: stride * chunk)
+        // The hash maps' batch position is a bucket number (u32); 8 bytes leave room.
+        var position: UInt64 = 0, next: UInt64 = 0
+        var first = true, total = 0
+        while true {
+            var n = UInt32(chunk)
+            let rc = keys.withUnsafeMutableBytes { k in
+                values.withUnsafeMutableBytes { v in
+                    first ? bpf_map_lookup_batch(fd, nil, &next, k.baseAddress, v.baseAddress, &n, nil)
+                          : bpf_map_lookup_batch(fd, &position, &next, k.baseAddress, v.baseAddress, &n, nil)
+                }
+            }
+            let err = rc < 0 ? Glibc.errno : 0
+            total += Int(n)
+            if rc < 0 { return err == ENOENT ? total : nil }
+            position = next
+            first = false
+            if total > maxEntries * 2 { return nil } // a map rewritten under us: walk instead
+        }
     }
 
     /// Pins the map at `path`, replacing whatever was pinned there.
@@ -172,11 +220,13 @@ extension BPFMap {
         guard bpf_map_update_elem(fd, &k, &v, 0) == 0 else { throw DatapathError("update map \(name)", errno: Glibc.errno) }
     }
 
-    public func deleteRaw(_ key: [UInt8]) throws {
+    /// Deletes `key`; returns false when it was not there.
+    @discardableResult
+    public func deleteRaw(_ key: [UInt8]) throws -> Bool {
         var k = key
-        if bpf_map_delete_elem(fd, &k) != 0 && Glibc.errno != ENOENT {
-            throw DatapathError("delete from map \(name)", errno: Glibc.errno)
-        }
+        if bpf_map_delete_elem(fd, &k) == 0 { return true }
+        if Glibc.errno == ENOENT { return false }
+        throw DatapathError("delete from map \(name)", errno: Glibc.errno)
     }
 
     /// Every (key, value) as raw bytes; for non-per-CPU maps.

@@ -83,6 +83,9 @@ public final class MeshDatapath: @unchecked Sendable {
     let verdicts: BPFMap
     let monitor: BPFMap
     let frags: BPFMap
+    let conntrackStats: BPFMap
+    /// Serialises meshd's own additions to MESH_CT_STAT_COLLECTED.
+    let collectedLock = NSLockShim()
     /// What each revision slot holds, mirrored in memory so a new revision writes only
     /// what differs from the slot's previous contents.
     var slots = [SlotContents(), SlotContents()]
@@ -90,12 +93,13 @@ public final class MeshDatapath: @unchecked Sendable {
     let gracePeriod: GracePeriod
 
     /// Loads and pins the node's datapath under `pinDir` (created if missing).
-    public init(pinDir: String, nodeID: UInt32) throws {
+    public init(pinDir: String, nodeID: UInt32, sizes: MapSizes = MapSizes()) throws {
         self.pinDir = pinDir
         try BPFFS.ensureMounted()
         try BPFFS.makeDirectory(pinDir)
         let spec = try BPFObjectSpec(bytes: EmbeddedBPF.endpoint.bytes, name: "endpoint", pinRoot: pinDir)
         try spec.setConstant("cfg_node_id", nodeID)
+        try sizes.apply(to: spec)
         object = try spec.load()
         fromEndpoint = try object.program("mesh_from_endpoint")
         toEndpoint = try object.program("mesh_to_endpoint")
@@ -112,6 +116,7 @@ public final class MeshDatapath: @unchecked Sendable {
         verdicts = try object.map(MESH_MAP_VERDICTS)
         monitor = try object.map(MESH_MAP_MONITOR)
         frags = try object.map(MESH_MAP_FRAGS)
+        conntrackStats = try object.map(MESH_MAP_CT_STATS)
         gracePeriod = try GracePeriod()
         for p in [fromEndpoint, toEndpoint] { try p.pin(at: "\(pinDir)/\(p.name)") }
         try loadSlots()
@@ -227,6 +232,20 @@ public final class MeshDatapath: @unchecked Sendable {
         default:
             return .unrecognised(type: hdr.type)
         }
+    }
+}
+
+/// Sizes of the maps a node may choose, set before load. Every object that declares a map
+/// must load it with the same size, or the second load would find the pinned map
+/// incompatible and replace it: both MeshDatapath and SocketRedirect take these.
+public struct MapSizes: Sendable, Equatable {
+    /// Entries of the connection-tracking table (conntrack-max).
+    public var conntrack: UInt32
+
+    public init(conntrack: UInt32 = UInt32(MESH_CT_ENTRIES)) { self.conntrack = conntrack }
+
+    func apply(to spec: BPFObjectSpec) throws {
+        try spec.setMaxEntries(MESH_MAP_CT, conntrack)
     }
 }
 

@@ -76,11 +76,12 @@ public final class SocketRedirect: @unchecked Sendable {
     /// until `attach()`, so that a caller can `configure` first: a config map that an
     /// upgrade replaced starts out all zeros, which would switch redirection off (and make
     /// accelerated connections fall back) for as long as it stayed unwritten.
-    public init(pinDir: String, cgroup: String, nodeID: UInt32) throws {
+    public init(pinDir: String, cgroup: String, nodeID: UInt32, sizes: MapSizes = MapSizes()) throws {
         self.cgroup = cgroup
         linkPath = "\(pinDir)/mesh_sockops_link"
         let spec = try BPFObjectSpec(bytes: EmbeddedBPF.sockops.bytes, name: "sockops", pinRoot: pinDir)
         try spec.setConstant("cfg_node_id", nodeID)
+        try sizes.apply(to: spec)
         object = try spec.load()
         sockops = try object.program("mesh_sockops")
         skmsg = try object.program("mesh_skmsg")

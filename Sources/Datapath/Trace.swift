@@ -80,6 +80,8 @@ extension MeshDatapath {
         public var ruleID: UInt32
         public var peerIdentity: UInt32
         public var closing: Bool
+        /// A packet of the other direction was seen (for TCP: established).
+        public var seenReply: Bool
         public var ageSeconds: Double
         public var idleSeconds: Double
     }
@@ -90,10 +92,9 @@ extension MeshDatapath {
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
-    /// The programs' idle lifetime of an entry (mesh_abi.h), in nanoseconds.
-    static func lifetime(proto: UInt8, closing: Bool) -> UInt64 {
-        let seconds = closing ? MESH_CT_CLOSING_LIFETIME_S : proto == UInt8(IPPROTO_TCP) ? MESH_CT_TCP_LIFETIME_S : MESH_CT_OTHER_LIFETIME_S
-        return UInt64(seconds) * 1_000_000_000
+    /// The programs' idle lifetime of an entry (mesh_abi.h, the same function), in nanoseconds.
+    static func lifetime(proto: UInt8, _ v: mesh_ct_value) -> UInt64 {
+        UInt64(mesh_ct_lifetime_s(proto, v.closing, v.seen_reply)) * 1_000_000_000
     }
 
     public func conntrackEntries() throws -> [ConntrackEntry] {
@@ -105,6 +106,7 @@ extension MeshDatapath {
                                   sourcePort: key.sport, destinationPort: key.dport, proto: key.proto,
                                   direction: Direction(abi: key.direction),
                                   revision: val.revision, ruleID: val.rule_id, peerIdentity: val.peer_identity, closing: val.closing != 0,
+                                  seenReply: val.seen_reply != 0,
                                   ageSeconds: Double(now &- val.created) / 1e9, idleSeconds: Double(now &- val.last_seen) / 1e9)
         }
     }
@@ -118,19 +120,59 @@ extension MeshDatapath {
         for (k, v) in try conntrack.entriesRaw() {
             let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_ct_key.self) }
             let val = v.withUnsafeBytes { $0.loadUnaligned(as: mesh_ct_value.self) }
-            if now &- val.last_seen > Self.lifetime(proto: key.proto, closing: val.closing != 0) {
-                try conntrack.deleteRaw(k)
+            if now &- val.last_seen > Self.lifetime(proto: key.proto, val), try conntrack.deleteRaw(k) {
                 n += 1
             }
         }
+        try addCollected(n)
         return n
     }
 
     /// Forgets conntrack entries of an endpoint (when it is deleted).
     public func conntrackForget(endpointID: UInt32) {
+        var n = 0
         for (k, _) in (try? conntrack.entriesRaw()) ?? [] {
             let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_ct_key.self) }
-            if key.endpoint_id == endpointID { try? conntrack.deleteRaw(k) }
+            if key.endpoint_id == endpointID, (try? conntrack.deleteRaw(k)) == true { n += 1 }
         }
+        try? addCollected(n)
+    }
+
+    /// Counts entries meshd deleted, in the kernel's stats (so a restart keeps the total).
+    /// Only meshd writes this index; the programs write the others.
+    private func addCollected(_ n: Int) throws {
+        guard n > 0 else { return }
+        try collectedLock.withLock {
+            let key = MESH_CT_STAT_COLLECTED.rawValue
+            var values = try conntrackStats.lookupPerCPU(key, as: UInt64.self) ?? []
+            guard !values.isEmpty else { return }
+            values[0] &+= UInt64(n)
+            try conntrackStats.updatePerCPU(key, values)
+        }
+    }
+
+    /// What became of conntrack entries, summed over CPUs, and how many there are now.
+    public struct ConntrackStats: Sendable {
+        public var created: UInt64
+        public var removed: UInt64
+        public var collected: UInt64
+        public var entries: Int
+        public var capacity: Int
+
+        /// Entries the LRU evicted to make room: every entry created is still there, was
+        /// deleted by a program or by meshd, or was evicted.
+        public var evicted: UInt64 {
+            let gone = Int64(clamping: created) - Int64(clamping: removed) - Int64(clamping: collected) - Int64(entries)
+            return UInt64(max(0, gone))
+        }
+    }
+
+    public func conntrackStatistics() throws -> ConntrackStats {
+        func stat(_ s: mesh_ct_stat) throws -> UInt64 {
+            (try conntrackStats.lookupPerCPU(s.rawValue, as: UInt64.self) ?? []).reduce(0, &+)
+        }
+        return ConntrackStats(created: try stat(MESH_CT_STAT_CREATED), removed: try stat(MESH_CT_STAT_REMOVED),
+                              collected: try stat(MESH_CT_STAT_COLLECTED), entries: try conntrack.count(),
+                              capacity: conntrack.maxEntries)
     }
 }

@@ -53,7 +53,7 @@ final class PolicyRevisionTests: BPFTestCase {
 
     static func publish(_ dp: MeshDatapath, _ revision: UInt32) throws {
         let r = revision & 1 == 1 ? Self.a : Self.b
-        try dp.publish(revision: revision, ipcache: r.ipcache, policy: r.policy, enforcement: r.enforcement)
+        _ = try dp.publish(revision: revision, ipcache: r.ipcache, policy: r.policy, enforcement: r.enforcement)
     }
 
     /// Ethernet + IPv4 + UDP from the sender to the receiver.
@@ -117,9 +117,15 @@ final class PolicyRevisionTests: BPFTestCase {
             sourcePort = sourcePort == UInt16.max ? 1024 : sourcePort + 1
             let port: UInt16 = probes % 2 == 0 ? 5000 : 5001
             probes += 1
+            // Source ports come round again after 64,511 probes: forget what an earlier
+            // probe of the same tuple left, so each probe reads only its own entries.
+            let egressKey = Self.ctKey(endpoint: 1, direction: .egress, sourcePort: sourcePort, port: port)
+            let ingressKey = Self.ctKey(endpoint: 2, direction: .ingress, sourcePort: sourcePort, port: port)
+            try dp.conntrack.delete(egressKey)
+            try dp.conntrack.delete(ingressKey)
             let rc = try Self.runFromEndpoint(dp, Self.datagram(sourcePort: sourcePort, destinationPort: port))
-            let egress = try dp.conntrack.lookup(Self.ctKey(endpoint: 1, direction: .egress, sourcePort: sourcePort, port: port), as: mesh_ct_value.self)
-            let ingress = try dp.conntrack.lookup(Self.ctKey(endpoint: 2, direction: .ingress, sourcePort: sourcePort, port: port), as: mesh_ct_value.self)
+            let egress = try dp.conntrack.lookup(egressKey, as: mesh_ct_value.self)
+            let ingress = try dp.conntrack.lookup(ingressKey, as: mesh_ct_value.self)
             if rc == TC_ACT_SHOT {
                 // Only B denies, and only :5001, at the sender's egress (nothing recorded).
                 if port != 5001 || egress != nil || ingress != nil {
@@ -155,7 +161,7 @@ final class PolicyRevisionTests: BPFTestCase {
         // Revision 1 takes well over half the map (more than a slot's share, which the
         // policy engine would refuse first: here the kernel itself must say no).
         let first = addresses(capacity / 2 + 2000, base: 0x0b00_0000)
-        try dp.publish(revision: 1, ipcache: first, policy: [], enforcement: [])
+        _ = try dp.publish(revision: 1, ipcache: first, policy: [], enforcement: [])
         XCTAssertThrowsError(try dp.publish(revision: 2, ipcache: addresses(capacity / 2 + 2000, base: 0x0c00_0000), policy: [], enforcement: [])) { error in
             let message = "\(error)"
             XCTAssertTrue(message.contains("map mesh_ipcache is full at its capacity of \(capacity) entries"), message)
@@ -170,11 +176,11 @@ final class PolicyRevisionTests: BPFTestCase {
 
         // The next publish into that slot leaves exactly its own entries there.
         let small = addresses(5, base: 0x0d00_0000)
-        try dp.publish(revision: 2, ipcache: small, policy: [], enforcement: [])
+        _ = try dp.publish(revision: 2, ipcache: small, policy: [], enforcement: [])
         XCTAssertEqual(Set(try dp.ipcacheEntries().map(\.address)), Set(small.map(\.address)))
         XCTAssertEqual(try slotCount(dp.ipcache, slot: 0), 5)
         XCTAssertEqual(try slotCount(dp.ipcache, slot: 1), first.count)
-        try dp.publish(revision: 3, ipcache: addresses(3, base: 0x0e00_0000), policy: [], enforcement: [])
+        _ = try dp.publish(revision: 3, ipcache: addresses(3, base: 0x0e00_0000), policy: [], enforcement: [])
         XCTAssertEqual(try slotCount(dp.ipcache, slot: 1), 3)
         XCTAssertEqual(try dp.ipcache.count(), 8)
     }

@@ -158,6 +158,9 @@ final class EndpointTests: XCTestCase {
             (["--bpffs", "/tmp/x"], "under /sys/fs/bpf"),
             (["--node-name", "Bad_Name"], "node name \"Bad_Name\""),
             (["--config", dir + "/missing.yaml"], "cannot read config file"),
+            (["--conntrack-max", "12"], "conntrack-max \"12\" must be a number of entries from 1024 to 16777216"),
+            (["--conntrack-max", "lots"], "conntrack-max \"lots\" must be"),
+            (["--conntrack-max", "99999999999"], "conntrack-max \"99999999999\" must be"),
         ]
         for (args, message) in cases {
             let r = Run.run(TestNode.products + "/meshd", ["--state-dir", dir + "/state", "--api-socket", dir + "/s.sock"] + args)

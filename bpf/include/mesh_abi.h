@@ -11,6 +11,11 @@
 #define SWIFTMESH_MESH_ABI_H
 
 #include <linux/types.h>
+#ifdef __bpf__
+#include <linux/in.h>    /* IPPROTO_*: the kernel's own header on the BPF side... */
+#else
+#include <netinet/in.h>  /* ...and the C library's in userspace, which must not mix the two */
+#endif
 
 /* Map names; meshd pins each under <bpffs>/<node>/<name>. */
 #define MESH_MAP_ENDPOINTS "mesh_endpoints"
@@ -30,13 +35,14 @@
 #define MESH_MAP_REDIRECT_STATS "mesh_redir_stats"
 #define MESH_MAP_MONITOR "mesh_monitor"
 #define MESH_MAP_FRAGS "mesh_frags"
+#define MESH_MAP_CT_STATS "mesh_ct_stats"
 
 /* Default capacities; meshd may resize before load with --max-endpoints. */
 #define MESH_MAX_ENDPOINTS 1024
 #define MESH_EVENTS_BYTES (256 * 1024)
 #define MESH_IPCACHE_ENTRIES (2 * 16384)   /* two revision slots */
 #define MESH_POLICY_ENTRIES (2 * 131072)   /* two revision slots */
-#define MESH_CT_ENTRIES 65536
+#define MESH_CT_ENTRIES 65536              /* the object's default; meshd sizes it (conntrack-max) */
 #define MESH_VERDICT_ENTRIES 16384
 #define MESH_SOCKHASH_ENTRIES 65536
 #define MESH_FRAG_ENTRIES 8192
@@ -169,8 +175,10 @@ struct mesh_policy_state {
 	__u32 revision; /* the revision in force */
 };
 
-/* mesh_ct (LRU hash): SwiftMesh's own connection tracking, one entry per endpoint, flow
- * and direction of the flow's first packet. Replies match the entry of their original. */
+/* mesh_ct (LRU hash, one LRU list for all CPUs): SwiftMesh's own connection tracking, one
+ * entry per endpoint, flow and direction of the flow's first packet. Replies match the
+ * entry of their original. When the table is full, a new flow evicts the least recently
+ * used entries; a flow that keeps sending keeps its entry. */
 struct mesh_ct_key {
 	__u32 endpoint_id;
 	__u32 saddr;
@@ -189,14 +197,34 @@ struct mesh_ct_value {
 	__u32 rule_id;
 	__u32 peer_identity;
 	__u8 closing;    /* FIN or RST seen: expires sooner */
-	__u8 pad[3];
+	__u8 seen_reply; /* a packet of the other direction matched it: the flow is established */
+	__u8 pad[2];
 };
 
-/* Conntrack idle lifetimes in seconds: the programs ignore older entries, and meshd's
- * garbage collector deletes them, by the same numbers. */
-#define MESH_CT_TCP_LIFETIME_S 3600
-#define MESH_CT_CLOSING_LIFETIME_S 10
-#define MESH_CT_OTHER_LIFETIME_S 60
+/* Conntrack idle lifetimes in seconds, by TCP state: the programs ignore older entries, and
+ * meshd's garbage collector deletes them, by the same numbers (mesh_ct_lifetime_s). */
+#define MESH_CT_TCP_LIFETIME_S 3600     /* established: a reply was seen */
+#define MESH_CT_TCP_SYN_LIFETIME_S 60   /* opening: no reply yet (a scan, a dead server) */
+#define MESH_CT_CLOSING_LIFETIME_S 10   /* FIN or RST seen */
+#define MESH_CT_OTHER_LIFETIME_S 60     /* UDP and everything else */
+
+static inline __u32 mesh_ct_lifetime_s(__u8 proto, __u8 closing, __u8 seen_reply)
+{
+	if (closing)
+		return MESH_CT_CLOSING_LIFETIME_S;
+	if (proto != IPPROTO_TCP)
+		return MESH_CT_OTHER_LIFETIME_S;
+	return seen_reply ? MESH_CT_TCP_LIFETIME_S : MESH_CT_TCP_SYN_LIFETIME_S;
+}
+
+/* mesh_ct_stats (per-CPU array): what became of conntrack entries. An LRU map evicts
+ * silently, so meshd derives evictions: created - removed - collected - entries now. */
+enum mesh_ct_stat {
+	MESH_CT_STAT_CREATED = 0,   /* entries the programs inserted */
+	MESH_CT_STAT_REMOVED = 1,   /* entries the programs deleted (a new revision denied the flow) */
+	MESH_CT_STAT_COLLECTED = 2, /* entries meshd deleted (expired, endpoint gone); meshd writes it */
+	MESH_CT_STAT_MAX = 3,
+};
 
 /* Why a packet was dropped. One enum for kernel, metrics and monitor. */
 enum mesh_drop_reason {

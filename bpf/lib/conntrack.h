@@ -9,9 +9,33 @@
 
 static __always_inline int ct_expired(const struct mesh_ct_value *v, __u8 proto, __u64 now)
 {
-	__u64 life = v->closing ? MESH_CT_CLOSING_LIFETIME_S :
-		     proto == IPPROTO_TCP ? MESH_CT_TCP_LIFETIME_S : MESH_CT_OTHER_LIFETIME_S;
+	__u64 life = mesh_ct_lifetime_s(proto, v->closing, v->seen_reply);
+
 	return now - v->last_seen > life * 1000000000ULL;
+}
+
+static __always_inline void ct_stat_add(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&mesh_ct_stats, &stat);
+
+	if (v)
+		*v += 1;
+}
+
+/* Inserts a new flow's entry, counting it as created unless it replaces one (a new SYN on
+ * the tuple of a closing connection, or an entry that expired but was not collected yet). */
+static __always_inline void ct_create(const struct mesh_ct_key *k, const struct mesh_ct_value *v)
+{
+	if (bpf_map_update_elem(&mesh_ct, k, v, BPF_NOEXIST) == 0)
+		ct_stat_add(MESH_CT_STAT_CREATED);
+	else
+		bpf_map_update_elem(&mesh_ct, k, v, BPF_ANY);
+}
+
+static __always_inline void ct_remove(const struct mesh_ct_key *k)
+{
+	if (bpf_map_delete_elem(&mesh_ct, k) == 0)
+		ct_stat_add(MESH_CT_STAT_REMOVED);
 }
 
 static __always_inline void ct_key(struct mesh_ct_key *k, __u32 ep, const struct flow *f, __u8 dir, int reverse)

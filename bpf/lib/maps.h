@@ -72,10 +72,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mesh_pol_state SEC(".maps");
 
-/* LRU lists per CPU: a new flow's insert takes no lock shared with the other CPUs. */
+/* One LRU list for all CPUs: with a list per CPU each CPU could use only its share of the
+ * table, and a CPU busy with new flows would evict the flows it happens to hold. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, MESH_CT_ENTRIES);
 	__type(key, struct mesh_ct_key);
 	__type(value, struct mesh_ct_value);
@@ -137,6 +137,14 @@ struct {
 	__type(value, struct mesh_monitor_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mesh_monitor SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MESH_CT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mesh_ct_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

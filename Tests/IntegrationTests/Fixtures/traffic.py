@@ -35,6 +35,12 @@ exactly one JSON line on stdout; errors go to stderr with a non-zero exit status
   slow-sink   --port P --pause S [--progress-file F]: accept, read nothing for S seconds, then all
   many-server --port P / many-client --host H --port P --count N --hold S
                 N concurrent connections, one echo each, held S seconds
+  udp-pingpong --host H --port P --seconds T [--interval MS]
+                one UDP socket (one flow) sends a datagram every interval and waits
+                for its echo -> {"attempts", "ok", "failed"}
+  udp-churn   --host H --port P --count N --seconds T
+                one datagram to each of N ports from P on (N flows), spread over T s
+                -> {"datagrams"}
   raw-frames  --iface I --kinds K1,K2,...
                 send one hand-made Ethernet frame of each kind on I (AF_PACKET), from I's
                 address to its gateway's MAC: ipv6, bad-version, bad-ihl, bad-length, short
@@ -516,6 +522,36 @@ def cc_client(args):
     sock.close()
 
 
+def udp_pingpong(args):
+    sock = socket.socket(family_of(args.host), socket.SOCK_DGRAM)
+    sock.settimeout(0.5)
+    attempts = ok = 0
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline:
+        attempts += 1
+        sock.sendto(b"ping %d" % attempts, (args.host, args.port))
+        try:
+            data, _ = sock.recvfrom(RECV_SIZE)
+            ok += data == b"ping %d" % attempts
+        except socket.timeout:
+            pass
+        time.sleep(args.interval / 1000)
+    emit({"attempts": attempts, "ok": ok, "failed": attempts - ok})
+
+
+def udp_churn(args):
+    sock = socket.socket(family_of(args.host), socket.SOCK_DGRAM)
+    pause = args.seconds / max(args.count, 1)
+    start = time.monotonic()
+    for i in range(args.count):
+        sock.sendto(b"x", (args.host, args.port + i))
+        # Spread evenly: sleep to where the next datagram is due.
+        delay = start + (i + 1) * pause - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    emit({"datagrams": args.count})
+
+
 def raw_frames(args):
     """Hand-made frames no socket API would send: the datapath must drop them by name."""
     import struct
@@ -599,6 +635,12 @@ def main():
     for name, func, sink in (("cc-server", cc_server, True), ("cc-client", cc_client, False)):
         p = command(name, func, sink=sink)
         p.add_argument("--cc", default="", help="set this congestion control on the socket first, as an application may")
+    p = command("udp-pingpong", udp_pingpong, sink=False)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--interval", type=float, default=1000.0, help="milliseconds")
+    p = command("udp-churn", udp_churn, sink=False)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--seconds", type=float, required=True)
     p = sub.add_parser("raw-frames")
     p.set_defaults(func=raw_frames)
     p.add_argument("--iface", default="eth0")

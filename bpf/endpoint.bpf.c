@@ -134,6 +134,11 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 		return drop(skb, v.reason, dir);
 	}
 
+	/* An ICMP error about a tracked flow is part of it; one about nothing tracked is a
+	 * new flow like any other (its type is the port). */
+	if (f->icmp_error && ct_related(ep, dir, f, now))
+		return TC_ACT_OK;
+
 	/* A SYN opens a new connection even if an entry of an earlier one with the same
 	 * tuple is still closing: decide (and count, and report) it afresh. */
 	if (f->proto == IPPROTO_TCP && (f->tcp_flags & 0x12) == 0x02)

@@ -105,8 +105,11 @@ enum PolicyRoutes {
         case "ICMP": proto = .icmp
         default: throw MeshError.invalid("protocol \"\(req.proto)\" is not TCP, UDP or ICMP")
         }
-        guard (proto == .icmp && req.port == 0) || (1...65535).contains(req.port) else {
-            throw MeshError.invalid("port \(req.port) is not 1-65535")
+        // For ICMP the "port" is the message type (8: echo request), as in `icmps` rules.
+        if proto == .icmp {
+            guard (0...255).contains(req.port) else { throw MeshError.invalid("ICMP type \(req.port) is not 0-255 (8 is an echo request)") }
+        } else {
+            guard (1...65535).contains(req.port) else { throw MeshError.invalid("port \(req.port) is not 1-65535") }
         }
         // Each side is an endpoint name or an IPv4 address (a peer outside the node).
         func side(_ s: String) async throws -> (Endpoint?, IPv4Address) {
@@ -130,7 +133,27 @@ enum PolicyRoutes {
                                  peerIdentity: Int(r.peerIdentity), peer: await policy.describe(identity: r.peerIdentity)))
         }
         let verdict = hops.allSatisfy { $0.verdict == "allowed" } ? "allowed" : "denied"
+        // Established connections of the flow: conntrack entries at either hook, as the
+        // programs keyed them (the first packet's tuple, the endpoint and its direction).
+        // Their next packet passes on the entry; under a newer revision it is first
+        // decided again as a new flow of the same tuple, which is what the hop says.
+        var established: [TracedConnection] = []
+        let entries = try datapath.conntrackEntries().filter {
+            $0.source == fromIP.value && $0.destination == toIP.value && $0.proto == proto.number
+                && Int($0.destinationPort) == req.port
+        }
+        for (ep, dir) in [(fromEP, MeshDatapath.Direction.egress), (toEP, .ingress)] {
+            guard let ep else { continue }
+            let hook = "\(dir.rawValue) of \(ep.name)"
+            let newFlow = hops.first { $0.hook == hook }?.verdict ?? "allowed"
+            for e in entries.sorted(by: { $0.sourcePort < $1.sourcePort }) where e.endpointID == UInt32(ep.id) && e.direction == dir {
+                established.append(TracedConnection(
+                    hook: hook, sourcePort: Int(e.sourcePort), revision: Int(e.revision),
+                    rule: await policy.describe(rule: e.ruleID, revision: e.revision), idleSeconds: e.idleSeconds,
+                    verdict: e.revision == revision ? "allowed" : newFlow))
+            }
+        }
         return TraceResponse(from: req.from, to: req.to, port: req.port, proto: req.proto.uppercased(), revision: Int(revision),
-                             hops: hops, verdict: verdict)
+                             hops: hops, verdict: verdict, established: established)
     }
 }

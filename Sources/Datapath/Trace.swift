@@ -46,7 +46,8 @@ extension MeshDatapath {
                            ruleID: cb.2, peerIdentity: cb.3, enforced: cb.4 & MESH_TRACE_ENFORCED.rawValue != 0)
     }
 
-    /// Ethernet + IPv4 + a TCP SYN, UDP or ICMP echo header: enough for the program to parse.
+    /// Ethernet + IPv4 + a TCP SYN, a UDP header or an ICMP message of type
+    /// `destinationPort` (an echo's layout): enough for the program to parse.
     static func packet(source: UInt32, destination: UInt32, proto: TraceProtocol, destinationPort: UInt16) -> [UInt8] {
         var p: [UInt8] = [0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00]
         let l4: [UInt8]
@@ -58,7 +59,7 @@ extension MeshDatapath {
         case .udp:
             l4 = [UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(destinationPort >> 8), UInt8(destinationPort & 0xff), 0, 8, 0, 0]
         case .icmp:
-            l4 = [8, 0, 0, 0, 0, 1, 0, 1]
+            l4 = [UInt8(truncatingIfNeeded: destinationPort), 0, 0, 0, 0, 1, 0, 1]
         }
         let total = UInt16(20 + l4.count)
         p += [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), 0, 1, 0x40, 0, 64, proto.number, 0, 0]

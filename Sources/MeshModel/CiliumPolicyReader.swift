@@ -61,12 +61,13 @@ enum CiliumPolicyReader {
                       rules: rules)
     }
 
-    /// One item of a section. No peer field but `toPorts` means every peer on those
-    /// ports; no field at all (`- {}`) means no peer, a rule that only enables default-deny.
+    /// One item of a section. No peer field but `toPorts` or `icmps` means every peer on
+    /// those ports or ICMP types; no field at all (`- {}`) means no peer, a rule that only
+    /// enables default-deny. `toPorts` and `icmps` together allow either.
     static func rule(_ node: PolicyNode, section: Section, namespace: String) throws(PolicyFieldError) -> PolicyRule {
         let p = section.peerPrefix
         let peerFields = ["\(p)Endpoints", "\(p)CIDR", "\(p)CIDRSet", "\(p)Entities"]
-        let fields = try node.fields(allowed: peerFields + ["toPorts"])
+        let fields = try node.fields(allowed: peerFields + ["toPorts", "icmps"])
 
         var peers: [Peer] = []
         for item in try fields.optional("\(p)Endpoints")?.list() ?? [] {
@@ -87,7 +88,15 @@ enum CiliumPolicyReader {
             for item in try toPorts.nonEmptyList(of: "port rule") {
                 ports += try portRule(item, deny: section.action == .deny)
             }
+        }
+        if let icmps = fields.optional("icmps") {
+            for item in try icmps.nonEmptyList(of: "ICMP rule") { ports += try icmpRule(item) }
+        }
+        if fields.has("toPorts") || fields.has("icmps") {
             if !peerFields.contains(where: fields.has) { peers = [.entity(.all)] }
+            // Only IPv6 ICMP types: nothing of this IPv4 datapath matches the rule (no
+            // ports at all would mean every protocol).
+            if ports.isEmpty { peers = [] }
         }
         return PolicyRule(direction: section.direction, action: section.action, path: node.path, peers: peers, ports: ports)
     }
@@ -120,6 +129,47 @@ enum CiliumPolicyReader {
         let name = try fields.optional("protocol")?.choice(["TCP", "UDP", "ANY"], ignoringCase: true, what: "protocol") ?? "ANY"
         let proto = PortRange.L4Protocol(rawValue: name)!
         return try PolicyPorts.range(fields, proto: proto)
+    }
+
+    // MARK: ICMP
+
+    /// ICMPv4 message types by the names Cilium accepts besides the numbers.
+    static let icmpTypeNames: [String: UInt16] = [
+        "EchoReply": 0, "DestinationUnreachable": 3, "Redirect": 5, "Echo": 8, "EchoRequest": 8,
+        "RouterAdvertisement": 9, "RouterSelection": 10, "TimeExceeded": 11, "ParameterProblem": 12,
+        "Timestamp": 13, "TimestampReply": 14,
+    ]
+
+    /// One `icmps` item: `{fields: [{type, family}]}`. IPv6 types are read and checked,
+    /// and match nothing here: the datapath is IPv4 only.
+    static func icmpRule(_ node: PolicyNode) throws(PolicyFieldError) -> [PortRange] {
+        let fields = try node.fields(allowed: ["fields"])
+        var ranges: [PortRange] = []
+        for item in try fields.required("fields", hint: "for example fields: [{type: 8, family: IPv4}]").nonEmptyList(of: "ICMP field") {
+            let f = try item.fields(allowed: ["type", "family"])
+            let family = try f.optional("family")?.choice(["IPv4", "IPv6"], what: "ICMP family") ?? "IPv4"
+            let typeNode = try f.required("type", hint: "an ICMP type number (8 is an echo request) or a name such as EchoRequest")
+            let type: UInt16
+            switch typeNode.tree {
+            case .int(let i):
+                guard (0...255).contains(i) else { throw typeNode.error("\(i) is not an ICMP type (0-255)") }
+                type = UInt16(i)
+            case .string(let s):
+                if let n = UInt16(s), n <= 255 {
+                    type = n
+                } else if let n = icmpTypeNames[s], family == "IPv4" {
+                    type = n
+                } else if family == "IPv6" {
+                    continue // an ICMPv6 name: nothing to match here
+                } else {
+                    throw typeNode.error("\"\(s)\" is not an ICMPv4 type; use a number (0-255) or one of \(icmpTypeNames.keys.sorted().joined(separator: ", "))")
+                }
+            default:
+                throw typeNode.error("expected an ICMP type number or name")
+            }
+            if family == "IPv4" { ranges.append(PortRange(proto: .icmp, from: type, to: type)) }
+        }
+        return ranges
     }
 
     // MARK: L7

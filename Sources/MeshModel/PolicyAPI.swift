@@ -116,14 +116,42 @@ public struct TraceResponse: Codable, Sendable {
     public var proto: String
     public var revision: Int
     public var hops: [TraceHop]
+    /// The verdict for a new connection (or datagram).
     public var verdict: String
-    public init(from: String, to: String, port: Int, proto: String, revision: Int, hops: [TraceHop], verdict: String) {
+    /// Connections of this flow already tracked (any source port): what their next packet
+    /// meets at each hook.
+    public var established: [TracedConnection]
+    public init(from: String, to: String, port: Int, proto: String, revision: Int, hops: [TraceHop], verdict: String,
+                established: [TracedConnection] = []) {
         self.from = from
         self.to = to
         self.port = port
         self.proto = proto
         self.revision = revision
         self.hops = hops
+        self.verdict = verdict
+        self.established = established
+    }
+}
+
+/// A tracked connection of a traced flow, at one hook (endpoint and direction).
+public struct TracedConnection: Codable, Sendable, Equatable {
+    public var hook: String
+    public var sourcePort: Int
+    /// The revision it was last allowed under, and the rule that allowed it.
+    public var revision: Int
+    public var rule: String
+    public var idleSeconds: Double
+    /// What its next packet meets: `allowed` (tracked, and the revision has not changed, or
+    /// the one in force allows it too) or `denied` (the revision in force refuses it: the
+    /// next packet is dropped and the entry removed).
+    public var verdict: String
+    public init(hook: String, sourcePort: Int, revision: Int, rule: String, idleSeconds: Double, verdict: String) {
+        self.hook = hook
+        self.sourcePort = sourcePort
+        self.revision = revision
+        self.rule = rule
+        self.idleSeconds = idleSeconds
         self.verdict = verdict
     }
 }

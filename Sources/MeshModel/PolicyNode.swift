@@ -130,7 +130,7 @@ struct PolicyNode {
     /// implement; naming them as such is kinder than calling them unknown.
     static let unsupportedFields: Set<String> = [
         "toFQDNs", "toServices", "fromRequires", "toRequires", "fromGroups", "toGroups",
-        "fromNodes", "toNodes", "icmps", "authentication", "nodeSelector", "enableDefaultDeny",
+        "fromNodes", "toNodes", "authentication", "nodeSelector", "enableDefaultDeny",
         "labels", "originatingTLS", "terminatingTLS", "serverNames", "listener",
         "kafka", "dns", "l7proto", "l7", "headerMatches", "cidrGroupRef", "cidrGroupSelector",
     ]

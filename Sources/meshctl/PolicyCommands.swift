@@ -115,29 +115,36 @@ struct PolicyCommand: AsyncParsableCommand {
         @OptionGroup var global: GlobalOptions
         @Option(help: "Source endpoint or IPv4 address.") var from: String
         @Option(help: "Destination endpoint or IPv4 address.") var to: String
-        @Option(help: "PORT/PROTO, e.g. 80/TCP, 53/UDP, or ICMP.") var port: String
+        @Option(help: "PORT/PROTO, e.g. 80/TCP, 53/UDP, or TYPE/ICMP (8/ICMP: an echo request; ICMP alone means that).") var port: String
         @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
 
         func run() async throws {
             try await running {
                 let parts = port.split(separator: "/")
                 let (p, proto): (Int, String)
-                if port.uppercased() == "ICMP" { (p, proto) = (0, "ICMP") } else {
+                if port.uppercased() == "ICMP" { (p, proto) = (8, "ICMP") } else {
                     guard parts.count == 2, let n = Int(parts[0]) else {
-                        throw MeshError.invalid("--port \"\(port)\" is not PORT/PROTO", hint: "for example 80/TCP or 53/UDP")
+                        throw MeshError.invalid("--port \"\(port)\" is not PORT/PROTO", hint: "for example 80/TCP, 53/UDP or 8/ICMP")
                     }
                     (p, proto) = (n, String(parts[1]))
                 }
                 let r = try await global.client.call(.POST, APIPath.trace, body: TraceRequest(from: from, to: to, port: p, proto: proto),
                                                      as: TraceResponse.self)
                 if output == .json { return try printJSON(r) }
-                print("\(r.from) -> \(r.to) \(r.proto == "ICMP" ? "ICMP" : "\(r.port)/\(r.proto)") at policy revision \(r.revision)")
+                print("\(r.from) -> \(r.to) \(r.proto == "ICMP" ? "ICMP type \(r.port)" : "\(r.port)/\(r.proto)") at policy revision \(r.revision)")
                 for h in r.hops {
                     print("  \(h.hook): \(h.verdict.uppercased())" + (h.enforced ? "" : " (not enforced)"))
                     print("    peer identity \(h.peerIdentity) (\(h.peer))")
                     print("    \(h.reason == "none" ? "by" : h.reason + ":") \(h.rule)")
                 }
                 print("verdict: \(r.verdict.uppercased())")
+                if !r.established.isEmpty {
+                    print("established (conntrack):")
+                    for c in r.established {
+                        print("  source port \(c.sourcePort), \(c.hook): next packet \(c.verdict.uppercased())")
+                        print("    allowed under revision \(c.revision) by \(c.rule), idle \(String(format: "%.1f", c.idleSeconds)) s")
+                    }
+                }
             }
         }
     }

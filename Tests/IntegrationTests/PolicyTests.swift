@@ -331,6 +331,88 @@ final class PolicyTests: XCTestCase {
         XCTAssertTrue(try probe(from: "client", to: server, port: 80))
     }
 
+    func testICMPEchoIsGovernedByIcmpsRules() throws {
+        node = try TestNode()
+        try node.start()
+        for ep in ["client", "other", "server"] { try node.ctlOK("endpoint", "create", ep, "--labels", "app=\(ep)") }
+        try serve("server", tcp: "80")
+        let server = try ip("server")
+        func ping(_ from: String) -> Bool {
+            node.ctl("endpoint", "exec", from, "--", "ping", "-c", "1", "-W", "1", server).status == 0
+        }
+        XCTAssertTrue(ping("client") && ping("other"), "no policy: everyone may ping")
+        try apply("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: server-pings}
+        spec:
+          endpointSelector: {matchLabels: {app: server}}
+          ingress:
+          - fromEndpoints: [{matchLabels: {app: client}}]
+            icmps: [{fields: [{type: 8, family: IPv4}]}]
+        """)
+        XCTAssertTrue(ping("client"), "echo requests from client are allowed, and their replies pass back")
+        XCTAssertFalse(ping("other"), "other has no rule")
+        XCTAssertFalse(try probe(from: "client", to: server, port: 80), "the rule allows ICMP echo, not TCP")
+        XCTAssertEqual(try trace(from: "client", to: "server", port: 8, proto: "icmp"), "allowed")
+        XCTAssertEqual(try trace(from: "other", to: "server", port: 8, proto: "icmp"), "denied")
+        XCTAssertEqual(try trace(from: "client", to: "server", port: 13, proto: "icmp"), "denied", "a timestamp request is another type")
+    }
+
+    func testFragmentationNeededReachesAnAllowedFlowSoPathMTUDiscoveryWorks() throws {
+        node = try TestNode()
+        try node.start()
+        try node.ctlOK("endpoint", "create", "client", "--labels", "app=client")
+        let ext = try node.addExternalHost(address: "192.0.2.10", subnet: "192.0.2.0/24", nodeAddress: "192.0.2.1")
+        // The node's link to the outside carries 1,280 bytes; the client's and the external
+        // host's own links 1,500, so TCP's MSS does not tell the client: only the node's
+        // "fragmentation needed" does.
+        XCTAssertEqual(node.inNode("ip", "link", "set", "smx1", "mtu", "1280").status, 0)
+        // Nothing may reach the client but what conntrack relates to its own flows.
+        try apply("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: client-closed}
+        spec:
+          endpointSelector: {matchLabels: {app: client}}
+          ingress: [{}]
+        """)
+        let sink = try traffic.startInNetns(ext, ["tcp-sink", "--port", "9100"], waitReady: true)
+        let sent = try traffic.run(in: "client", ["tcp-send", "--host", "192.0.2.10", "--port", "9100", "--bytes", "1000000",
+                                                  "--seed", "9", "--timeout", "10"])
+        let got = try sink.result()
+        XCTAssertEqual(got["bytes"] as? Int, 1_000_000)
+        XCTAssertEqual(got["sha256"] as? String, sent["sha256"] as? String)
+        // The client learnt the path's MTU.
+        let route = node.ctl("endpoint", "exec", "client", "--", "ip", "route", "get", "192.0.2.10").stdout
+        XCTAssertTrue(route.contains("mtu 1280"), route)
+    }
+
+    func testTraceShowsTheEstablishedConnectionsOfAFlow() throws {
+        node = try TestNode()
+        try node.start()
+        try node.ctlOK("endpoint", "create", "client", "--labels", "app=client")
+        try node.ctlOK("endpoint", "create", "server", "--labels", "app=server")
+        let server = try ip("server")
+        let sink = try traffic.start(in: "server", ["stream-sink", "--port", "7000"], waitReady: true)
+        let sender = try traffic.start(in: "client", ["stream-send", "--host", server, "--port", "7000", "--seconds", "3", "--rate", "100000"])
+        var established: [[String: Any]] = []
+        let deadline = Date().addingTimeInterval(5)
+        while established.count < 2 && Date() < deadline {
+            let out = try node.ctlOK("policy", "trace", "--from", "client", "--to", "server", "--port", "7000/TCP", "-o", "json")
+            established = (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])?["established"] as? [[String: Any]] ?? []
+            usleep(100_000)
+        }
+        // One connection, tracked at both hooks it crosses, from the sender's port.
+        XCTAssertEqual(Set(established.compactMap { $0["hook"] as? String }), ["egress of client", "ingress of server"], "\(established)")
+        XCTAssertEqual(Set(established.compactMap { $0["sourcePort"] as? Int }).count, 1)
+        XCTAssertTrue(established.allSatisfy { $0["verdict"] as? String == "allowed" }, "\(established)")
+        let text = try node.ctlOK("policy", "trace", "--from", "client", "--to", "server", "--port", "7000/TCP")
+        XCTAssertTrue(text.contains("established (conntrack):") && text.contains("next packet ALLOWED"), text)
+        _ = try sender.result()
+        _ = try sink.result()
+    }
+
     func testAHundredRevisionsUnderLoadNeverGiveAVerdictBothRefuse() throws {
         node = try TestNode()
         try node.start()

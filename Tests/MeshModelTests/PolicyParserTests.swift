@@ -150,6 +150,33 @@ final class PolicyParserTests: XCTestCase {
         ])
     }
 
+    func testCiliumICMPTypesByNumberOrNameAreICMPPortsAndIPv6OnesMatchNothing() throws {
+        let doc = TestDocs.cnp("pings", spec: [
+            "endpointSelector": ["matchLabels": ["app": "web"]],
+            "ingress": [
+                ["fromEndpoints": [["matchLabels": ["app": "probe"]]],
+                 "icmps": [["fields": [["type": 8, "family": "IPv4"], ["type": "TimeExceeded"]]]]],
+                ["icmps": [["fields": [["type": "EchoRequest", "family": "IPv6"]]]]],
+                ["toPorts": [["ports": [["port": "80", "protocol": "TCP"]]]], "icmps": [["fields": [["type": "0"]]]]],
+            ],
+        ])
+        XCTAssertEqual(try parse(doc).first?.rules, [
+            PolicyRule(direction: .ingress, action: .allow, path: "spec.ingress[0]",
+                       peers: [.endpoints(selector(["app": "probe"]))],
+                       ports: [PortRange(proto: .icmp, from: 8, to: 8), PortRange(proto: .icmp, from: 11, to: 11)]),
+            // ICMPv6 only: no IPv4 traffic matches (no ports would mean every protocol).
+            PolicyRule(direction: .ingress, action: .allow, path: "spec.ingress[1]", peers: [], ports: []),
+            PolicyRule(direction: .ingress, action: .allow, path: "spec.ingress[2]", peers: [.entity(.all)],
+                       ports: [PortRange(proto: .tcp, from: 80, to: 80), PortRange(proto: .icmp, from: 0, to: 0)]),
+        ])
+        for (bad, message) in [(PolicyTree.int(300), "300 is not an ICMP type (0-255)"),
+                               (.string("Ping"), "\"Ping\" is not an ICMPv4 type")] {
+            let doc = TestDocs.cnp(spec: ["endpointSelector": [:], "ingress": [["icmps": [["fields": [["type": bad]]]]]]])
+            let error = assertMeshError(mentioning: ["spec.ingress[0].icmps[0].fields[0].type", message]) { _ = try parse(doc) }
+            XCTAssertNotNil(error)
+        }
+    }
+
     func testCiliumEmptyRuleAndEmptySectionOnlyEnableDefaultDeny() throws {
         let doc = TestDocs.cnp("default-deny", namespace: "shop", spec: [
             "endpointSelector": [:],

@@ -57,4 +57,31 @@ static __always_inline void ct_key(struct mesh_ct_key *k, __u32 ep, const struct
 	}
 }
 
+/*
+ * An ICMP error travelling in `dir` at endpoint `ep` is about a packet that travelled the
+ * other way: one of a flow `ep` tracks, either as that flow's original direction or as
+ * its reply. Returns 1 when such a flow is tracked: the error belongs to it (path MTU
+ * discovery, a port unreachable) and passes like the flow's own packets.
+ */
+static __always_inline int ct_related(__u32 ep, __u8 dir, const struct flow *f, __u64 now)
+{
+	struct flow quoted = {
+		.saddr = f->inner_saddr,
+		.daddr = f->inner_daddr,
+		.sport = f->inner_sport,
+		.dport = f->inner_dport,
+		.proto = f->inner_proto,
+	};
+	struct mesh_ct_key k;
+	struct mesh_ct_value *ct;
+
+	ct_key(&k, ep, &quoted, dir ^ 1, 0);
+	ct = bpf_map_lookup_elem(&mesh_ct, &k);
+	if (ct && !ct_expired(ct, quoted.proto, now))
+		return 1;
+	ct_key(&k, ep, &quoted, dir, 1);
+	ct = bpf_map_lookup_elem(&mesh_ct, &k);
+	return ct && !ct_expired(ct, quoted.proto, now);
+}
+
 #endif

@@ -11,6 +11,14 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+/* ICMP message types (RFC 792), as linux/icmp.h names them: that header pulls in the C
+ * library's, which the BPF target does not have. */
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
 /* The fragment bits of iphdr.frag_off (host order), as the kernel's net/ip.h names them. */
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
@@ -25,6 +33,15 @@ struct flow {
 	__u8 ttl;
 	__u8 frag;   /* enum flow_fragment */
 	__u16 ip_id; /* the IPv4 identification, network order (fragments only) */
+	/* An ICMP error (destination unreachable, time exceeded, parameter problem) carries
+	 * the head of the packet it is about: that packet's flow, as parse_flow reads flows. */
+	__u8 icmp_error;
+	__u8 inner_proto;
+	__u16 inner_sport;
+	__u16 inner_dport;
+	__u16 pad;
+	__u32 inner_saddr;
+	__u32 inner_daddr;
 };
 
 enum flow_fragment {
@@ -39,6 +56,50 @@ enum parse_result {
 	PARSE_OTHER = 2, /* IPv6 and everything else */
 	PARSE_BAD_IPV4 = 3, /* an IPv4 header no IPv4 stack accepts (version, IHL, lengths) */
 };
+
+/*
+ * What stands for ports in an ICMP flow: policy matches the ICMP type as the destination
+ * port (a CiliumNetworkPolicy `icmps` type), and an echo and its reply must be one flow to
+ * conntrack. So an echo request is (source port: its identifier, destination port: type 8)
+ * and a reply (8, identifier): the reply's ports are the request's, swapped, as for TCP.
+ * Other messages are (0, their type).
+ */
+static __always_inline void icmp_ports(__u8 type, __u16 id, __u16 *sport, __u16 *dport)
+{
+	if (type == ICMP_ECHO) {
+		*sport = id;
+		*dport = ICMP_ECHO;
+	} else if (type == ICMP_ECHOREPLY) {
+		*sport = ICMP_ECHO;
+		*dport = id;
+	} else {
+		*sport = 0;
+		*dport = type;
+	}
+}
+
+/* The flow of the packet an ICMP error quotes (its IPv4 header and first 8 bytes, at
+ * `off`). Returns 0 when the quote is too short to name a flow. */
+static __always_inline int parse_quoted(struct __sk_buff *skb, __u32 off, struct flow *f)
+{
+	struct iphdr ip;
+	__u8 l4[8];
+
+	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off + ip.ihl * 4, l4, sizeof(l4)) < 0)
+		return 0;
+	f->inner_saddr = ip.saddr;
+	f->inner_daddr = ip.daddr;
+	f->inner_proto = ip.protocol;
+	if (ip.protocol == IPPROTO_ICMP) {
+		icmp_ports(l4[0], (__u16)l4[4] << 8 | l4[5], &f->inner_sport, &f->inner_dport);
+	} else {
+		f->inner_sport = (__u16)l4[0] << 8 | l4[1];
+		f->inner_dport = (__u16)l4[2] << 8 | l4[3];
+	}
+	return 1;
+}
 
 /* bpf_skb_load_bytes rather than direct packet access: one bounds check in the kernel,
  * and a non-linear skb (GSO, veth with XDP off) reads the same. */
@@ -62,6 +123,7 @@ static __always_inline enum parse_result parse_flow(struct __sk_buff *skb, struc
 	f->tcp_flags = 0;
 	f->frag = FLOW_WHOLE;
 	f->ip_id = ip.id;
+	f->icmp_error = 0;
 	if (ip.version != 4 || ip.ihl < 5)
 		return PARSE_BAD_IPV4;
 	tot_len = bpf_ntohs(ip.tot_len);
@@ -90,6 +152,14 @@ static __always_inline enum parse_result parse_flow(struct __sk_buff *skb, struc
 			return PARSE_IPV4;
 		f->sport = bpf_ntohs(ports[0]);
 		f->dport = bpf_ntohs(ports[1]);
+	} else if (ip.protocol == IPPROTO_ICMP) {
+		__u8 ih[8]; /* type, code, checksum, then identifier and sequence (echo) */
+
+		if (bpf_skb_load_bytes(skb, l4, ih, sizeof(ih)) < 0)
+			return PARSE_IPV4;
+		icmp_ports(ih[0], (__u16)ih[4] << 8 | ih[5], &f->sport, &f->dport);
+		if (ih[0] == ICMP_DEST_UNREACH || ih[0] == ICMP_TIME_EXCEEDED || ih[0] == ICMP_PARAMETERPROB)
+			f->icmp_error = parse_quoted(skb, l4 + sizeof(ih), f);
 	}
 	return PARSE_IPV4;
 }

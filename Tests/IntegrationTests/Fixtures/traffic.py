@@ -6,7 +6,7 @@ exactly one JSON line on stdout; errors go to stderr with a non-zero exit status
 
   tcp-sink    --port P [--bind ADDR] [--ready-file F]
                 accept one connection, read to EOF -> {"bytes", "sha256"}
-  tcp-send    --host H --port P --bytes N [--seed S]
+  tcp-send    --host H --port P --bytes N [--seed S] [--timeout T]
                 send N seeded pseudo-random bytes in uneven chunks -> {"bytes", "sha256"}
   udp-sink    --port P --count N [--timeout T] [--bind ADDR] [--ready-file F]
                 receive until N datagrams or T s of silence -> {"datagrams", "bytes"}
@@ -130,6 +130,7 @@ def tcp_send(args):
     data_rng = random.Random(args.seed)
     size_rng = random.Random(f"sizes-{args.seed}")  # chunking never changes the bytes
     sock = connect(args.host, args.port)
+    sock.settimeout(args.timeout)
     digest, sent = hashlib.sha256(), 0
     while sent < args.bytes:
         chunk = data_rng.randbytes(min(size_rng.randint(1, 100_000), args.bytes - sent))
@@ -602,6 +603,7 @@ def main():
     p = command("tcp-send", tcp_send, sink=False)
     p.add_argument("--bytes", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=IO_TIMEOUT_S, help="seconds any one send or receive may stall")
     p = command("udp-sink", udp_sink, sink=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--timeout", type=float, default=10.0)

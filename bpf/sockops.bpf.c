@@ -115,14 +115,13 @@ static __always_inline struct mesh_redirect_config *redirect_config(void)
 	return bpf_map_lookup_elem(&mesh_redir_cfg, &zero);
 }
 
-static __always_inline __u32 local_endpoint(__u8 slot, __u32 addr)
+/* The endpoint id of a local endpoint's address, 0 for any other. A hash lookup in the
+ * local-delivery map: cheaper, on every new connection, than the ipcache's LPM trie. */
+static __always_inline __u32 local_endpoint(__u32 addr)
 {
-	struct mesh_ipcache_key k = { .prefixlen = 8 + 32, .slot = slot };
-	struct mesh_ipcache_value *v;
+	struct mesh_local_endpoint *e = bpf_map_lookup_elem(&mesh_local_ep, &addr);
 
-	__builtin_memcpy(k.addr, &addr, 4);
-	v = bpf_map_lookup_elem(&mesh_ipcache, &k);
-	return v ? v->endpoint_id : 0;
+	return e ? e->endpoint_id : 0;
 }
 
 static __always_inline struct sk_psock___mesh *psock_of(struct sock___mesh *sk)
@@ -272,8 +271,7 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 {
 	struct mesh_sock_key key = {};
 	struct mesh_redirect_config *cfg;
-	__u32 lep, rep, revision;
-	__u8 slot;
+	__u32 lep, rep;
 	int active;
 
 	/* Most callbacks of a connection are none of ours: leave before reading anything. */
@@ -313,10 +311,8 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 	cfg = redirect_config();
 	if (!cfg)
 		return 1;
-	revision = policy_revision();
-	slot = MESH_SLOT_OF(revision);
-	lep = local_endpoint(slot, key.local_ip);
-	rep = key.remote_ip == key.local_ip ? lep : local_endpoint(slot, key.remote_ip);
+	lep = local_endpoint(key.local_ip);
+	rep = key.remote_ip == key.local_ip ? lep : local_endpoint(key.remote_ip);
 	if (lep && rep)
 		set_local_cc(skops, cfg);
 	if (!cfg->enabled) {

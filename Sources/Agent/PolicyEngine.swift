@@ -105,7 +105,8 @@ public actor PolicyEngine {
         identities.merge(result.identities) { $1 }
         logger.info("policy revision published", metadata: [
             "revision": "\(next)", "slot": "\(stats.slot)", "entries": "\(result.entries.count)",
-            "written": "\(stats.written)", "deleted": "\(stats.deleted)"])
+            "written": "\(stats.written)", "deleted": "\(stats.deleted)",
+            "grace_wait_ms": "\(Double(stats.graceWait.components.attoseconds) / 1e15 + Double(stats.graceWait.components.seconds) * 1000)"])
         return stats
     }
 

@@ -150,6 +150,8 @@ extension MeshDatapath {
         public var revision: UInt32
         public var written: Int
         public var deleted: Int
+        /// How long the publish waited for the grace period after the previous flip.
+        public var graceWait: Duration
     }
 
     /// Writes a whole new policy revision into the inactive slot (only what differs from
@@ -199,7 +201,9 @@ extension MeshDatapath {
                 next.enforcement[Self.bytes(k)] = Self.bytes(v)
             }
             // The slot was active until the last flip: wait until no program still reads it.
+            let waitStart = ContinuousClock.now
             gracePeriod.waitForLastFlip()
+            let graceWait = ContinuousClock.now - waitStart
             let old = slots[target]
             var written = 0, deleted = 0
             let changes = [(ipcache, next.ipcache, old.ipcache), (policy, next.policy, old.policy),
@@ -231,7 +235,7 @@ extension MeshDatapath {
             st.revision = revision
             try stateMap.update(UInt32(0), st)
             gracePeriod.flipped()
-            return PublishStats(slot: target, revision: revision, written: written, deleted: deleted)
+            return PublishStats(slot: target, revision: revision, written: written, deleted: deleted, graceWait: graceWait)
         }
     }
 

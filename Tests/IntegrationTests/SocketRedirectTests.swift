@@ -215,15 +215,18 @@ final class SocketRedirectTests: XCTestCase {
         let r = try cli.result(timeout: 60)
         XCTAssertEqual(r["echoed"] as? Int, 1000)
         kill(srv.pid, SIGKILL)
-        var now = -1.0
+        // A socket leaves the sockhash as it is unhashed, and its state goes at its
+        // BPF_TCP_CLOSE callback: wait for both.
+        var now = -1.0, state = -1.0
         for _ in 0..<50 {
             now = try metric("mesh_socket_redirect_sockets")
-            if now == baseline { break }
+            state = try node.metric("mesh_bpf_map_entries", ["map": "mesh_sock_state"]) ?? -1
+            if now == baseline && state == baseline { break }
             usleep(100_000)
         }
         XCTAssertEqual(now, baseline, "closed sockets leave the map")
         XCTAssertEqual(try node.metric("mesh_bpf_map_entries", ["map": "mesh_sockhash"]), baseline)
-        XCTAssertEqual(try node.metric("mesh_bpf_map_entries", ["map": "mesh_sock_state"]), baseline, "closed sockets' state goes too")
+        XCTAssertEqual(state, baseline, "closed sockets' state goes too")
         XCTAssertEqual(try node.ctlOK("bpf", "sockmap", "list").split(separator: "\n").count, 1, "only the header is left")
     }
 

@@ -119,6 +119,12 @@ public struct NodeConfig: Sendable, Equatable {
             }
             ctMax = n
         }
+        // A ".." would lead out of the folder the prefix checks below vouch for.
+        for (what, path) in [("bpffs folder", bpffs), ("cgroup", cgroup)] {
+            if let path, path.split(separator: "/").contains("..") {
+                throw .invalid("\(what) \"\(path)\" must not contain \"..\"", hint: "give the folder itself, e.g. /sys/fs/bpf/\(nodeName)")
+            }
+        }
         let pin = bpffs ?? "/sys/fs/bpf/\(nodeName)"
         guard pin.hasPrefix("/sys/fs/bpf/"), pin.count > "/sys/fs/bpf/".count else {
             throw .invalid("bpffs folder \"\(pin)\" must be a folder under /sys/fs/bpf")

@@ -156,6 +156,8 @@ final class EndpointTests: XCTestCase {
             (["--pod-cidr", "10.201.0.0/32"], "no addresses to hand out"),
             (["--metrics-address", "localhost"], "must be IPv4:port"),
             (["--bpffs", "/tmp/x"], "under /sys/fs/bpf"),
+            (["--bpffs", "/sys/fs/bpf/../../tmp/x"], "bpffs folder \"/sys/fs/bpf/../../tmp/x\" must not contain \"..\""),
+            (["--cgroup", "../escape"], "cgroup \"../escape\" must not contain \"..\""),
             (["--node-name", "Bad_Name"], "node name \"Bad_Name\""),
             (["--config", dir + "/missing.yaml"], "cannot read config file"),
             (["--conntrack-max", "12"], "conntrack-max \"12\" must be a number of entries from 1024 to 16777216"),

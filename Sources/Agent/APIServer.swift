@@ -40,7 +40,7 @@ enum APIServer {
         router.get(RouterPath(APIPath.endpoints)) { _, _ in try await respond { try await manager.list() } }
         router.post(RouterPath(APIPath.endpoints)) { request, _ in
             try await respond(status: .created) {
-                let body = try await request.body.collect(upTo: 1 << 20)
+                let body = try await body(of: request, limit: 1 << 20, what: "an endpoint request")
                 let create: EndpointCreateRequest
                 do { create = try MeshJSON.decoder().decode(EndpointCreateRequest.self, from: Data(buffer: body)) } catch {
                     throw MeshError.invalid("request body is not an endpoint: \(describe(error))")
@@ -69,9 +69,19 @@ enum APIServer {
         case .notFound: .notFound
         case .alreadyExists, .exhausted: .conflict
         case .permissionDenied: .forbidden
+        case .tooLarge: .contentTooLarge
         case .unavailable: .serviceUnavailable
         case .datapath, .internalError: .internalServerError
         }
+    }
+
+    /// A request's body, at most `limit` bytes. A Content-Length above the limit is refused
+    /// before a byte of the body is read; a body without one stops being read at the limit.
+    static func body(of request: Request, limit: Int, what: String) async throws -> ByteBuffer {
+        let tooLarge = MeshError(.tooLarge, "\(what) is larger than \(limit) bytes, the most this API takes",
+                                 hint: "split it into smaller requests")
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limit { throw tooLarge }
+        do { return try await request.body.collect(upTo: limit) } catch is NIOTooManyBytesError { throw tooLarge }
     }
 
     static func respond<T: Encodable>(status: HTTPResponse.Status = .ok, _ body: () async throws -> T) async throws -> Response {

@@ -10,7 +10,7 @@ enum PolicyRoutes {
                     datapath: MeshDatapath, store: Store, hub: EventHub) {
         router.post(RouterPath(APIPath.policies)) { request, _ in
             try await APIServer.respond(status: .ok) {
-                let body = try await request.body.collect(upTo: 64 << 20)
+                let body = try await APIServer.body(of: request, limit: 64 << 20, what: "a policy file")
                 let req: PolicyApplyRequest
                 do { req = try MeshJSON.decoder().decode(PolicyApplyRequest.self, from: Data(buffer: body)) } catch {
                     throw MeshError.invalid("request body is not a policy apply request: \(APIServer.describe(error))")
@@ -31,7 +31,7 @@ enum PolicyRoutes {
         }
         router.post(RouterPath(APIPath.trace)) { request, _ in
             try await APIServer.respond {
-                let body = try await request.body.collect(upTo: 1 << 20)
+                let body = try await APIServer.body(of: request, limit: 1 << 20, what: "a trace request")
                 let req: TraceRequest
                 do { req = try MeshJSON.decoder().decode(TraceRequest.self, from: Data(buffer: body)) } catch {
                     throw MeshError.invalid("request body is not a trace request: \(APIServer.describe(error))")

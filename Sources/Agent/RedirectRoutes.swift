@@ -10,7 +10,7 @@ enum RedirectRoutes {
         router.get(RouterPath(RuntimeConfig.path)) { _, _ in try await APIServer.respond { try control.get() } }
         router.put("/v1/config/:key") { request, ctx in
             try await APIServer.respond {
-                let body = try await request.body.collect(upTo: 1 << 16)
+                let body = try await APIServer.body(of: request, limit: 1 << 16, what: "a setting")
                 let req: ConfigSetRequest
                 do { req = try MeshJSON.decoder().decode(ConfigSetRequest.self, from: Data(buffer: body)) } catch {
                     throw MeshError.invalid("request body is not {\"value\": ...}: \(APIServer.describe(error))")

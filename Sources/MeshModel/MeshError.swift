@@ -12,6 +12,8 @@ public struct MeshError: Error, Codable, Sendable, Equatable, CustomStringConver
         case datapath = "datapath_error"
         case unavailable = "unavailable"
         case permissionDenied = "permission_denied"
+        /// A request larger than the API takes.
+        case tooLarge = "too_large"
         case internalError = "internal"
     }
 

@@ -513,6 +513,32 @@ final class PolicyTests: XCTestCase {
         XCTAssertFalse(try probe(from: "denied", to: server, port: 80))
     }
 
+    func testAnOversizedRequestIsRefusedWith413BeforeItsBodyIsRead() throws {
+        node = try TestNode()
+        try node.start()
+        // Raw HTTP on the API socket: headers that announce 2 GiB, then the first MiB of it.
+        let client = """
+        import socket, sys
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sys.argv[1])
+        s.settimeout(10)
+        s.sendall(b"POST /v1/policies HTTP/1.1\\r\\nHost: meshd\\r\\nContent-Type: application/json\\r\\n"
+                  b"Content-Length: 2147483648\\r\\n\\r\\n")
+        try:
+            for _ in range(16):
+                s.sendall(b"x" * 65536)
+        except OSError:
+            pass  # meshd may close the connection once it has answered
+        print(s.recv(65536).decode(errors="replace"))
+        """
+        let r = Run.run("/usr/bin/env", ["python3", "-c", client, node.socket])
+        XCTAssertTrue(r.stdout.hasPrefix("HTTP/1.1 413"), r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("a policy file is larger than 67108864 bytes"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("too_large"), r.stdout)
+        XCTAssertEqual(node.ctl("status").status, 0, "meshd answers as before")
+        XCTAssertLessThan(try node.metric("process_resident_memory_bytes") ?? .infinity, 200e6, "nothing like 2 GiB was read")
+    }
+
     func testABadDocumentRejectsTheWholeFileAndChangesNothing() throws {
         node = try TestNode()
         try node.start()

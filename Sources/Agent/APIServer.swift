@@ -58,8 +58,20 @@ enum APIServer {
                 return ["deleted": name]
             }
         }
+        let access = settings.apiAccess
+        let socket = settings.apiSocket
         return Application(router: router,
-                           configuration: .init(address: .unixDomainSocket(path: settings.apiSocket), serverName: "meshd"),
+                           // A request that stalls for 30 s loses its connection.
+                           server: .http1(configuration: .init(additionalChannelHandlers: [PeerCredentialHandler(access: access)],
+                                                               idleTimeout: .seconds(30))),
+                           configuration: .init(address: .unixDomainSocket(path: socket), serverName: "meshd"),
+                           onServerRunning: { _ in
+                               // bind() made the socket with the umask's mode; until this runs
+                               // only the folder (see Daemon.prepareSocket) keeps others out.
+                               if let problem = Daemon.lockDownSocket(socket, access: access) {
+                                   logger.error("cannot restrict the API socket", metadata: ["error": "\(problem)"])
+                               }
+                           },
                            logger: logger)
     }
 

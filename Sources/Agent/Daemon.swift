@@ -44,7 +44,7 @@ public enum Daemon {
         let manager = EndpointManager(settings: settings, store: store, datapath: datapath, policy: policy, logger: logger)
         try await manager.reconcile()
 
-        try prepareSocket(settings.apiSocket)
+        try prepareSocket(settings.apiSocket, access: settings.apiAccess)
         let metrics = MetricsCollector(datapath: datapath, manager: manager, policy: policy, redirect: redirect, nodeName: settings.nodeName)
         await policy.setOnEnforced { metrics.observeEnforced($0) }
         try? datapath.setVerdictEvents(false)
@@ -103,15 +103,27 @@ public enum Daemon {
         logger.info("installed unreachable route", metadata: ["cidr": "\(s.podCIDR)"])
     }
 
-    /// The API socket's folder is root-only; a socket left by a killed meshd is replaced.
-    static func prepareSocket(_ path: String) throws(MeshError) {
+    /// A missing folder for the API socket is made root's, 0700 (0750 and the API group's
+    /// with --api-group); a socket left by a killed meshd is replaced.
+    static func prepareSocket(_ path: String, access: APIAccess) throws(MeshError) {
         let dir = (path as NSString).deletingLastPathComponent
-        do {
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
-                                                    attributes: [.posixPermissions: 0o700])
-        } catch {
-            throw MeshError(.internalError, "cannot create the API socket folder \(dir): \(error.localizedDescription)")
+        if !FileManager.default.fileExists(atPath: dir) {
+            do {
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                        attributes: [.posixPermissions: access.group == nil ? 0o700 : 0o750])
+            } catch {
+                throw MeshError(.internalError, "cannot create the API socket folder \(dir): \(error.localizedDescription)")
+            }
+            if let group = access.group { chown(dir, 0, group.gid) }
         }
         unlink(path)
+    }
+
+    /// The socket itself: 0660, root's and the API group's (root's own group without one),
+    /// whatever the umask was. Returns what failed, if anything.
+    static func lockDownSocket(_ path: String, access: APIAccess) -> String? {
+        if chown(path, 0, access.group?.gid ?? 0) != 0 { return "chown \(path): \(String(cString: strerror(errno)))" }
+        if chmod(path, 0o660) != 0 { return "chmod \(path): \(String(cString: strerror(errno)))" }
+        return nil
     }
 }

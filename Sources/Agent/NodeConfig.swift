@@ -22,6 +22,8 @@ public struct NodeConfig: Sendable, Equatable {
     public var localCongestionControl: String?
     /// Entries of the conntrack table; nil: sized for the node's memory.
     public var conntrackMax: String?
+    /// A group whose members may use the API besides root; nil: root only.
+    public var apiGroup: String?
 
     public init() {}
 
@@ -49,7 +51,7 @@ public struct NodeConfig: Sendable, Equatable {
 
     /// The keys a config file may set, as on the command line without the dashes.
     public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address",
-                                  "socket-redirect", "local-congestion-control", "conntrack-max"]
+                                  "socket-redirect", "local-congestion-control", "conntrack-max", "api-group"]
 
     /// Applies a YAML mapping of `fileKeys` to strings. Unknown keys are an error.
     public mutating func apply(yaml text: String, source: String) throws(MeshError) {
@@ -85,6 +87,7 @@ public struct NodeConfig: Sendable, Equatable {
         case "socket-redirect": socketRedirect = value
         case "local-congestion-control": localCongestionControl = value
         case "conntrack-max": conntrackMax = value
+        case "api-group": apiGroup = value
         default: break
         }
     }
@@ -125,6 +128,13 @@ public struct NodeConfig: Sendable, Equatable {
                 throw .invalid("\(what) \"\(path)\" must not contain \"..\"", hint: "give the folder itself, e.g. /sys/fs/bpf/\(nodeName)")
             }
         }
+        var group: (name: String, gid: gid_t)?
+        if let apiGroup {
+            guard let gr = getgrnam(apiGroup) else {
+                throw .invalid("api-group \"\(apiGroup)\" is not a group of this system", hint: "create it (groupadd \(apiGroup)) or name another")
+            }
+            group = (apiGroup, gr.pointee.gr_gid)
+        }
         let pin = bpffs ?? "/sys/fs/bpf/\(nodeName)"
         guard pin.hasPrefix("/sys/fs/bpf/"), pin.count > "/sys/fs/bpf/".count else {
             throw .invalid("bpffs folder \"\(pin)\" must be a folder under /sys/fs/bpf")
@@ -137,7 +147,8 @@ public struct NodeConfig: Sendable, Equatable {
         return NodeSettings(nodeName: nodeName, stateDir: stateDir, bpffs: pin, cgroup: cg, podCIDR: cidr,
                             apiSocket: apiSocket, metricsHost: String(parts[0]), metricsPort: port,
                             socketRedirect: socketRedirect.flatMap(RuntimeConfig.parseSwitch),
-                            localCongestionControl: localCongestionControl, conntrackMax: ctMax)
+                            localCongestionControl: localCongestionControl, conntrackMax: ctMax,
+                            apiAccess: APIAccess(group: group))
     }
 
     private func isNodeName(_ s: String) -> Bool {
@@ -162,6 +173,8 @@ public struct NodeSettings: Sendable {
     public let localCongestionControl: String?
     /// Entries of the conntrack table.
     public let conntrackMax: UInt32
+    /// Who may use the API (root, and the --api-group's members).
+    let apiAccess: APIAccess
 
     /// The sizes the node's BPF maps load with (every object that declares them).
     public var mapSizes: MapSizes { MapSizes(conntrack: conntrackMax) }

@@ -49,6 +49,9 @@ struct Meshd: AsyncParsableCommand {
     @Option(help: "TCP congestion control for connections between two local endpoints, e.g. cubic or reno, or keep to leave them the node's. An application's own choice stays. (default: the last `meshctl config set`, else cubic)")
     var localCongestionControl: String?
 
+    @Option(help: "A group whose members may use the API socket besides root. (default: root only)")
+    var apiGroup: String?
+
     @Option(help: "Entries of the connection-tracking table (1024 to 16777216); a change starts the table empty. (default: 0.25% of the node's memory at ~128 bytes an entry, a power of two from 65536 to 1048576)")
     var conntrackMax: String?
 
@@ -84,6 +87,7 @@ struct Meshd: AsyncParsableCommand {
             if let socketRedirect { settings.socketRedirect = socketRedirect }
             if let localCongestionControl { settings.localCongestionControl = localCongestionControl }
             if let conntrackMax { settings.conntrackMax = conntrackMax }
+            if let apiGroup { settings.apiGroup = apiGroup }
             try await Daemon.run(config: settings, logger: logger)
         } catch let e as MeshError {
             FileHandle.standardError.write(Data("meshd: error: \(e)\n".utf8))

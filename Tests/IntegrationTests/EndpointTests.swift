@@ -146,6 +146,32 @@ final class EndpointTests: XCTestCase {
         XCTAssertTrue(m.stderr.contains("meshd must run as root"), m.stderr)
     }
 
+    func testTheAPISocketServesRootAndTheAPIGroupOnlyWhateverTheUmask() throws {
+        try TestNode.requirePrivileges()
+        node = try TestNode()
+        try node.start(["--api-group", "nogroup"], umask: "000")
+        var st = stat()
+        XCTAssertEqual(stat(node.socket, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o7777, 0o660, "0660 under umask 000")
+        XCTAssertEqual(st.st_uid, 0)
+        XCTAssertEqual(st.st_gid, getgrnam("nogroup")?.pointee.gr_gid)
+        func ctl(as id: Int) -> Run.Result {
+            Run.run("/usr/bin/setpriv", ["--reuid=\(id)", "--regid=\(id)", "--clear-groups",
+                                        TestNode.products + "/meshctl", "status", "--api-socket", node.socket])
+        }
+        // nobody's group is the API group: it may.
+        XCTAssertEqual(ctl(as: 65534).status, 0, ctl(as: 65534).stderr)
+        // Another user cannot reach the socket; with its mode loosened by mistake, meshd
+        // itself still refuses it, and says who may.
+        XCTAssertNotEqual(ctl(as: 4242).status, 0)
+        XCTAssertEqual(chmod(node.socket, 0o666), 0)
+        let r = ctl(as: 4242)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("the meshd API serves root or members of group nogroup; this caller is uid 4242, gid 4242"), r.stderr)
+        XCTAssertEqual(ctl(as: 65534).status, 0, "the group still may")
+        XCTAssertEqual(node.ctl("status").status, 0, "and root")
+    }
+
     func testMeshdRejectsBadSettingsBeforeTouchingAnything() throws {
         try TestNode.requirePrivileges()
         let dir = NSTemporaryDirectory() + "smt\(getpid())cfg"
@@ -162,6 +188,7 @@ final class EndpointTests: XCTestCase {
             (["--config", dir + "/missing.yaml"], "cannot read config file"),
             (["--conntrack-max", "12"], "conntrack-max \"12\" must be a number of entries from 1024 to 16777216"),
             (["--conntrack-max", "lots"], "conntrack-max \"lots\" must be"),
+            (["--api-group", "no-such-group-here"], "api-group \"no-such-group-here\" is not a group of this system"),
             (["--conntrack-max", "99999999999"], "conntrack-max \"99999999999\" must be"),
         ]
         for (args, message) in cases {

@@ -44,14 +44,19 @@ final class TestNode {
         return url.path
     }
 
-    /// Starts meshd inside the node's netns and waits until its API answers.
-    func start(_ extra: [String] = []) throws {
+    /// Starts meshd inside the node's netns and waits until its API answers. `umask`, when
+    /// given, is the file mode mask meshd starts with.
+    func start(_ extra: [String] = [], umask: String? = nil) throws {
         let log = dir + "/meshd.log"
         FileManager.default.createFile(atPath: log, contents: nil)
         let args = ["--net=/run/netns/\(name)", Self.products + "/meshd",
                     "--node-name", name, "--state-dir", dir + "/state", "--api-socket", socket,
                     "--pod-cidr", podCIDR, "--log-level", "debug"] + extra
-        pid = try Run.spawn("/usr/bin/nsenter", args, output: log)
+        if let umask {
+            pid = try Run.spawn("/bin/sh", ["-c", "umask \(umask) && exec /usr/bin/nsenter \"$@\"", "sh"] + args, output: log)
+        } else {
+            pid = try Run.spawn("/usr/bin/nsenter", args, output: log)
+        }
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
             if ctl("status").status == 0 { return }

@@ -122,7 +122,11 @@ public enum Daemon {
     /// The socket itself: 0660, root's and the API group's (root's own group without one),
     /// whatever the umask was. Returns what failed, if anything.
     static func lockDownSocket(_ path: String, access: APIAccess) -> String? {
-        if chown(path, 0, access.group?.gid ?? 0) != 0 { return "chown \(path): \(String(cString: strerror(errno)))" }
+        // Never through a symlink someone put in the socket's place: chmod has no
+        // no-follow form on Linux, so check what is there, and chown with lchown.
+        var st = stat()
+        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else { return "\(path) is not the API socket" }
+        if lchown(path, 0, access.group?.gid ?? 0) != 0 { return "chown \(path): \(String(cString: strerror(errno)))" }
         if chmod(path, 0o660) != 0 { return "chmod \(path): \(String(cString: strerror(errno)))" }
         return nil
     }

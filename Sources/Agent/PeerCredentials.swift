@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Hummingbird
 import MeshModel
 import NIOCore
@@ -15,9 +16,16 @@ struct APIAccess: Sendable {
         if uid == 0 { return true }
         guard let group else { return false }
         if gid == group.gid { return true }
-        // A supplementary member: the group's member list names the user.
-        guard let pw = getpwuid(uid), let gr = getgrgid(group.gid), var member = gr.pointee.gr_mem else { return false }
-        let user = String(cString: pw.pointee.pw_name)
+        // A supplementary member: the group's member list names the user. The _r calls:
+        // connections are checked on several event-loop threads at once.
+        var buffer = [CChar](repeating: 0, count: 16384)
+        var pw = passwd(), pwResult: UnsafeMutablePointer<passwd>?
+        guard getpwuid_r(uid, &pw, &buffer, buffer.count, &pwResult) == 0, pwResult != nil else { return false }
+        let user = String(cString: pw.pw_name)
+        var groupBuffer = [CChar](repeating: 0, count: 65536)
+        var gr = group_t(), grResult: UnsafeMutablePointer<group_t>?
+        guard getgrgid_r(group.gid, &gr, &groupBuffer, groupBuffer.count, &grResult) == 0, grResult != nil,
+              var member = gr.gr_mem else { return false }
         while let m = member.pointee {
             if String(cString: m) == user { return true }
             member += 1
@@ -27,6 +35,8 @@ struct APIAccess: Sendable {
 
     var whoMay: String { group.map { "root or members of group \($0.name)" } ?? "root" }
 }
+
+typealias group_t = Glibc.group
 
 /// struct ucred (pid, uid, gid), which Glibc's Swift module hides behind _GNU_SOURCE.
 struct PeerCred {

@@ -136,7 +136,7 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 
 	/* An ICMP error about a tracked flow is part of it; one about nothing tracked is a
 	 * new flow like any other (its type is the port). */
-	if (f->icmp_error && ct_related(ep, dir, f, now))
+	if (f->icmp_error && ct_related(ep, dir, f, revision, now))
 		return TC_ACT_OK;
 
 	/* A SYN opens a new connection even if an entry of an earlier one with the same
@@ -152,7 +152,10 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 				   f, dir, slot, revision, now, 0);
 
 	/* A reply of a flow the endpoint's other direction allowed? Its peer and port are
-	 * the original flow's. */
+	 * the original flow's. An echo request is never a reply: with identifier 8 its ports
+	 * (8, 8) would read as the reply to one (see icmp_ports). */
+	if (f->icmp_echo_request)
+		goto new_flow;
 	ct_key(&ck, ep, f, odir, 1);
 	ct = bpf_map_lookup_elem(&mesh_ct, &ck);
 	if (ct && !ct_expired(ct, f->proto, now))

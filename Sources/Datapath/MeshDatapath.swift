@@ -77,7 +77,9 @@ public final class MeshDatapath: @unchecked Sendable {
     let ipcache: BPFMap
     let policy: BPFMap
     let policyEP: BPFMap
-    let stateMap: BPFMap
+    let revisionMap: BPFMap
+    /// mesh_revision's one word, mapped into this process (munmapped at deinit).
+    let revisionWord: UnsafeMutablePointer<UInt32>
     let conntrack: BPFMap
     let drops: BPFMap
     let verdicts: BPFMap
@@ -110,7 +112,8 @@ public final class MeshDatapath: @unchecked Sendable {
         ipcache = try object.map(MESH_MAP_IPCACHE)
         policy = try object.map(MESH_MAP_POLICY)
         policyEP = try object.map(MESH_MAP_POLICY_EP)
-        stateMap = try object.map(MESH_MAP_POLICY_STATE)
+        revisionMap = try object.map(MESH_MAP_REVISION)
+        revisionWord = try Self.mapWord(revisionMap)
         conntrack = try object.map(MESH_MAP_CT)
         drops = try object.map(MESH_MAP_DROPS)
         verdicts = try object.map(MESH_MAP_VERDICTS)
@@ -119,7 +122,29 @@ public final class MeshDatapath: @unchecked Sendable {
         conntrackStats = try object.map(MESH_MAP_CT_STATS)
         gracePeriod = try GracePeriod()
         for p in [fromEndpoint, toEndpoint] { try p.pin(at: "\(pinDir)/\(p.name)") }
+        try adoptEarlierRevision()
         try loadSlots()
+    }
+
+    deinit { munmap(revisionWord, Int(getpagesize())) }
+
+    /// The first word of an mmapable array map, mapped shared into this process.
+    static func mapWord(_ map: BPFMap) throws -> UnsafeMutablePointer<UInt32> {
+        let p = mmap(nil, Int(getpagesize()), PROT_READ | PROT_WRITE, MAP_SHARED, map.fd, 0)
+        guard let p, p != MAP_FAILED else { throw DatapathError("mmap map \(map.name)", errno: Glibc.errno) }
+        return p.bindMemory(to: UInt32.self, capacity: 1)
+    }
+
+    /// An earlier meshd kept the revision in mesh_pol_state. Carried over before anything
+    /// is attached, the programs go on with the revision (and slot) that was in force.
+    private func adoptEarlierRevision() throws {
+        let path = "\(pinDir)/\(MESH_MAP_POLICY_STATE_V1)"
+        guard FileManager.default.fileExists(atPath: path) else { return }
+        let old = try BPFMap(pinnedAt: path)
+        if cbpf_load_u32(revisionWord) == 0, let st = try? old.lookup(UInt32(0), as: mesh_policy_state.self) {
+            cbpf_store_u32(revisionWord, st.revision)
+        }
+        unlink(path)
     }
 
     private func hooks(_ ifindex: Int32) -> [(TCHook, BPFProgram)] {
@@ -197,7 +222,7 @@ public final class MeshDatapath: @unchecked Sendable {
     }
 
     public func mapStats() -> [MapStats] {
-        [endpoints, localEndpoints, traffic, events, ipcache, policy, policyEP, stateMap, conntrack, frags, drops, verdicts].map { MapStats($0) }
+        [endpoints, localEndpoints, traffic, events, ipcache, policy, policyEP, revisionMap, conntrack, frags, drops, verdicts].map { MapStats($0) }
     }
 
     /// Turns the per-new-flow verdict events on (while a monitor wants them) or off.

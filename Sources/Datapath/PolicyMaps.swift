@@ -140,8 +140,8 @@ extension MeshDatapath {
     public static let uncheckedRevision: UInt32 = MESH_REVISION_UNCHECKED
 
     public func policyState() throws -> PolicyState {
-        let st = try stateMap.lookup(UInt32(0), as: mesh_policy_state.self) ?? mesh_policy_state()
-        return PolicyState(activeSlot: Self.slot(of: st.revision), revision: st.revision)
+        let revision = cbpf_load_u32(revisionWord)
+        return PolicyState(activeSlot: Self.slot(of: revision), revision: revision)
     }
 
     /// What a publish wrote, for logs and metrics.
@@ -155,7 +155,7 @@ extension MeshDatapath {
     }
 
     /// Writes a whole new policy revision into the inactive slot (only what differs from
-    /// that slot's previous revision), then makes it active with one map update.
+    /// that slot's previous revision), then makes it active with one 32-bit store.
     /// Packets see the old revision or the new one, never a mix:
     /// - `revision` must be the one in force plus one: it lives in the other slot.
     /// - Before the slot is touched, an RCU grace period after the last flip: a program
@@ -231,9 +231,8 @@ extension MeshDatapath {
                 throw error
             }
             slots[target] = next
-            var st = mesh_policy_state()
-            st.revision = revision
-            try stateMap.update(UInt32(0), st)
+            // The flip: one atomic 32-bit store into the map's memory.
+            cbpf_store_u32(revisionWord, revision)
             gracePeriod.flipped()
             return PublishStats(slot: target, revision: revision, written: written, deleted: deleted, graceWait: graceWait)
         }

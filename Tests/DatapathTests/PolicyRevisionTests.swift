@@ -195,6 +195,55 @@ final class PolicyRevisionTests: BPFTestCase {
         XCTAssertThrowsError(try dp.publish(revision: MeshDatapath.uncheckedRevision, ipcache: [], policy: [], enforcement: []))
     }
 
+    /// An ICMP error passes as part of a tracked flow only when it goes back to where the
+    /// quoted packet came from: quoting a flow is no pass to send anywhere else.
+    func testAnICMPErrorPassesOnlyBackToTheQuotedPacketsSource() throws {
+        let dp = try makeNode()
+        try Self.publish(dp, 1) // A: the sender may send UDP to the receiver's :5000, and nothing else
+        let sourcePort: UInt16 = 40123
+        XCTAssertEqual(try Self.runFromEndpoint(dp, Self.datagram(sourcePort: sourcePort, destinationPort: 5000)), TC_ACT_REDIRECT)
+        /// The sender reports "port unreachable" about the receiver's reply (5000 -> 40123),
+        /// addressed to `to`.
+        func portUnreachable(to: UInt32) -> [UInt8] {
+            func ip(_ src: UInt32, _ dst: UInt32, proto: UInt8, length: Int) -> [UInt8] {
+                var h: [UInt8] = [0x45, 0, UInt8(length >> 8), UInt8(length & 0xff), 0, 2, 0, 0, 64, proto, 0, 0]
+                for a in [src, dst] { h += [UInt8(a >> 24), UInt8(a >> 16 & 0xff), UInt8(a >> 8 & 0xff), UInt8(a & 0xff)] }
+                return h
+            }
+            let quoted = ip(Self.receiver, Self.sender, proto: UInt8(IPPROTO_UDP), length: 28)
+                + [0x13, 0x88, UInt8(sourcePort >> 8), UInt8(sourcePort & 0xff), 0, 8, 0, 0]
+            let icmp: [UInt8] = [3, 3, 0, 0, 0, 0, 0, 0] + quoted
+            return [0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00]
+                + ip(Self.sender, to, proto: UInt8(IPPROTO_ICMP), length: 20 + icmp.count) + icmp
+        }
+        XCTAssertEqual(try Self.runFromEndpoint(dp, portUnreachable(to: Self.receiver)), TC_ACT_REDIRECT,
+                       "back to the quoted packet's source: part of the flow")
+        XCTAssertEqual(try Self.runFromEndpoint(dp, portUnreachable(to: 0x0808_0808)), TC_ACT_SHOT,
+                       "anywhere else: a new ICMP flow, which the sender's egress policy refuses")
+    }
+
+    /// An earlier meshd kept the revision in mesh_pol_state: an upgraded start carries it
+    /// over before anything is attached, so the revision (and slot) in force stays.
+    func testAnUpgradeCarriesTheRevisionOverFromTheEarlierStateMap() throws {
+        try BPFFS.makeDirectory(pinDir)
+        let fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, MESH_MAP_POLICY_STATE_V1, 4, UInt32(MemoryLayout<mesh_policy_state>.size), 1, nil)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        var key: UInt32 = 0
+        var old = mesh_policy_state()
+        old.reserved = 1
+        old.revision = 7
+        XCTAssertEqual(bpf_map_update_elem(fd, &key, &old, 0), 0)
+        let path = "\(pinDir)/\(MESH_MAP_POLICY_STATE_V1)"
+        XCTAssertEqual(bpf_obj_pin(fd, path), 0)
+        close(fd)
+        let dp = try MeshDatapath(pinDir: pinDir, nodeID: 1)
+        XCTAssertEqual(try dp.policyState(), .init(activeSlot: 1, revision: 7))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path), "the earlier map's pin is gone")
+        // And the next publish follows it.
+        _ = try dp.publish(revision: 8, ipcache: [], policy: [], enforcement: [])
+        XCTAssertEqual(try MeshDatapath(pinDir: pinDir, nodeID: 1).policyState().revision, 8, "kept in the pinned map")
+    }
+
     /// Swift names every value the header defines: a value added to mesh_abi.h without a
     /// Swift case fails here (the numbers themselves come from the header).
     func testSwiftNamesEveryDropReasonAndRedirectCounterOfTheHeader() {

@@ -25,7 +25,10 @@
 #define MESH_MAP_IPCACHE "mesh_ipcache"
 #define MESH_MAP_POLICY "mesh_policy"
 #define MESH_MAP_POLICY_EP "mesh_policy_ep"
-#define MESH_MAP_POLICY_STATE "mesh_pol_state"
+#define MESH_MAP_REVISION "mesh_revision"
+/* The map an earlier meshd kept the revision in (struct mesh_policy_state); a start that
+ * finds its pin carries the revision over into mesh_revision and removes it. */
+#define MESH_MAP_POLICY_STATE_V1 "mesh_pol_state"
 #define MESH_MAP_CT "mesh_ct"
 #define MESH_MAP_DROPS "mesh_drops"
 #define MESH_MAP_VERDICTS "mesh_verdicts"
@@ -94,7 +97,9 @@ struct mesh_traffic_value {
 /*
  * Policy. Everything a verdict depends on lives in one of two revision slots: revision r
  * lives in slot r & 1 (MESH_SLOT_OF). meshd writes revision r + 1 into the inactive slot,
- * then makes it active by writing mesh_pol_state.revision, one aligned 32-bit word. A
+ * then makes it active by storing it into mesh_revision, one aligned 32-bit word that meshd
+ * writes with a single atomic store through the map's mmap (a map update would copy the
+ * value with memcpy, which promises readers no whole word). A
  * program reads that word once per run and derives the slot from it, so everything it
  * looks up and every revision it records is that one revision's: never a mix. Before
  * meshd rewrites a slot it waits for an RCU grace period, so no program that read the
@@ -169,7 +174,8 @@ struct mesh_policy_ep_value {
 	__u32 default_rule_id[MESH_DIR_MAX]; /* "default deny: selected by ..." */
 };
 
-/* mesh_pol_state (array, one entry). */
+/* mesh_revision (array, one __u32, mmapable): the revision in force. The layout below is
+ * that of the map earlier versions used instead (MESH_MAP_POLICY_STATE_V1). */
 struct mesh_policy_state {
 	__u32 reserved; /* 0; was the active slot, which is now always MESH_SLOT_OF(revision) */
 	__u32 revision; /* the revision in force */

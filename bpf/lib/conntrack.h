@@ -60,10 +60,14 @@ static __always_inline void ct_key(struct mesh_ct_key *k, __u32 ep, const struct
 /*
  * An ICMP error travelling in `dir` at endpoint `ep` is about a packet that travelled the
  * other way: one of a flow `ep` tracks, either as that flow's original direction or as
- * its reply. Returns 1 when such a flow is tracked: the error belongs to it (path MTU
- * discovery, a port unreachable) and passes like the flow's own packets.
+ * its reply. Returns 1 when such a flow is tracked under the revision in force, and the
+ * error goes back to where the quoted packet came from: then it belongs to the flow (path
+ * MTU discovery, a port unreachable) and passes like the flow's own packets. Anything
+ * else is decided by policy as a new flow: an error addressed elsewhere would otherwise
+ * carry data past egress policy, and a flow a newer revision denies is re-checked by its
+ * own next packet first.
  */
-static __always_inline int ct_related(__u32 ep, __u8 dir, const struct flow *f, __u64 now)
+static __always_inline int ct_related(__u32 ep, __u8 dir, const struct flow *f, __u32 revision, __u64 now)
 {
 	struct flow quoted = {
 		.saddr = f->inner_saddr,
@@ -75,13 +79,15 @@ static __always_inline int ct_related(__u32 ep, __u8 dir, const struct flow *f, 
 	struct mesh_ct_key k;
 	struct mesh_ct_value *ct;
 
+	if (f->daddr != f->inner_saddr)
+		return 0;
 	ct_key(&k, ep, &quoted, dir ^ 1, 0);
 	ct = bpf_map_lookup_elem(&mesh_ct, &k);
-	if (ct && !ct_expired(ct, quoted.proto, now))
-		return 1;
-	ct_key(&k, ep, &quoted, dir, 1);
-	ct = bpf_map_lookup_elem(&mesh_ct, &k);
-	return ct && !ct_expired(ct, quoted.proto, now);
+	if (!ct) {
+		ct_key(&k, ep, &quoted, dir, 1);
+		ct = bpf_map_lookup_elem(&mesh_ct, &k);
+	}
+	return ct && !ct_expired(ct, quoted.proto, now) && ct->revision == revision;
 }
 
 #endif

@@ -64,13 +64,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mesh_policy_ep SEC(".maps");
 
+/* mmapable: meshd stores the revision with one atomic 32-bit write (see mesh_abi.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct mesh_policy_state);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} mesh_pol_state SEC(".maps");
+} mesh_revision SEC(".maps");
 
 /* One LRU list for all CPUs: with a list per CPU each CPU could use only its share of the
  * table, and a CPU busy with new flows would evict the flows it happens to hold. */

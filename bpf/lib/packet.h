@@ -39,7 +39,8 @@ struct flow {
 	__u8 inner_proto;
 	__u16 inner_sport;
 	__u16 inner_dport;
-	__u16 pad;
+	__u8 icmp_echo_request; /* an echo request: never the reply of a tracked flow */
+	__u8 pad;
 	__u32 inner_saddr;
 	__u32 inner_daddr;
 };
@@ -124,6 +125,7 @@ static __always_inline enum parse_result parse_flow(struct __sk_buff *skb, struc
 	f->frag = FLOW_WHOLE;
 	f->ip_id = ip.id;
 	f->icmp_error = 0;
+	f->icmp_echo_request = 0;
 	if (ip.version != 4 || ip.ihl < 5)
 		return PARSE_BAD_IPV4;
 	tot_len = bpf_ntohs(ip.tot_len);
@@ -158,6 +160,7 @@ static __always_inline enum parse_result parse_flow(struct __sk_buff *skb, struc
 		if (bpf_skb_load_bytes(skb, l4, ih, sizeof(ih)) < 0)
 			return PARSE_IPV4;
 		icmp_ports(ih[0], (__u16)ih[4] << 8 | ih[5], &f->sport, &f->dport);
+		f->icmp_echo_request = ih[0] == ICMP_ECHO;
 		if (ih[0] == ICMP_DEST_UNREACH || ih[0] == ICMP_TIME_EXCEEDED || ih[0] == ICMP_PARAMETERPROB)
 			f->icmp_error = parse_quoted(skb, l4 + sizeof(ih), f);
 	}

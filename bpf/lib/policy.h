@@ -19,9 +19,9 @@ struct verdict {
 static __always_inline __u32 policy_revision(void)
 {
 	__u32 zero = 0;
-	struct mesh_policy_state *st = bpf_map_lookup_elem(&mesh_pol_state, &zero);
+	__u32 *revision = bpf_map_lookup_elem(&mesh_revision, &zero);
 
-	return st ? *(volatile __u32 *)&st->revision : 0;
+	return revision ? *(volatile __u32 *)revision : 0;
 }
 
 static __always_inline __u32 identity_of(__u8 slot, __u32 addr)

@@ -50,6 +50,11 @@ int64_t cbpf_tc_query(int ifindex, int ingress, uint32_t handle, uint32_t priori
 int cbpf_test_run_skb(int prog_fd, const void *data, uint32_t len, struct __sk_buff *ctx_in,
 		      struct __sk_buff *ctx_out, uint32_t *retval);
 
+/* The revision word (mesh_revision, mmapped): one 32-bit store and load, whole on every
+ * CPU. Swift has no atomics of its own without a package; C11's builtins are these. */
+static inline void cbpf_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t cbpf_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+
 /* MESH_SLOT_OF for Swift, which imports no function-like macro. */
 static inline uint8_t cbpf_slot_of(uint32_t revision) { return MESH_SLOT_OF(revision); }
 

@@ -239,10 +239,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	id = ep->endpoint_id;
 	pr = parse_flow(skb, &f);
-	if (pr == PARSE_IPV4 && f.frag != FLOW_WHOLE && skb->mark != MESH_TRACE_MARK)
-		fragment_ports(&f);
 	/* One read of the revision for everything this packet meets, local delivery too. */
 	revision = policy_revision();
+	/* An endpoint speaks only from its own address: another's would carry that one's
+	 * identity into every ingress policy it meets (and its fragments' record). */
+	if (dir == MESH_DIR_EGRESS && pr == PARSE_IPV4 && f.saddr != ep->ipv4 && skb->mark != MESH_TRACE_MARK) {
+		struct verdict v = { .action = MESH_ACTION_DENY, .reason = MESH_DROP_SPOOFED_SOURCE, .enforced = 1 };
+
+		report_flow(MESH_EVENT_DROP, id, 0, &f, dir, &v, revision);
+		return drop(skb, v.reason, dir);
+	}
+	if (pr == PARSE_IPV4 && f.frag != FLOW_WHOLE && skb->mark != MESH_TRACE_MARK)
+		fragment_ports(&f);
 	verdict = enforce(skb, id, dir, pr, &f, revision);
 	if (verdict != TC_ACT_OK || skb->mark == MESH_TRACE_MARK)
 		return verdict;

@@ -23,7 +23,7 @@ extension MeshDatapath {
     /// Why a packet was dropped (enum mesh_drop_reason); `label` is each one's name in
     /// metrics and in the monitor.
     public enum DropReason: String, Sendable, CaseIterable {
-        case none, policyDeny, policyDefaultDeny, unsupportedL3, malformedIPv4
+        case none, policyDeny, policyDefaultDeny, unsupportedL3, malformedIPv4, spoofedSource
 
         public var label: String {
             switch self {
@@ -32,6 +32,7 @@ extension MeshDatapath {
             case .policyDefaultDeny: "policy_default_deny"
             case .unsupportedL3: "unsupported_l3"
             case .malformedIPv4: "malformed_ipv4"
+            case .spoofedSource: "spoofed_source"
             }
         }
 
@@ -42,6 +43,7 @@ extension MeshDatapath {
             case .policyDefaultDeny: MESH_DROP_POLICY_DEFAULT_DENY
             case .unsupportedL3: MESH_DROP_UNSUPPORTED_L3
             case .malformedIPv4: MESH_DROP_MALFORMED_IPV4
+            case .spoofedSource: MESH_DROP_SPOOFED_SOURCE
             }
         }
 

@@ -222,6 +222,19 @@ final class PolicyRevisionTests: BPFTestCase {
                        "anywhere else: a new ICMP flow, which the sender's egress policy refuses")
     }
 
+    /// An endpoint sends only from its own address: one from another endpoint's would get
+    /// that endpoint's identity at every ingress policy it meets.
+    func testAPacketFromAnAddressNotTheEndpointsOwnIsDroppedAsSpoofed() throws {
+        let dp = try makeNode()
+        try Self.publish(dp, 1)
+        var spoofed = Self.datagram(sourcePort: 40200, destinationPort: 5000)
+        spoofed[29] = 0x63 // source 10.9.0.99: not the sender's 10.9.0.1
+        XCTAssertEqual(try Self.runFromEndpoint(dp, spoofed), TC_ACT_SHOT)
+        XCTAssertEqual(try Self.runFromEndpoint(dp, Self.datagram(sourcePort: 40200, destinationPort: 5000)), TC_ACT_REDIRECT)
+        let drops = try dp.dropCounters().first { $0.reason == .spoofedSource && $0.direction == .egress }
+        XCTAssertEqual(drops?.counters.packets, 1)
+    }
+
     /// An earlier meshd kept the revision in mesh_pol_state: an upgraded start carries it
     /// over before anything is attached, so the revision (and slot) in force stays.
     func testAnUpgradeCarriesTheRevisionOverFromTheEarlierStateMap() throws {

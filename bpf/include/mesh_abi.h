@@ -239,7 +239,8 @@ enum mesh_drop_reason {
 	MESH_DROP_POLICY_DEFAULT_DENY = 2, /* enforced direction, no rule allows it */
 	MESH_DROP_UNSUPPORTED_L3 = 3,      /* not IPv4 (nor ARP) on an enforced endpoint */
 	MESH_DROP_MALFORMED_IPV4 = 4,      /* a bad IPv4 header (version, IHL, lengths) on an enforced endpoint */
-	MESH_DROP_MAX = 5,
+	MESH_DROP_SPOOFED_SOURCE = 5,      /* an endpoint sent IPv4 from an address not its own */
+	MESH_DROP_MAX = 6,
 };
 
 /*

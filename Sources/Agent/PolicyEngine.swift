@@ -80,10 +80,7 @@ public actor PolicyEngine {
 
     private func publish(policies set: [Policy]) throws(MeshError) -> MeshDatapath.PublishStats {
         let result = try compile(set)
-        // The next revision lives in the other slot; the one number no publish makes
-        // (MeshDatapath.uncheckedRevision, odd) is stepped over to 1, odd as well.
-        var next = revision &+ 1
-        if next == MeshDatapath.uncheckedRevision { next = 1 }
+        let next = MeshDatapath.revision(after: revision)
         let stats: MeshDatapath.PublishStats
         do {
             stats = try datapath.publish(

@@ -138,6 +138,13 @@ extension MeshDatapath {
     /// The slot a revision lives in (mesh_abi.h, MESH_SLOT_OF).
     public static func slot(of revision: UInt32) -> Int { Int(cbpf_slot_of(revision)) }
 
+    /// The revision that follows `r`: one more, stepping over the one number no publish
+    /// makes (odd, like the 1 it becomes, so the slots still alternate).
+    public static func revision(after r: UInt32) -> UInt32 {
+        let next = r &+ 1
+        return next == uncheckedRevision ? 1 : next
+    }
+
     /// A revision no publish makes: the programs read it as "not checked yet".
     public static let uncheckedRevision: UInt32 = MESH_REVISION_UNCHECKED
 
@@ -173,8 +180,8 @@ extension MeshDatapath {
         try publishLock.withLock {
             let state = try policyState()
             let target = Self.slot(of: revision)
-            guard target != state.activeSlot, revision != Self.uncheckedRevision else {
-                throw DatapathError("publish policy revision \(revision): revision \(state.revision) is in force, and a new revision must live in the other slot (one more than it)", errno: EINVAL)
+            guard revision == Self.revision(after: state.revision), target != state.activeSlot else {
+                throw DatapathError("publish policy revision \(revision): revision \(state.revision) is in force, and the next one must be \(Self.revision(after: state.revision)) (it lives in the other slot)", errno: EINVAL)
             }
             var next = SlotContents()
             for e in newIPCache {

@@ -188,9 +188,12 @@ final class PolicyRevisionTests: BPFTestCase {
     func testARevisionOfTheActiveSlotIsRefused() throws {
         let dp = try makeNode()
         try Self.publish(dp, 1)
-        XCTAssertThrowsError(try Self.publish(dp, 3)) { error in
-            XCTAssertTrue("\(error)".contains("revision 1 is in force"), "\(error)")
+        for wrong: UInt32 in [3, 4, 1] { // the active slot, a revision skipped, the one in force
+            XCTAssertThrowsError(try Self.publish(dp, wrong)) { error in
+                XCTAssertTrue("\(error)".contains("revision 1 is in force, and the next one must be 2"), "\(error)")
+            }
         }
+        XCTAssertEqual(MeshDatapath.revision(after: MeshDatapath.uncheckedRevision &- 1), 1, "the unchecked number is stepped over")
         XCTAssertEqual(try dp.policyState().revision, 1)
         XCTAssertThrowsError(try dp.publish(revision: MeshDatapath.uncheckedRevision, ipcache: [], policy: [], enforcement: []))
     }

@@ -15,14 +15,14 @@ exactly one JSON line on stdout; errors go to stderr with a non-zero exit status
   stream-sink --port P [--bind ADDR] [--ready-file F]
                 accept one connection, check byte i == i % 251
                 -> {"bytes", "ok", "first_bad_offset"} (exit 0 even when not ok)
-  stream-send --host H --port P --seconds T --rate BYTES_PER_SEC
+  stream-send --host H --port P --seconds T --rate BYTES_PER_SEC [--stop-file F]
                 send the i % 251 pattern, paced, for T s -> {"bytes"} or {"bytes", "error"}
 
   echo-server --tcp PORTS --udp PORTS [--ready-file F] [--seconds T]
                 echo on every listed port (e.g. 80,8080-8090) until killed or T s
   probe       --host H --port P [--proto tcp|udp] [--timeout S]
                 one new connection (or datagram) and its echo -> {"ok", "error"}
-  probe-loop  --host H --port P --seconds T [--interval MS] [--timeout S]
+  probe-loop  --host H --port P --seconds T [--interval MS] [--timeout S] [--stop-file F]
                 new connections back to back for T s -> {"attempts", "ok", "failed"}
 
   duplex-server / duplex-client  --bytes N --seed S [--max-chunk C]
@@ -207,6 +207,12 @@ def stream_sink(args):
     emit(result)
 
 
+def stopped(args):
+    """--stop-file: a test ends a timed loop early by creating this file."""
+    import os
+    return bool(args.stop_file) and os.path.exists(args.stop_file)
+
+
 def stream_send(args):
     if args.rate <= 0:
         raise ValueError("--rate must be positive")
@@ -215,7 +221,7 @@ def stream_send(args):
     start = time.monotonic()
     sent = 0
     try:
-        while (elapsed := time.monotonic() - start) < args.seconds:
+        while (elapsed := time.monotonic() - start) < args.seconds and not stopped(args):
             behind = args.rate * elapsed - sent
             if behind < chunk:
                 time.sleep(min(0.01, (chunk - behind) / args.rate))
@@ -308,7 +314,7 @@ def probe_loop(args):
 
     end = time.monotonic() + args.seconds
     attempts = ok = 0
-    while time.monotonic() < end:
+    while time.monotonic() < end and not stopped(args):
         attempts += 1
         try:
             ok += probe_once(args.host, args.port, args.proto, args.timeout)
@@ -616,6 +622,7 @@ def main():
     p.add_argument("--ack-every", type=int, default=0, help="send one byte back every N bytes received")
     p = command("stream-send", stream_send, sink=False)
     p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--stop-file", help="stop as soon as this file exists")
     p.add_argument("--rate", type=float, required=True, help="bytes per second")
 
     for name, func, sink in (("duplex-server", duplex_server, True), ("duplex-client", duplex_client, False)):
@@ -671,6 +678,7 @@ def main():
         p.add_argument("--timeout", type=float, default=1.0)
         if name == "probe-loop":
             p.add_argument("--seconds", type=float, required=True)
+            p.add_argument("--stop-file", help="stop as soon as this file exists")
             p.add_argument("--interval", type=float, default=20.0, help="milliseconds")
 
     args = parser.parse_args()

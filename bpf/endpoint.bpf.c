@@ -59,6 +59,17 @@ static __always_inline void report_flow(__u16 type, __u32 ep, __u32 peer, const 
 	report_policy(type, cfg_node_id, ep, peer, f->saddr, f->daddr, f->sport, f->dport, f->proto, dir, v, revision);
 }
 
+/* Drops a packet no policy rule decided (a reason of its own), reporting it like any
+ * other drop. */
+static __always_inline int drop_unjudged(struct __sk_buff *skb, __u32 ep, const struct flow *f, __u8 dir,
+					 __u8 reason, __u32 revision)
+{
+	struct verdict v = { .action = MESH_ACTION_DENY, .reason = reason, .enforced = 1 };
+
+	report_flow(MESH_EVENT_DROP, ep, 0, f, dir, &v, revision);
+	return drop(skb, reason, dir);
+}
+
 /*
  * A packet of a tracked flow. The flow was allowed under ct->revision; under a newer
  * revision it is decided again as the original flow (`flow_dir`, its peer and port), and
@@ -125,13 +136,8 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 
 		if (!ev || !ev->enforce[dir & 1])
 			return TC_ACT_OK;
-		v = (struct verdict){
-			.action = MESH_ACTION_DENY,
-			.reason = pr == PARSE_BAD_IPV4 ? MESH_DROP_MALFORMED_IPV4 : MESH_DROP_UNSUPPORTED_L3,
-			.enforced = 1,
-		};
-		report_flow(MESH_EVENT_DROP, ep, 0, f, dir, &v, revision);
-		return drop(skb, v.reason, dir);
+		return drop_unjudged(skb, ep, f, dir,
+				     pr == PARSE_BAD_IPV4 ? MESH_DROP_MALFORMED_IPV4 : MESH_DROP_UNSUPPORTED_L3, revision);
 	}
 
 	/* An ICMP error about a tracked flow is part of it; one about nothing tracked is a
@@ -243,12 +249,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	revision = policy_revision();
 	/* An endpoint speaks only from its own address: another's would carry that one's
 	 * identity into every ingress policy it meets (and its fragments' record). */
-	if (dir == MESH_DIR_EGRESS && pr == PARSE_IPV4 && f.saddr != ep->ipv4 && skb->mark != MESH_TRACE_MARK) {
-		struct verdict v = { .action = MESH_ACTION_DENY, .reason = MESH_DROP_SPOOFED_SOURCE, .enforced = 1 };
-
-		report_flow(MESH_EVENT_DROP, id, 0, &f, dir, &v, revision);
-		return drop(skb, v.reason, dir);
-	}
+	if (dir == MESH_DIR_EGRESS && pr == PARSE_IPV4 && f.saddr != ep->ipv4 && skb->mark != MESH_TRACE_MARK)
+		return drop_unjudged(skb, id, &f, dir, MESH_DROP_SPOOFED_SOURCE, revision);
 	if (pr == PARSE_IPV4 && f.frag != FLOW_WHOLE && skb->mark != MESH_TRACE_MARK)
 		fragment_ports(&f);
 	verdict = enforce(skb, id, dir, pr, &f, revision);

@@ -80,10 +80,7 @@ static __always_inline struct sock___mesh *ops_sock(struct bpf_sock_ops *skops)
 
 static __always_inline void stat_add(__u32 idx, __u64 n)
 {
-	__u64 *v = bpf_map_lookup_elem(&mesh_redir_stats, &idx);
-
-	if (v)
-		*v += n;
+	percpu_array_add(&mesh_redir_stats, idx, n);
 }
 
 /* remote_port is a big-endian 16-bit value inside a u32; where it sits has changed

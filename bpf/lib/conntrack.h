@@ -16,10 +16,7 @@ static __always_inline int ct_expired(const struct mesh_ct_value *v, __u8 proto,
 
 static __always_inline void ct_stat_add(__u32 stat)
 {
-	__u64 *v = bpf_map_lookup_elem(&mesh_ct_stats, &stat);
-
-	if (v)
-		*v += 1;
+	percpu_array_add(&mesh_ct_stats, stat, 1);
 }
 
 /* Inserts a new flow's entry, counting it as created unless it replaces one (a new SYN on

@@ -174,6 +174,15 @@ static __always_inline void counter_add(void *map, const void *key, __u32 len)
 	c->bytes += len;
 }
 
+/* Adds `n` to entry `idx` of a per-CPU array of __u64 counters (this CPU's copy). */
+static __always_inline void percpu_array_add(void *map, __u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(map, &idx);
+
+	if (v)
+		*v += n;
+}
+
 /* An endpoint's traffic counters: `len` bytes in one packet (one message, for bytes that
  * socket redirection carried). */
 static __always_inline void count_traffic(__u32 ep, __u8 dir, __u32 len)

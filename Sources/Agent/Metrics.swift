@@ -117,11 +117,13 @@ public final class MetricsCollector: @unchecked Sendable {
                                   value: rc[counter] ?? 0))
         }
         let ct = try datapath.conntrackStatistics()
+        let maps = datapath.mapStats() + redirect.mapStats()
+        let ctEntries = maps.first { $0.name == MeshDatapath.conntrackMapName }?.entries ?? 0
         readings.append(.init(name: "mesh_conntrack_created_total", labels: [],
                               help: "Connection-tracking entries the programs created: new flows, per endpoint and direction.",
                               value: ct.created))
         let evicted = lock.withLock {
-            evictedHighWater = max(evictedHighWater, ct.evicted)
+            evictedHighWater = max(evictedHighWater, ct.evicted(entries: ctEntries))
             return evictedHighWater
         }
         readings.append(.init(name: "mesh_conntrack_evictions_total", labels: [],
@@ -130,7 +132,6 @@ public final class MetricsCollector: @unchecked Sendable {
         let sockets = (try? redirect.socketCount()) ?? 0
         let revision = try datapath.policyState().revision
         let policies = await policy.policyKeys.count
-        let maps = datapath.mapStats() + redirect.mapStats()
         let process = ProcessStats.read()
         return lock.withLock {
             endpointsGauge.set(Double(endpoints.count))

@@ -128,6 +128,11 @@ public final class BPFMap: @unchecked Sendable {
         return out
     }
 
+    /// Entry `index` of a per-CPU array of UInt64 counters, summed over CPUs (0 if absent).
+    public func sumPerCPU(_ index: UInt32) throws -> UInt64 {
+        (try lookupPerCPU(index, as: UInt64.self) ?? []).reduce(0, &+)
+    }
+
     /// Writes one value per possible CPU (in CPU order) for `key` of a per-CPU map.
     public func updatePerCPU<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, _ values: [V]) throws {
         try checkSizes(K.self, V.self, perCPU: true)

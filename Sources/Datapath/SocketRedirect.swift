@@ -166,7 +166,7 @@ public final class SocketRedirect: @unchecked Sendable {
     public func counters() throws -> [Counter: UInt64] {
         var out: [Counter: UInt64] = [:]
         for c in Counter.allCases {
-            out[c] = (try stats.lookupPerCPU(c.abi.rawValue, as: UInt64.self) ?? []).reduce(0, &+)
+            out[c] = try stats.sumPerCPU(c.abi.rawValue)
         }
         return out
     }

@@ -152,28 +152,28 @@ extension MeshDatapath {
         }
     }
 
-    /// What became of conntrack entries, summed over CPUs, and how many there are now.
+    /// What became of conntrack entries, summed over CPUs.
     public struct ConntrackStats: Sendable {
         public var created: UInt64
         public var removed: UInt64
         public var collected: UInt64
-        public var entries: Int
-        public var capacity: Int
 
-        /// Entries the LRU evicted to make room: every entry created is still there, was
-        /// deleted by a program or by meshd, or was evicted.
-        public var evicted: UInt64 {
+        /// Entries the LRU evicted to make room, given how many are in the table now: every
+        /// entry created is still there, was deleted by a program or by meshd, or was evicted.
+        public func evicted(entries: Int) -> UInt64 {
             let gone = Int64(clamping: created) - Int64(clamping: removed) - Int64(clamping: collected) - Int64(entries)
             return UInt64(max(0, gone))
         }
     }
 
+    /// The conntrack counters. The table's entry count is MapStats' (mapStats()): counting
+    /// a large table costs a walk, so a caller that has one reuses it.
     public func conntrackStatistics() throws -> ConntrackStats {
-        func stat(_ s: mesh_ct_stat) throws -> UInt64 {
-            (try conntrackStats.lookupPerCPU(s.rawValue, as: UInt64.self) ?? []).reduce(0, &+)
-        }
-        return ConntrackStats(created: try stat(MESH_CT_STAT_CREATED), removed: try stat(MESH_CT_STAT_REMOVED),
-                              collected: try stat(MESH_CT_STAT_COLLECTED), entries: try conntrack.count(),
-                              capacity: conntrack.maxEntries)
+        ConntrackStats(created: try conntrackStats.sumPerCPU(MESH_CT_STAT_CREATED.rawValue),
+                       removed: try conntrackStats.sumPerCPU(MESH_CT_STAT_REMOVED.rawValue),
+                       collected: try conntrackStats.sumPerCPU(MESH_CT_STAT_COLLECTED.rawValue))
     }
+
+    /// The name of the conntrack map, as mapStats() reports it.
+    public static let conntrackMapName = MESH_MAP_CT
 }

@@ -112,7 +112,8 @@ public actor PolicyEngine {
         let start = ContinuousClock.now
         let trees = try YAMLTree.documents(request.yaml, source: request.source).filter { $0 != .null }
         guard !trees.isEmpty else { throw MeshError.invalid("\(request.source): no policy documents found") }
-        let parsed = try PolicyParser.parse(documents: trees, source: request.source)
+        let (parsed, warnings) = try PolicyParser.read(documents: trees, source: request.source)
+        for w in warnings { logger.warning("policy field ignored", metadata: ["warning": "\(w)"]) }
         var incoming: [String: Document] = [:]
         for tree in trees {
             let key = Self.documentKey(tree)
@@ -126,7 +127,8 @@ public actor PolicyEngine {
         if request.dryRun {
             let result = try compile(next)
             return PolicyApplyResult(documents: incoming.keys.sorted(), policies: parsed.count, rules: rules,
-                                     revision: Int(revision), dryRun: true, entries: result.entries.count, enforcedSeconds: 0)
+                                     revision: Int(revision), dryRun: true, entries: result.entries.count, enforcedSeconds: 0,
+                                     warnings: warnings)
         }
         try publish(policies: next)
         let elapsed = ContinuousClock.now - start
@@ -147,7 +149,8 @@ public actor PolicyEngine {
         logger.info("policies applied", metadata: ["documents": "\(incoming.keys.sorted())", "revision": "\(revision)"])
         return PolicyApplyResult(documents: incoming.keys.sorted(), policies: parsed.count, rules: rules, revision: Int(revision),
                                  dryRun: false, entries: compiled?.entries.count ?? 0,
-                                 enforcedSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+                                 enforcedSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+                                 warnings: warnings)
     }
 
     public func delete(_ name: String) throws(MeshError) -> String {

@@ -56,14 +56,18 @@ enum CiliumPolicyReader {
             }
         }
         return Policy(name: name, namespace: metadata.namespace, kind: .ciliumNetworkPolicy, subject: subject,
-                      enforceIngress: fields.has("ingress") || fields.has("ingressDeny"),
-                      enforceEgress: fields.has("egress") || fields.has("egressDeny"),
+                      // An empty section is no section, as in Cilium: `ingress: []` leaves
+                      // ingress open, `ingress: [{}]` closes it.
+                      enforceIngress: fields.hasItems("ingress") || fields.hasItems("ingressDeny"),
+                      enforceEgress: fields.hasItems("egress") || fields.hasItems("egressDeny"),
                       rules: rules)
     }
 
     /// One item of a section. No peer field but `toPorts` or `icmps` means every peer on
     /// those ports or ICMP types; no field at all (`- {}`) means no peer, a rule that only
-    /// enables default-deny. `toPorts` and `icmps` together allow either.
+    /// enables default-deny. `toPorts` and `icmps` together allow either. An empty list
+    /// counts as a field left out, as Cilium reads it (`fromEndpoints: []` with `toPorts`
+    /// allows every peer on those ports).
     static func rule(_ node: PolicyNode, section: Section, namespace: String) throws(PolicyFieldError) -> PolicyRule {
         let p = section.peerPrefix
         let peerFields = ["\(p)Endpoints", "\(p)CIDR", "\(p)CIDRSet", "\(p)Entities"]
@@ -80,20 +84,16 @@ enum CiliumPolicyReader {
             peers.append(try PolicyPeers.cidrBlock(item, cidrKey: "cidr", strictly: false))
         }
         for item in try fields.optional("\(p)Entities")?.list() ?? [] {
-            peers.append(.entity(try PolicyPeers.entity(item)))
+            if let entity = try PolicyPeers.entity(item) { peers.append(.entity(entity)) }
         }
 
         var ports: [PortRange] = []
-        if let toPorts = fields.optional("toPorts") {
-            for item in try toPorts.nonEmptyList(of: "port rule") {
-                ports += try portRule(item, deny: section.action == .deny)
-            }
+        for item in try fields.optional("toPorts")?.list() ?? [] {
+            ports += try portRule(item, deny: section.action == .deny)
         }
-        if let icmps = fields.optional("icmps") {
-            for item in try icmps.nonEmptyList(of: "ICMP rule") { ports += try icmpRule(item) }
-        }
-        if fields.has("toPorts") || fields.has("icmps") {
-            if !peerFields.contains(where: fields.has) { peers = [.entity(.all)] }
+        for item in try fields.optional("icmps")?.list() ?? [] { ports += try icmpRule(item) }
+        if fields.hasItems("toPorts") || fields.hasItems("icmps") {
+            if !peerFields.contains(where: fields.hasItems) { peers = [.entity(.all)] }
             // Only IPv6 ICMP types: nothing of this IPv4 datapath matches the rule (no
             // ports at all would mean every protocol).
             if ports.isEmpty { peers = [] }

@@ -77,6 +77,8 @@ public enum Peer: Codable, Sendable, Equatable {
         case world
         /// The node itself.
         case host
+        /// Everything inside the cluster: every endpoint and the node (not the world).
+        case cluster
     }
 }
 

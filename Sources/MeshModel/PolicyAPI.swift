@@ -35,7 +35,11 @@ public struct PolicyApplyResult: Codable, Sendable {
     /// Map entries the compiled set needs.
     public var entries: Int
     public var enforcedSeconds: Double
-    public init(documents: [String], policies: Int, rules: Int, revision: Int, dryRun: Bool, entries: Int, enforcedSeconds: Double) {
+    /// Fields left out as the Kubernetes API server would prune them, one line each.
+    public var warnings: [String]
+    public init(documents: [String], policies: Int, rules: Int, revision: Int, dryRun: Bool, entries: Int, enforcedSeconds: Double,
+                warnings: [String] = []) {
+        self.warnings = warnings
         self.documents = documents
         self.policies = policies
         self.rules = rules

@@ -279,6 +279,9 @@ public enum PolicyCompiler {
             switch peer {
             case .entity(.all): out.insert(anyIdentity)
             case .entity(.host): out.insert(hostIdentity)
+            case .entity(.cluster):
+                out.insert(hostIdentity)
+                for ep in endpoints { out.insert(byLabels[ep.labels.description]!) }
             case .entity(.world):
                 out.insert(worldIdentity)
                 out.formUnion(cidrIdentity.values)

@@ -53,6 +53,26 @@ struct PolicyNode {
         return PolicyFields(node: self, pairs: pairs)
     }
 
+    /// The node as a map whose keys in `allowed` are read and whose other keys are left
+    /// out, as the Kubernetes API server prunes fields its schema does not know: each
+    /// dropped key is added to `ignored` (server-written ones such as `status` silently).
+    func prunedFields(allowed: [String], ignored: inout [PolicyFieldError]) throws(PolicyFieldError) -> PolicyFields {
+        guard case .map(let pairs) = tree else { throw typeError(expected: "a map") }
+        var seen = Set<String>()
+        var kept: [(String, PolicyTree)] = []
+        for (key, value) in pairs {
+            guard seen.insert(key).inserted else { throw PolicyNode(tree: .null, path: path(of: key)).error("field \"\(key)\" is given twice") }
+            if allowed.contains(key) {
+                kept.append((key, value))
+            } else if !Self.serverWrittenFields.contains(key) {
+                let guess = closest(to: key, in: allowed).map { "; did you mean \"\($0)\"?" } ?? ""
+                ignored.append(PolicyNode(tree: .null, path: path(of: key)).error(
+                    "unknown field \"\(key)\" ignored, as the Kubernetes API server would drop it\(guess)"))
+            }
+        }
+        return PolicyFields(node: self, pairs: kept)
+    }
+
     /// The node as a map of any keys (each once), in document order.
     func entries() throws(PolicyFieldError) -> [(key: String, node: PolicyNode)] {
         guard case .map(let pairs) = tree else { throw typeError(expected: "a map") }
@@ -138,6 +158,7 @@ struct PolicyNode {
     /// Fields the Kubernetes API server adds to stored objects.
     static let serverWrittenFields: Set<String> = [
         "status", "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink",
+        "deletionTimestamp", "deletionGracePeriodSeconds",
     ]
 
     private func unknownField(_ key: String, allowed: [String]) -> PolicyFieldError {
@@ -159,6 +180,16 @@ struct PolicyFields {
     let pairs: [(String, PolicyTree)]
 
     func has(_ key: String) -> Bool { pairs.contains { $0.0 == key } }
+
+    /// The field is there and is not an empty list: Cilium reads `ingress: []` or
+    /// `fromEndpoints: []` exactly as if the field were left out.
+    func hasItems(_ key: String) -> Bool {
+        pairs.contains { pair in
+            guard pair.0 == key else { return false }
+            if case .list(let items) = pair.1 { return !items.isEmpty }
+            return true
+        }
+    }
 
     func optional(_ key: String) -> PolicyNode? {
         pairs.first { $0.0 == key }.map { PolicyNode(tree: $0.1, path: node.path(of: key)) }

@@ -20,12 +20,21 @@ public enum PolicyParser {
     /// but still counted, so document numbers match the file. Two documents may not share a
     /// namespace and name.
     public static func parse(documents: [PolicyTree], source: String) throws(MeshError) -> [Policy] {
+        try read(documents: documents, source: source).policies
+    }
+
+    /// As `parse`, and also the fields left out as the Kubernetes API server would prune
+    /// them (an unknown top-level field, such as the `description` of older Cilium
+    /// examples), each as a warning that names the file, document and place.
+    public static func read(documents: [PolicyTree], source: String) throws(MeshError) -> (policies: [Policy], warnings: [String]) {
         var policies: [Policy] = []
+        var warnings: [String] = []
         var documentOfKey: [String: Int] = [:]
         for (index, tree) in documents.enumerated() {
             if case .null = tree { continue }
+            var ignored: [PolicyFieldError] = []
             do throws(PolicyFieldError) {
-                let (metadata, parsed) = try parseDocument(PolicyNode(tree: tree, path: ""))
+                let (metadata, parsed) = try parseDocument(PolicyNode(tree: tree, path: ""), ignored: &ignored)
                 if let first = documentOfKey[metadata.key] {
                     throw PolicyFieldError(path: "metadata.name",
                                            problem: "\"\(metadata.name)\" in namespace \"\(metadata.namespace)\" is already used by document \(first + 1) of this file; names must be unique per namespace")
@@ -35,23 +44,26 @@ public enum PolicyParser {
             } catch {
                 throw meshError(error, source: source, index: index, document: tree)
             }
+            warnings += ignored.map { meshError($0, source: source, index: index, document: tree).message }
         }
-        return policies
+        return (policies, warnings)
     }
 
-    static func parseDocument(_ node: PolicyNode) throws(PolicyFieldError) -> (PolicyMetadata, [Policy]) {
+    /// Top-level fields outside the kind's schema are pruned (added to `ignored`), as the
+    /// API server does; inside `spec` every field must be known.
+    static func parseDocument(_ node: PolicyNode, ignored: inout [PolicyFieldError]) throws(PolicyFieldError) -> (PolicyMetadata, [Policy]) {
         guard case .map = node.tree else {
             throw node.error("a policy document must be a map with apiVersion, kind, metadata and spec; got \(node.tree.summary)")
         }
         let kind = try documentKind(node)
         switch kind {
         case .ciliumNetworkPolicy:
-            let top = try node.fields(allowed: CiliumPolicyReader.topLevelFields)
-            let metadata = try PolicyMetadata(top.required("metadata"))
+            let top = try node.prunedFields(allowed: CiliumPolicyReader.topLevelFields, ignored: &ignored)
+            let metadata = try PolicyMetadata(top.required("metadata"), ignored: &ignored)
             return (metadata, try CiliumPolicyReader.read(top, metadata: metadata))
         case .networkPolicy:
-            let top = try node.fields(allowed: NetworkPolicyReader.topLevelFields)
-            let metadata = try PolicyMetadata(top.required("metadata"))
+            let top = try node.prunedFields(allowed: NetworkPolicyReader.topLevelFields, ignored: &ignored)
+            let metadata = try PolicyMetadata(top.required("metadata"), ignored: &ignored)
             return (metadata, [try NetworkPolicyReader.read(top, metadata: metadata)])
         }
     }
@@ -90,15 +102,18 @@ public enum PolicyParser {
     }
 }
 
-/// The `metadata` every document has: its name and namespace. `labels` and `annotations`
-/// are allowed and ignored.
+/// The `metadata` every document has: its name and namespace. The other fields of a
+/// Kubernetes object's metadata are allowed and ignored; fields it does not have are
+/// pruned with a warning.
 struct PolicyMetadata {
     let name: String
     let namespace: String
     var key: String { "\(namespace)/\(name)" }
 
-    init(_ node: PolicyNode) throws(PolicyFieldError) {
-        let fields = try node.fields(allowed: ["name", "namespace", "labels", "annotations"])
+    static let objectMetaFields = ["name", "namespace", "labels", "annotations", "generateName", "finalizers", "ownerReferences"]
+
+    init(_ node: PolicyNode, ignored: inout [PolicyFieldError]) throws(PolicyFieldError) {
+        let fields = try node.prunedFields(allowed: Self.objectMetaFields, ignored: &ignored)
         let nameNode = try fields.required("name")
         name = try nameNode.string()
         guard isDNSSubdomain(name) else {

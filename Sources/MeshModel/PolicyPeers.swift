@@ -55,7 +55,9 @@ enum PolicyPeers {
         let fields = try node.fields(allowed: ["key", "operator", "values"])
         let keyNode = try fields.required("key")
         let key = try labelKey(try keyNode.string(), at: keyNode, dialect: dialect)
-        let opName = try fields.required("operator").choice(["In", "NotIn", "Exists", "DoesNotExist"], what: "operator")
+        // Cilium reads operators in any case (`in`, `notin`, `exists`), Kubernetes as spelled.
+        let opName = try fields.required("operator").choice(["In", "NotIn", "Exists", "DoesNotExist"],
+                                                             ignoringCase: dialect == .cilium, what: "operator")
         let op = Op(rawValue: opName)!
         var values: [String] = []
         let valuesNode = fields.optional("values")
@@ -157,14 +159,22 @@ enum PolicyPeers {
 
     // MARK: Entities and CIDRs
 
-    static var entityNames: String { Peer.Entity.allCases.map(\.rawValue).joined(separator: ", ") }
+    static var entityNames: String { (Peer.Entity.allCases.map(\.rawValue) + ["world-ipv4", "world-ipv6"]).joined(separator: ", ") }
 
-    static func entity(_ node: PolicyNode) throws(PolicyFieldError) -> Peer.Entity {
+    /// A Cilium entity; nil for one that stands for no IPv4 peer (`world-ipv6`), which the
+    /// IPv4 datapath can never meet.
+    static func entity(_ node: PolicyNode) throws(PolicyFieldError) -> Peer.Entity? {
         let name = try node.string()
-        guard let entity = Peer.Entity(rawValue: name) else {
-            throw node.error("entity \"\(name)\" is not supported; SwiftMesh knows \(entityNames)")
+        switch name {
+        case "world-ipv4": return .world
+        case "world-ipv6": return nil
+        default:
+            guard let entity = Peer.Entity(rawValue: name) else {
+                let guess = closest(to: name, in: Peer.Entity.allCases.map(\.rawValue)).map { "; did you mean \"\($0)\"?" } ?? ""
+                throw node.error("entity \"\(name)\" is not supported\(guess); SwiftMesh knows \(entityNames)")
+            }
+            return entity
         }
-        return entity
     }
 
     /// A CIDR with exceptions, `{<cidrKey>: ..., except: [...]}`. Each exception must lie

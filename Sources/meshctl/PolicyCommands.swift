@@ -33,6 +33,7 @@ struct PolicyCommand: AsyncParsableCommand {
                 let text = try PolicyCommand.read(file)
                 let r = try await global.client.call(.POST, APIPath.policies, body: PolicyApplyRequest(yaml: text, source: file, dryRun: false),
                                                      as: PolicyApplyResult.self)
+                PolicyCommand.printWarnings(r.warnings)
                 if output == .json { return try printJSON(r) }
                 for d in r.documents { print("policy \(d) applied") }
                 print("revision \(r.revision): \(r.entries) map entries, enforced in \(String(format: "%.1f", r.enforcedSeconds * 1000)) ms")
@@ -51,6 +52,7 @@ struct PolicyCommand: AsyncParsableCommand {
                 let text = try PolicyCommand.read(file)
                 let r = try await global.client.call(.POST, APIPath.policies, body: PolicyApplyRequest(yaml: text, source: file, dryRun: true),
                                                      as: PolicyApplyResult.self)
+                PolicyCommand.printWarnings(r.warnings)
                 print("\(file): valid: \(r.documents.count) document(s), \(r.policies) policies, \(r.rules) rules, \(r.entries) map entries")
             }
         }
@@ -71,6 +73,11 @@ struct PolicyCommand: AsyncParsableCommand {
                 })
             }
         }
+    }
+
+    /// kubectl's habit: each warning on standard error, behind "Warning: ".
+    static func printWarnings(_ warnings: [String]) {
+        for w in warnings { FileHandle.standardError.write(Data("Warning: \(w)\n".utf8)) }
     }
 
     enum DocumentFormat: String, ExpressibleByArgument, CaseIterable { case yaml, json }

@@ -359,6 +359,74 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual(try trace(from: "client", to: "server", port: 13, proto: "icmp"), "denied", "a timestamp request is another type")
     }
 
+    /// Cilium's getting-started L3/L4 policy (examples/minikube/sw_l3_l4_policy.yaml in
+    /// cilium/cilium, Apache-2.0), byte for byte as Cilium publishes it.
+    static let ciliumGettingStartedPolicy = """
+    apiVersion: "cilium.io/v2"
+    kind: CiliumNetworkPolicy
+    metadata:
+      name: "rule1"
+    spec:
+      description: "L3-L4 policy to restrict deathstar access to empire ships only"
+      endpointSelector:
+        matchLabels:
+          org: empire
+          class: deathstar
+      ingress:
+      - fromEndpoints:
+        - matchLabels:
+            org: empire
+        toPorts:
+        - ports:
+          - port: "80"
+            protocol: TCP
+
+    """
+
+    func testCiliumsGettingStartedPolicyAppliesAndIsEnforced() throws {
+        node = try TestNode()
+        try node.start()
+        try node.ctlOK("endpoint", "create", "deathstar", "--labels", "org=empire,class=deathstar")
+        try node.ctlOK("endpoint", "create", "tiefighter", "--labels", "org=empire,class=tiefighter")
+        try node.ctlOK("endpoint", "create", "xwing", "--labels", "org=alliance,class=xwing")
+        let outside = try node.addExternalHost(address: "192.0.2.10", subnet: "192.0.2.0/24", nodeAddress: "192.0.2.1")
+        try serve("deathstar", tcp: "80")
+        let deathstar = try ip("deathstar")
+        XCTAssertTrue(try probe(from: "xwing", to: deathstar, port: 80), "no policy yet: the xwing lands")
+
+        try apply(Self.ciliumGettingStartedPolicy)
+        XCTAssertTrue(try probe(from: "tiefighter", to: deathstar, port: 80), "an empire ship may land")
+        XCTAssertFalse(try probe(from: "xwing", to: deathstar, port: 80), "an alliance ship may not")
+
+        // The same policy as older Cilium releases printed it, description at the top:
+        // applied, with a warning that names the field, as the API server would prune it.
+        let older = Self.ciliumGettingStartedPolicy
+            .replacingOccurrences(of: "spec:\n  description: \"L3-L4 policy to restrict deathstar access to empire ships only\"\n", with: "spec:\n")
+            .replacingOccurrences(of: "kind: CiliumNetworkPolicy\n", with: "kind: CiliumNetworkPolicy\ndescription: \"L3-L4 policy\"\n")
+        XCTAssertNotEqual(older, Self.ciliumGettingStartedPolicy)
+        let path = node.dir + "/older.yaml"
+        try older.write(toFile: path, atomically: true, encoding: .utf8)
+        let r = node.ctl("policy", "apply", "-f", path)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("Warning: \(path): document 1 (CiliumNetworkPolicy rule1): description: unknown field \"description\" ignored"), r.stderr)
+        XCTAssertFalse(try probe(from: "xwing", to: deathstar, port: 80), "still enforced after the re-apply")
+
+        // The cluster entity: every endpoint and the node, never the world.
+        try apply("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: rule1}
+        spec:
+          endpointSelector: {matchLabels: {class: deathstar}}
+          ingress:
+          - fromEntities: [cluster]
+            toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+        """)
+        XCTAssertTrue(try probe(from: "xwing", to: deathstar, port: 80), "cluster holds every endpoint")
+        XCTAssertTrue(try probe(from: node.name, external: true, to: deathstar, port: 80), "the node itself is in the cluster")
+        XCTAssertFalse(try probe(from: outside, external: true, to: deathstar, port: 80), "the world is not")
+    }
+
     func testFragmentationNeededReachesAnAllowedFlowSoPathMTUDiscoveryWorks() throws {
         node = try TestNode()
         try node.start()

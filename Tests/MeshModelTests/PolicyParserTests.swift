@@ -177,16 +177,88 @@ final class PolicyParserTests: XCTestCase {
         }
     }
 
-    func testCiliumEmptyRuleAndEmptySectionOnlyEnableDefaultDeny() throws {
+    func testCiliumEmptyRuleEnablesDefaultDenyAndAnEmptySectionDoesNot() throws {
+        // As Cilium reads it: `ingress: [{}]` closes ingress, `egress: []` is no section.
         let doc = TestDocs.cnp("default-deny", namespace: "shop", spec: [
             "endpointSelector": [:],
             "ingress": [[:]],
             "egress": [],
+            "egressDeny": [],
         ])
         XCTAssertEqual(try parse(doc), [
             Policy(name: "default-deny", namespace: "shop", kind: .ciliumNetworkPolicy, subject: selector(in: "shop"),
-                   enforceIngress: true, enforceEgress: true,
+                   enforceIngress: true, enforceEgress: false,
                    rules: [PolicyRule(direction: .ingress, action: .allow, path: "spec.ingress[0]", peers: [], ports: [])]),
+        ])
+    }
+
+    func testCiliumEmptyPeerAndPortListsReadAsLeftOut() throws {
+        let doc = TestDocs.cnp("empty-lists", spec: [
+            "endpointSelector": [:],
+            "ingress": [
+                // Every peer on :80, as with no peer field at all.
+                ["fromEndpoints": [], "fromCIDR": [], "toPorts": [["ports": [["port": "80", "protocol": "TCP"]]]]],
+                // web on every port, as with no toPorts.
+                ["fromEndpoints": [["matchLabels": ["app": "web"]]], "toPorts": [], "icmps": []],
+                // Nothing at all: only closes ingress, as `- {}`.
+                ["fromEntities": [], "toPorts": []],
+            ],
+        ])
+        XCTAssertEqual(try parse(doc).first?.rules, [
+            PolicyRule(direction: .ingress, action: .allow, path: "spec.ingress[0]", peers: [.entity(.all)],
+                       ports: [PortRange(proto: .tcp, from: 80, to: 80)]),
+            PolicyRule(direction: .ingress, action: .allow, path: "spec.ingress[1]",
+                       peers: [.endpoints(selector(["app": "web"]))], ports: []),
+            PolicyRule(direction: .ingress, action: .allow, path: "spec.ingress[2]", peers: [], ports: []),
+        ])
+    }
+
+    func testCiliumOperatorsInAnyCaseAndKubernetesOnesAsSpelled() throws {
+        let doc = TestDocs.cnp("operators", spec: [
+            "endpointSelector": ["matchExpressions": [
+                ["key": "app", "operator": "in", "values": ["web"]],
+                ["key": "tier", "operator": "NOTIN", "values": ["db"]],
+                ["key": "team", "operator": "exists"],
+                ["key": "legacy", "operator": "doesnotexist"],
+            ]],
+        ])
+        XCTAssertEqual(try parse(doc).first?.subject, selector(in: "default", [
+            .init(key: "app", op: .in, values: ["web"]), .init(key: "tier", op: .notIn, values: ["db"]),
+            .init(key: "team", op: .exists, values: []), .init(key: "legacy", op: .doesNotExist, values: []),
+        ]))
+        let np = TestDocs.np(spec: ["podSelector": ["matchExpressions": [["key": "app", "operator": "in", "values": ["web"]]]]])
+        XCTAssertNotNil(assertMeshError(mentioning: ["spec.podSelector.matchExpressions[0].operator: ", "\"in\""]) { _ = try parse(np) })
+    }
+
+    func testCiliumClusterAndWorldEntities() throws {
+        let doc = TestDocs.cnp("entities", spec: [
+            "endpointSelector": [:],
+            "egress": [["toEntities": ["cluster", "world-ipv4", "world-ipv6"]], ["toEntities": ["world-ipv6"]]],
+        ])
+        XCTAssertEqual(try parse(doc).first?.rules, [
+            PolicyRule(direction: .egress, action: .allow, path: "spec.egress[0]", peers: [.entity(.cluster), .entity(.world)], ports: []),
+            // IPv6 only: no IPv4 peer, so the rule allows nothing here.
+            PolicyRule(direction: .egress, action: .allow, path: "spec.egress[1]", peers: [], ports: []),
+        ])
+    }
+
+    func testFieldsTheAPIServerWouldPruneAreIgnoredWithAWarning() throws {
+        let doc = PolicyTree.map([
+            ("apiVersion", "cilium.io/v2"), ("kind", "CiliumNetworkPolicy"),
+            ("description", "L3-L4 policy as older Cilium examples wrote it"),
+            ("metadata", ["name": "rule1", "uid": "1234", "resourceVersion": "7", "finalizers": ["x"], "colour": "blue"]),
+            ("sepc", ["endpointSelector": [:]]),
+            ("spec", ["endpointSelector": ["matchLabels": ["org": "empire"]], "ingress": [[:]]]),
+            ("status", ["ok": true]),
+        ])
+        let (policies, warnings) = try PolicyParser.read(documents: [doc], source: "rule1.yaml")
+        XCTAssertEqual(policies.map(\.name), ["rule1"])
+        XCTAssertEqual(policies.first?.enforceIngress, true)
+        // Server-written fields are dropped silently; the others are named, with a guess.
+        XCTAssertEqual(warnings, [
+            "rule1.yaml: document 1 (CiliumNetworkPolicy rule1): description: unknown field \"description\" ignored, as the Kubernetes API server would drop it",
+            "rule1.yaml: document 1 (CiliumNetworkPolicy rule1): sepc: unknown field \"sepc\" ignored, as the Kubernetes API server would drop it; did you mean \"spec\"?",
+            "rule1.yaml: document 1 (CiliumNetworkPolicy rule1): metadata.colour: unknown field \"colour\" ignored, as the Kubernetes API server would drop it",
         ])
     }
 

@@ -104,7 +104,7 @@ public actor EndpointManager {
             logger.warning("removing leftover netns", metadata: ["netns": "\(ns)"])
             _ = Shell.run(Shell.ipPath, ["netns", "del", ns])
         }
-        for ifname in Plumbing.nodeInterfaces() where !interfaces.contains(ifname) {
+        for ifname in Plumbing.nodeInterfaces(prefix: settings.interfacePrefix) where !interfaces.contains(ifname) {
             logger.warning("removing leftover interface", metadata: ["interface": "\(ifname)"])
             _ = Shell.run(Shell.ipPath, ["link", "del", ifname])
         }

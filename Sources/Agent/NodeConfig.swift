@@ -97,6 +97,10 @@ public struct NodeConfig: Sendable, Equatable {
         guard !nodeName.isEmpty, nodeName.count <= 24, isNodeName(nodeName) else {
             throw .invalid("node name \"\(nodeName)\" must be 1-24 lowercase letters, digits and '-', starting with a letter")
         }
+        // Endpoint netns are <node>-ep-<endpoint>: node "a" must never own those of "a-ep-b".
+        guard !nodeName.contains("-ep-") else {
+            throw .invalid("node name \"\(nodeName)\" must not contain \"-ep-\", which separates node and endpoint in netns names")
+        }
         let cidr: IPv4CIDR
         do { cidr = try IPv4CIDR(parsing: podCIDR) } catch { throw .invalid("pod CIDR: \(error.message)", hint: error.hint) }
         guard cidr.assignableCount > 0 else {
@@ -184,7 +188,25 @@ public struct NodeSettings: Sendable {
     public func netnsName(_ endpoint: String) -> String { "\(netnsPrefix)\(endpoint)" }
     /// Every endpoint netns of this node starts with this; nothing else may.
     public var netnsPrefix: String { "\(nodeName)-ep-" }
-    /// Host-side veth of endpoint `id` (in the node's netns; 15 characters at most).
-    public func interfaceName(_ id: Int) -> String { "smv\(id)" }
+    /// Host-side veth of endpoint `id` (in the node's netns; 15 characters at most):
+    /// `interfacePrefix` and the id in decimal.
+    public func interfaceName(_ id: Int) -> String { "\(interfacePrefix)\(id)" }
+    /// `sm` and a 5-character tag of the node name, so that nodes sharing one netns (tests,
+    /// several meshd on one machine) never make, or reconcile away, each other's veths.
+    /// Endpoints made before the tag keep their stored `smv<id>` names.
+    public var interfacePrefix: String { "sm" + Self.tag(nodeName) }
+
+    /// Five base-36 characters of the node name's FNV-1a hash: two names share a tag once
+    /// in about 60 million, and ids up to eight digits still fit in 15 characters.
+    static func tag(_ name: String) -> String {
+        var h = name.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
+        let digits = Array("0123456789abcdefghijklmnopqrstuvwxyz")
+        var out = ""
+        for _ in 0..<5 {
+            out.append(digits[Int(h % 36)])
+            h /= 36
+        }
+        return out
+    }
     public func cgroupPath(_ endpoint: String) -> String { "\(cgroup)/\(endpoint)" }
 }

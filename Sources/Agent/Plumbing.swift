@@ -72,15 +72,17 @@ enum Plumbing {
         return names.filter { $0.hasPrefix(prefix) }
     }
 
-    /// Host-side veths of this node's naming scheme (`smv<id>`) in the node's netns.
-    static func nodeInterfaces() -> [String] {
+    /// Host-side veths of this node's naming scheme (`prefix` and an id) in the node's
+    /// netns. Another node's veths, and the untagged `smv<id>` of older versions, never match.
+    static func nodeInterfaces(prefix: String) -> [String] {
         var out: [String] = []
         var ifs: UnsafeMutablePointer<if_nameindex>? = if_nameindex()
         defer { if let ifs { if_freenameindex(ifs) } }
         var p = ifs
         while let cur = p, cur.pointee.if_index != 0 {
             let name = String(cString: cur.pointee.if_name)
-            if name.hasPrefix("smv"), Int(name.dropFirst(3)) != nil { out.append(name) }
+            let id = name.dropFirst(prefix.count)
+            if name.hasPrefix(prefix), !id.isEmpty, id.allSatisfy({ $0.isASCII && $0.isNumber }) { out.append(name) }
             p = cur + 1
         }
         return out

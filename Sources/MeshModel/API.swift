@@ -50,7 +50,7 @@ public struct NodeStatus: Codable, Sendable {
     public struct Program: Codable, Sendable {
         public var name: String
         public var id: Int
-        /// Hooks it is attached to right now, e.g. `smv3/ingress`.
+        /// Hooks it is attached to right now, e.g. `sm4k2x03/ingress`.
         public var attachments: [String]
         public init(name: String, id: Int, attachments: [String]) {
             self.name = name

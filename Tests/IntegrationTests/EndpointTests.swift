@@ -41,6 +41,8 @@ final class EndpointTests: XCTestCase {
         XCTAssertEqual(ep["ipv4"] as? String, "10.201.0.1")
         XCTAssertEqual(ep["labels"] as? [String: String], ["app": "web", "env": "prod"])
         XCTAssertEqual(ep["netns"] as? String, "\(node.name)-ep-web-1")
+        let veth = try XCTUnwrap(ep["interface"] as? String)
+        XCTAssertTrue(veth.hasPrefix("sm") && veth.hasSuffix("1") && veth.count == 8, "sm, the node's tag, the id: \(veth)")
         try node.ctlOK("endpoint", "create", "db")
 
         let table = try node.ctlOK("endpoint", "list")
@@ -77,7 +79,7 @@ final class EndpointTests: XCTestCase {
         var st: Int32 = 0
         XCTAssertEqual(waitpid(sleeper, &st, 0), sleeper)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "/run/netns/\(node.name)-ep-web-1"))
-        XCTAssertNotEqual(node.inNode("ip", "link", "show", "smv1").status, 0, "host veth removed")
+        XCTAssertNotEqual(node.inNode("ip", "link", "show", veth).status, 0, "host veth removed")
         XCTAssertFalse(FileManager.default.fileExists(atPath: try TestNode.cgroup2Root() + "/\(node.name)/web-1"))
         XCTAssertNil(try node.metric("mesh_endpoint_forwarded_packets_total", ["endpoint": "web-1", "direction": "egress"]))
         XCTAssertEqual(try node.metric("mesh_bpf_map_entries", ["map": "mesh_endpoints"]), 1)
@@ -124,6 +126,37 @@ final class EndpointTests: XCTestCase {
         try node.ctlOK("endpoint", "create", "a")
         let r = node.ctl("endpoint", "exec", "a", "--", "ping", "-c", "1", "-W", "1", "10.201.0.9")
         XCTAssertNotEqual(r.status, 0)
+    }
+
+    func testTwoNodesInOneNetnsNeverRemoveEachOthersInterfacesOrNamespaces() throws {
+        try start()
+        let other = try TestNode(podCIDR: "10.202.0.0/28", sharingNetnsOf: node)
+        defer { other.destroy() }
+        try other.start()
+        // The same endpoint name on both: netns, cgroups and veths stay apart.
+        try node.ctlOK("endpoint", "create", "web")
+        try other.ctlOK("endpoint", "create", "web")
+        let mine = try node.interface(of: "web"), theirs = try other.interface(of: "web")
+        XCTAssertNotEqual(mine, theirs)
+        // Leftovers in the shared netns: one in each node's naming, with no stored endpoint.
+        let myLeftover = String(mine.dropLast()) + "99", theirLeftover = String(theirs.dropLast()) + "99"
+        for name in [myLeftover, theirLeftover] {
+            XCTAssertEqual(node.inNode("ip", "link", "add", name, "type", "veth", "peer", "name", name + "p").status, 0)
+        }
+        try Run.checked("ip", "netns", "add", "\(other.name)-ep-ghost")
+
+        // A restart reconciles: only this node's leftover goes.
+        node.stop(SIGTERM)
+        try node.start()
+        let links = node.inNode("ip", "-o", "link", "show").stdout
+        func present(_ name: String) -> Bool { links.contains(" \(name)@") || links.contains(" \(name):") }
+        XCTAssertFalse(present(myLeftover), "this node's leftover veth is removed: \(links)")
+        XCTAssertTrue(present(theirLeftover), "the other node's is not its to remove: \(links)")
+        XCTAssertTrue(present(theirs) && present(mine), "both endpoint veths stay: \(links)")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "/run/netns/\(other.name)-ep-ghost"))
+        XCTAssertEqual(other.ctl("endpoint", "exec", "web", "--", "ping", "-c", "1", "-W", "2", "169.254.1.1").status, 0,
+                       "the other node's endpoint still reaches its gateway")
+        XCTAssertTrue(node.meshdLog.contains("removing leftover interface"), node.meshdLog.suffix(2000).description)
     }
 
     func testMeshctlSaysWhenMeshdIsNotRunning() throws {
@@ -185,6 +218,7 @@ final class EndpointTests: XCTestCase {
             (["--bpffs", "/sys/fs/bpf/../../tmp/x"], "bpffs folder \"/sys/fs/bpf/../../tmp/x\" must not contain \"..\""),
             (["--cgroup", "../escape"], "cgroup \"../escape\" must not contain \"..\""),
             (["--node-name", "Bad_Name"], "node name \"Bad_Name\""),
+            (["--node-name", "web-ep-1"], "node name \"web-ep-1\" must not contain \"-ep-\""),
             (["--config", dir + "/missing.yaml"], "cannot read config file"),
             (["--conntrack-max", "12"], "conntrack-max \"12\" must be a number of entries from 1024 to 16777216"),
             (["--conntrack-max", "lots"], "conntrack-max \"lots\" must be"),

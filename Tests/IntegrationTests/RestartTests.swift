@@ -98,9 +98,10 @@ final class RestartTests: XCTestCase {
         XCTAssertEqual(tc.count, 2)
         for p in tc { XCTAssertEqual((p["attachments"] as? [String])?.count, 2, "\(p)") }
 
+        let writerVeth = try node.interface(of: "writer")
         node.stop(SIGTERM)
         XCTAssertFalse(FileManager.default.fileExists(atPath: node.socket), "socket removed on clean exit")
-        let filters = node.inNode("tc", "filter", "show", "dev", "smv1", "ingress")
+        let filters = node.inNode("tc", "filter", "show", "dev", writerVeth, "ingress")
         // The kernel keeps 15 characters of a program name.
         XCTAssertTrue(filters.stdout.contains("mesh_from_endpo"), "still attached after SIGTERM: \(filters.stdout)")
         let ping = node.ctl("endpoint", "exec", "writer", "--", "ping", "-c", "1", "-W", "2", "10.201.0.2")
@@ -112,9 +113,10 @@ final class RestartTests: XCTestCase {
     }
 
     func testRestartRecreatesWhatIsMissingFromDesiredState() throws {
+        let readerVeth = try node.interface(of: "reader")
         node.stop(SIGKILL)
         // Damage the node while meshd is down: a veth gone, a map entry gone.
-        XCTAssertEqual(node.inNode("ip", "link", "del", "smv2").status, 0)
+        XCTAssertEqual(node.inNode("ip", "link", "del", readerVeth).status, 0)
         let before = Run.run("/usr/sbin/bpftool", ["map", "dump", "pinned", node.bpffs + "/mesh_endpoints"])
         XCTAssertEqual(before.status, 0)
         try node.start()
@@ -131,8 +133,8 @@ final class RestartTests: XCTestCase {
         // attribute and reports them; a restart repairs the entry.
         let dump = Run.run("/usr/sbin/bpftool", ["-j", "map", "dump", "pinned", node.bpffs + "/mesh_endpoints"])
         XCTAssertEqual(dump.status, 0)
-        let ifindex = Int(node.inNode("cat", "/sys/class/net/smv1/ifindex").stdout.trimmingCharacters(in: .whitespacesAndNewlines))
-            ?? Int(Run.run("/usr/sbin/ip", ["-n", node.name, "-o", "link", "show", "smv1"]).stdout.split(separator: ":").first ?? "") ?? 0
+        let writerVeth = try node.interface(of: "writer")
+        let ifindex = Int(Run.run("/usr/sbin/ip", ["-n", node.netns, "-o", "link", "show", writerVeth]).stdout.split(separator: ":").first ?? "") ?? 0
         XCTAssertGreaterThan(ifindex, 0)
         let keyBytes = withUnsafeBytes(of: UInt32(ifindex).littleEndian) { $0.map { String($0) } }
         let del = Run.run("/usr/sbin/bpftool", ["map", "delete", "pinned", node.bpffs + "/mesh_endpoints", "key"] + keyBytes)

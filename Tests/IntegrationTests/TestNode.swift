@@ -10,6 +10,11 @@ final class TestNode {
     let name: String
     let dir: String
     let podCIDR: String
+    /// The netns meshd runs in: the node's own (named like the node), or another node's.
+    let netns: String
+    /// Whether this node made `netns` (and removes it).
+    private let ownsNetns: Bool
+    let metricsPort: Int
     private(set) var pid: pid_t = 0
     var socket: String { dir + "/api.sock" }
     var bpffs: String { "/sys/fs/bpf/\(name)" }
@@ -25,14 +30,19 @@ final class TestNode {
         }
     }
 
-    init(podCIDR: String = "10.201.0.0/28") throws {
+    /// `sharingNetnsOf`: run in that node's netns (two meshd side by side), with metrics
+    /// on the next port.
+    init(podCIDR: String = "10.201.0.0/28", sharingNetnsOf other: TestNode? = nil) throws {
         try Self.requirePrivileges()
         Self.counter += 1
         name = "smt\(getpid())x\(Self.counter)"
         dir = NSTemporaryDirectory() + name
         self.podCIDR = podCIDR
+        netns = other?.netns ?? name
+        ownsNetns = other == nil
+        metricsPort = (other?.metricsPort).map { $0 + 1 } ?? 9464
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try Run.checked("ip", "netns", "add", name)
+        if ownsNetns { try Run.checked("ip", "netns", "add", name) }
     }
 
     static var products: String {
@@ -49,9 +59,9 @@ final class TestNode {
     func start(_ extra: [String] = [], umask: String? = nil) throws {
         let log = dir + "/meshd.log"
         FileManager.default.createFile(atPath: log, contents: nil)
-        let args = ["--net=/run/netns/\(name)", Self.products + "/meshd",
+        let args = ["--net=/run/netns/\(netns)", Self.products + "/meshd",
                     "--node-name", name, "--state-dir", dir + "/state", "--api-socket", socket,
-                    "--pod-cidr", podCIDR, "--log-level", "debug"] + extra
+                    "--pod-cidr", podCIDR, "--metrics-address", "127.0.0.1:\(metricsPort)", "--log-level", "debug"] + extra
         if let umask {
             pid = try Run.spawn("/bin/sh", ["-c", "umask \(umask) && exec /usr/bin/nsenter \"$@\"", "sh"] + args, output: log)
         } else {
@@ -99,11 +109,20 @@ final class TestNode {
 
     /// Runs a command in the node's own netns (where meshd runs).
     func inNode(_ args: String...) -> Run.Result {
-        Run.run("/usr/bin/nsenter", ["--net=/run/netns/\(name)"] + args)
+        Run.run("/usr/bin/nsenter", ["--net=/run/netns/\(netns)"] + args)
+    }
+
+    /// The host-side veth of endpoint `endpoint`, as meshd named it.
+    func interface(of endpoint: String) throws -> String {
+        let json = try ctlOK("endpoint", "get", endpoint, "-o", "json")
+        guard let name = (try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["interface"] as? String else {
+            throw TestFailure("endpoint \(endpoint) has no interface: \(json)")
+        }
+        return name
     }
 
     func scrape() throws -> String {
-        let r = inNode("curl", "-sf", "http://127.0.0.1:9464/metrics")
+        let r = inNode("curl", "-sf", "http://127.0.0.1:\(metricsPort)/metrics")
         guard r.status == 0 else { throw TestFailure("scrape failed: \(r.stderr)") }
         return r.stdout
     }
@@ -142,9 +161,9 @@ final class TestNode {
         let ns = "\(name)-x\(externalCount)"
         let ifname = "smx\(externalCount)"
         try Run.checked("ip", "netns", "add", ns)
-        try Run.checked("ip", "-n", name, "link", "add", ifname, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        try Run.checked("ip", "-n", name, "addr", "add", "\(nodeAddress)/\(subnet.split(separator: "/")[1])", "dev", ifname)
-        try Run.checked("ip", "-n", name, "link", "set", ifname, "up")
+        try Run.checked("ip", "-n", netns, "link", "add", ifname, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        try Run.checked("ip", "-n", netns, "addr", "add", "\(nodeAddress)/\(subnet.split(separator: "/")[1])", "dev", ifname)
+        try Run.checked("ip", "-n", netns, "link", "set", ifname, "up")
         try Run.checked("ip", "-n", ns, "addr", "add", "\(address)/\(subnet.split(separator: "/")[1])", "dev", "eth0")
         try Run.checked("ip", "-n", ns, "link", "set", "lo", "up")
         try Run.checked("ip", "-n", ns, "link", "set", "eth0", "up")
@@ -160,7 +179,7 @@ final class TestNode {
             let ns = String(line.split(separator: " ").first ?? "")
             if ns.hasPrefix(name + "-ep-") || ns.hasPrefix(name + "-x") { _ = Run.run("/usr/sbin/ip", ["netns", "del", ns]) }
         }
-        _ = Run.run("/usr/sbin/ip", ["netns", "del", name])
+        if ownsNetns { _ = Run.run("/usr/sbin/ip", ["netns", "del", name]) }
         _ = Run.run("/bin/rm", ["-rf", bpffs, dir])
         if let root = try? Self.cgroup2Root() {
             let cg = root + "/" + name

@@ -78,6 +78,8 @@ let package = Package(
             ]
         ),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
+        // The agent's parts that need no root: the state database, settings, identities.
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "MeshModel"]),
         .testTarget(
             name: "DatapathTests",
             dependencies: ["Datapath", "BPFObjects", "CBPF"]

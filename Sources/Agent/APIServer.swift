@@ -51,6 +51,17 @@ enum APIServer {
         router.get("/v1/endpoints/:name") { _, context in
             try await respond { try await manager.get(context.parameters.get("name") ?? "") }
         }
+        router.patch("/v1/endpoints/:name/labels") { request, context in
+            try await respond {
+                let body = try await body(of: request, limit: 1 << 20, what: "a label change")
+                let change: EndpointLabelRequest
+                do { change = try MeshJSON.decoder().decode(EndpointLabelRequest.self, from: Data(buffer: body)) } catch {
+                    throw MeshError.invalid("request body is not a label change: \(describe(error))")
+                }
+                return try await manager.relabel(context.parameters.get("name") ?? "", change)
+            }
+        }
+        router.get(RouterPath(APIPath.identities)) { _, _ in try await respond { try await policy.identityViews() } }
         router.delete("/v1/endpoints/:name") { _, context in
             try await respond(status: .ok) { () async throws -> [String: String] in
                 let name = context.parameters.get("name") ?? ""

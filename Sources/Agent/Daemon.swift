@@ -40,7 +40,7 @@ public enum Daemon {
         let redirectControl = try RedirectControl(redirect: redirect, store: store, settings: settings, logger: logger)
         // Configured first: the programs never see an unwritten config map.
         do { try redirect.attach() } catch { throw MeshError(.datapath, "attaching socket redirection failed: \(error)") }
-        let policy = try PolicyEngine(store: store, datapath: datapath, logger: logger)
+        let policy = try PolicyEngine(store: store, datapath: datapath, identities: StoreIdentityAllocator(store: store), logger: logger)
         let manager = EndpointManager(settings: settings, store: store, datapath: datapath, policy: policy, logger: logger)
         try await manager.reconcile()
 

@@ -72,6 +72,24 @@ public actor EndpointManager {
         return ep
     }
 
+    /// Changes an endpoint's labels at run time: selection and policy follow in the next
+    /// revision, published before this returns; the endpoint's plumbing and flows stay.
+    /// If the publish fails the labels go back, and the error says why.
+    public func relabel(_ name: String, _ change: EndpointLabelRequest) async throws(MeshError) -> Endpoint {
+        let ep = try get(name)
+        let labels = try ep.labels.changed(set: change.set, remove: change.remove)
+        guard labels != ep.labels else { return ep }
+        try store.setLabels(labels, ofEndpoint: name)
+        do {
+            try await policy.publish()
+        } catch {
+            try? store.setLabels(ep.labels, ofEndpoint: name)
+            throw error
+        }
+        logger.info("endpoint relabelled", metadata: ["endpoint": "\(name)", "from": "\(ep.labels)", "to": "\(labels)"])
+        return try get(name)
+    }
+
     public func delete(_ name: String) async throws(MeshError) {
         let ep = try get(name)
         teardown(ep)

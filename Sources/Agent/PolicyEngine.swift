@@ -21,6 +21,7 @@ public actor PolicyEngine {
 
     let store: Store
     let datapath: MeshDatapath
+    let identityAllocator: any IdentityAllocator
     let logger: Logger
     /// The gateway every host-side veth holds: traffic from the node itself.
     let hostAddresses: [IPv4Address]
@@ -33,9 +34,10 @@ public actor PolicyEngine {
     /// Called with the apply-to-enforced time of each change.
     var onEnforced: (@Sendable (Duration) -> Void)?
 
-    public init(store: Store, datapath: MeshDatapath, logger: Logger) throws(MeshError) {
+    public init(store: Store, datapath: MeshDatapath, identities: any IdentityAllocator, logger: Logger) throws(MeshError) {
         self.store = store
         self.datapath = datapath
+        self.identityAllocator = identities
         self.logger = logger
         self.hostAddresses = [IPv4Address(Plumbing.gateway)!]
         for row in try store.policyDocuments() {
@@ -65,8 +67,18 @@ public actor PolicyEngine {
         try store.endpoints().map { .init(id: $0.id, name: $0.name, labels: $0.labels, ipv4: $0.ipv4) }
     }
 
-    private func compile(_ set: [Policy]) throws(MeshError) -> PolicyCompiler.Result {
-        let result = PolicyCompiler.compile(policies: set, endpoints: try endpointInfos(), hostAddresses: hostAddresses)
+    /// `allocate`: take numbers for new label sets and CIDRs from the allocator (and mark
+    /// the ones this set no longer needs unused); else number them for this compile only.
+    private func compile(_ set: [Policy], allocate: Bool = true) throws(MeshError) -> PolicyCompiler.Result {
+        let endpoints = try endpointInfos()
+        let keys = PolicyCompiler.identityKeys(policies: set, endpoints: endpoints)
+        let numbers: [IdentityKey: UInt32]
+        if allocate {
+            numbers = try identityAllocator.sync(inUse: keys)
+        } else {
+            numbers = Dictionary(try identityAllocator.allocated().map { ($0.key, $0.id) }, uniquingKeysWith: { a, _ in a })
+        }
+        let result = PolicyCompiler.compile(policies: set, endpoints: endpoints, hostAddresses: hostAddresses, identities: numbers)
         let perSlot = Int(MeshDatapath.policyCapacityPerSlot)
         guard result.entries.count <= perSlot else {
             throw MeshError(.exhausted, "the policy set compiles to \(result.entries.count) map entries; the policy map holds \(perSlot) per revision",
@@ -125,7 +137,7 @@ public actor PolicyEngine {
         let next = policies.filter { !replaced.contains(Self.documentKey(of: $0)) } + parsed
         let rules = parsed.reduce(0) { $0 + $1.rules.count }
         if request.dryRun {
-            let result = try compile(next)
+            let result = try compile(next, allocate: false)
             return PolicyApplyResult(documents: incoming.keys.sorted(), policies: parsed.count, rules: rules,
                                      revision: Int(revision), dryRun: true, entries: result.entries.count, enforcedSeconds: 0,
                                      warnings: warnings)
@@ -215,5 +227,15 @@ public actor PolicyEngine {
     }
 
     public var policyKeys: [String] { documents.keys.sorted() }
+
+    /// Every allocated identity with the endpoints that hold it.
+    public func identityViews() throws(MeshError) -> [IdentityView] {
+        let eps = try store.endpoints()
+        return try identityAllocator.allocated().map { a in
+            IdentityView(id: Int(a.id), scope: a.key.scope.rawValue, labels: a.key.name.isEmpty ? "(no labels)" : a.key.name,
+                         endpoints: a.key.scope == .global ? eps.filter { $0.labels.description == a.key.name }.map(\.name) : [],
+                         unusedSince: a.unusedSince)
+        }
+    }
 }
 

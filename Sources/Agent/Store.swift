@@ -53,6 +53,18 @@ public final class Store: Sendable {
                 t.column("value", .text).notNull()
             }
         }
+        m.registerMigration("v4-identities") { db in
+            // One row per allocated identity; unusedSince is set when nothing uses it any
+            // more, and the row goes (the number is released) after a grace period.
+            try db.create(table: "identity") { t in
+                t.column("id", .integer).primaryKey()
+                t.column("scope", .text).notNull()
+                t.column("key", .text).notNull()
+                t.column("allocatedAt", .datetime).notNull()
+                t.column("unusedSince", .datetime)
+                t.uniqueKey(["scope", "key"])
+            }
+        }
         return m
     }
 
@@ -73,6 +85,15 @@ public final class Store: Sendable {
             return Endpoint(id: Int(id ?? 0), name: name, labels: try Labels(dict), ipv4: ip, netns: netns,
                             interface: interface, cgroup: cgroup, createdAt: createdAt)
         }
+    }
+
+    /// Runs `body` in one write transaction (for the agent's own tables, such as identities).
+    func write<T>(_ what: String, _ body: (Database) throws -> T) throws(MeshError) -> T {
+        try wrap(what) { try db.write(body) }
+    }
+
+    func read<T>(_ what: String, _ body: (Database) throws -> T) throws(MeshError) -> T {
+        try wrap(what) { try db.read(body) }
     }
 
     private func wrap<T>(_ what: String, _ body: () throws -> T) throws(MeshError) -> T {
@@ -106,6 +127,18 @@ public final class Store: Sendable {
                                       cgroup: ep.cgroup, createdAt: ep.createdAt)
                 try row.insert(db)
                 return ep
+            }
+        }
+    }
+
+    /// Sets an endpoint's labels; false when no such endpoint exists.
+    @discardableResult
+    public func setLabels(_ labels: Labels, ofEndpoint name: String) throws(MeshError) -> Bool {
+        try wrap("relabel endpoint") {
+            let json = String(decoding: try JSONEncoder().encode(labels.values), as: UTF8.self)
+            return try db.write {
+                try $0.execute(sql: "UPDATE endpoint SET labels = ? WHERE name = ?", arguments: [json, name])
+                return $0.changesCount > 0
             }
         }
     }

@@ -6,6 +6,62 @@ public enum APIPath {
     public static let status = "/v1/status"
     public static let endpoints = "/v1/endpoints"
     public static func endpoint(_ name: String) -> String { "/v1/endpoints/\(name)" }
+    public static func endpointLabels(_ name: String) -> String { "/v1/endpoints/\(name)/labels" }
+    public static let identities = "/v1/identities"
+}
+
+/// Body of `PATCH /v1/endpoints/NAME/labels`: labels to set (added or changed) and label
+/// keys to remove, as `meshctl endpoint label NAME k=v k2-` writes them.
+public struct EndpointLabelRequest: Codable, Sendable, Equatable {
+    public var set: [String: String]
+    public var remove: [String]
+    public init(set: [String: String], remove: [String]) {
+        self.set = set
+        self.remove = remove
+    }
+
+    /// Reads kubectl-style arguments: `k=v` sets, `k-` removes. The error names the argument.
+    public init(parsing args: [String]) throws(MeshError) {
+        var set: [String: String] = [:], remove: [String] = []
+        guard !args.isEmpty else {
+            throw .invalid("no label changes given", hint: "meshctl endpoint label NAME app=web tier-   (k=v sets, k- removes)")
+        }
+        for (i, arg) in args.enumerated() {
+            if let eq = arg.firstIndex(of: "=") {
+                let key = String(arg[..<eq]), value = String(arg[arg.index(after: eq)...])
+                try Labels.validateKey(key)
+                try Labels.validateValue(value, key: key)
+                guard set[key] == nil, !remove.contains(key) else { throw .invalid("label \"\(key)\" is changed twice (argument \(i + 1))") }
+                set[key] = value
+            } else if arg.hasSuffix("-") {
+                let key = String(arg.dropLast())
+                try Labels.validateKey(key)
+                guard set[key] == nil, !remove.contains(key) else { throw .invalid("label \"\(key)\" is changed twice (argument \(i + 1))") }
+                remove.append(key)
+            } else {
+                throw .invalid("argument \(i + 1) \"\(arg)\" is neither key=value (set) nor key- (remove)")
+            }
+        }
+        self.init(set: set, remove: remove)
+    }
+}
+
+/// An identity as the allocator holds it (`GET /v1/identities`).
+public struct IdentityView: Codable, Sendable {
+    public var id: Int
+    /// `global` (a label set) or `local` (a CIDR, this node's own).
+    public var scope: String
+    public var labels: String
+    /// Endpoints with this label set.
+    public var endpoints: [String]
+    public var unusedSince: Date?
+    public init(id: Int, scope: String, labels: String, endpoints: [String], unusedSince: Date?) {
+        self.id = id
+        self.scope = scope
+        self.labels = labels
+        self.endpoints = endpoints
+        self.unusedSince = unusedSince
+    }
 }
 
 /// Body of `POST /v1/endpoints`.

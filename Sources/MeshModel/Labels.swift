@@ -40,6 +40,19 @@ public struct Labels: Codable, Sendable, Hashable, CustomStringConvertible {
 
     public subscript(key: String) -> String? { values[key] }
 
+    /// These labels with `set` applied and `remove` taken away; removing an absent key is
+    /// an error that names it (kubectl says the same).
+    public func changed(set: [String: String], remove: [String]) throws(MeshError) -> Labels {
+        var out = values
+        for key in remove {
+            guard out.removeValue(forKey: key) != nil else {
+                throw .invalid("label \"\(key)\" is not set, so it cannot be removed", hint: "the labels are \(description.isEmpty ? "(none)" : description)")
+            }
+        }
+        for (k, v) in set { out[k] = v }
+        return try Labels(out)
+    }
+
     /// `k=v` pairs sorted by key, comma-separated: the canonical text form.
     public var description: String {
         values.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")

@@ -2,8 +2,8 @@ import MeshABI
 
 /// Turns policies and the node's endpoints into what the kernel looks up: identities, an
 /// ipcache, policy map entries and per-endpoint enforcement. Pure and deterministic: the
-/// same input always gives the same output, so a restarted meshd rebuilds exactly what its
-/// predecessor left pinned.
+/// same input (identities included, which an allocator hands out and keeps) always gives
+/// the same output, so a restarted meshd rebuilds exactly what its predecessor left pinned.
 public enum PolicyCompiler {
     // Reserved identities and where allocation starts: the kernel's numbers (mesh_abi.h).
     public static let anyIdentity = UInt32(MESH_ID_ANY.rawValue)
@@ -77,6 +77,71 @@ public enum PolicyCompiler {
         public var policyIDs: [UInt32: String]
     }
 
+    /// What an identity stands for. Label sets are global (one number per label set on
+    /// every node, once several nodes share a store); CIDRs are node-local, as in Cilium.
+    public struct IdentityKey: Hashable, Sendable, Codable, Comparable {
+        public enum Scope: String, Sendable, Codable, CaseIterable {
+            case global, local
+
+            /// The numbers of the scope: the kernel's split (mesh_abi.h).
+            public var range: Range<UInt32> {
+                switch self {
+                case .global: firstEndpointIdentity..<firstCIDRIdentity
+                case .local: firstCIDRIdentity..<(firstCIDRIdentity << 1)
+                }
+            }
+        }
+
+        public var scope: Scope
+        /// `app=web,namespace=prod` (a label set, canonical form) or `cidr:10.0.0.0/8`.
+        public var name: String
+
+        public init(scope: Scope, name: String) {
+            self.scope = scope
+            self.name = name
+        }
+
+        public static func labels(_ labels: Labels) -> IdentityKey { IdentityKey(scope: .global, name: labels.description) }
+        public static func cidr(_ cidr: IPv4CIDR) -> IdentityKey { IdentityKey(scope: .local, name: "cidr:\(cidr)") }
+
+        public static func < (a: IdentityKey, b: IdentityKey) -> Bool { (a.scope.rawValue, a.name) < (b.scope.rawValue, b.name) }
+    }
+
+    /// The identities a compile of `policies` over `endpoints` needs: one per distinct label
+    /// set, one per CIDR a rule names (and each of its exceptions).
+    public static func identityKeys(policies: [Policy], endpoints: [EndpointInfo]) -> Set<IdentityKey> {
+        var keys = Set(endpoints.map { IdentityKey.labels($0.labels) })
+        for c in ruleCIDRs(policies) { keys.insert(.cidr(c)) }
+        return keys
+    }
+
+    static func ruleCIDRs(_ policies: [Policy]) -> Set<IPv4CIDR> {
+        var cidrs = Set<IPv4CIDR>()
+        for p in policies {
+            for r in p.rules {
+                for peer in r.peers {
+                    if case .cidr(let c, let except) = peer { cidrs.insert(c); except.forEach { cidrs.insert($0) } }
+                }
+            }
+        }
+        return cidrs
+    }
+
+    /// Numbers for `keys` that `given` lacks, in key order after the highest of each scope:
+    /// what a compile without an allocator (unit tests, dry runs) uses.
+    static func filling(_ given: [IdentityKey: UInt32], for keys: Set<IdentityKey>) -> [IdentityKey: UInt32] {
+        var out = given
+        var next: [IdentityKey.Scope: UInt32] = [:]
+        for scope in IdentityKey.Scope.allCases {
+            next[scope] = (given.filter { $0.key.scope == scope }.values.max()).map { $0 + 1 } ?? scope.range.lowerBound
+        }
+        for key in keys.sorted() where out[key] == nil {
+            out[key] = next[key.scope]!
+            next[key.scope]! += 1
+        }
+        return out
+    }
+
     public struct IdentityInfo: Sendable, Equatable, Codable {
         public var id: UInt32
         /// `app=web,namespace=prod`, `cidr:10.0.0.0/8`, `reserved:host`, `reserved:world`.
@@ -88,32 +153,28 @@ public enum PolicyCompiler {
         return h == 0 ? 1 : h
     }
 
-    public static func compile(policies: [Policy], endpoints: [EndpointInfo], hostAddresses: [IPv4Address]) -> Result {
-        // Identities: one per distinct label set, one per CIDR prefix that rules name.
+    /// `identities` holds the number of each key `identityKeys` names (an allocator's
+    /// answer); keys it lacks are numbered as `filling` does.
+    public static func compile(policies: [Policy], endpoints: [EndpointInfo], hostAddresses: [IPv4Address],
+                               identities given: [IdentityKey: UInt32] = [:]) -> Result {
+        let numbers = filling(given, for: identityKeys(policies: policies, endpoints: endpoints))
         var identities: [UInt32: IdentityInfo] = [
             hostIdentity: IdentityInfo(id: hostIdentity, description: "reserved:host"),
             worldIdentity: IdentityInfo(id: worldIdentity, description: "reserved:world"),
         ]
         var byLabels: [String: UInt32] = [:]
-        for labels in Set(endpoints.map(\.labels.description)).sorted() {
-            let id = allocate(labels, base: firstEndpointIdentity, taken: identities)
-            identities[id] = IdentityInfo(id: id, description: labels.isEmpty ? "(no labels)" : labels)
-            byLabels[labels] = id
+        for labels in Set(endpoints.map(\.labels)) {
+            let id = numbers[.labels(labels)]!
+            identities[id] = IdentityInfo(id: id, description: labels.description.isEmpty ? "(no labels)" : labels.description)
+            byLabels[labels.description] = id
         }
         var endpointIdentity: [Int: UInt32] = [:]
         for ep in endpoints { endpointIdentity[ep.id] = byLabels[ep.labels.description] }
 
-        var cidrs = Set<IPv4CIDR>()
-        for p in policies {
-            for r in p.rules {
-                for peer in r.peers {
-                    if case .cidr(let c, let except) = peer { cidrs.insert(c); except.forEach { cidrs.insert($0) } }
-                }
-            }
-        }
+        let cidrs = ruleCIDRs(policies)
         var cidrIdentity: [IPv4CIDR: UInt32] = [:]
-        for c in cidrs.sorted(by: { ($0.network, $0.prefixLength) < ($1.network, $1.prefixLength) }) {
-            let id = allocate("cidr:\(c)", base: firstCIDRIdentity, taken: identities)
+        for c in cidrs {
+            let id = numbers[.cidr(c)]!
             identities[id] = IdentityInfo(id: id, description: "cidr:\(c)")
             cidrIdentity[c] = id
         }
@@ -306,15 +367,5 @@ public enum PolicyCompiler {
             }
         }
         return out.sorted()
-    }
-
-    /// A stable number for `key` in [base, base + 2^23): a hash, probing past collisions.
-    static func allocate(_ key: String, base: UInt32, taken: [UInt32: IdentityInfo]) -> UInt32 {
-        var h = key.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
-        while true {
-            let id = base + (h & 0x7f_ffff)
-            if taken[id] == nil { return id }
-            h &+= 1
-        }
     }
 }

@@ -10,7 +10,7 @@ struct Meshctl: AsyncParsableCommand {
         abstract: "Control a SwiftMesh node: its status, endpoints, policies and datapath.",
         discussion: "meshctl talks to meshd over its unix socket (--api-socket, or SWIFTMESH_API_SOCKET).",
         version: MeshVersion.string,
-        subcommands: [Status.self, EndpointCommand.self, PolicyCommand.self, Monitor.self, ConfigCommand.self, BPFCommand.self]
+        subcommands: [Status.self, EndpointCommand.self, PolicyCommand.self, IdentityCommand.self, Monitor.self, ConfigCommand.self, BPFCommand.self]
     )
 }
 
@@ -78,8 +78,29 @@ struct EndpointCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "endpoint",
         abstract: "Create, inspect, delete and run processes in endpoints (workloads).",
-        subcommands: [Create.self, List.self, Get.self, Delete.self, Exec.self]
+        subcommands: [Create.self, List.self, Get.self, Label.self, Delete.self, Exec.self]
     )
+
+    struct Label: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change an endpoint's labels at run time; selection and policy follow at once.",
+            discussion: "k=v sets a label, k- removes one, as kubectl label does. Example: meshctl endpoint label web tier=frontend canary-")
+
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Endpoint name.") var name: String
+        @Argument(help: "Changes: key=value to set, key- to remove.") var changes: [String] = []
+        @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
+
+        func run() async throws {
+            try await running {
+                try EndpointName.validate(name)
+                let request = try EndpointLabelRequest(parsing: changes)
+                let ep = try await global.client.call(.PATCH, APIPath.endpointLabels(name), body: request, as: Endpoint.self)
+                if output == .json { return try printJSON(ep) }
+                print("endpoint \(ep.name) labelled: \(ep.labels.description.isEmpty ? "(no labels)" : ep.labels.description)")
+            }
+        }
+    }
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -186,6 +207,34 @@ struct EndpointCommand: AsyncParsableCommand {
                 signal(SIGPIPE, SIG_DFL)
                 execvp("ip", &cargs)
                 throw MeshError(.internalError, "cannot run ip netns exec: \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+}
+
+struct IdentityCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "identity",
+        abstract: "Inspect the identities policy is enforced by.",
+        subcommands: [List.self]
+    )
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List allocated identities: one per label set (global) and per CIDR a rule names (local).",
+            discussion: "An identity nothing uses any more shows since when; it is released after a grace period.")
+
+        @OptionGroup var global: GlobalOptions
+        @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
+
+        func run() async throws {
+            try await running {
+                let list = try await global.client.call(.GET, APIPath.identities, as: [IdentityView].self)
+                if output == .json { return try printJSON(list) }
+                printTable(["ID", "SCOPE", "LABELS", "ENDPOINTS", "UNUSED SINCE"], list.map {
+                    [String($0.id), $0.scope, $0.labels, $0.endpoints.isEmpty ? "-" : $0.endpoints.joined(separator: ","),
+                     $0.unusedSince.map { $0.formatted(.iso8601) } ?? "-"]
+                })
             }
         }
     }

@@ -1,0 +1,82 @@
+import Foundation
+import XCTest
+@testable import Agent
+import MeshModel
+
+/// The single-node identity allocator on a real SQLite file: numbers stay while used,
+/// survive a reopen, are released only after the grace period and are not handed out again.
+final class IdentityAllocatorTests: XCTestCase {
+    var dir: String!
+    /// A clock the test moves by hand.
+    final class Clock: @unchecked Sendable {
+        private let lock = NSLock()
+        private var t = Date(timeIntervalSince1970: 1_800_000_000)
+        var now: Date { lock.withLock { t } }
+        func advance(_ s: TimeInterval) { lock.withLock { t += s } }
+    }
+    let clock = Clock()
+
+    override func setUpWithError() throws {
+        dir = NSTemporaryDirectory() + "smagent-\(getpid())-\(UUID().uuidString.prefix(6))"
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func allocator(grace: TimeInterval = 60) throws -> StoreIdentityAllocator {
+        let clock = self.clock
+        return StoreIdentityAllocator(store: try Store(directory: dir), grace: grace, now: { clock.now })
+    }
+
+    func labels(_ text: String) throws -> IdentityKey { .labels(try Labels(parsing: text)) }
+
+    func testALabelSetKeepsItsNumberWhateverElseComesAndGoes() throws {
+        let a = try allocator()
+        let web = try labels("app=web"), db = try labels("app=db"), cache = try labels("app=cache")
+        let first = try a.sync(inUse: [web, db])
+        XCTAssertEqual(Set(first.values).count, 2, "two label sets, two numbers")
+        XCTAssertTrue(first.values.allSatisfy { IdentityKey.Scope.global.range.contains($0) })
+        // Others come and go, in any order: web's and db's numbers never move.
+        for round in 0..<20 {
+            let extra = try labels("app=extra\(round)")
+            let now = try a.sync(inUse: round % 2 == 0 ? [web, db, extra, cache] : [db, web])
+            XCTAssertEqual(now[web], first[web])
+            XCTAssertEqual(now[db], first[db])
+            XCTAssertNil(now[try labels("app=extra\(round - 1)")], "only keys in use are answered")
+        }
+        // A CIDR gets a node-local number.
+        let cidr = IdentityKey.cidr(try IPv4CIDR(parsing: "192.0.2.0/24"))
+        XCTAssertTrue(IdentityKey.Scope.local.range.contains(try XCTUnwrap(try a.sync(inUse: [web, cidr])[cidr])))
+    }
+
+    func testNumbersSurviveAReopenOfTheDatabase() throws {
+        let keys: Set<IdentityKey> = [try labels("app=web"), try labels("app=db,env=prod"), .cidr(try IPv4CIDR(parsing: "10.0.0.0/8"))]
+        let before = try allocator().sync(inUse: keys)
+        let after = try allocator().sync(inUse: keys)
+        XCTAssertEqual(before, after)
+        XCTAssertEqual(Set(try allocator().allocated().map(\.id)), Set(before.values))
+    }
+
+    func testAnUnusedNumberIsReleasedAfterTheGracePeriodAndNeverHandedOutAgain() throws {
+        let a = try allocator(grace: 60)
+        let web = try labels("app=web"), db = try labels("app=db")
+        let first = try a.sync(inUse: [web, db])
+        _ = try a.sync(inUse: [db])
+        XCTAssertNotNil(try a.allocated().first { $0.key == web }?.unusedSince, "web is marked unused")
+        clock.advance(59)
+        XCTAssertEqual(try a.sync(inUse: [web, db])[web], first[web], "back within the grace period: the same number")
+        _ = try a.sync(inUse: [db])
+        clock.advance(61)
+        _ = try a.sync(inUse: [db])
+        XCTAssertFalse(try a.allocated().contains { $0.key == web }, "released after the grace period")
+        let again = try a.sync(inUse: [web, db])
+        XCTAssertNotEqual(again[web], first[web], "a released number is not handed out again")
+        XCTAssertEqual(again[db], first[db])
+        // Not even after a reopen, though the highest number in the table is now lower.
+        let other = try labels("app=other")
+        _ = try a.sync(inUse: [db])
+        clock.advance(61)
+        _ = try a.sync(inUse: [db])
+        let reopened = try allocator(grace: 60).sync(inUse: [db, other])
+        XCTAssertFalse([first[web], again[web]].contains(reopened[other]), "\(reopened)")
+    }
+}

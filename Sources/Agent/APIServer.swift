@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import MeshModel
 import NIOCore
+import NIOPosix
 import ServiceLifecycle
 
 /// The versioned HTTP/JSON API on the node's unix socket (see MeshModel.APIPath).
@@ -15,8 +16,8 @@ enum APIServer {
         PolicyRoutes.add(to: router, manager: manager, policy: policy, datapath: datapath, store: store, hub: hub)
         RedirectRoutes.add(to: router, control: redirect, store: store)
         router.get(RouterPath(APIPath.status)) { _, _ in
-            try await respond {
-                let eps = try await manager.list()
+            try await respondOffPool {
+                let eps = try manager.list()
                 let attached = eps.flatMap { datapath.attachments(of: $0) }
                 var programs = [datapath.fromEndpoint, datapath.toEndpoint].map { p in
                     let suffix = p === datapath.fromEndpoint ? "/ingress" : "/egress"
@@ -33,11 +34,11 @@ enum APIServer {
                                         bpffs: settings.bpffs, cgroup: settings.cgroup, startedAt: startedAt,
                                         programs: programs, maps: maps, endpoints: eps.count)
                 status.policyRevision = Int(try datapath.policyState().revision)
-                status.policies = await policy.policyKeys.count
+                status.policies = policy.policyCount
                 return status
             }
         }
-        router.get(RouterPath(APIPath.endpoints)) { _, _ in try await respond { try await manager.list() } }
+        router.get(RouterPath(APIPath.endpoints)) { _, _ in try await respond { try manager.list() } }
         router.post(RouterPath(APIPath.endpoints)) { request, _ in
             try await respond(status: .created) {
                 let body = try await body(of: request, limit: 1 << 20, what: "an endpoint request")
@@ -49,7 +50,7 @@ enum APIServer {
             }
         }
         router.get("/v1/endpoints/:name") { _, context in
-            try await respond { try await manager.get(context.parameters.get("name") ?? "") }
+            try await respond { try manager.get(context.parameters.get("name") ?? "") }
         }
         router.patch("/v1/endpoints/:name/labels") { request, context in
             try await respond {
@@ -118,6 +119,13 @@ enum APIServer {
         }
     }
 
+    /// `respond`, with `body` run on NIO's thread pool: for map walks, BPF_PROG_TEST_RUN and
+    /// other system calls that must not hold a thread of Swift's cooperative pool.
+    static func respondOffPool<T: Encodable & Sendable>(status: HTTPResponse.Status = .ok,
+                                                        _ body: @escaping @Sendable () throws -> T) async throws -> Response {
+        try await respond(status: status) { try await NIOThreadPool.singleton.runIfActive(body) }
+    }
+
     static func json<T: Encodable>(_ status: HTTPResponse.Status, _ value: T) -> Response {
         let data = (try? MeshJSON.encoder().encode(value)) ?? Data("{}".utf8)
         return Response(status: status, headers: [.contentType: "application/json"],
@@ -139,7 +147,7 @@ enum MetricsServer {
     static func make(settings: NodeSettings, metrics: MetricsCollector, logger: Logger) -> some Service {
         let router = Router()
         router.get("/metrics") { _, _ -> Response in
-            let body = try await metrics.scrape()
+            let body = try await NIOThreadPool.singleton.runIfActive { try metrics.scrape() }
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(bytes: body)))
         }

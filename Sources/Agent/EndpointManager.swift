@@ -23,9 +23,14 @@ public actor EndpointManager {
         self.logger = logger
     }
 
-    public func list() throws(MeshError) -> [Endpoint] { try store.endpoints() }
+    /// Plumbing spawns processes and waits; map updates are system calls: all of it runs on
+    /// the control thread, never on Swift's cooperative pool.
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { ControlThread.executor.asUnownedSerialExecutor() }
 
-    public func get(_ name: String) throws(MeshError) -> Endpoint {
+    /// From the store, without waiting for a creation or deletion in progress.
+    public nonisolated func list() throws(MeshError) -> [Endpoint] { try store.endpoints() }
+
+    public nonisolated func get(_ name: String) throws(MeshError) -> Endpoint {
         try EndpointName.validate(name)
         guard let ep = try store.endpoint(named: name) else {
             throw MeshError(.notFound, "endpoint \"\(name)\" does not exist", hint: "meshctl endpoint list shows the endpoints")

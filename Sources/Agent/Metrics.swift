@@ -78,8 +78,10 @@ public final class MetricsCollector: @unchecked Sendable {
     }
 
     /// Reads the kernel and /proc, then renders the Prometheus text format.
-    public func scrape() async throws -> [UInt8] {
-        let endpoints = try await manager.list()
+    /// Map walks and /proc reads: the caller runs it on a thread pool, off Swift's
+    /// cooperative one.
+    public func scrape() throws -> [UInt8] {
+        let endpoints = try manager.list()
         var readings: [KernelCounters.Reading] = []
         for ep in endpoints {
             for d in MeshDatapath.Direction.allCases {
@@ -95,7 +97,7 @@ public final class MetricsCollector: @unchecked Sendable {
             readings.append(.init(name: "mesh_drop_bytes_total", labels: labels, help: Self.dropBytesHelp, value: d.counters.bytes))
         }
         for v in try datapath.verdictCounters() {
-            let name = await policy.policyName(id: v.policyID)
+            let name = policy.policyName(id: v.policyID)
             readings.append(.init(name: "mesh_policy_verdicts_total",
                                   labels: [("policy", name), ("direction", v.direction.rawValue), ("verdict", v.action == .allow ? "allowed" : "denied")],
                                   help: Self.verdictsHelp, value: v.counters.packets))
@@ -131,7 +133,7 @@ public final class MetricsCollector: @unchecked Sendable {
                               value: evicted))
         let sockets = (try? redirect.socketCount()) ?? 0
         let revision = try datapath.policyState().revision
-        let policies = await policy.policyKeys.count
+        let policies = policy.policyCount
         let process = ProcessStats.read()
         return lock.withLock {
             endpointsGauge.set(Double(endpoints.count))

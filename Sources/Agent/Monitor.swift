@@ -51,8 +51,8 @@ struct EventResolver: Sendable {
     let policy: PolicyEngine
 
     func resolve(_ e: MeshDatapath.PolicyEvent, endpoints: [Int: String]) async -> MonitorEvent {
-        let peerName = await policy.describe(identity: e.peerIdentity)
-        let rule = await policy.describe(rule: e.ruleID, revision: e.revision)
+        let peerName = policy.describe(identity: e.peerIdentity)
+        let rule = policy.describe(rule: e.ruleID, revision: e.revision)
         return MonitorEvent(
             time: Date(), type: e.dropped ? "drop" : "verdict", endpoint: endpoints[Int(e.endpointID)] ?? "endpoint \(e.endpointID)",
             direction: e.direction.rawValue, source: IPv4Address(e.source).description, destination: IPv4Address(e.destination).description,

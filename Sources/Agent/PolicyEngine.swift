@@ -28,9 +28,9 @@ public actor PolicyEngine {
     private var documents: [String: Document] = [:]
     private var policies: [Policy] = []
     private(set) var compiled: PolicyCompiler.Result?
-    /// Rule tables of recent revisions, so events from just before a flip still resolve.
-    private var rulesByRevision: [UInt32: [PolicyCompiler.RuleInfo]] = [:]
-    private var identities: [UInt32: PolicyCompiler.IdentityInfo] = [:]
+    /// What readers (monitor, metrics, traces, status) need to name rules, identities and
+    /// policies, readable without waiting for this actor while it parses or compiles.
+    nonisolated let names = Names()
     /// Called with the apply-to-enforced time of each change.
     var onEnforced: (@Sendable (Duration) -> Void)?
 
@@ -51,7 +51,12 @@ public actor PolicyEngine {
                 logger.error("a stored policy no longer parses; it is not enforced", metadata: ["policy": "\(row.key)", "error": "\(error.message)"])
             }
         }
+        names.setDocumentCount(documents.count)
     }
+
+    /// Parsing, compiling and publishing block (a 64 MiB file, a grace period): they run on
+    /// the control thread, never on Swift's cooperative pool, which the API needs free.
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { ControlThread.executor.asUnownedSerialExecutor() }
 
     func setOnEnforced(_ f: @escaping @Sendable (Duration) -> Void) { onEnforced = f }
 
@@ -109,9 +114,7 @@ public actor PolicyEngine {
             throw MeshError(.datapath, "publishing policy revision \(next) failed: \(error)")
         }
         compiled = result
-        rulesByRevision[next] = result.rules
-        for old in rulesByRevision.keys where old &+ 8 < next { rulesByRevision[old] = nil }
-        identities.merge(result.identities) { $1 }
+        names.published(revision: next, result: result)
         logger.info("policy revision published", metadata: [
             "revision": "\(next)", "slot": "\(stats.slot)", "entries": "\(result.entries.count)",
             "written": "\(stats.written)", "deleted": "\(stats.deleted)",
@@ -156,6 +159,7 @@ public actor PolicyEngine {
         }
         policies = next
         documents.merge(incoming) { $1 }
+        names.setDocumentCount(documents.count)
         // Parsing and compiling a large file allocates in bursts: hand the pages back.
         ProcessMemory.trim()
         logger.info("policies applied", metadata: ["documents": "\(incoming.keys.sorted())", "revision": "\(revision)"])
@@ -175,6 +179,7 @@ public actor PolicyEngine {
         try store.writePolicyDocuments([], delete: [key])
         policies = next
         documents[key] = nil
+        names.setDocumentCount(documents.count)
         logger.info("policy deleted", metadata: ["policy": "\(key)", "revision": "\(revision)"])
         return key
     }
@@ -213,20 +218,56 @@ public actor PolicyEngine {
         "\(p.namespace)/\(p.name.split(separator: "#", maxSplits: 1).first.map(String.init) ?? p.name)"
     }
 
-    public func describe(rule: UInt32, revision: UInt32) -> String {
-        let table = rulesByRevision[revision] ?? compiled?.rules ?? []
-        return Int(rule) < table.count ? table[Int(rule)].description : "rule \(rule) of revision \(revision)"
-    }
+    public nonisolated func describe(rule: UInt32, revision: UInt32) -> String { names.describe(rule: rule, revision: revision) }
 
-    public func describe(identity: UInt32) -> String {
-        identities[identity]?.description ?? (identity == 0 ? "any" : "identity \(identity)")
-    }
+    public nonisolated func describe(identity: UInt32) -> String { names.describe(identity: identity) }
 
-    public func policyName(id: UInt32) -> String {
-        id == 0 ? "(default deny)" : compiled?.policyIDs[id] ?? "(deleted)"
-    }
+    public nonisolated func policyName(id: UInt32) -> String { names.policyName(id: id) }
+
+    public nonisolated var policyCount: Int { names.documentCount }
 
     public var policyKeys: [String] { documents.keys.sorted() }
+
+    /// Names for the numbers the kernel reports, behind a lock: the newest compile's policy
+    /// ids and identities, and the rule tables of recent revisions, so events from just
+    /// before a flip still resolve.
+    public final class Names: @unchecked Sendable {
+        private let lock = NSLock()
+        private var rulesByRevision: [UInt32: [PolicyCompiler.RuleInfo]] = [:]
+        private var latestRules: [PolicyCompiler.RuleInfo] = []
+        private var identities: [UInt32: PolicyCompiler.IdentityInfo] = [:]
+        private var policyIDs: [UInt32: String] = [:]
+        private var documents = 0
+
+        func published(revision: UInt32, result: PolicyCompiler.Result) {
+            lock.withLock {
+                rulesByRevision[revision] = result.rules
+                for old in rulesByRevision.keys where old &+ 8 < revision { rulesByRevision[old] = nil }
+                latestRules = result.rules
+                identities.merge(result.identities) { $1 }
+                policyIDs = result.policyIDs
+            }
+        }
+
+        func setDocumentCount(_ n: Int) { lock.withLock { documents = n } }
+
+        var documentCount: Int { lock.withLock { documents } }
+
+        func describe(rule: UInt32, revision: UInt32) -> String {
+            lock.withLock {
+                let table = rulesByRevision[revision] ?? latestRules
+                return Int(rule) < table.count ? table[Int(rule)].description : "rule \(rule) of revision \(revision)"
+            }
+        }
+
+        func describe(identity: UInt32) -> String {
+            lock.withLock { identities[identity]?.description ?? (identity == 0 ? "any" : "identity \(identity)") }
+        }
+
+        func policyName(id: UInt32) -> String {
+            lock.withLock { id == 0 ? "(default deny)" : policyIDs[id] ?? "(deleted)" }
+        }
+    }
 
     /// Every allocated identity with the endpoints that hold it.
     public func identityViews() throws(MeshError) -> [IdentityView] {

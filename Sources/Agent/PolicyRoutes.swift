@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import MeshModel
 import NIOCore
+import NIOPosix
 
 /// Policy, trace, monitor and BPF-dump routes of the API.
 enum PolicyRoutes {
@@ -36,7 +37,7 @@ enum PolicyRoutes {
                 do { req = try MeshJSON.decoder().decode(TraceRequest.self, from: Data(buffer: body)) } catch {
                     throw MeshError.invalid("request body is not a trace request: \(APIServer.describe(error))")
                 }
-                return try await trace(req, manager: manager, policy: policy, datapath: datapath)
+                return try await NIOThreadPool.singleton.runIfActive { try trace(req, manager: manager, policy: policy, datapath: datapath) }
             }
         }
         router.get(RouterPath(APIPath.monitor)) { request, _ -> Response in
@@ -48,7 +49,7 @@ enum PolicyRoutes {
             return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: ResponseBody(asyncSequence: stream))
         }
         router.get(RouterPath(APIPath.bpfPolicy)) { _, _ in
-            try await APIServer.respond {
+            try await APIServer.respondOffPool {
                 let names = Dictionary(uniqueKeysWithValues: try store.endpoints().map { ($0.id, $0.name) })
                 let revision = try datapath.policyState().revision
                 var rows: [BPFPolicyRow] = []
@@ -60,34 +61,34 @@ enum PolicyRoutes {
                         ports = from == to ? "\(from)" : "\(from)-\(to)"
                     }
                     rows.append(BPFPolicyRow(endpoint: names[Int(e.endpointID)] ?? "\(e.endpointID)", direction: e.direction.rawValue,
-                                             identity: Int(e.identity), peer: await policy.describe(identity: e.identity),
+                                             identity: Int(e.identity), peer: policy.describe(identity: e.identity),
                                              proto: ProtocolName.name(e.proto), ports: ports, action: e.action == .allow ? "allow" : "deny",
-                                             rule: await policy.describe(rule: e.ruleID, revision: revision)))
+                                             rule: policy.describe(rule: e.ruleID, revision: revision)))
                 }
                 return rows
             }
         }
         router.get(RouterPath(APIPath.bpfIPCache)) { _, _ in
-            try await APIServer.respond {
+            try await APIServer.respondOffPool {
                 let names = Dictionary(uniqueKeysWithValues: try store.endpoints().map { ($0.id, $0.name) })
                 var rows: [BPFIPCacheRow] = []
                 for e in try datapath.ipcacheEntries() {
                     rows.append(BPFIPCacheRow(prefix: "\(IPv4Address(e.address))/\(e.prefixLength)", identity: Int(e.identity),
-                                              labels: await policy.describe(identity: e.identity),
+                                              labels: policy.describe(identity: e.identity),
                                               endpoint: e.endpointID == 0 ? "" : names[Int(e.endpointID)] ?? "\(e.endpointID)"))
                 }
                 return rows
             }
         }
         router.get(RouterPath(APIPath.bpfConntrack)) { _, _ in
-            try await APIServer.respond {
+            try await APIServer.respondOffPool {
                 let names = Dictionary(uniqueKeysWithValues: try store.endpoints().map { ($0.id, $0.name) })
                 var rows: [BPFConntrackRow] = []
                 for c in try datapath.conntrackEntries().sorted(by: { ($0.endpointID, $0.ageSeconds) < ($1.endpointID, $1.ageSeconds) }) {
                     let flow = "\(IPv4Address(c.source)):\(c.sourcePort) -> \(IPv4Address(c.destination)):\(c.destinationPort)"
                     rows.append(BPFConntrackRow(endpoint: names[Int(c.endpointID)] ?? "\(c.endpointID)", direction: c.direction.rawValue,
                                                 flow: flow, proto: ProtocolName.name(c.proto), revision: Int(c.revision),
-                                                rule: await policy.describe(rule: c.ruleID, revision: c.revision),
+                                                rule: policy.describe(rule: c.ruleID, revision: c.revision),
                                                 closing: c.closing, ageSeconds: c.ageSeconds, idleSeconds: c.idleSeconds))
                 }
                 return rows
@@ -97,7 +98,7 @@ enum PolicyRoutes {
 
     /// Runs the real programs on a synthetic first packet, at both hooks it would cross.
     static func trace(_ req: TraceRequest, manager: EndpointManager, policy: PolicyEngine,
-                      datapath: MeshDatapath) async throws -> TraceResponse {
+                      datapath: MeshDatapath) throws -> TraceResponse {
         let proto: MeshDatapath.TraceProtocol
         switch req.proto.uppercased() {
         case "TCP": proto = .tcp
@@ -112,13 +113,13 @@ enum PolicyRoutes {
             guard (1...65535).contains(req.port) else { throw MeshError.invalid("port \(req.port) is not 1-65535") }
         }
         // Each side is an endpoint name or an IPv4 address (a peer outside the node).
-        func side(_ s: String) async throws -> (Endpoint?, IPv4Address) {
+        func side(_ s: String) throws -> (Endpoint?, IPv4Address) {
             if let ip = IPv4Address(s) { return (nil, ip) }
-            let ep = try await manager.get(s)
+            let ep = try manager.get(s)
             return (ep, ep.ipv4)
         }
-        let (fromEP, fromIP) = try await side(req.from)
-        let (toEP, toIP) = try await side(req.to)
+        let (fromEP, fromIP) = try side(req.from)
+        let (toEP, toIP) = try side(req.to)
         guard fromEP != nil || toEP != nil else { throw MeshError.invalid("at least one of --from and --to must be an endpoint") }
         let revision = try datapath.policyState().revision
         var hops: [TraceHop] = []
@@ -129,8 +130,8 @@ enum PolicyRoutes {
                                        proto: proto, destinationPort: UInt16(req.port))
             hops.append(TraceHop(hook: "\(dir.rawValue) of \(ep.name)", enforced: r.enforced,
                                  verdict: r.action == .allow ? "allowed" : "denied", reason: r.reason.label,
-                                 rule: await policy.describe(rule: r.ruleID, revision: revision),
-                                 peerIdentity: Int(r.peerIdentity), peer: await policy.describe(identity: r.peerIdentity)))
+                                 rule: policy.describe(rule: r.ruleID, revision: revision),
+                                 peerIdentity: Int(r.peerIdentity), peer: policy.describe(identity: r.peerIdentity)))
         }
         let verdict = hops.allSatisfy { $0.verdict == "allowed" } ? "allowed" : "denied"
         // Established connections of the flow: conntrack entries at either hook, as the
@@ -149,7 +150,7 @@ enum PolicyRoutes {
             for e in entries.sorted(by: { $0.sourcePort < $1.sourcePort }) where e.endpointID == UInt32(ep.id) && e.direction == dir {
                 established.append(TracedConnection(
                     hook: hook, sourcePort: Int(e.sourcePort), revision: Int(e.revision),
-                    rule: await policy.describe(rule: e.ruleID, revision: e.revision), idleSeconds: e.idleSeconds,
+                    rule: policy.describe(rule: e.ruleID, revision: e.revision), idleSeconds: e.idleSeconds,
                     verdict: e.revision == revision ? "allowed" : newFlow))
             }
         }

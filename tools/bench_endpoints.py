@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Driver of tools/bench-endpoints: runs one meshd per build on node smbenche and measures
+endpoint creation, deletion and API latency under load over the API's unix socket."""
+import argparse, concurrent.futures as cf, glob, http.client, json, os, shutil, signal, socket, statistics
+import subprocess, sys, threading, time
+
+NODE = "smbenche"
+RUN = f"/run/{NODE}"
+SOCK = f"{RUN}/meshd.sock"
+CIDR = "10.252.0.0/24"
+
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=60):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.path)
+        self.sock = s
+
+
+def call(method, path, body=None, timeout=120):
+    """One request on a fresh connection; returns (status, seconds, body)."""
+    c = UnixConnection(SOCK, timeout)
+    data = json.dumps(body).encode() if body is not None else None
+    t = time.perf_counter()
+    c.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+    r = c.getresponse()
+    out = r.read()
+    dt = time.perf_counter() - t
+    c.close()
+    return r.status, dt, out
+
+
+def checked(method, path, body=None):
+    status, dt, out = call(method, path, body)
+    if status >= 300:
+        sys.exit(f"bench-endpoints: {method} {path} -> {status}: {out[:300]!r}")
+    return dt
+
+
+def cgroup2_root():
+    for line in open("/proc/self/mountinfo"):
+        if " - cgroup2 " in line:
+            return line.split()[4]
+    sys.exit("bench-endpoints: no cgroup2 mount")
+
+
+def down():
+    subprocess.run(["pkill", "-KILL", "-f", f"--node-name {NODE}( |$)"], stderr=subprocess.DEVNULL)
+    time.sleep(0.2)
+    for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines():
+        ns = line.split()[0] if line.split() else ""
+        if ns == NODE or ns.startswith(NODE + "-ep-"):
+            subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+    shutil.rmtree(f"/sys/fs/bpf/{NODE}", ignore_errors=True)
+    shutil.rmtree(RUN, ignore_errors=True)
+    cg = os.path.join(cgroup2_root(), NODE)
+    if os.path.isdir(cg):
+        for kid in glob.glob(cg + "/*/"):
+            try:
+                open(kid + "cgroup.kill", "w").write("1")
+            except OSError:
+                pass
+        for _ in range(50):
+            for kid in glob.glob(cg + "/*/"):
+                try:
+                    os.rmdir(kid)
+                except OSError:
+                    pass
+            try:
+                os.rmdir(cg)
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def start(bin_dir):
+    down()
+    os.makedirs(RUN)
+    subprocess.run(["ip", "netns", "add", NODE], check=True)
+    log = open(f"{RUN}/meshd.log", "w")
+    p = subprocess.Popen(["nsenter", f"--net=/run/netns/{NODE}", f"{bin_dir}/meshd", "--node-name", NODE,
+                          "--state-dir", f"{RUN}/state", "--api-socket", SOCK, "--pod-cidr", CIDR,
+                          "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if call("GET", "/v1/status", timeout=2)[0] == 200:
+                return p
+        except OSError:
+            pass
+        if p.poll() is not None:
+            sys.exit("bench-endpoints: meshd exited:\n" + open(f"{RUN}/meshd.log").read()[-2000:])
+        time.sleep(0.1)
+    sys.exit("bench-endpoints: meshd did not answer")
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def create(name):
+    return checked("POST", "/v1/endpoints", {"name": name, "labels": {"app": name.split("-")[0]}})
+
+
+def delete(name):
+    return checked("DELETE", f"/v1/endpoints/{name}")
+
+
+def batch(fn, names):
+    t = time.perf_counter()
+    with cf.ThreadPoolExecutor(max_workers=len(names)) as ex:
+        lat = list(ex.map(fn, names))
+    return lat, time.perf_counter() - t
+
+
+def policy(rules):
+    lines = ["apiVersion: cilium.io/v2", "kind: CiliumNetworkPolicy", "metadata: {name: bench-rules}", "spec:",
+             "  endpointSelector: {matchLabels: {app: load}}", "  ingress:"]
+    for i in range(rules - 1):
+        a = 198 << 24 | 18 << 16 | i
+        lines.append(f"  - fromCIDR: [{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}/32]")
+        lines.append("    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]")
+    lines.append("  - fromEndpoints: [{matchLabels: {app: client}}]")
+    return "\n".join(lines) + "\n"
+
+
+def measure(bin_dir, a):
+    p = start(bin_dir)
+    try:
+        out = {}
+        names = [f"seq-{i}" for i in range(a.sequential)]
+        c = [create(n) for n in names]
+        d = [delete(n) for n in names]
+        out["create 1 at a time p50 (ms)"], out["create 1 at a time p99 (ms)"] = pct(c, 50) * 1e3, pct(c, 99) * 1e3
+        out["delete 1 at a time p50 (ms)"], out["delete 1 at a time p99 (ms)"] = pct(d, 50) * 1e3, pct(d, 99) * 1e3
+        names = [f"conc-{i}" for i in range(a.concurrent)]
+        c, cw = batch(create, names)
+        d, dw = batch(delete, names)
+        out[f"create {a.concurrent} at once p50 (ms)"], out[f"create {a.concurrent} at once p99 (ms)"] = pct(c, 50) * 1e3, pct(c, 99) * 1e3
+        out[f"create {a.concurrent} at once, all (s)"] = cw
+        out[f"delete {a.concurrent} at once p50 (ms)"], out[f"delete {a.concurrent} at once p99 (ms)"] = pct(d, 50) * 1e3, pct(d, 99) * 1e3
+        out[f"delete {a.concurrent} at once, all (s)"] = dw
+        names = [f"many-{i}" for i in range(a.many)]
+        _, mw = batch(create, names)
+        out[f"create {a.many} at once, all (s)"] = mw
+        batch(delete, names)
+
+        # Status latency while a large policy is applied and endpoints are created.
+        text = policy(a.rules)
+        samples, stop = [], threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                status, dt, _ = call("GET", "/v1/status", timeout=30)
+                if status == 200:
+                    samples.append(dt)
+                time.sleep(0.01)
+        t = threading.Thread(target=poll)
+        t.start()
+        time.sleep(0.3)
+        load = [f"load-{i}" for i in range(20)]
+        with cf.ThreadPoolExecutor(max_workers=21) as ex:
+            futs = [ex.submit(checked, "POST", "/v1/policies", {"yaml": text, "source": "bench.yaml", "dryRun": False})]
+            futs += [ex.submit(create, n) for n in load]
+            for f in futs:
+                f.result()
+        time.sleep(0.3)
+        stop.set()
+        t.join()
+        out["status under load p50 (ms)"] = pct(samples, 50) * 1e3
+        out["status under load p99 (ms)"] = pct(samples, 99) * 1e3
+        out["status under load max (ms)"] = max(samples) * 1e3
+        out["status samples"] = len(samples)
+        return out
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        down()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for k in ["base-bin", "base-name", "head-bin", "head-name", "cmdline"]:
+        ap.add_argument("--" + k, required=True)
+    for k in ["sequential", "concurrent", "many", "rules"]:
+        ap.add_argument("--" + k, type=int, required=True)
+    a = ap.parse_args()
+    try:
+        base = measure(a.base_bin, a)
+        head = measure(a.head_bin, a)
+    finally:
+        down()
+    print(f"# {a.cmdline}   ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)")
+    print(f"# baseline: {a.base_name}   this: {a.head_name}")
+    print(f"{'figure':<36} {'baseline':>10} {'this':>10} {'this/base':>10}")
+    for k in base:
+        b, h = base[k], head[k]
+        ratio = f"{h / b:.2f}x" if b else "-"
+        fmt = (lambda v: f"{v:.0f}") if k == "status samples" else (lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}")
+        print(f"{k:<36} {fmt(b):>10} {fmt(h):>10} {ratio:>10}")
+
+
+if __name__ == "__main__":
+    main()

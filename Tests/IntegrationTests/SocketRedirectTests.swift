@@ -261,27 +261,38 @@ final class SocketRedirectTests: XCTestCase {
     }
 
     func testSwitchingOffAndOnUnderTrafficLosesNothing() throws {
+        let echo = try traffic.start(in: "server", ["echo-server", "--tcp", "7802", "--seconds", "30"], waitReady: true)
+        defer { kill(echo.pid, SIGKILL) }
         let sink = try traffic.start(in: "server", ["stream-sink", "--port", "7800", "--ack-every", "262144"], waitReady: true)
         let sender = try traffic.start(in: "client", ["stream-send", "--host", server, "--port", "7800", "--seconds", "5", "--rate", "2000000"])
-        usleep(1_000_000)
-        XCTAssertTrue(try node.ctlOK("bpf", "sockmap", "list").contains("accelerated"))
+        XCTAssertTrue(try eventually { try node.ctlOK("bpf", "sockmap", "list").contains("accelerated") }, "the stream is accelerated")
         try node.ctlOK("config", "set", "socket-redirect", "off")
         XCTAssertTrue(try node.ctlOK("config", "get").contains("socket-redirect: off\n"))
+        XCTAssertTrue(try eventually { try node.ctlOK("bpf", "sockmap", "list").contains("passthrough") },
+                      "the running stream fell back to the stack")
+        // A new connection while off is established, echoes, and is not accelerated.
         let addedWhileOff = try metric("mesh_socket_redirect_connections_added_total")
-        XCTAssertTrue(try Traffic(node: node).run(in: "client", ["probe", "--host", server, "--port", "7801"])["ok"] as? Bool == false)
-        usleep(1_000_000)
-        XCTAssertTrue(try node.ctlOK("bpf", "sockmap", "list").contains("passthrough"), "the running stream fell back to the stack")
+        XCTAssertEqual(try traffic.run(in: "client", ["probe", "--host", server, "--port", "7802"])["ok"] as? Bool, true)
+        XCTAssertEqual(try metric("mesh_socket_redirect_connections_added_total"), addedWhileOff, "nothing added while off")
         try node.ctlOK("config", "set", "socket-redirect", "on")
         let sent = try sender.result(), got = try sink.result()
         XCTAssertNil(sent["error"])
         XCTAssertEqual(got["ok"] as? Bool, true, "\(got)")
         XCTAssertEqual(got["bytes"] as? Int, sent["bytes"] as? Int, "no byte lost across off and on")
         XCTAssertGreaterThan(try metric("mesh_socket_redirect_fallbacks_total", ["reason": "disabled"]), 0)
-        // New connections: not accelerated while off, accelerated again once on.
-        let echo = try traffic.start(in: "server", ["echo-server", "--tcp", "7802", "--seconds", "30"], waitReady: true)
-        defer { kill(echo.pid, SIGKILL) }
-        XCTAssertEqual(try metric("mesh_socket_redirect_connections_added_total"), addedWhileOff, "nothing added while off")
+        // The same kind of connection once on: accelerated again, both sockets.
         XCTAssertEqual(try traffic.run(in: "client", ["probe", "--host", server, "--port", "7802"])["ok"] as? Bool, true)
         XCTAssertEqual(try metric("mesh_socket_redirect_connections_added_total"), addedWhileOff + 2, "accelerated again once on")
+    }
+
+    /// Polls `condition` every 100 ms for up to `seconds`: waits for a state instead of
+    /// sleeping a fixed time and hoping.
+    func eventually(seconds: Double = 10, _ condition: () throws -> Bool) throws -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try condition() { return true }
+            usleep(100_000)
+        }
+        return try condition()
     }
 }

@@ -69,13 +69,6 @@ final class BadInputCorpusTests: XCTestCase {
         Case(.cidr, "fd00::/64"),
     ]
 
-    func testCorpusIsLargeAndCoversEveryKind() {
-        XCTAssertGreaterThanOrEqual(Self.corpus.count, 30)
-        for kind in [Kind.endpointName, .labels, .cidr] {
-            XCTAssertGreaterThanOrEqual(Self.corpus.filter { $0.kind == kind }.count, 10, kind.rawValue)
-        }
-    }
-
     func testEveryBadInputIsRefusedAsInvalidArgumentQuotingWhatWasWrong() {
         for c in Self.corpus {
             do {

@@ -180,14 +180,6 @@ final class LabelsValueTests: XCTestCase {
         XCTAssertEqual(try Labels(parsing: labels.description), labels)
     }
 
-    func testEqualityAndHashIgnoreOrder() throws {
-        let a = try Labels(parsing: "app=web,env=prod"), b = try Labels(parsing: "env=prod,app=web")
-        XCTAssertEqual(a, b)
-        XCTAssertEqual(Set([a, b]).count, 1)
-        XCTAssertNotEqual(a, try Labels(parsing: "app=web,env=dev"))
-        XCTAssertNotEqual(a, try Labels(parsing: "app=web"))
-    }
-
     func testEncodesAsAJSONObjectAndRoundTrips() throws {
         let labels = try Labels(parsing: "env=prod,app=web,app.kubernetes.io/name=web,canary=")
         let data = try MeshJSON.encoder().encode(labels)

@@ -1,0 +1,118 @@
+import XCTest
+@testable import MeshModel
+
+/// The compiler's output judged the way the kernel reads it: an ipcache longest-prefix
+/// match for the peer's identity, then two longest-match lookups in the policy entries
+/// (the peer's own and the any-peer ones), a deny in either winning (bpf/lib/policy.h).
+/// The expected verdicts are written from the policies' documented meaning.
+final class PolicyCompilerTests: XCTestCase {
+    struct Kernel {
+        let result: PolicyCompiler.Result
+
+        func identity(of address: String) -> UInt32 {
+            let ip = IPv4Address(address)!
+            let hit = result.ipcache.filter { $0.prefix.contains(ip) }.max { $0.prefix.prefixLength < $1.prefix.prefixLength }
+            return hit?.identity ?? PolicyCompiler.worldIdentity
+        }
+
+        func lookup(_ ep: Int, _ dir: TrafficDirection, _ identity: UInt32, _ proto: UInt8, _ port: UInt16) -> PolicyCompiler.Entry? {
+            result.entries.filter { e in
+                guard e.endpointID == ep, e.direction == dir, e.identity == identity else { return false }
+                if e.proto == 0 { return true }
+                guard e.proto == proto else { return false }
+                let mask: UInt16 = e.portPrefixLength == 0 ? 0 : ~UInt16(0) << (16 - e.portPrefixLength)
+                return port & mask == e.portPrefix & mask
+            }.max { ($0.proto == 0 ? -1 : $0.portPrefixLength) < ($1.proto == 0 ? -1 : $1.portPrefixLength) }
+        }
+
+        /// "allow" or "deny" for a new flow of endpoint `ep` in `dir` with peer `address`.
+        func verdict(_ ep: Int, _ dir: TrafficDirection, peer address: String, _ proto: PortRange.L4Protocol = .tcp, port: UInt16) -> String {
+            guard let e = result.enforcement.first(where: { $0.endpointID == ep }),
+                  dir == .ingress ? e.ingress : e.egress else { return "allow" }
+            let id = identity(of: address)
+            let a = lookup(ep, dir, id, proto.number, port), b = lookup(ep, dir, PolicyCompiler.anyIdentity, proto.number, port)
+            if a?.action == .deny || b?.action == .deny { return "deny" }
+            return a != nil || b != nil ? "allow" : "deny"
+        }
+    }
+
+    static let server = PolicyCompiler.EndpointInfo(id: 1, name: "server", labels: try! Labels(["app": "server"]), ipv4: IPv4Address("10.200.0.1")!)
+    static let web = PolicyCompiler.EndpointInfo(id: 2, name: "web", labels: try! Labels(["app": "web"]), ipv4: IPv4Address("10.200.0.2")!)
+    static let other = PolicyCompiler.EndpointInfo(id: 3, name: "other", labels: try! Labels(["app": "other"]), ipv4: IPv4Address("10.200.0.3")!)
+
+    func compile(_ docs: PolicyTree..., endpoints: [PolicyCompiler.EndpointInfo] = [server, web, other],
+                 identities: [PolicyCompiler.IdentityKey: UInt32] = [:]) throws -> Kernel {
+        Kernel(result: PolicyCompiler.compile(policies: try PolicyParser.parse(documents: docs, source: "t.yaml"), endpoints: endpoints,
+                                              hostAddresses: [IPv4Address("169.254.1.1")!], identities: identities))
+    }
+
+    func testPortRangesBecomeTheFewestAlignedBlocksCoveringExactlyTheRange() {
+        // 8080-8090: 8080/13 (8080-8087), 8088/15 (8088-8089), 8090/16.
+        XCTAssertEqual(PolicyCompiler.portBlocks(from: 8080, to: 8090).map { "\($0.0)/\($0.1)" }, ["8080/13", "8088/15", "8090/16"])
+        XCTAssertEqual(PolicyCompiler.portBlocks(from: 0, to: 65535).count, 1)
+        XCTAssertEqual(PolicyCompiler.portAtoms([PortRange(proto: .tcp, from: 1, to: 65535)]).count, 1, "every port is one block")
+        for (from, to) in [(80, 80), (1, 1023), (1024, 65535), (30000, 30100), (443, 8443), (65534, 65535)] {
+            let blocks = PolicyCompiler.portBlocks(from: UInt16(from), to: UInt16(to))
+            var covered = Set<Int>()
+            for (prefix, bits) in blocks {
+                let size = 1 << (16 - bits)
+                XCTAssertEqual(Int(prefix) % size, 0, "block \(prefix)/\(bits) is aligned")
+                for p in Int(prefix)..<(Int(prefix) + size) { XCTAssertTrue(covered.insert(p).inserted, "blocks overlap at \(p)") }
+            }
+            XCTAssertEqual(covered, Set(from...to), "\(from)-\(to)")
+        }
+    }
+
+    func testDenyBeatsAllowWhateverTheirOrderAndSpecificity() throws {
+        let k = try compile(
+            TestDocs.cnp("allow-web", spec: ["endpointSelector": ["matchLabels": ["app": "server"]],
+                                             "ingress": [["fromEndpoints": [["matchLabels": ["app": "web"]]]]],
+                                             "ingressDeny": [["fromEndpoints": [["matchLabels": ["app": "web"]]],
+                                                              "toPorts": [["ports": [["port": "22", "protocol": "TCP"]]]]]]]),
+            TestDocs.cnp("ssh-for-all", spec: ["endpointSelector": ["matchLabels": ["app": "server"]],
+                                               "ingress": [["toPorts": [["ports": [["port": "20", "endPort": 23, "protocol": "TCP"]]]]]]]),
+            TestDocs.cnp("no-dns", spec: ["endpointSelector": ["matchLabels": ["app": "server"]],
+                                          "ingressDeny": [["toPorts": [["ports": [["port": "53"]]]]]]]))
+        XCTAssertEqual(k.verdict(1, .ingress, peer: "10.200.0.2", port: 22), "deny", "web's deny on 22 beats its allow-all and the any-peer allow")
+        XCTAssertEqual(k.verdict(1, .ingress, peer: "10.200.0.2", port: 80), "allow")
+        XCTAssertEqual(k.verdict(1, .ingress, peer: "10.200.0.2", .udp, port: 53), "deny", "an any-peer deny beats web's allow-all")
+        XCTAssertEqual(k.verdict(1, .ingress, peer: "10.200.0.3", port: 22), "allow", "other gets 20-23 from ssh-for-all")
+        XCTAssertEqual(k.verdict(1, .ingress, peer: "10.200.0.3", port: 24), "deny", "and nothing else")
+        XCTAssertEqual(k.verdict(2, .ingress, peer: "10.200.0.3", port: 22), "allow", "web itself is not selected")
+        XCTAssertEqual(k.verdict(1, .egress, peer: "10.200.0.2", port: 22), "allow", "no egress section: egress open")
+    }
+
+    func testExceptCarvesARangeOutOfACIDRAndALongerCIDRCanAllowItAgain() throws {
+        let k = try compile(TestDocs.cnp("out", spec: [
+            "endpointSelector": ["matchLabels": ["app": "web"]],
+            "egress": [["toCIDRSet": [["cidr": "192.0.0.0/8", "except": ["192.168.0.0/16"]]]],
+                       ["toCIDR": ["192.168.7.0/24"], "toPorts": [["ports": [["port": "443", "protocol": "TCP"]]]]]],
+        ]))
+        XCTAssertEqual(k.verdict(2, .egress, peer: "192.0.2.1", port: 80), "allow")
+        XCTAssertEqual(k.verdict(2, .egress, peer: "192.168.1.1", port: 80), "deny", "inside the except")
+        XCTAssertEqual(k.verdict(2, .egress, peer: "192.168.7.9", port: 443), "allow", "a longer CIDR inside the except, on its port")
+        XCTAssertEqual(k.verdict(2, .egress, peer: "192.168.7.9", port: 80), "deny")
+        XCTAssertEqual(k.verdict(2, .egress, peer: "8.8.8.8", port: 80), "deny", "the world outside the CIDR")
+        XCTAssertEqual(k.verdict(2, .egress, peer: "10.200.0.1", port: 80), "deny", "an endpoint is not a CIDR peer")
+    }
+
+    func testIdentitiesAreTheAllocatorsAndStayWhenOtherLabelSetsComeAndGo() throws {
+        typealias Key = PolicyCompiler.IdentityKey
+        let given: [Key: UInt32] = [.labels(Self.server.labels): 900, .labels(Self.web.labels): 300]
+        let aa = PolicyCompiler.EndpointInfo(id: 4, name: "aa", labels: try Labels(["app": "aa"]), ipv4: IPv4Address("10.200.0.4")!)
+        let policy = TestDocs.cnp("p", spec: ["endpointSelector": ["matchLabels": ["app": "server"]],
+                                              "ingress": [["fromEndpoints": [["matchLabels": ["app": "web"]]]]]])
+        let before = try compile(policy, endpoints: [Self.server, Self.web], identities: given)
+        let after = try compile(policy, endpoints: [aa, Self.server, Self.web, Self.other], identities: given)
+        for k in [before, after] {
+            XCTAssertEqual(k.result.endpointIdentity[1], 900)
+            XCTAssertEqual(k.result.endpointIdentity[2], 300)
+            XCTAssertEqual(k.identity(of: "10.200.0.2"), 300, "the ipcache carries the allocator's number")
+            XCTAssertTrue(k.result.entries.contains { $0.endpointID == 1 && $0.identity == 300 && $0.action == .allow })
+        }
+        // Label sets the allocator has no number for are numbered past the highest given,
+        // never onto a given one.
+        XCTAssertEqual(Set([after.result.endpointIdentity[3], after.result.endpointIdentity[4]]), [901, 902])
+        XCTAssertEqual(PolicyCompiler.identityKeys(policies: [], endpoints: [Self.server, Self.web, aa]).count, 3)
+    }
+}

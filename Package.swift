@@ -30,6 +30,9 @@ let package = Package(
             dependencies: ["MeshABI"],
             linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]
         ),
+        // rtnetlink through libmnl (Debian's libmnl-dev) and the namespace calls: endpoint
+        // plumbing without an `ip` process.
+        .target(name: "CNetlink", linkerSettings: [.linkedLibrary("mnl")]),
         // Compiles bpf/*.bpf.c with clang -target bpf and embeds each object into Swift.
         .executableTarget(name: "BPFEmbed", path: "Sources/BPFEmbed"),
         .plugin(
@@ -47,6 +50,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
+                "CNetlink",
                 "Datapath", "MeshModel",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

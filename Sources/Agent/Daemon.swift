@@ -97,9 +97,9 @@ public enum Daemon {
     /// Forwarding on, and an `unreachable` route for the pod CIDR: the /32 routes of live
     /// endpoints win, and nothing addressed to the rest of the CIDR can leak to an uplink.
     static func prepareNodeNetwork(_ s: NodeSettings, logger: Logger) throws(MeshError) {
-        try Shell.ip("link", "set", "lo", "up")
-        try Shell.sysctl("net/ipv4/ip_forward", "1")
-        try Shell.ip("route", "replace", "unreachable", s.podCIDR.description)
+        try Netlink.setUp("lo")
+        try Netlink.sysctl("net/ipv4/ip_forward", "1")
+        try Netlink.addRoute(s.podCIDR, device: nil, unreachable: true, replace: true)
         logger.info("installed unreachable route", metadata: ["cidr": "\(s.podCIDR)"])
     }
 

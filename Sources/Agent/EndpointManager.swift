@@ -64,6 +64,12 @@ public actor EndpointManager {
         }
         do {
             try Plumbing.create(ep)
+        } catch {
+            // Plumbing removed what it made; anything else under these names is not ours.
+            _ = try? store.deleteEndpoint(named: ep.name)
+            throw error
+        }
+        do {
             try Cgroup2.create(ep.cgroup)
             try await policy.publish()
             try datapath.install(ep)
@@ -125,11 +131,15 @@ public actor EndpointManager {
         let names = Set(eps.map(\.netns)), interfaces = Set(eps.map(\.interface))
         for ns in Plumbing.nodeNetns(prefix: settings.netnsPrefix) where !names.contains(ns) {
             logger.warning("removing leftover netns", metadata: ["netns": "\(ns)"])
-            _ = Shell.run(Shell.ipPath, ["netns", "del", ns])
+            do { try Netlink.deleteNetns(ns) } catch {
+                logger.warning("cannot remove leftover netns", metadata: ["netns": "\(ns)", "error": "\(error.message)"])
+            }
         }
         for ifname in Plumbing.nodeInterfaces(prefix: settings.interfacePrefix) where !interfaces.contains(ifname) {
             logger.warning("removing leftover interface", metadata: ["interface": "\(ifname)"])
-            _ = Shell.run(Shell.ipPath, ["link", "del", ifname])
+            do { try Netlink.deleteLink(ifname) } catch {
+                logger.warning("cannot remove leftover interface", metadata: ["interface": "\(ifname)", "error": "\(error.message)"])
+            }
         }
         datapath.prune(keepIfindexes: ifindexes, keepEndpointIDs: Set(eps.map { UInt32($0.id) }))
         logger.info("reconciled endpoints", metadata: ["count": "\(eps.count)"])

@@ -19,51 +19,60 @@ enum Plumbing {
         Int32(bitPattern: if_nametoindex(interface))
     }
 
-    /// Creates everything; on failure removes what it created and rethrows.
+    static let gatewayAddress = IPv4Address(gateway)!
+
+    /// Creates everything through netlink and the namespace calls (no process is spawned);
+    /// on failure removes what it created, and only that (a name someone else holds is
+    /// never deleted), and rethrows the kernel's message.
     static func create(_ ep: Endpoint) throws(MeshError) {
+        var madeNetns = false, madeVeth = false
         do {
-            try Shell.ip("netns", "add", ep.netns)
-            try Shell.ip("link", "add", ep.interface, "type", "veth", "peer", "name", "eth0", "netns", ep.netns)
+            try Netlink.addNetns(ep.netns)
+            madeNetns = true
+            let ns = try Netlink.openNetns(ep.netns)
+            defer { ns.close() }
+            try Netlink.addVeth(ep.interface, peer: "eth0", in: ns)
+            madeVeth = true
             // IPv4 only for now: without this, IPv6 neighbour discovery would count as
             // traffic and, on enforced endpoints, as unsupported-L3 drops.
-            try Shell.ip("netns", "exec", ep.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-            try Shell.sysctl("net/ipv6/conf/\(ep.interface)/disable_ipv6", "1")
-            try Shell.ip("-n", ep.netns, "link", "set", "lo", "up")
-            try Shell.ip("-n", ep.netns, "addr", "add", "\(ep.ipv4)/32", "dev", "eth0")
-            try Shell.ip("-n", ep.netns, "link", "set", "eth0", "up")
-            try Shell.ip("-n", ep.netns, "route", "add", gateway, "dev", "eth0", "scope", "link")
-            try Shell.ip("-n", ep.netns, "route", "add", "default", "via", gateway, "dev", "eth0")
-            try Shell.ip("addr", "add", "\(gateway)/32", "dev", ep.interface, "scope", "link")
-            try Shell.ip("link", "set", ep.interface, "up")
-            try Shell.ip("route", "replace", "\(ep.ipv4)/32", "dev", ep.interface, "scope", "link")
+            try Netlink.sysctl("net/ipv6/conf/all/disable_ipv6", "1", in: ns)
+            try Netlink.sysctl("net/ipv6/conf/default/disable_ipv6", "1", in: ns)
+            try Netlink.sysctl("net/ipv6/conf/eth0/disable_ipv6", "1", in: ns)
+            try Netlink.sysctl("net/ipv6/conf/\(ep.interface)/disable_ipv6", "1")
+            try Netlink.setUp("lo", in: ns)
+            try Netlink.addAddress(ep.ipv4, prefixLength: 32, on: "eth0", in: ns)
+            try Netlink.setUp("eth0", in: ns)
+            try Netlink.addRoute(try! IPv4CIDR(parsing: "\(gateway)/32"), device: "eth0", scope: Netlink.scopeLink, in: ns)
+            try Netlink.addRoute(try! IPv4CIDR(parsing: "0.0.0.0/0"), gateway: gatewayAddress, device: "eth0", in: ns)
+            try Netlink.addAddress(gatewayAddress, prefixLength: 32, scope: Netlink.scopeLink, on: ep.interface)
+            try Netlink.setUp(ep.interface)
+            try Netlink.addRoute(try! IPv4CIDR(parsing: "\(ep.ipv4)/32"), device: ep.interface, scope: Netlink.scopeLink, replace: true)
         } catch {
-            remove(ep)
+            if madeVeth { try? Netlink.deleteLink(ep.interface) }
+            if madeNetns { try? Netlink.deleteNetns(ep.netns) }
             throw error
         }
     }
 
-    /// The MAC address of `interface` in `netns` (nil: the node's netns), from `ip -j`.
+    /// The MAC address of `interface` in `netns` (nil: the node's netns).
     static func mac(of interface: String, netns: String?) throws(MeshError) -> [UInt8] {
-        let out = try Shell.ip((netns.map { ["-n", $0] } ?? []) + ["-j", "link", "show", "dev", interface])
-        let address = (try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])?.first?["address"] as? String
-        let bytes = address?.split(separator: ":").compactMap { UInt8($0, radix: 16) } ?? []
-        guard bytes.count == 6 else {
-            throw MeshError(.internalError, "no MAC address for \(interface)\(netns.map { " in netns \($0)" } ?? ""): \(out.prefix(200))")
-        }
-        return bytes
+        guard let netns else { return try Netlink.mac(of: interface) }
+        let ns = try Netlink.openNetns(netns)
+        defer { ns.close() }
+        return try Netlink.mac(of: interface, in: ns)
     }
 
     /// True when the netns, the host-side veth and its route are all in place.
     static func isIntact(_ ep: Endpoint) -> Bool {
-        guard netnsExists(ep.netns), ifindex(ep.interface) > 0 else { return false }
-        let route = (try? Shell.ip("route", "show", "\(ep.ipv4)/32")) ?? ""
-        return route.contains("dev \(ep.interface)")
+        let index = ifindex(ep.interface)
+        guard netnsExists(ep.netns), index > 0 else { return false }
+        return Netlink.routeInterface(to: ep.ipv4) == index
     }
 
     /// Removes the veth (both ends), the route with it, and the netns. Missing parts are fine.
     static func remove(_ ep: Endpoint) {
-        if ifindex(ep.interface) > 0 { _ = Shell.run(Shell.ipPath, ["link", "del", ep.interface]) }
-        if netnsExists(ep.netns) { _ = Shell.run(Shell.ipPath, ["netns", "del", ep.netns]) }
+        if ifindex(ep.interface) > 0 { try? Netlink.deleteLink(ep.interface) }
+        if netnsExists(ep.netns) { try? Netlink.deleteNetns(ep.netns) }
     }
 
     /// Named netns that look like this node's endpoints (`<node>-ep-*`).
@@ -76,7 +85,7 @@ enum Plumbing {
     /// netns. Another node's veths, and the untagged `smv<id>` of older versions, never match.
     static func nodeInterfaces(prefix: String) -> [String] {
         var out: [String] = []
-        var ifs: UnsafeMutablePointer<if_nameindex>? = if_nameindex()
+        let ifs: UnsafeMutablePointer<if_nameindex>? = if_nameindex()
         defer { if let ifs { if_freenameindex(ifs) } }
         var p = ifs
         while let cur = p, cur.pointee.if_index != 0 {

@@ -121,7 +121,7 @@ public final class Store: Sendable {
             try db.write { db in
                 let next = try Int.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'endpoint'") ?? 0
                 let ep = try make(next + 1)
-                var row = EndpointRow(id: Int64(ep.id), name: ep.name, labels: ep.labels.description.isEmpty ? "{}" :
+                let row = EndpointRow(id: Int64(ep.id), name: ep.name, labels: ep.labels.description.isEmpty ? "{}" :
                                         String(decoding: try JSONEncoder().encode(ep.labels.values), as: UTF8.self),
                                       ipv4: ep.ipv4.description, netns: ep.netns, interface: ep.interface,
                                       cgroup: ep.cgroup, createdAt: ep.createdAt)

@@ -109,6 +109,19 @@ final class EndpointTests: XCTestCase {
         try assertRejected(["endpoint", "create"], code: 64, mentions: ["Missing expected argument"])
     }
 
+    func testAPlumbingFailureKeepsTheKernelsWordsAndLeavesNothingBehind() throws {
+        try start()
+        // Take the name the next endpoint's veth will get (ids are never reused).
+        let next = String(try node.interface(of: try { try node.ctlOK("endpoint", "create", "a"); return "a" }()).dropLast()) + "2"
+        XCTAssertEqual(node.inNode("ip", "link", "add", next, "type", "veth", "peer", "name", next + "p").status, 0)
+        try assertRejected(["endpoint", "create", "b"], mentions: ["add veth \(next)", "File exists"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/run/netns/\(node.name)-ep-b"), "the new netns is gone again")
+        // The name is free again: the next creation works, with the next id.
+        XCTAssertEqual(node.inNode("ip", "link", "del", next).status, 0)
+        try node.ctlOK("endpoint", "create", "b")
+        XCTAssertEqual(node.ctl("endpoint", "exec", "b", "--", "ping", "-c", "1", "-W", "2", "169.254.1.1").status, 0)
+    }
+
     func testAnExhaustedPodCIDRIsRefusedAndChangesNothing() throws {
         try start(podCIDR: "10.201.0.0/30")
         try node.ctlOK("endpoint", "create", "a")

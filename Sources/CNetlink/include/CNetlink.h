@@ -1,0 +1,52 @@
+/*
+ * Endpoint plumbing through rtnetlink (libmnl) and the kernel's namespace calls, for the
+ * Agent's Netlink.swift. Every call returns 0 or a negative errno, and on failure writes
+ * the kernel's own words into `err`: the extended-ack message when the kernel sent one,
+ * else strerror. `netns_fd` is a network namespace to act in (-1: the caller's).
+ */
+#ifndef SWIFTMESH_CNETLINK_H
+#define SWIFTMESH_CNETLINK_H
+
+#include <stdint.h>
+
+#define SM_NL_ERRLEN 256
+
+/* The rtnetlink values Swift passes (linux/rtnetlink.h, whose own header would clash with
+ * the C library's net/if.h in Swift's Glibc module). */
+enum {
+	SM_SCOPE_UNIVERSE = 0,
+	SM_SCOPE_LINK = 253,
+	SM_RTN_UNICAST = 1,
+	SM_RTN_UNREACHABLE = 7,
+};
+
+typedef struct sm_nl_err {
+	char msg[SM_NL_ERRLEN];
+} sm_nl_err;
+
+/* Named network namespaces as iproute2 keeps them: a bind mount of a namespace on
+ * /run/netns/NAME (the folder made a shared mount first, as `ip netns add` does). */
+int sm_netns_add(const char *name, sm_nl_err *err);
+int sm_netns_del(const char *name, sm_nl_err *err);
+/* An O_RDONLY|O_CLOEXEC descriptor of /run/netns/NAME, or -errno. */
+int sm_netns_open(const char *name, sm_nl_err *err);
+
+/* A veth pair: `host` in the caller's namespace, `peer` in `peer_netns_fd`. */
+int sm_veth_add(const char *host, const char *peer, int peer_netns_fd, sm_nl_err *err);
+int sm_link_del(int netns_fd, const char *ifname, sm_nl_err *err);
+int sm_link_up(int netns_fd, const char *ifname, sm_nl_err *err);
+/* The interface's index in that namespace (>0), or -errno. */
+int sm_link_index(int netns_fd, const char *ifname, sm_nl_err *err);
+int sm_link_mac(int netns_fd, const char *ifname, uint8_t mac[6], sm_nl_err *err);
+/* Addresses and routes take IPv4 addresses in network byte order. */
+int sm_addr_add(int netns_fd, const char *ifname, uint32_t addr, uint8_t prefixlen, uint8_t scope, sm_nl_err *err);
+/* RTN_UNICAST via `ifname` (and `gateway` unless 0), or RTN_UNREACHABLE with no device.
+ * `replace`: NLM_F_REPLACE, else NLM_F_EXCL. */
+int sm_route_add(int netns_fd, uint32_t dst, uint8_t prefixlen, uint32_t gateway, const char *ifname,
+		 uint8_t scope, uint8_t type, int replace, sm_nl_err *err);
+/* The output interface of the route the kernel picks for `dst` (as `ip route get`). */
+int sm_route_oif(int netns_fd, uint32_t dst, sm_nl_err *err);
+/* Writes `value` to /proc/sys/PATH as seen from `netns_fd`. */
+int sm_sysctl(int netns_fd, const char *path, const char *value, sm_nl_err *err);
+
+#endif

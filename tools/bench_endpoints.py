@@ -7,7 +7,7 @@ import subprocess, sys, threading, time
 NODE = "smbenche"
 RUN = f"/run/{NODE}"
 SOCK = f"{RUN}/meshd.sock"
-CIDR = "10.252.0.0/24"
+CIDR = "10.252.0.0/22"
 
 
 class UnixConnection(http.client.HTTPConnection):
@@ -119,9 +119,9 @@ def batch(fn, names):
     return lat, time.perf_counter() - t
 
 
-def policy(rules):
-    lines = ["apiVersion: cilium.io/v2", "kind: CiliumNetworkPolicy", "metadata: {name: bench-rules}", "spec:",
-             "  endpointSelector: {matchLabels: {app: load}}", "  ingress:"]
+def policy(rules, name="bench-rules"):
+    lines = ["apiVersion: cilium.io/v2", "kind: CiliumNetworkPolicy", f"metadata: {{name: {name}}}", "spec:",
+             "  endpointSelector: {matchLabels: {app: server}}", "  ingress:"]
     for i in range(rules - 1):
         a = 198 << 24 | 18 << 16 | i
         lines.append(f"  - fromCIDR: [{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}/32]")
@@ -151,13 +151,18 @@ def measure(bin_dir, a):
         out[f"create {a.many} at once, all (s)"] = mw
         batch(delete, names)
 
-        # Status latency while a large policy is applied and endpoints are created.
+        # Status latency while a large policy (on one endpoint: --rules map entries) is
+        # applied and 20 other endpoints are created.
+        create("server-0")
         text = policy(a.rules)
         samples, stop = [], threading.Event()
 
         def poll():
             while not stop.is_set():
-                status, dt, _ = call("GET", "/v1/status", timeout=30)
+                try:
+                    status, dt, _ = call("GET", "/v1/status", timeout=30)
+                except OSError:
+                    return  # meshd went away: the main thread reports why
                 if status == 200:
                     samples.append(dt)
                 time.sleep(0.01)
@@ -170,6 +175,8 @@ def measure(bin_dir, a):
             futs += [ex.submit(create, n) for n in load]
             for f in futs:
                 f.result()
+        if not t.is_alive():
+            sys.exit("bench-endpoints: meshd stopped answering GET /v1/status under load")
         time.sleep(0.3)
         stop.set()
         t.join()
@@ -177,6 +184,30 @@ def measure(bin_dir, a):
         out["status under load p99 (ms)"] = pct(samples, 99) * 1e3
         out["status under load max (ms)"] = max(samples) * 1e3
         out["status samples"] = len(samples)
+
+        # Relabelling one endpoint among --relabel-endpoints with the --rules policy in
+        # force (its last rule allows app=client): p50/p99 from the request to the
+        # revision in force, and the map entries the publish wrote.
+        if a.relabel_endpoints:
+            names = [f"r-{i}" for i in range(a.relabel_endpoints - 22)]
+            for i in range(0, len(names), 50):
+                batch(create, names[i:i + 50])
+            status, _, _ = call("PATCH", "/v1/endpoints/r-0/labels", {"set": {"app": "client"}, "remove": []})
+            if status == 200:
+                lat, writes = [], []
+                for i in range(20):
+                    time.sleep(0.05)
+                    lat.append(checked("PATCH", "/v1/endpoints/r-0/labels", {"set": {"app": "other" if i % 2 == 0 else "client"}, "remove": []}))
+                    st = json.loads(call("GET", "/v1/status")[2])
+                    writes.append(st["lastPublish"]["written"] + st["lastPublish"]["deleted"])
+                    entries = st["lastPublish"]["entries"]
+                    compile_s = st["lastPublish"]["compileSeconds"]
+                n = a.relabel_endpoints
+                out[f"relabel 1 of {n}, p50 (ms)"] = pct(lat, 50) * 1e3
+                out[f"relabel 1 of {n}, p99 (ms)"] = pct(lat, 99) * 1e3
+                out["relabel: entries written+deleted, max"] = max(writes)
+                out["relabel: policy entries in force"] = entries
+                out["relabel: last compile (ms)"] = compile_s * 1e3
         return out
     finally:
         p.send_signal(signal.SIGKILL)
@@ -184,11 +215,15 @@ def measure(bin_dir, a):
         down()
 
 
+def v_is_count(k):
+    return k == "status samples" or k.startswith("relabel: entries") or k.startswith("relabel: policy")
+
+
 def main():
     ap = argparse.ArgumentParser()
     for k in ["base-bin", "base-name", "head-bin", "head-name", "cmdline"]:
         ap.add_argument("--" + k, required=True)
-    for k in ["sequential", "concurrent", "many", "rules"]:
+    for k in ["sequential", "concurrent", "many", "rules", "relabel-endpoints"]:
         ap.add_argument("--" + k, type=int, required=True)
     a = ap.parse_args()
     try:
@@ -199,10 +234,14 @@ def main():
     print(f"# {a.cmdline}   ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)")
     print(f"# baseline: {a.base_name}   this: {a.head_name}")
     print(f"{'figure':<36} {'baseline':>10} {'this':>10} {'this/base':>10}")
-    for k in base:
-        b, h = base[k], head[k]
+    for k in head:
+        b, h = base.get(k), head[k]
+        if b is None:
+            fmt = (lambda v: f"{v:.0f}") if v_is_count(k) else (lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}")
+            print(f"{k:<36} {'-':>10} {fmt(h):>10} {'-':>10}")
+            continue
         ratio = f"{h / b:.2f}x" if b else "-"
-        fmt = (lambda v: f"{v:.0f}") if k == "status samples" else (lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}")
+        fmt = (lambda v: f"{v:.0f}") if v_is_count(k) else (lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}")
         print(f"{k:<36} {fmt(b):>10} {fmt(h):>10} {ratio:>10}")
 
 

@@ -35,6 +35,7 @@ enum APIServer {
                                         programs: programs, maps: maps, endpoints: eps.count)
                 status.policyRevision = Int(try datapath.policyState().revision)
                 status.policies = policy.policyCount
+                status.lastPublish = policy.lastPublish
                 return status
             }
         }

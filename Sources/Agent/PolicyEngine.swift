@@ -96,7 +96,9 @@ public actor PolicyEngine {
     }
 
     private func publish(policies set: [Policy]) throws(MeshError) -> MeshDatapath.PublishStats {
+        let start = ContinuousClock.now
         let result = try compile(set)
+        let compiledAt = ContinuousClock.now
         let next = MeshDatapath.revision(after: revision)
         let stats: MeshDatapath.PublishStats
         do {
@@ -115,6 +117,9 @@ public actor PolicyEngine {
         }
         compiled = result
         names.published(revision: next, result: result)
+        let done = ContinuousClock.now
+        names.setLastPublish(PublishSummary(revision: Int(next), entries: result.entries.count, written: stats.written, deleted: stats.deleted,
+                                            compileSeconds: (compiledAt - start).seconds, publishSeconds: (done - compiledAt).seconds))
         logger.info("policy revision published", metadata: [
             "revision": "\(next)", "slot": "\(stats.slot)", "entries": "\(result.entries.count)",
             "written": "\(stats.written)", "deleted": "\(stats.deleted)",
@@ -226,6 +231,8 @@ public actor PolicyEngine {
 
     public nonisolated var policyCount: Int { names.documentCount }
 
+    public nonisolated var lastPublish: PublishSummary? { names.lastPublish }
+
     public var policyKeys: [String] { documents.keys.sorted() }
 
     /// Names for the numbers the kernel reports, behind a lock: the newest compile's policy
@@ -250,6 +257,10 @@ public actor PolicyEngine {
         }
 
         func setDocumentCount(_ n: Int) { lock.withLock { documents = n } }
+
+        private var last: PublishSummary?
+        func setLastPublish(_ p: PublishSummary) { lock.withLock { last = p } }
+        var lastPublish: PublishSummary? { lock.withLock { last } }
 
         var documentCount: Int { lock.withLock { documents } }
 
@@ -280,3 +291,7 @@ public actor PolicyEngine {
     }
 }
 
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

@@ -92,6 +92,11 @@ public final class MeshDatapath: @unchecked Sendable {
     /// what differs from the slot's previous contents.
     var slots = [SlotContents(), SlotContents()]
     let publishLock = NSLockShim()
+    /// Brings a retired revision slot up to date after each flip (see `publish`); a serial
+    /// queue of its own, not Swift's cooperative pool: it waits for a grace period.
+    let catchUpQueue = DispatchQueue(label: "swiftmesh.slot-catch-up")
+    /// Entries the background catch-up wrote or deleted, in total (for tests and metrics).
+    var catchUpWrites = 0
     let gracePeriod: GracePeriod
 
     /// Loads and pins the node's datapath under `pinDir` (created if missing).

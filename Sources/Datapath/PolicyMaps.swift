@@ -175,6 +175,10 @@ extension MeshDatapath {
     ///   maps never hold more than the active revision and the new one.
     /// - A failure part-way leaves the active revision in force; the slot is read back from
     ///   the kernel, so the next publish starts from what the kernel really holds.
+    /// - After the flip, once its grace period has passed, the slot just retired is brought
+    ///   up to the new revision in the background (`catchUp`): so the next publish finds it
+    ///   one change behind, and writes only the entries that change (a relabel, one
+    ///   endpoint), not those of the last two changes.
     public func publish(revision: UInt32, ipcache newIPCache: [IPCacheEntry], policy newPolicy: [PolicyEntry],
                         enforcement newEnforcement: [Enforcement]) throws -> PublishStats {
         try publishLock.withLock {
@@ -183,68 +187,106 @@ extension MeshDatapath {
             guard revision == Self.revision(after: state.revision), target != state.activeSlot else {
                 throw DatapathError("publish policy revision \(revision): revision \(state.revision) is in force, and the next one must be \(Self.revision(after: state.revision)) (it lives in the other slot)", errno: EINVAL)
             }
-            var next = SlotContents()
-            for e in newIPCache {
-                next.ipcache[Self.bytes(ipcacheKey(e, slot: target))] = Self.bytes(mesh_ipcache_value(identity: e.identity, endpoint_id: e.endpointID))
-            }
-            for e in newPolicy {
-                var v = mesh_policy_value()
-                v.action = e.action.abi
-                v.rule_id = e.ruleID
-                v.policy_id = e.policyID
-                next.policy[Self.bytes(policyKey(e, slot: target))] = Self.bytes(v)
-            }
-            for e in newEnforcement {
-                var k = mesh_policy_ep_key()
-                k.endpoint_id = e.endpointID
-                k.slot = UInt8(target)
-                var v = mesh_policy_ep_value()
-                withUnsafeMutableBytes(of: &v.enforce) { raw in
-                    raw[Int(MESH_DIR_INGRESS.rawValue)] = e.ingress ? 1 : 0
-                    raw[Int(MESH_DIR_EGRESS.rawValue)] = e.egress ? 1 : 0
-                }
-                withUnsafeMutableBytes(of: &v.default_rule_id) { raw in
-                    raw.storeBytes(of: e.ingressDefaultRule, toByteOffset: 4 * Int(MESH_DIR_INGRESS.rawValue), as: UInt32.self)
-                    raw.storeBytes(of: e.egressDefaultRule, toByteOffset: 4 * Int(MESH_DIR_EGRESS.rawValue), as: UInt32.self)
-                }
-                next.enforcement[Self.bytes(k)] = Self.bytes(v)
-            }
+            let next = contents(slot: target, ipcache: newIPCache, policy: newPolicy, enforcement: newEnforcement)
             // The slot was active until the last flip: wait until no program still reads it.
             let waitStart = ContinuousClock.now
             gracePeriod.waitForLastFlip()
             let graceWait = ContinuousClock.now - waitStart
-            let old = slots[target]
-            var written = 0, deleted = 0
-            let changes = [(ipcache, next.ipcache, old.ipcache), (policy, next.policy, old.policy),
-                           (policyEP, next.enforcement, old.enforcement)]
-            do {
-                for (map, new, prev) in changes {
-                    for k in prev.keys where new[k] == nil {
-                        try map.deleteRaw(k)
-                        deleted += 1
-                    }
-                }
-                for (map, new, prev) in changes {
-                    for (k, v) in new where prev[k] != v {
-                        do {
-                            try map.updateRaw(k, v)
-                        } catch let e as DatapathError where e.errno == ENOSPC || e.errno == E2BIG {
-                            throw DatapathError("policy revision \(revision) does not fit: map \(map.name) is full at its capacity of \(map.maxEntries) entries (\(map.maxEntries / 2) per revision slot); revision \(state.revision) stays in force", errno: e.errno)
-                        }
-                        written += 1
-                    }
-                }
-            } catch {
-                // Part of the change is in the kernel: mirror what is really there.
-                try? loadSlots()
-                throw error
-            }
-            slots[target] = next
+            let (written, deleted) = try write(next, into: target, revision: revision, inForce: state.revision)
             // The flip: one atomic 32-bit store into the map's memory.
             cbpf_store_u32(revisionWord, revision)
             gracePeriod.flipped()
+            let retired = 1 - target
+            let mirror = contents(slot: retired, ipcache: newIPCache, policy: newPolicy, enforcement: newEnforcement)
+            catchUpQueue.async { [self] in catchUp(slot: retired, to: mirror, revision: revision) }
             return PublishStats(slot: target, revision: revision, written: written, deleted: deleted, graceWait: graceWait)
         }
+    }
+
+    /// Brings the retired `slot` up to `revision`'s entries, once no program reads it any
+    /// more, unless another publish came first (it wrote the slot itself).
+    func catchUp(slot: Int, to mirror: SlotContents, revision: UInt32) {
+        gracePeriod.waitForLastFlip()
+        publishLock.withLock {
+            guard (try? policyState().revision) == revision else { return }
+            do {
+                let (written, deleted) = try write(mirror, into: slot, revision: revision, inForce: revision)
+                catchUpWrites += written + deleted
+            } catch {
+                // write() re-read the slots; the next publish diffs against the kernel.
+            }
+        }
+    }
+
+    /// Waits until the retired slot has caught up with the revision in force (tests, and
+    /// anyone who counts what the next publish will write).
+    public func settle() {
+        catchUpQueue.sync {}
+    }
+
+    /// One slot's raw entries for a revision.
+    func contents(slot: Int, ipcache newIPCache: [IPCacheEntry], policy newPolicy: [PolicyEntry],
+                  enforcement newEnforcement: [Enforcement]) -> SlotContents {
+        var next = SlotContents()
+        for e in newIPCache {
+            next.ipcache[Self.bytes(ipcacheKey(e, slot: slot))] = Self.bytes(mesh_ipcache_value(identity: e.identity, endpoint_id: e.endpointID))
+        }
+        for e in newPolicy {
+            var v = mesh_policy_value()
+            v.action = e.action.abi
+            v.rule_id = e.ruleID
+            v.policy_id = e.policyID
+            next.policy[Self.bytes(policyKey(e, slot: slot))] = Self.bytes(v)
+        }
+        for e in newEnforcement {
+            var k = mesh_policy_ep_key()
+            k.endpoint_id = e.endpointID
+            k.slot = UInt8(slot)
+            var v = mesh_policy_ep_value()
+            withUnsafeMutableBytes(of: &v.enforce) { raw in
+                raw[Int(MESH_DIR_INGRESS.rawValue)] = e.ingress ? 1 : 0
+                raw[Int(MESH_DIR_EGRESS.rawValue)] = e.egress ? 1 : 0
+            }
+            withUnsafeMutableBytes(of: &v.default_rule_id) { raw in
+                raw.storeBytes(of: e.ingressDefaultRule, toByteOffset: 4 * Int(MESH_DIR_INGRESS.rawValue), as: UInt32.self)
+                raw.storeBytes(of: e.egressDefaultRule, toByteOffset: 4 * Int(MESH_DIR_EGRESS.rawValue), as: UInt32.self)
+            }
+            next.enforcement[Self.bytes(k)] = Self.bytes(v)
+        }
+        return next
+    }
+
+    /// Makes `slot` hold `next`: deletes what leaves, then writes what is new or changed.
+    /// Called under the publish lock, with no program reading the slot.
+    func write(_ next: SlotContents, into slot: Int, revision: UInt32, inForce: UInt32) throws -> (written: Int, deleted: Int) {
+        let old = slots[slot]
+        var written = 0, deleted = 0
+        let changes = [(ipcache, next.ipcache, old.ipcache), (policy, next.policy, old.policy),
+                       (policyEP, next.enforcement, old.enforcement)]
+        do {
+            for (map, new, prev) in changes {
+                for k in prev.keys where new[k] == nil {
+                    try map.deleteRaw(k)
+                    deleted += 1
+                }
+            }
+            for (map, new, prev) in changes {
+                for (k, v) in new where prev[k] != v {
+                    do {
+                        try map.updateRaw(k, v)
+                    } catch let e as DatapathError where e.errno == ENOSPC || e.errno == E2BIG {
+                        throw DatapathError("policy revision \(revision) does not fit: map \(map.name) is full at its capacity of \(map.maxEntries) entries (\(map.maxEntries / 2) per revision slot); revision \(inForce) stays in force", errno: e.errno)
+                    }
+                    written += 1
+                }
+            }
+        } catch {
+            // Part of the change is in the kernel: mirror what is really there.
+            try? loadSlots()
+            throw error
+        }
+        slots[slot] = next
+        return (written, deleted)
     }
 
     /// Reads both slots back from the pinned maps (after a restart).

@@ -139,6 +139,9 @@ public struct NodeStatus: Codable, Sendable {
     public var endpoints: Int
     public var policies: Int = 0
     public var policyRevision: Int = 0
+    /// The last revision this meshd published: what it wrote into the kernel and how long
+    /// compiling and publishing took.
+    public var lastPublish: PublishSummary?
 
     public init(version: String, node: String, podCIDR: String, bpffs: String, cgroup: String,
                 startedAt: Date, programs: [Program], maps: [Map], endpoints: Int) {
@@ -151,6 +154,26 @@ public struct NodeStatus: Codable, Sendable {
         self.programs = programs
         self.maps = maps
         self.endpoints = endpoints
+    }
+}
+
+public struct PublishSummary: Codable, Sendable, Equatable {
+    public var revision: Int
+    /// Policy map entries of the revision.
+    public var entries: Int
+    /// Map entries written and deleted to get there (all maps): only what changed since
+    /// the revision before.
+    public var written: Int
+    public var deleted: Int
+    public var compileSeconds: Double
+    public var publishSeconds: Double
+    public init(revision: Int, entries: Int, written: Int, deleted: Int, compileSeconds: Double, publishSeconds: Double) {
+        self.revision = revision
+        self.entries = entries
+        self.written = written
+        self.deleted = deleted
+        self.compileSeconds = compileSeconds
+        self.publishSeconds = publishSeconds
     }
 }
 

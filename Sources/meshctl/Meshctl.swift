@@ -61,7 +61,12 @@ struct Status: AsyncParsableCommand {
             if output == .json { return try printJSON(s) }
             print("meshd \(s.version) on node \(s.node), up since \(s.startedAt.formatted(.iso8601))")
             print("pod CIDR \(s.podCIDR), pins \(s.bpffs), cgroup \(s.cgroup)")
-            print("endpoints: \(s.endpoints)\n")
+            print("endpoints: \(s.endpoints), policies: \(s.policies), revision \(s.policyRevision)")
+            if let p = s.lastPublish {
+                print(String(format: "last publish: revision %d, %d entries; wrote %d, deleted %d; compiled in %.1f ms, published in %.1f ms",
+                             p.revision, p.entries, p.written, p.deleted, p.compileSeconds * 1000, p.publishSeconds * 1000))
+            }
+            print("")
             printTable(["PROGRAM", "ID", "ATTACHED"], s.programs.map {
                 [$0.name, String($0.id), $0.attachments.isEmpty ? "-" : "\($0.attachments.count): " + $0.attachments.joined(separator: " ")]
             })

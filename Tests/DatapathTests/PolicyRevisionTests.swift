@@ -179,10 +179,37 @@ final class PolicyRevisionTests: BPFTestCase {
         _ = try dp.publish(revision: 2, ipcache: small, policy: [], enforcement: [])
         XCTAssertEqual(Set(try dp.ipcacheEntries().map(\.address)), Set(small.map(\.address)))
         XCTAssertEqual(try slotCount(dp.ipcache, slot: 0), 5)
-        XCTAssertEqual(try slotCount(dp.ipcache, slot: 1), first.count)
+        // Once its grace period has passed, the retired slot catches up with revision 2.
+        dp.settle()
+        XCTAssertEqual(try slotCount(dp.ipcache, slot: 1), 5)
         _ = try dp.publish(revision: 3, ipcache: addresses(3, base: 0x0e00_0000), policy: [], enforcement: [])
         XCTAssertEqual(try slotCount(dp.ipcache, slot: 1), 3)
-        XCTAssertEqual(try dp.ipcache.count(), 8)
+        dp.settle()
+        XCTAssertEqual(try dp.ipcache.count(), 6)
+    }
+
+    func testAPublishWritesOnlyTheEntriesThatChangedSinceTheRevisionInForce() throws {
+        let dp = try makeNode()
+        let base: [MeshDatapath.IPCacheEntry] = (0..<UInt32(2000)).map { .init(address: 0x0b00_0000 + $0, prefixLength: 32, identity: 300 + $0 % 7) }
+        _ = try dp.publish(revision: 1, ipcache: base, policy: [], enforcement: [])
+        dp.settle()
+        // One entry changes identity (a relabel), one goes (a deleted endpoint), one comes.
+        var next = base
+        next[10].identity = 999
+        next.remove(at: 20)
+        next.append(.init(address: 0x0c00_0001, prefixLength: 32, identity: 301))
+        let two = try dp.publish(revision: 2, ipcache: next, policy: [], enforcement: [])
+        XCTAssertEqual(two.written, 2, "the changed entry and the new one")
+        XCTAssertEqual(two.deleted, 1)
+        dp.settle()
+        // And again from revision 2, which the retired slot has caught up with.
+        next[10].identity = 301
+        let three = try dp.publish(revision: 3, ipcache: next, policy: [], enforcement: [])
+        XCTAssertEqual(three.written, 1)
+        XCTAssertEqual(three.deleted, 0)
+        let verdict = try dp.trace(ifindex: Int32(Self.senderIfindex), direction: .egress, source: Self.sender, destination: 0x0b00_000a,
+                                   proto: .tcp, destinationPort: 80)
+        XCTAssertEqual(verdict.peerIdentity, 301, "the kernel answers with revision 3's entry")
     }
 
     func testARevisionOfTheActiveSlotIsRefused() throws {

@@ -87,6 +87,15 @@ final class IdentityTests: XCTestCase {
         let out = try node.ctlOK("endpoint", "label", "client", "role=trusted", "team-")
         XCTAssertTrue(out.contains("endpoint client labelled: app=client,role=trusted"), out)
         XCTAssertTrue(try probe(), "the new label is enforced by the time the command returns")
+        // Only what the relabel changed was written: client's ipcache entry and the
+        // server's entry for the peer identity that now matches (not the whole policy).
+        try node.ctlOK("endpoint", "label", "client", "color=red")
+        let status = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(try node.ctlOK("status", "-o", "json").utf8)) as? [String: Any])
+        let last = try XCTUnwrap(status["lastPublish"] as? [String: Any])
+        let writes = (last["written"] as? Int ?? 0) + (last["deleted"] as? Int ?? 0)
+        XCTAssertTrue((1...4).contains(writes), "a relabel wrote \(writes) map entries: \(last)")
+        XCTAssertTrue(try probe())
+        try node.ctlOK("endpoint", "label", "client", "color-")
 
         // Bad changes are refused, say why, and change nothing.
         for (args, message) in [(["client", "role"], "argument 1 \"role\" is neither key=value (set) nor key- (remove)"),

@@ -172,13 +172,22 @@ public final class BPFMap: @unchecked Sendable {
     /// The entry count by BPF_MAP_LOOKUP_BATCH, or nil where the map type (or kernel) has
     /// no batch operations.
     private func batchCount() -> Int? {
+        var total = 0
+        return batchWalk { _, _, n in total += n } ? total : nil
+    }
+
+    /// Walks the map with BPF_MAP_LOOKUP_BATCH, thousands of entries a system call, handing
+    /// each chunk's keys and values (raw, back to back) to `body`. False, having called
+    /// `body` for nothing, where the map type or kernel has no batch lookup (the caller
+    /// walks key by key instead), or when the map is rewritten under the walk.
+    func batchWalk(chunk: Int = 4096, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer, Int) -> Void) -> Bool {
         guard [BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_LRU_PERCPU_HASH].contains(type) else {
-            return nil
+            return false
         }
-        let chunk = 4096
         let stride = isPerCPU ? ((valueSize + 7) & ~7) * Int(libbpf_num_possible_cpus()) : valueSize
         var keys = [UInt8](repeating: 0, count: keySize * chunk)
         var values = [UInt8](repeating: 0, count: stride * chunk)
+        var chunks: [(keys: [UInt8], values: [UInt8], n: Int)] = []
         // The hash maps' batch position is a bucket number (u32); 8 bytes leave room.
         var position: UInt64 = 0, next: UInt64 = 0
         var first = true, total = 0
@@ -191,12 +200,20 @@ public final class BPFMap: @unchecked Sendable {
                 }
             }
             let err = rc < 0 ? Glibc.errno : 0
+            if n > 0 { chunks.append((Array(keys[..<(Int(n) * keySize)]), Array(values[..<(Int(n) * stride)]), Int(n))) }
             total += Int(n)
-            if rc < 0 { return err == ENOENT ? total : nil }
+            if rc < 0 {
+                guard err == ENOENT else { return false }
+                break
+            }
             position = next
             first = false
-            if total > maxEntries * 2 { return nil } // a map rewritten under us: walk instead
+            if total > maxEntries * 2 { return false } // a map rewritten under us: walk instead
         }
+        for c in chunks {
+            c.keys.withUnsafeBytes { k in c.values.withUnsafeBytes { v in body(k, v, c.n) } }
+        }
+        return true
     }
 
     /// Pins the map at `path`, replacing whatever was pinned there.
@@ -234,15 +251,27 @@ extension BPFMap {
         throw DatapathError("delete from map \(name)", errno: Glibc.errno)
     }
 
-    /// Every (key, value) as raw bytes; for non-per-CPU maps.
+    /// Every (key, value) as raw bytes; for non-per-CPU maps. Hash maps are read with
+    /// batch lookups; others (the LPM tries) key by key.
     public func entriesRaw() throws -> [([UInt8], [UInt8])] {
         var out: [([UInt8], [UInt8])] = []
+        if !isPerCPU, batchWalk({ keys, values, n in
+            for i in 0..<n {
+                out.append((Array(keys[(i * keySize)..<((i + 1) * keySize)]), Array(values[(i * valueSize)..<((i + 1) * valueSize)])))
+            }
+        }) {
+            return out
+        }
+        out = []
+        // An LPM trie's walk starts over when the trie changes under it (a publish or a
+        // slot's catch-up writing the other slot): keep each key once.
+        var seen = Set<[UInt8]>()
         var cur = [UInt8](repeating: 0, count: keySize)
         var next = [UInt8](repeating: 0, count: keySize)
         var rc = bpf_map_get_next_key(fd, nil, &next)
         while rc == 0 {
             var value = [UInt8](repeating: 0, count: valueSize)
-            if bpf_map_lookup_elem(fd, &next, &value) == 0 { out.append((next, value)) }
+            if seen.insert(next).inserted, bpf_map_lookup_elem(fd, &next, &value) == 0 { out.append((next, value)) }
             swap(&cur, &next)
             rc = bpf_map_get_next_key(fd, &cur, &next)
             if out.count > maxEntries * 2 { break }

@@ -26,16 +26,24 @@ public struct AllocatedIdentity: Sendable, Equatable, Codable {
     public var unusedSince: Date?
 }
 
-/// The single-node allocator: the `identity` table of the state database, written in one
-/// transaction per sync, so a restart finds every number where it was.
+/// The single-node allocator: the `identity` table of the state database, so a restart
+/// finds every number where it was. The table is read once and mirrored in memory; a sync
+/// writes only what changed (new numbers, keys that became unused or came back, releases),
+/// in one transaction, so a publish with ten thousand CIDR identities costs a hash-set
+/// comparison, not ten thousand rows read.
 ///
 /// Numbers are handed out in order (a per-scope counter kept in the database), not
 /// hashed: a number says nothing about the labels, never depends on which other label sets
 /// exist, and is not handed out again until the scope's range wraps.
-public struct StoreIdentityAllocator: IdentityAllocator {
+public final class StoreIdentityAllocator: IdentityAllocator, @unchecked Sendable { // state behind `lock`
     let store: Store
     let grace: TimeInterval
     let now: @Sendable () -> Date
+    private let lock = NSLock()
+    /// The table as the database holds it; nil until first used, or after a failed write.
+    private var rows: [IdentityKey: Row]?
+    /// The next number of each scope (persisted as settings `identity.next.<scope>`).
+    private var next: [IdentityKey.Scope: Int64] = [:]
 
     /// Five minutes: long enough for a relabel there and back, or a delete and re-create,
     /// to keep the number; short enough that churn does not fill the range.
@@ -56,63 +64,95 @@ public struct StoreIdentityAllocator: IdentityAllocator {
         var unusedSince: Date?
     }
 
+    private static func counter(_ scope: IdentityKey.Scope) -> String { "identity.next.\(scope.rawValue)" }
+
+    /// Reads the table and the counters (under the lock).
+    private func load() throws(MeshError) -> [IdentityKey: Row] {
+        if let rows { return rows }
+        let (all, counters) = try store.read("read identities") { db in
+            (try Row.fetchAll(db),
+             try IdentityKey.Scope.allCases.map { scope in
+                 (scope, try Int64.fetchOne(db, sql: "SELECT CAST(value AS INTEGER) FROM setting WHERE key = ?", arguments: [Self.counter(scope)]))
+             })
+        }
+        var loaded: [IdentityKey: Row] = [:]
+        for row in all {
+            guard let scope = IdentityKey.Scope(rawValue: row.scope) else { continue }
+            loaded[IdentityKey(scope: scope, name: row.key)] = row
+        }
+        next = [:]
+        for (scope, value) in counters {
+            let highest = loaded.values.filter { $0.scope == scope.rawValue }.map(\.id).max() ?? 0
+            next[scope] = max(Int64(scope.range.lowerBound), highest + 1, value ?? 0)
+        }
+        rows = loaded
+        return loaded
+    }
+
     public func sync(inUse keys: Set<IdentityKey>) throws(MeshError) -> [IdentityKey: UInt32] {
         let now = self.now(), grace = self.grace
-        let result: Result<[IdentityKey: UInt32], MeshError> = try store.write("allocate identities") { db in
-            var out: [IdentityKey: UInt32] = [:]
-            var highest: [IdentityKey.Scope: Int64] = [:]
-            var taken: [IdentityKey.Scope: Set<Int64>] = [:]
-            for var row in try Row.fetchAll(db) {
-                guard let scope = IdentityKey.Scope(rawValue: row.scope) else { continue }
-                let key = IdentityKey(scope: scope, name: row.key)
+        lock.lock()
+        defer { lock.unlock() }
+        do {
+            var table = try load()
+            var changed: [Row] = [], released: [Int64] = [], inserted: [Row] = []
+            for (key, var row) in table {
                 if keys.contains(key) {
-                    if row.unusedSince != nil { row.unusedSince = nil; try row.update(db) }
+                    if row.unusedSince != nil { row.unusedSince = nil; table[key] = row; changed.append(row) }
                 } else if let since = row.unusedSince {
-                    if now.timeIntervalSince(since) >= grace { try row.delete(db); continue }
+                    if now.timeIntervalSince(since) >= grace { table[key] = nil; released.append(row.id) }
                 } else {
                     row.unusedSince = now
-                    try row.update(db)
+                    table[key] = row
+                    changed.append(row)
                 }
-                out[key] = UInt32(row.id)
-                highest[scope] = max(highest[scope] ?? 0, row.id)
-                taken[scope, default: []].insert(row.id)
             }
-            func counter(_ scope: IdentityKey.Scope) -> String { "identity.next.\(scope.rawValue)" }
-            var next: [IdentityKey.Scope: Int64] = [:]
-            for scope in IdentityKey.Scope.allCases {
-                next[scope] = try Int64.fetchOne(db, sql: "SELECT CAST(value AS INTEGER) FROM setting WHERE key = ?", arguments: [counter(scope)])
-            }
-            for key in keys.sorted() where out[key] == nil {
+            var nextNumbers = next
+            for key in keys.filter({ table[$0] == nil }).sorted() {
                 let range = key.scope.range
-                var id = max(Int64(range.lowerBound), (highest[key.scope] ?? 0) + 1, next[key.scope] ?? 0)
+                var id = nextNumbers[key.scope] ?? Int64(range.lowerBound)
                 if id >= Int64(range.upperBound) {
                     // The top is reached: take the lowest free number of the scope.
-                    guard let free = (Int64(range.lowerBound)..<Int64(range.upperBound)).first(where: { !(taken[key.scope]?.contains($0) ?? false) }) else {
-                        return .failure(MeshError(.exhausted, "every \(key.scope.rawValue) identity (\(range.count)) is in use; \(key.name) gets none",
-                                                  hint: "delete endpoints or policies with CIDRs that are no longer needed"))
+                    let taken = Set(table.values.filter { $0.scope == key.scope.rawValue }.map(\.id))
+                    guard let free = (Int64(range.lowerBound)..<Int64(range.upperBound)).first(where: { !taken.contains($0) }) else {
+                        throw MeshError(.exhausted, "every \(key.scope.rawValue) identity (\(range.count)) is in use; \(key.name) gets none",
+                                        hint: "delete endpoints or policies with CIDRs that are no longer needed")
                     }
                     id = free
                 }
-                try Row(id: id, scope: key.scope.rawValue, key: key.name, allocatedAt: now, unusedSince: nil).insert(db)
-                highest[key.scope] = max(highest[key.scope] ?? 0, id)
-                taken[key.scope, default: []].insert(id)
-                next[key.scope] = id + 1
-                out[key] = UInt32(id)
-                try db.execute(sql: "INSERT OR REPLACE INTO setting (key, value) VALUES (?, ?)", arguments: [counter(key.scope), String(id + 1)])
+                let row = Row(id: id, scope: key.scope.rawValue, key: key.name, allocatedAt: now, unusedSince: nil)
+                table[key] = row
+                inserted.append(row)
+                nextNumbers[key.scope] = id + 1
             }
-            return .success(out.filter { keys.contains($0.key) })
+            if !(changed.isEmpty && released.isEmpty && inserted.isEmpty) {
+                do throws(MeshError) {
+                    try store.write("allocate identities") { db in
+                        for id in released { _ = try Row.deleteOne(db, key: id) }
+                        for row in changed { try row.update(db) }
+                        for row in inserted { try row.insert(db) }
+                        for (scope, value) in nextNumbers where value != next[scope] {
+                            try db.execute(sql: "INSERT OR REPLACE INTO setting (key, value) VALUES (?, ?)", arguments: [Self.counter(scope), String(value)])
+                        }
+                    }
+                } catch {
+                    rows = nil // the next sync starts again from the database
+                    throw error
+                }
+            }
+            rows = table
+            next = nextNumbers
+            var out: [IdentityKey: UInt32] = [:]
+            for key in keys { out[key] = UInt32(table[key]!.id) }
+            return out
         }
-        return try result.get()
     }
 
     public func allocated() throws(MeshError) -> [AllocatedIdentity] {
-        try store.read("list identities") { db in
-            try Row.order(Column("id")).fetchAll(db).compactMap { row in
-                IdentityKey.Scope(rawValue: row.scope).map {
-                    AllocatedIdentity(id: UInt32(row.id), key: IdentityKey(scope: $0, name: row.key),
-                                      allocatedAt: row.allocatedAt, unusedSince: row.unusedSince)
-                }
-            }
-        }
+        lock.lock()
+        defer { lock.unlock() }
+        return try load().map { key, row in
+            AllocatedIdentity(id: UInt32(row.id), key: key, allocatedAt: row.allocatedAt, unusedSince: row.unusedSince)
+        }.sorted { $0.id < $1.id }
     }
 }

@@ -5,7 +5,8 @@ import MeshModel
 /// The node's desired state in an embedded SQLite database (`<state-dir>/state.db`).
 /// The kernel holds what is enforced; this holds what should be, and survives restarts.
 public final class Store: Sendable {
-    private let db: DatabaseQueue
+    /// A pool in WAL mode: readers (status, metrics, lists) never wait for a writer.
+    private let db: DatabasePool
     public let path: String
 
     public init(directory: String) throws(MeshError) {
@@ -15,7 +16,7 @@ public final class Store: Sendable {
                                                     attributes: [.posixPermissions: 0o700])
             var config = Configuration()
             config.busyMode = .timeout(5)
-            db = try DatabaseQueue(path: path, configuration: config)
+            db = try DatabasePool(path: path, configuration: config)
             try Self.migrator.migrate(db)
         } catch {
             throw MeshError(.internalError, "cannot open the state database \(path): \(error)")

@@ -131,11 +131,13 @@ public enum PolicyCompiler {
     /// what a compile without an allocator (unit tests, dry runs) uses.
     static func filling(_ given: [IdentityKey: UInt32], for keys: Set<IdentityKey>) -> [IdentityKey: UInt32] {
         var out = given
+        let missing = keys.filter { given[$0] == nil }
+        guard !missing.isEmpty else { return out }
         var next: [IdentityKey.Scope: UInt32] = [:]
         for scope in IdentityKey.Scope.allCases {
             next[scope] = (given.filter { $0.key.scope == scope }.values.max()).map { $0 + 1 } ?? scope.range.lowerBound
         }
-        for key in keys.sorted() where out[key] == nil {
+        for key in missing.sorted() {
             out[key] = next[key.scope]!
             next[key.scope]! += 1
         }
@@ -154,17 +156,28 @@ public enum PolicyCompiler {
     }
 
     /// `identities` holds the number of each key `identityKeys` names (an allocator's
-    /// answer); keys it lacks are numbered as `filling` does.
+    /// answer); when empty, keys are numbered as `filling` does.
     public static func compile(policies: [Policy], endpoints: [EndpointInfo], hostAddresses: [IPv4Address],
                                identities given: [IdentityKey: UInt32] = [:]) -> Result {
-        let numbers = filling(given, for: identityKeys(policies: policies, endpoints: endpoints))
+        // With no numbers given, every key is numbered in key order (deterministic, for
+        // tests); with an allocator's answer, a key it lacks (a dry run's new label set)
+        // gets a number past the highest, in the order met.
+        var numbers = given.isEmpty ? filling([:], for: identityKeys(policies: policies, endpoints: endpoints)) : given
+        var spare: [IdentityKey.Scope: UInt32] = [:]
+        func number(_ key: IdentityKey) -> UInt32 {
+            if let n = numbers[key] { return n }
+            let n = spare[key.scope] ?? ((numbers.filter { $0.key.scope == key.scope }.values.max()).map { $0 + 1 } ?? key.scope.range.lowerBound)
+            spare[key.scope] = n + 1
+            numbers[key] = n
+            return n
+        }
         var identities: [UInt32: IdentityInfo] = [
             hostIdentity: IdentityInfo(id: hostIdentity, description: "reserved:host"),
             worldIdentity: IdentityInfo(id: worldIdentity, description: "reserved:world"),
         ]
         var byLabels: [String: UInt32] = [:]
         for labels in Set(endpoints.map(\.labels)) {
-            let id = numbers[.labels(labels)]!
+            let id = number(.labels(labels))
             identities[id] = IdentityInfo(id: id, description: labels.description.isEmpty ? "(no labels)" : labels.description)
             byLabels[labels.description] = id
         }
@@ -174,7 +187,7 @@ public enum PolicyCompiler {
         let cidrs = ruleCIDRs(policies)
         var cidrIdentity: [IPv4CIDR: UInt32] = [:]
         for c in cidrs {
-            let id = numbers[.cidr(c)]!
+            let id = number(.cidr(c))
             identities[id] = IdentityInfo(id: id, description: "cidr:\(c)")
             cidrIdentity[c] = id
         }
@@ -284,6 +297,8 @@ public enum PolicyCompiler {
     /// packet for which it is the longest match: a deny among it and its ancestors wins,
     /// else an allow. Regions nest or are disjoint, so the answer is uniform per region.
     static func resolveLongestMatch(_ atoms: [Atom]) -> [(Region, Atom)] {
+        // One rule for this peer (the common case: a rule per CIDR): nothing to resolve.
+        if atoms.count == 1 { return [(atoms[0].region, atoms[0])] }
         var regions: [Region: Atom?] = [:]
         for a in atoms { regions[a.region] = .some(nil) }
         var out: [(Region, Atom)] = []

@@ -97,6 +97,8 @@ public final class MeshDatapath: @unchecked Sendable {
     let catchUpQueue = DispatchQueue(label: "swiftmesh.slot-catch-up")
     /// Entries the background catch-up wrote or deleted, in total (for tests and metrics).
     var catchUpWrites = 0
+    /// Entries of the revision maps by name, from the slot mirror (see `mapStats`).
+    let mirrorCounts = LockedBox<[String: Int]>([:])
     let gracePeriod: GracePeriod
 
     /// Loads and pins the node's datapath under `pinDir` (created if missing).
@@ -226,8 +228,16 @@ public final class MeshDatapath: @unchecked Sendable {
         return hooks(ifindex).compactMap { hook, prog in hook.attachedProgramID() == prog.id ? hook.direction : nil }
     }
 
+    /// What each map holds. The revision maps (LPM tries, which the kernel can only count
+    /// by walking them key by key: tens of thousands of system calls, started over whenever
+    /// a publish changes the trie) are counted from meshd's mirror of their slots, which
+    /// every publish and every read-back keeps equal to the kernel's contents.
     public func mapStats() -> [MapStats] {
-        [endpoints, localEndpoints, traffic, events, ipcache, policy, policyEP, revisionMap, conntrack, frags, drops, verdicts].map { MapStats($0) }
+        let mirrored = mirrorCounts.withLock { $0 }
+        return [endpoints, localEndpoints, traffic, events, ipcache, policy, policyEP, revisionMap, conntrack, frags, drops, verdicts].map { m in
+            if let n = mirrored[m.name] { return MapStats(name: m.name, type: m.typeName, entries: n, capacity: m.maxEntries) }
+            return MapStats(m)
+        }
     }
 
     /// Turns the per-new-flow verdict events on (while a monitor wants them) or off.
@@ -276,6 +286,18 @@ public struct MapSizes: Sendable, Equatable {
 
     func apply(to spec: BPFObjectSpec) throws {
         try spec.setMaxEntries(MESH_MAP_CT, conntrack)
+    }
+}
+
+/// A value behind a lock, for what readers on other threads need without the publish lock.
+final class LockedBox<T>: @unchecked Sendable { // every access holds `lock`
+    private let lock = NSLock()
+    private var value: T
+    init(_ value: T) { self.value = value }
+    func withLock<R>(_ body: (inout T) -> R) -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&value)
     }
 }
 

@@ -286,6 +286,7 @@ extension MeshDatapath {
             throw error
         }
         slots[slot] = next
+        publishMirrorCounts()
         return (written, deleted)
     }
 
@@ -305,6 +306,15 @@ extension MeshDatapath {
             loaded[Int(key.slot & 1)].enforcement[k] = v
         }
         slots = loaded
+        publishMirrorCounts()
+    }
+
+    /// Called wherever `slots` changes (under the publish lock).
+    func publishMirrorCounts() {
+        let counts = [ipcache.name: slots[0].ipcache.count + slots[1].ipcache.count,
+                      policy.name: slots[0].policy.count + slots[1].policy.count,
+                      policyEP.name: slots[0].enforcement.count + slots[1].enforcement.count]
+        mirrorCounts.withLock { $0 = counts }
     }
 
     func ipcacheKey(_ e: IPCacheEntry, slot: Int) -> mesh_ipcache_key {

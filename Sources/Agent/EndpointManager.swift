@@ -94,7 +94,8 @@ public actor EndpointManager {
         do {
             try await policy.publish()
         } catch {
-            try? store.setLabels(ep.labels, ofEndpoint: name)
+            // Undo, unless a relabel that came in while this one waited changed them again.
+            try? store.setLabels(ep.labels, ofEndpoint: name, ifCurrently: labels)
             throw error
         }
         logger.info("endpoint relabelled", metadata: ["endpoint": "\(name)", "from": "\(ep.labels)", "to": "\(labels)"])

@@ -10,12 +10,28 @@ public typealias IdentityKey = PolicyCompiler.IdentityKey
 /// relabel there and back or a re-created endpoint, gets its old number). One small
 /// interface, so that a cluster can allocate global identities from etcd instead of this
 /// node's database.
+///
+/// Two steps, so that a revision that fails to publish never costs the one in force its
+/// numbers: `allocate` before compiling (adds, never takes away), `retainOnly` once the
+/// revision is in force (marks the rest unused, releases what the grace period allows).
 public protocol IdentityAllocator: Sendable {
-    /// The numbers of `keys`, allocating for keys that have none. Every other key this
-    /// allocator holds is unused from now on, and released once unused for the grace period.
-    func sync(inUse keys: Set<IdentityKey>) throws(MeshError) -> [IdentityKey: UInt32]
+    /// The numbers of `keys`, allocating for keys that have none; keys marked unused are
+    /// in use again. Nothing else changes.
+    func allocate(_ keys: Set<IdentityKey>) throws(MeshError) -> [IdentityKey: UInt32]
+    /// Every key but `keys` is unused from now on (if it was not already), and released
+    /// once it has been unused for the grace period.
+    func retainOnly(_ keys: Set<IdentityKey>) throws(MeshError)
     /// What is allocated now, used or not, without changing anything.
     func allocated() throws(MeshError) -> [AllocatedIdentity]
+}
+
+extension IdentityAllocator {
+    /// Both steps at once: the numbers of `keys`, and every other key unused.
+    public func sync(inUse keys: Set<IdentityKey>) throws(MeshError) -> [IdentityKey: UInt32] {
+        let numbers = try allocate(keys)
+        try retainOnly(keys)
+        return numbers
+    }
 }
 
 public struct AllocatedIdentity: Sendable, Equatable, Codable {
@@ -89,63 +105,96 @@ public final class StoreIdentityAllocator: IdentityAllocator, @unchecked Sendabl
         return loaded
     }
 
-    public func sync(inUse keys: Set<IdentityKey>) throws(MeshError) -> [IdentityKey: UInt32] {
+    public func allocate(_ keys: Set<IdentityKey>) throws(MeshError) -> [IdentityKey: UInt32] {
+        let now = self.now()
+        lock.lock()
+        defer { lock.unlock() }
+        var table = try load()
+        var changed: [Row] = [], inserted: [Row] = []
+        for key in keys {
+            if var row = table[key], row.unusedSince != nil {
+                row.unusedSince = nil
+                table[key] = row
+                changed.append(row)
+            }
+        }
+        var nextNumbers = next
+        let missing = keys.filter { table[$0] == nil }.sorted()
+        // Numbers held per scope, to step over them once the counter has wrapped.
+        var taken: [IdentityKey.Scope: Set<Int64>] = [:]
+        if !missing.isEmpty {
+            for row in table.values {
+                if let scope = IdentityKey.Scope(rawValue: row.scope) { taken[scope, default: []].insert(row.id) }
+            }
+        }
+        for key in missing {
+            let low = Int64(key.scope.range.lowerBound), high = Int64(key.scope.range.upperBound)
+            var id = min(max(nextNumbers[key.scope] ?? low, low), high)
+            var wrapped = false
+            while id >= high || taken[key.scope, default: []].contains(id) {
+                id += 1
+                if id >= high {
+                    guard !wrapped else {
+                        throw MeshError(.exhausted, "every \(key.scope.rawValue) identity (\(key.scope.range.count)) is in use; \(key.name) gets none",
+                                        hint: "delete endpoints or policies with CIDRs that are no longer needed")
+                    }
+                    // The top is reached: go on from the bottom of the scope.
+                    wrapped = true
+                    id = low
+                    if !taken[key.scope, default: []].contains(id) { break }
+                }
+            }
+            let row = Row(id: id, scope: key.scope.rawValue, key: key.name, allocatedAt: now, unusedSince: nil)
+            table[key] = row
+            inserted.append(row)
+            taken[key.scope, default: []].insert(id)
+            nextNumbers[key.scope] = id + 1
+        }
+        try save(table: table, next: nextNumbers, changed: changed, released: [], inserted: inserted)
+        var out: [IdentityKey: UInt32] = [:]
+        for key in keys { out[key] = UInt32(table[key]!.id) }
+        return out
+    }
+
+    public func retainOnly(_ keys: Set<IdentityKey>) throws(MeshError) {
         let now = self.now(), grace = self.grace
         lock.lock()
         defer { lock.unlock() }
-        do {
-            var table = try load()
-            var changed: [Row] = [], released: [Int64] = [], inserted: [Row] = []
-            for (key, var row) in table {
-                if keys.contains(key) {
-                    if row.unusedSince != nil { row.unusedSince = nil; table[key] = row; changed.append(row) }
-                } else if let since = row.unusedSince {
-                    if now.timeIntervalSince(since) >= grace { table[key] = nil; released.append(row.id) }
-                } else {
-                    row.unusedSince = now
-                    table[key] = row
-                    changed.append(row)
-                }
-            }
-            var nextNumbers = next
-            for key in keys.filter({ table[$0] == nil }).sorted() {
-                let range = key.scope.range
-                var id = nextNumbers[key.scope] ?? Int64(range.lowerBound)
-                if id >= Int64(range.upperBound) {
-                    // The top is reached: take the lowest free number of the scope.
-                    let taken = Set(table.values.filter { $0.scope == key.scope.rawValue }.map(\.id))
-                    guard let free = (Int64(range.lowerBound)..<Int64(range.upperBound)).first(where: { !taken.contains($0) }) else {
-                        throw MeshError(.exhausted, "every \(key.scope.rawValue) identity (\(range.count)) is in use; \(key.name) gets none",
-                                        hint: "delete endpoints or policies with CIDRs that are no longer needed")
-                    }
-                    id = free
-                }
-                let row = Row(id: id, scope: key.scope.rawValue, key: key.name, allocatedAt: now, unusedSince: nil)
+        var table = try load()
+        var changed: [Row] = [], released: [Int64] = []
+        for (key, var row) in table where !keys.contains(key) {
+            if let since = row.unusedSince {
+                if now.timeIntervalSince(since) >= grace { table[key] = nil; released.append(row.id) }
+            } else {
+                row.unusedSince = now
                 table[key] = row
-                inserted.append(row)
-                nextNumbers[key.scope] = id + 1
+                changed.append(row)
             }
-            if !(changed.isEmpty && released.isEmpty && inserted.isEmpty) {
-                do throws(MeshError) {
-                    try store.write("allocate identities") { db in
-                        for id in released { _ = try Row.deleteOne(db, key: id) }
-                        for row in changed { try row.update(db) }
-                        for row in inserted { try row.insert(db) }
-                        for (scope, value) in nextNumbers where value != next[scope] {
-                            try db.execute(sql: "INSERT OR REPLACE INTO setting (key, value) VALUES (?, ?)", arguments: [Self.counter(scope), String(value)])
-                        }
-                    }
-                } catch {
-                    rows = nil // the next sync starts again from the database
-                    throw error
-                }
-            }
-            rows = table
-            next = nextNumbers
-            var out: [IdentityKey: UInt32] = [:]
-            for key in keys { out[key] = UInt32(table[key]!.id) }
-            return out
         }
+        try save(table: table, next: next, changed: changed, released: released, inserted: [])
+    }
+
+    /// Writes the changes in one transaction, then takes `table` as the mirror (under the
+    /// lock). A failed write drops the mirror: the next call reads the database again.
+    private func save(table: [IdentityKey: Row], next nextNumbers: [IdentityKey.Scope: Int64],
+                      changed: [Row], released: [Int64], inserted: [Row]) throws(MeshError) {
+        if !(changed.isEmpty && released.isEmpty && inserted.isEmpty) {
+            do throws(MeshError) {
+                try store.write("allocate identities") { db in
+                    for id in released { _ = try Row.deleteOne(db, key: id) }
+                    for row in changed { try row.update(db) }
+                    for row in inserted { try row.insert(db) }
+                    for (scope, value) in nextNumbers where value != next[scope] {
+                        try db.execute(sql: "INSERT OR REPLACE INTO setting (key, value) VALUES (?, ?)", arguments: [Self.counter(scope), String(value)])
+                    }
+                }
+            } catch {
+                rows = nil
+                throw error
+            }
+        }
+        rows = table
+        next = nextNumbers
     }
 
     public func allocated() throws(MeshError) -> [AllocatedIdentity] {

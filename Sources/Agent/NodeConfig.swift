@@ -97,9 +97,10 @@ public struct NodeConfig: Sendable, Equatable {
         guard !nodeName.isEmpty, nodeName.count <= 24, isNodeName(nodeName) else {
             throw .invalid("node name \"\(nodeName)\" must be 1-24 lowercase letters, digits and '-', starting with a letter")
         }
-        // Endpoint netns are <node>-ep-<endpoint>: node "a" must never own those of "a-ep-b".
-        guard !nodeName.contains("-ep-") else {
-            throw .invalid("node name \"\(nodeName)\" must not contain \"-ep-\", which separates node and endpoint in netns names")
+        // Endpoint netns are <node>-ep-<endpoint>: node "a" must never own those of node
+        // "a-ep-b" ("a-ep-b-ep-x") or of node "a-ep" ("a-ep-ep-x").
+        guard !nodeName.contains("-ep-"), !nodeName.hasSuffix("-ep") else {
+            throw .invalid("node name \"\(nodeName)\" must not contain \"-ep-\" or end in \"-ep\": \"-ep-\" separates node and endpoint in netns names")
         }
         let cidr: IPv4CIDR
         do { cidr = try IPv4CIDR(parsing: podCIDR) } catch { throw .invalid("pod CIDR: \(error.message)", hint: error.hint) }

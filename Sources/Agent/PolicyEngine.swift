@@ -28,6 +28,8 @@ public actor PolicyEngine {
     private var documents: [String: Document] = [:]
     private var policies: [Policy] = []
     private(set) var compiled: PolicyCompiler.Result?
+    /// The identity keys of the last compile that allocated: retained once it is in force.
+    private var compiledKeys: Set<IdentityKey> = []
     /// What readers (monitor, metrics, traces, status) need to name rules, identities and
     /// policies, readable without waiting for this actor while it parses or compiles.
     nonisolated let names = Names()
@@ -81,7 +83,8 @@ public actor PolicyEngine {
         let t1 = ContinuousClock.now
         let numbers: [IdentityKey: UInt32]
         if allocate {
-            numbers = try identityAllocator.sync(inUse: keys)
+            numbers = try identityAllocator.allocate(keys)
+            compiledKeys = keys
         } else {
             numbers = Dictionary(try identityAllocator.allocated().map { ($0.key, $0.id) }, uniquingKeysWith: { a, _ in a })
         }
@@ -122,6 +125,10 @@ public actor PolicyEngine {
         }
         compiled = result
         names.published(revision: next, result: result)
+        // Only now may identities this revision no longer uses start their grace period.
+        do { try identityAllocator.retainOnly(compiledKeys) } catch {
+            logger.warning("cannot mark unused identities; they stay allocated until the next publish", metadata: ["error": "\(error.message)"])
+        }
         let done = ContinuousClock.now
         names.setLastPublish(PublishSummary(revision: Int(next), entries: result.entries.count, written: stats.written, deleted: stats.deleted,
                                             compileSeconds: (compiledAt - start).seconds, publishSeconds: (done - compiledAt).seconds))
@@ -247,7 +254,10 @@ public actor PolicyEngine {
         private let lock = NSLock()
         private var rulesByRevision: [UInt32: [PolicyCompiler.RuleInfo]] = [:]
         private var latestRules: [PolicyCompiler.RuleInfo] = []
-        private var identities: [UInt32: PolicyCompiler.IdentityInfo] = [:]
+        /// Identities of recent revisions, newest in `latestIdentities`: an event names the
+        /// peer as the revision that decided it knew it.
+        private var identitiesByRevision: [UInt32: [UInt32: PolicyCompiler.IdentityInfo]] = [:]
+        private var latestIdentities: [UInt32: PolicyCompiler.IdentityInfo] = [:]
         private var policyIDs: [UInt32: String] = [:]
         private var documents = 0
 
@@ -256,7 +266,9 @@ public actor PolicyEngine {
                 rulesByRevision[revision] = result.rules
                 for old in rulesByRevision.keys where old &+ 8 < revision { rulesByRevision[old] = nil }
                 latestRules = result.rules
-                identities.merge(result.identities) { $1 }
+                identitiesByRevision[revision] = result.identities
+                for old in identitiesByRevision.keys where old &+ 8 < revision { identitiesByRevision[old] = nil }
+                latestIdentities = result.identities
                 policyIDs = result.policyIDs
             }
         }
@@ -277,7 +289,11 @@ public actor PolicyEngine {
         }
 
         func describe(identity: UInt32) -> String {
-            lock.withLock { identities[identity]?.description ?? (identity == 0 ? "any" : "identity \(identity)") }
+            lock.withLock {
+                let known = latestIdentities[identity]
+                    ?? identitiesByRevision.sorted { $0.key > $1.key }.lazy.compactMap { $0.value[identity] }.first
+                return known?.description ?? (identity == 0 ? "any" : "identity \(identity)")
+            }
         }
 
         func policyName(id: UInt32) -> String {

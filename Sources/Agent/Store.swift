@@ -132,14 +132,19 @@ public final class Store: Sendable {
         }
     }
 
-    /// Sets an endpoint's labels; false when no such endpoint exists.
+    /// Sets an endpoint's labels, only while they are still `expected` when that is given
+    /// (so an undo never overwrites a later change); false when nothing was changed.
     @discardableResult
-    public func setLabels(_ labels: Labels, ofEndpoint name: String) throws(MeshError) -> Bool {
+    public func setLabels(_ labels: Labels, ofEndpoint name: String, ifCurrently expected: Labels? = nil) throws(MeshError) -> Bool {
         try wrap("relabel endpoint") {
             let json = String(decoding: try JSONEncoder().encode(labels.values), as: UTF8.self)
-            return try db.write {
-                try $0.execute(sql: "UPDATE endpoint SET labels = ? WHERE name = ?", arguments: [json, name])
-                return $0.changesCount > 0
+            return try db.write { db in
+                if let expected {
+                    guard let row = try EndpointRow.filter(Column("name") == name).fetchOne(db),
+                          try row.endpoint().labels == expected else { return false }
+                }
+                try db.execute(sql: "UPDATE endpoint SET labels = ? WHERE name = ?", arguments: [json, name])
+                return db.changesCount > 0
             }
         }
     }

@@ -71,10 +71,22 @@ static void leave(int orig)
 	close(orig);
 }
 
+/* A name that is one file right under /run/netns, or -EINVAL: never "", ".", ".." or a
+ * path, and never cut short to fit. */
+static int netns_path(const char *name, char *path, size_t size, sm_nl_err *err)
+{
+	if (!*name || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..") ||
+	    (size_t)snprintf(path, size, NETNS_DIR "/%s", name) >= size)
+		return fail(err, EINVAL, "netns name", name);
+	return 0;
+}
+
 int sm_netns_open(const char *name, sm_nl_err *err)
 {
 	char path[256];
-	snprintf(path, sizeof(path), NETNS_DIR "/%s", name);
+	int rc = netns_path(name, path, sizeof(path), err);
+	if (rc < 0)
+		return rc;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	return fd < 0 ? fail(err, errno, "open netns", name) : fd;
 }
@@ -97,8 +109,9 @@ static void *unshare_thread(void *arg)
 int sm_netns_add(const char *name, sm_nl_err *err)
 {
 	char path[256];
-	if (strchr(name, '/') || !*name || strlen(name) > 200)
-		return fail(err, EINVAL, "netns name", name);
+	int rc = netns_path(name, path, sizeof(path), err);
+	if (rc < 0)
+		return rc;
 	if (mkdir(NETNS_DIR, 0755) < 0 && errno != EEXIST)
 		return fail(err, errno, "mkdir", NETNS_DIR);
 	/* Shared, so that the bind mounts below show in every mount namespace, as iproute2
@@ -108,14 +121,13 @@ int sm_netns_add(const char *name, sm_nl_err *err)
 		    mount("", NETNS_DIR, "none", MS_SHARED | MS_REC, NULL) < 0)
 			return fail(err, errno, "make shared", NETNS_DIR);
 	}
-	snprintf(path, sizeof(path), NETNS_DIR "/%s", name);
 	int fd = open(path, O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0);
 	if (fd < 0)
 		return fail(err, errno, "create netns", name);
 	close(fd);
 	struct unshare_job job = { .path = path };
 	pthread_t t;
-	int rc = pthread_create(&t, NULL, unshare_thread, &job);
+	rc = pthread_create(&t, NULL, unshare_thread, &job);
 	if (rc == 0)
 		pthread_join(t, NULL);
 	else
@@ -130,7 +142,9 @@ int sm_netns_add(const char *name, sm_nl_err *err)
 int sm_netns_del(const char *name, sm_nl_err *err)
 {
 	char path[256];
-	snprintf(path, sizeof(path), NETNS_DIR "/%s", name);
+	int rc = netns_path(name, path, sizeof(path), err);
+	if (rc < 0)
+		return rc;
 	if (umount2(path, MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
 		return fail(err, errno, "unmount netns", name);
 	if (unlink(path) < 0 && errno != ENOENT)

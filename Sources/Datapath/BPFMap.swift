@@ -266,6 +266,7 @@ extension BPFMap {
         // An LPM trie's walk starts over when the trie changes under it (a publish or a
         // slot's catch-up writing the other slot): keep each key once.
         var seen = Set<[UInt8]>()
+        var steps = 0
         var cur = [UInt8](repeating: 0, count: keySize)
         var next = [UInt8](repeating: 0, count: keySize)
         var rc = bpf_map_get_next_key(fd, nil, &next)
@@ -274,7 +275,8 @@ extension BPFMap {
             if seen.insert(next).inserted, bpf_map_lookup_elem(fd, &next, &value) == 0 { out.append((next, value)) }
             swap(&cur, &next)
             rc = bpf_map_get_next_key(fd, &cur, &next)
-            if out.count > maxEntries * 2 { break }
+            steps += 1
+            if steps > maxEntries * 4 { break } // rewritten under us again and again: stop, never spin
         }
         return out
     }

@@ -103,8 +103,8 @@ public enum PolicyParser {
 }
 
 /// The `metadata` every document has: its name and namespace. The other fields of a
-/// Kubernetes object's metadata are allowed and ignored; fields it does not have are
-/// pruned with a warning.
+/// Kubernetes object's metadata are allowed and ignored (server-written ones too); a field
+/// it does not have is an error.
 struct PolicyMetadata {
     let name: String
     let namespace: String
@@ -113,6 +113,12 @@ struct PolicyMetadata {
     static let objectMetaFields = ["name", "namespace", "labels", "annotations", "generateName", "finalizers", "ownerReferences"]
 
     init(_ node: PolicyNode, ignored: inout [PolicyFieldError]) throws(PolicyFieldError) {
+        // Server-written fields are dropped; any other unknown one is an error: a typo
+        // such as "namepsace" would otherwise move the policy into "default".
+        for (key, child) in try node.entries() where !Self.objectMetaFields.contains(key) && !PolicyNode.serverWrittenFields.contains(key) {
+            let guess = closest(to: key, in: Self.objectMetaFields).map { "; did you mean \"\($0)\"?" } ?? ""
+            throw child.error("unknown field \"\(key)\" in metadata\(guess)", hint: "metadata takes \(Self.objectMetaFields.joined(separator: ", "))")
+        }
         let fields = try node.prunedFields(allowed: Self.objectMetaFields, ignored: &ignored)
         let nameNode = try fields.required("name")
         name = try nameNode.string()

@@ -79,4 +79,38 @@ final class IdentityAllocatorTests: XCTestCase {
         let reopened = try allocator(grace: 60).sync(inUse: [db, other])
         XCTAssertFalse([first[web], again[web]].contains(reopened[other]), "\(reopened)")
     }
+
+    func testAtTheTopOfTheRangeNumbersGoOnFromTheBottomPastTheTakenOnes() throws {
+        let range = IdentityKey.Scope.global.range
+        let store = try Store(directory: dir)
+        // Numbers the bottom of the range already holds, and a counter one below the top.
+        let clock = self.clock
+        let a = StoreIdentityAllocator(store: store, grace: 60, now: { clock.now })
+        try store.setSetting("identity.next.global", String(range.lowerBound))
+        let low = try a.allocate([try labels("app=low0"), try labels("app=low1")])
+        XCTAssertEqual(Set(low.values), [range.lowerBound, range.lowerBound + 1])
+        try store.setSetting("identity.next.global", String(range.upperBound - 1))
+        let b = StoreIdentityAllocator(store: store, grace: 60, now: { clock.now })
+        let keys: [IdentityKey] = [try labels("app=x1"), try labels("app=x2"), try labels("app=x3")]
+        let got = try b.allocate(Set(keys) .union(low.keys))
+        XCTAssertEqual(got[keys[0]], range.upperBound - 1, "the last number of the range")
+        XCTAssertEqual(Set([got[keys[1]], got[keys[2]]]), [range.lowerBound + 2, range.lowerBound + 3],
+                       "then the bottom, stepping over the numbers still held")
+        XCTAssertEqual(Set(got.values).count, 5, "no number twice")
+        // And a reopened allocator goes on from there, still stepping over what is held.
+        let c = StoreIdentityAllocator(store: store, grace: 60, now: { clock.now })
+        let more = try c.allocate(Set(got.keys).union([try labels("app=x4")]))
+        XCTAssertEqual(more[try labels("app=x4")], range.lowerBound + 4)
+    }
+
+    func testAFailedRevisionNeverCostsTheOneInForceItsNumbers() throws {
+        let a = try allocator(grace: 60)
+        let web = try labels("app=web"), db = try labels("app=db")
+        let inForce = try a.sync(inUse: [web, db])
+        // A revision without web is compiled (allocate) but never published (no retainOnly).
+        _ = try a.allocate([db])
+        clock.advance(3600)
+        XCTAssertNil(try a.allocated().first { $0.key == web }?.unusedSince, "web is still in use by the revision in force")
+        XCTAssertEqual(try a.allocate([web, db]), inForce)
+    }
 }

@@ -17,5 +17,13 @@ class BPFTestCase: XCTestCase {
         pinDir = "/sys/fs/bpf/smt\(getpid())x\(UInt32.random(in: 1000...9999))"
     }
 
-    override func tearDown() { BPFFS.removeDirectory(pinDir) }
+    /// Datapaths a test made: their background slot catch-up is waited for before the pin
+    /// folder goes, so it never writes into the next test's maps.
+    var opened: [MeshDatapath] = []
+
+    override func tearDown() {
+        for dp in opened { dp.settle() }
+        opened = []
+        BPFFS.removeDirectory(pinDir)
+    }
 }

@@ -89,6 +89,7 @@ final class PolicyRevisionTests: BPFTestCase {
 
     func makeNode() throws -> MeshDatapath {
         let dp = try MeshDatapath(pinDir: pinDir, nodeID: 1)
+        opened.append(dp)
         var info = mesh_endpoint_info()
         info.endpoint_id = 1
         info.ipv4 = Self.sender.bigEndian

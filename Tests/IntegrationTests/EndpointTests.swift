@@ -232,6 +232,7 @@ final class EndpointTests: XCTestCase {
             (["--cgroup", "../escape"], "cgroup \"../escape\" must not contain \"..\""),
             (["--node-name", "Bad_Name"], "node name \"Bad_Name\""),
             (["--node-name", "web-ep-1"], "node name \"web-ep-1\" must not contain \"-ep-\""),
+            (["--node-name", "web-ep"], "node name \"web-ep\" must not contain \"-ep-\" or end in \"-ep\""),
             (["--config", dir + "/missing.yaml"], "cannot read config file"),
             (["--conntrack-max", "12"], "conntrack-max \"12\" must be a number of entries from 1024 to 16777216"),
             (["--conntrack-max", "lots"], "conntrack-max \"lots\" must be"),

@@ -92,6 +92,8 @@ final class PolicyCorpusTests: XCTestCase {
               "metadata.labels: ", "expected a map, got a list")
         c.add("annotations is a string", .map(cnpHead + [("metadata", ["name": "web", "annotations": "none"]), ("spec", okSpec)]),
               "metadata.annotations: ", "the string \"none\"")
+        c.add("misspelt namespace", .map(cnpHead + [("metadata", ["name": "web", "namepsace": "prod"]), ("spec", okSpec)]),
+              "metadata.namepsace: ", "unknown field \"namepsace\" in metadata", "did you mean \"namespace\"")
         c.add("two documents with one name", documents: [TestDocs.cnp("web", spec: okSpec), TestDocs.cnp("web", spec: okSpec)],
               "document 2", "metadata.name: ", "\"web\"", "is already used by document")
         c.add("NetworkPolicy and CNP with one name", documents: [TestDocs.np("web", namespace: "shop", spec: ["podSelector": [:]]),

@@ -60,6 +60,9 @@ public final class StoreIdentityAllocator: IdentityAllocator, @unchecked Sendabl
     private var rows: [IdentityKey: Row]?
     /// The next number of each scope (persisted as settings `identity.next.<scope>`).
     private var next: [IdentityKey.Scope: Int64] = [:]
+    /// Marks and releases of `retainOnly` not yet written (see there).
+    private var pendingUpdates: [Int64: Row] = [:]
+    private var pendingReleases: Set<Int64> = []
 
     /// Five minutes: long enough for a relabel there and back, or a delete and re-create,
     /// to keep the number; short enough that churn does not fill the range.
@@ -85,6 +88,8 @@ public final class StoreIdentityAllocator: IdentityAllocator, @unchecked Sendabl
     /// Reads the table and the counters (under the lock).
     private func load() throws(MeshError) -> [IdentityKey: Row] {
         if let rows { return rows }
+        pendingUpdates = [:]
+        pendingReleases = []
         let (all, counters) = try store.read("read identities") { db in
             (try Row.fetchAll(db),
              try IdentityKey.Scope.allCases.map { scope in
@@ -156,33 +161,44 @@ public final class StoreIdentityAllocator: IdentityAllocator, @unchecked Sendabl
         return out
     }
 
+    /// Memory only: the marks and releases reach the database with the next transaction
+    /// that writes anyway (a new number), so a publish that allocates nothing costs no
+    /// write. Losing them in a crash is harmless: the next publish after the restart marks
+    /// the same keys unused again, and their grace period starts over.
     public func retainOnly(_ keys: Set<IdentityKey>) throws(MeshError) {
         let now = self.now(), grace = self.grace
         lock.lock()
         defer { lock.unlock() }
         var table = try load()
-        var changed: [Row] = [], released: [Int64] = []
         for (key, var row) in table where !keys.contains(key) {
             if let since = row.unusedSince {
-                if now.timeIntervalSince(since) >= grace { table[key] = nil; released.append(row.id) }
+                if now.timeIntervalSince(since) >= grace {
+                    table[key] = nil
+                    pendingUpdates[row.id] = nil
+                    pendingReleases.insert(row.id)
+                }
             } else {
                 row.unusedSince = now
                 table[key] = row
-                changed.append(row)
+                pendingUpdates[row.id] = row
             }
         }
-        try save(table: table, next: next, changed: changed, released: released, inserted: [])
+        rows = table
     }
 
-    /// Writes the changes in one transaction, then takes `table` as the mirror (under the
-    /// lock). A failed write drops the mirror: the next call reads the database again.
+    /// Writes the changes, and any marks and releases `retainOnly` left pending, in one
+    /// transaction (deletes first: a key released and back again has a new row), then
+    /// takes `table` as the mirror (under the lock). A failed write drops the mirror and
+    /// the pending changes: the next call reads the database again.
     private func save(table: [IdentityKey: Row], next nextNumbers: [IdentityKey.Scope: Int64],
                       changed: [Row], released: [Int64], inserted: [Row]) throws(MeshError) {
         if !(changed.isEmpty && released.isEmpty && inserted.isEmpty) {
+            for row in changed { pendingUpdates[row.id] = row }
+            let releases = pendingReleases.union(released), updates = pendingUpdates
             do throws(MeshError) {
                 try store.write("allocate identities") { db in
-                    for id in released { _ = try Row.deleteOne(db, key: id) }
-                    for row in changed { try row.update(db) }
+                    for id in releases { _ = try Row.deleteOne(db, key: id) }
+                    for row in updates.values where !releases.contains(row.id) { try row.update(db) }
                     for row in inserted { try row.insert(db) }
                     for (scope, value) in nextNumbers where value != next[scope] {
                         try db.execute(sql: "INSERT OR REPLACE INTO setting (key, value) VALUES (?, ?)", arguments: [Self.counter(scope), String(value)])
@@ -190,8 +206,12 @@ public final class StoreIdentityAllocator: IdentityAllocator, @unchecked Sendabl
                 }
             } catch {
                 rows = nil
+                pendingUpdates = [:]
+                pendingReleases = []
                 throw error
             }
+            pendingUpdates = [:]
+            pendingReleases = []
         }
         rows = table
         next = nextNumbers

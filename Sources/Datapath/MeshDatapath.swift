@@ -95,10 +95,10 @@ public final class MeshDatapath: @unchecked Sendable {
     /// Brings a retired revision slot up to date after each flip (see `publish`); a serial
     /// queue of its own, not Swift's cooperative pool: it waits for a grace period.
     let catchUpQueue = DispatchQueue(label: "swiftmesh.slot-catch-up")
-    /// Entries the background catch-up wrote or deleted, in total (for tests and metrics).
-    var catchUpWrites = 0
-    /// Entries of the revision maps by name, from the slot mirror (see `mapStats`).
-    let mirrorCounts = LockedBox<[String: Int]>([:])
+    /// Entries of the revision maps by name, from the slot mirror (see `mapStats`), behind
+    /// a lock of their own so that readers never wait for a publish.
+    let countsLock = NSLockShim()
+    var mirroredCounts: [String: Int] = [:]
     let gracePeriod: GracePeriod
 
     /// Loads and pins the node's datapath under `pinDir` (created if missing).
@@ -233,7 +233,7 @@ public final class MeshDatapath: @unchecked Sendable {
     /// a publish changes the trie) are counted from meshd's mirror of their slots, which
     /// every publish and every read-back keeps equal to the kernel's contents.
     public func mapStats() -> [MapStats] {
-        let mirrored = mirrorCounts.withLock { $0 }
+        let mirrored = countsLock.withLock { mirroredCounts }
         return [endpoints, localEndpoints, traffic, events, ipcache, policy, policyEP, revisionMap, conntrack, frags, drops, verdicts].map { m in
             if let n = mirrored[m.name] { return MapStats(name: m.name, type: m.typeName, entries: n, capacity: m.maxEntries) }
             return MapStats(m)
@@ -286,18 +286,6 @@ public struct MapSizes: Sendable, Equatable {
 
     func apply(to spec: BPFObjectSpec) throws {
         try spec.setMaxEntries(MESH_MAP_CT, conntrack)
-    }
-}
-
-/// A value behind a lock, for what readers on other threads need without the publish lock.
-final class LockedBox<T>: @unchecked Sendable { // every access holds `lock`
-    private let lock = NSLock()
-    private var value: T
-    init(_ value: T) { self.value = value }
-    func withLock<R>(_ body: (inout T) -> R) -> R {
-        lock.lock()
-        defer { lock.unlock() }
-        return body(&value)
     }
 }
 

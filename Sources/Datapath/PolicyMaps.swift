@@ -123,7 +123,9 @@ extension MeshDatapath {
         }
     }
 
-    /// The contents of one revision slot as raw key → value bytes, per map.
+    /// The contents of one revision slot as raw key → value bytes, per map, the keys with
+    /// their slot byte zero: one revision's contents serve either slot, and `write` puts
+    /// the slot in as it writes.
     struct SlotContents {
         var ipcache: [[UInt8]: [UInt8]] = [:]
         var policy: [[UInt8]: [UInt8]] = [:]
@@ -187,7 +189,7 @@ extension MeshDatapath {
             guard revision == Self.revision(after: state.revision), target != state.activeSlot else {
                 throw DatapathError("publish policy revision \(revision): revision \(state.revision) is in force, and the next one must be \(Self.revision(after: state.revision)) (it lives in the other slot)", errno: EINVAL)
             }
-            let next = contents(slot: target, ipcache: newIPCache, policy: newPolicy, enforcement: newEnforcement)
+            let next = contents(ipcache: newIPCache, policy: newPolicy, enforcement: newEnforcement)
             // The slot was active until the last flip: wait until no program still reads it.
             let waitStart = ContinuousClock.now
             gracePeriod.waitForLastFlip()
@@ -196,25 +198,19 @@ extension MeshDatapath {
             // The flip: one atomic 32-bit store into the map's memory.
             cbpf_store_u32(revisionWord, revision)
             gracePeriod.flipped()
-            let retired = 1 - target
-            let mirror = contents(slot: retired, ipcache: newIPCache, policy: newPolicy, enforcement: newEnforcement)
-            catchUpQueue.async { [self] in catchUp(slot: retired, to: mirror, revision: revision) }
+            catchUpQueue.async { [self] in catchUp(slot: 1 - target, to: next, revision: revision) }
             return PublishStats(slot: target, revision: revision, written: written, deleted: deleted, graceWait: graceWait)
         }
     }
 
     /// Brings the retired `slot` up to `revision`'s entries, once no program reads it any
     /// more, unless another publish came first (it wrote the slot itself).
-    func catchUp(slot: Int, to mirror: SlotContents, revision: UInt32) {
+    func catchUp(slot: Int, to contents: SlotContents, revision: UInt32) {
         gracePeriod.waitForLastFlip()
         publishLock.withLock {
             guard (try? policyState().revision) == revision else { return }
-            do {
-                let (written, deleted) = try write(mirror, into: slot, revision: revision, inForce: revision)
-                catchUpWrites += written + deleted
-            } catch {
-                // write() re-read the slots; the next publish diffs against the kernel.
-            }
+            // On failure write() has re-read the slots; the next publish diffs against the kernel.
+            _ = try? write(contents, into: slot, revision: revision, inForce: revision)
         }
     }
 
@@ -224,24 +220,23 @@ extension MeshDatapath {
         catchUpQueue.sync {}
     }
 
-    /// One slot's raw entries for a revision.
-    func contents(slot: Int, ipcache newIPCache: [IPCacheEntry], policy newPolicy: [PolicyEntry],
+    /// A revision's raw entries, keyed for slot 0 (see SlotContents).
+    func contents(ipcache newIPCache: [IPCacheEntry], policy newPolicy: [PolicyEntry],
                   enforcement newEnforcement: [Enforcement]) -> SlotContents {
         var next = SlotContents()
         for e in newIPCache {
-            next.ipcache[Self.bytes(ipcacheKey(e, slot: slot))] = Self.bytes(mesh_ipcache_value(identity: e.identity, endpoint_id: e.endpointID))
+            next.ipcache[Self.bytes(ipcacheKey(e, slot: 0))] = Self.bytes(mesh_ipcache_value(identity: e.identity, endpoint_id: e.endpointID))
         }
         for e in newPolicy {
             var v = mesh_policy_value()
             v.action = e.action.abi
             v.rule_id = e.ruleID
             v.policy_id = e.policyID
-            next.policy[Self.bytes(policyKey(e, slot: slot))] = Self.bytes(v)
+            next.policy[Self.bytes(policyKey(e, slot: 0))] = Self.bytes(v)
         }
         for e in newEnforcement {
             var k = mesh_policy_ep_key()
             k.endpoint_id = e.endpointID
-            k.slot = UInt8(slot)
             var v = mesh_policy_ep_value()
             withUnsafeMutableBytes(of: &v.enforce) { raw in
                 raw[Int(MESH_DIR_INGRESS.rawValue)] = e.ingress ? 1 : 0
@@ -266,14 +261,14 @@ extension MeshDatapath {
         do {
             for (map, new, prev) in changes {
                 for k in prev.keys where new[k] == nil {
-                    try map.deleteRaw(k)
+                    try map.deleteRaw(Self.key(k, inSlot: slot))
                     deleted += 1
                 }
             }
             for (map, new, prev) in changes {
                 for (k, v) in new where prev[k] != v {
                     do {
-                        try map.updateRaw(k, v)
+                        try map.updateRaw(Self.key(k, inSlot: slot), v)
                     } catch let e as DatapathError where e.errno == ENOSPC || e.errno == E2BIG {
                         throw DatapathError("policy revision \(revision) does not fit: map \(map.name) is full at its capacity of \(map.maxEntries) entries (\(map.maxEntries / 2) per revision slot); revision \(inForce) stays in force", errno: e.errno)
                     }
@@ -295,15 +290,15 @@ extension MeshDatapath {
         var loaded = [SlotContents(), SlotContents()]
         for (k, v) in try ipcache.entriesRaw() {
             let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_ipcache_key.self) }
-            loaded[Int(key.slot & 1)].ipcache[k] = v
+            loaded[Int(key.slot & 1)].ipcache[Self.key(k, inSlot: 0)] = v
         }
         for (k, v) in try policy.entriesRaw() {
             let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_policy_key.self) }
-            loaded[Int(key.slot & 1)].policy[k] = v
+            loaded[Int(key.slot & 1)].policy[Self.key(k, inSlot: 0)] = v
         }
         for (k, v) in try policyEP.entriesRaw() {
             let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_policy_ep_key.self) }
-            loaded[Int(key.slot & 1)].enforcement[k] = v
+            loaded[Int(key.slot & 1)].enforcement[Self.key(k, inSlot: 0)] = v
         }
         slots = loaded
         publishMirrorCounts()
@@ -314,7 +309,25 @@ extension MeshDatapath {
         let counts = [ipcache.name: slots[0].ipcache.count + slots[1].ipcache.count,
                       policy.name: slots[0].policy.count + slots[1].policy.count,
                       policyEP.name: slots[0].enforcement.count + slots[1].enforcement.count]
-        mirrorCounts.withLock { $0 = counts }
+        countsLock.withLock { mirroredCounts = counts }
+    }
+
+    /// Where every revision map's key holds its slot byte: the same offset in all three
+    /// (mesh_abi.h), which one key encoding per revision relies on.
+    static let slotOffset: Int = {
+        let offsets = [MemoryLayout<mesh_ipcache_key>.offset(of: \.slot), MemoryLayout<mesh_policy_key>.offset(of: \.slot),
+                       MemoryLayout<mesh_policy_ep_key>.offset(of: \.slot)]
+        guard let first = offsets[0], offsets.allSatisfy({ $0 == first }) else {
+            preconditionFailure("the revision maps' keys hold their slot byte at different offsets: \(offsets)")
+        }
+        return first
+    }()
+
+    /// `key` (raw, of any revision map) with its slot byte set to `slot`.
+    static func key(_ key: [UInt8], inSlot slot: Int) -> [UInt8] {
+        var k = key
+        k[slotOffset] = UInt8(slot)
+        return k
     }
 
     func ipcacheKey(_ e: IPCacheEntry, slot: Int) -> mesh_ipcache_key {

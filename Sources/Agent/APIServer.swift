@@ -11,9 +11,11 @@ import ServiceLifecycle
 /// Every failure answers with an ErrorResponse whose message `meshctl` prints as is.
 enum APIServer {
     static func make(settings: NodeSettings, manager: EndpointManager, policy: PolicyEngine, datapath: MeshDatapath,
-                     redirect: RedirectControl, store: Store, hub: EventHub, startedAt: Date, logger: Logger) -> some Service {
+                     redirect: RedirectControl, lb: ServiceLB, services: ServiceManager, store: Store, hub: EventHub,
+                     startedAt: Date, logger: Logger) -> some Service {
         let router = Router()
-        PolicyRoutes.add(to: router, manager: manager, policy: policy, datapath: datapath, store: store, hub: hub)
+        PolicyRoutes.add(to: router, manager: manager, policy: policy, datapath: datapath, store: store, hub: hub, services: services)
+        ServiceRoutes.add(to: router, policy: policy, services: services)
         RedirectRoutes.add(to: router, control: redirect, store: store)
         router.get(RouterPath(APIPath.status)) { _, _ in
             try await respondOffPool {
@@ -27,7 +29,10 @@ enum APIServer {
                 programs.append(NodeStatus.Program(name: r.sockops.name, id: Int(r.sockops.id),
                                                    attachments: r.isAttached ? ["cgroup:\(r.cgroup)"] : []))
                 programs.append(NodeStatus.Program(name: r.skmsg.name, id: Int(r.skmsg.id), attachments: ["sockhash:mesh_sockhash"]))
-                let maps = (datapath.mapStats() + r.mapStats()).map {
+                for p in lb.attachments {
+                    programs.append(NodeStatus.Program(name: p.name, id: Int(p.id), attachments: p.attached ? ["cgroup:\(settings.cgroup)"] : []))
+                }
+                let maps = (datapath.mapStats() + r.mapStats() + lb.mapStats()).map {
                     NodeStatus.Map(name: $0.name, type: $0.type, entries: $0.entries, capacity: $0.capacity)
                 }
                 var status = NodeStatus(version: MeshVersion.string, node: settings.nodeName, podCIDR: settings.podCIDR.description,
@@ -39,7 +44,8 @@ enum APIServer {
                 return status
             }
         }
-        router.get(RouterPath(APIPath.endpoints)) { _, _ in try await respond { try manager.list() } }
+        let readiness = services.names
+        router.get(RouterPath(APIPath.endpoints)) { _, _ in try await respond { try withState(manager.list(), readiness) } }
         router.post(RouterPath(APIPath.endpoints)) { request, _ in
             try await respond(status: .created) {
                 let body = try await body(of: request, limit: 1 << 20, what: "an endpoint request")
@@ -51,7 +57,7 @@ enum APIServer {
             }
         }
         router.get("/v1/endpoints/:name") { _, context in
-            try await respond { try manager.get(context.parameters.get("name") ?? "") }
+            try await respond { try withState([manager.get(context.parameters.get("name") ?? "")], readiness)[0] }
         }
         router.patch("/v1/endpoints/:name/labels") { request, context in
             try await respond {
@@ -102,6 +108,16 @@ enum APIServer {
 
     /// A request's body, at most `limit` bytes. A Content-Length above the limit is refused
     /// before a byte of the body is read; a body without one stops being read at the limit.
+    /// Endpoints with their readiness (`ready` unless a probe says otherwise).
+    static func withState(_ eps: [Endpoint], _ names: ServiceManager.Names) -> [Endpoint] {
+        let states = names.readinessByEndpoint
+        return eps.map { ep in
+            var ep = ep
+            ep.state = states[ep.name].map { $0 ? "ready" : "unready" } ?? "ready"
+            return ep
+        }
+    }
+
     static func body(of request: Request, limit: Int, what: String) async throws -> ByteBuffer {
         let tooLarge = MeshError(.tooLarge, "\(what) is larger than \(limit) bytes, the most this API takes",
                                  hint: "split it into smaller requests")

@@ -37,6 +37,12 @@ public enum Cgroup2 {
         rmdir(path)
     }
 
+    /// The cgroup's id, as bpf_get_current_cgroup_id() reports it: its folder's inode.
+    public static func id(_ path: String) -> UInt64? {
+        var st = stat()
+        return stat(path, &st) == 0 ? UInt64(st.st_ino) : nil
+    }
+
     public static func processes(_ path: String) -> [Int32] {
         ((try? String(contentsOfFile: path + "/cgroup.procs", encoding: .utf8)) ?? "")
             .split(separator: "\n").compactMap { Int32($0) }

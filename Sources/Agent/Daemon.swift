@@ -31,9 +31,13 @@ public enum Daemon {
         do { redirect = try SocketRedirect(pinDir: settings.bpffs, cgroup: settings.cgroup, nodeID: nodeID(settings.nodeName), sizes: settings.mapSizes) } catch {
             throw MeshError(.datapath, "loading socket redirection failed: \(error)")
         }
+        let lb: ServiceLB
+        do { lb = try ServiceLB(pinDir: settings.bpffs, cgroup: settings.cgroup, nodeID: nodeID(settings.nodeName), sizes: settings.mapSizes) } catch {
+            throw MeshError(.datapath, "loading the service load balancer failed: \(error)")
+        }
         // An upgrade that changed a map's layout gets that map anew, empty; the
-        // reconcile below writes endpoints and policy back from the store.
-        for replaced in datapath.replacedMaps + redirect.replacedMaps {
+        // reconcile below writes endpoints, policy and services back from the store.
+        for replaced in datapath.replacedMaps + redirect.replacedMaps + lb.replacedMaps {
             logger.warning("pinned BPF map had another layout (a meshd of another version made it): replaced with an empty one",
                            metadata: ["map": "\(replaced)"])
         }
@@ -41,30 +45,43 @@ public enum Daemon {
         // Configured first: the programs never see an unwritten config map.
         do { try redirect.attach() } catch { throw MeshError(.datapath, "attaching socket redirection failed: \(error)") }
         let policy = try PolicyEngine(store: store, datapath: datapath, identities: StoreIdentityAllocator(store: store), logger: logger)
-        let manager = EndpointManager(settings: settings, store: store, datapath: datapath, policy: policy, logger: logger)
+        let dns: NodeDNS? = settings.dns ? NodeDNS(settings: settings, logger: logger) : nil
+        try dns?.prepare()
+        let services = try ServiceManager(settings: settings, store: store, lb: lb, policy: policy, dns: dns, logger: logger)
+        let manager = EndpointManager(settings: settings, store: store, datapath: datapath, policy: policy, services: services,
+                                      dns: dns, logger: logger)
         try await manager.reconcile()
+        // After the reconcile wrote the backends: services never see a half-built node.
+        do { try lb.attach() } catch { throw MeshError(.datapath, "attaching the service load balancer failed: \(error)") }
 
         try prepareSocket(settings.apiSocket, access: settings.apiAccess)
-        let metrics = MetricsCollector(datapath: datapath, manager: manager, policy: policy, redirect: redirect, nodeName: settings.nodeName)
+        let metrics = MetricsCollector(datapath: datapath, manager: manager, policy: policy, redirect: redirect, lb: lb,
+                                       services: services.names, nodeName: settings.nodeName)
         await policy.setOnEnforced { metrics.observeEnforced($0) }
-        try? datapath.setVerdictEvents(false)
+        try? datapath.setOptionalEvents(verdicts: false, loadBalancing: false)
         let hubLogger = logger
-        let hub = EventHub { on in
-            do { try datapath.setVerdictEvents(on) } catch {
-                hubLogger.warning("cannot switch verdict events", metadata: ["error": "\(error)"])
+        let hub = EventHub { interest, on in
+            do {
+                switch interest {
+                case .verdicts: try datapath.setOptionalEvents(verdicts: on, loadBalancing: nil)
+                case .loadBalancing: try datapath.setOptionalEvents(verdicts: nil, loadBalancing: on)
+                }
+            } catch {
+                hubLogger.warning("cannot switch optional datapath events", metadata: ["events": "\(interest)", "error": "\(error)"])
             }
         }
-        let services: [any Service] = [
+        var running: [any Service] = [
             APIServer.make(settings: settings, manager: manager, policy: policy, datapath: datapath, redirect: redirectControl,
-                           store: store, hub: hub, startedAt: startedAt, logger: logger),
+                           lb: lb, services: services, store: store, hub: hub, startedAt: startedAt, logger: logger),
             MetricsServer.make(settings: settings, metrics: metrics, logger: logger),
             DatapathEventService(datapath: datapath, metrics: metrics, hub: hub, logger: logger),
         ]
+        if let dns { running.append(dns) }
         logger.info("meshd ready", metadata: [
             "api": "\(settings.apiSocket)", "metrics": "http://\(settings.metricsHost):\(settings.metricsPort)/metrics",
-            "pod_cidr": "\(settings.podCIDR)", "bpffs": "\(settings.bpffs)", "cgroup": "\(settings.cgroup)",
+            "pod_cidr": "\(settings.podCIDR)", "service_cidr": "\(settings.serviceCIDR)", "dns": "\(settings.dns ? "on" : "off")", "bpffs": "\(settings.bpffs)", "cgroup": "\(settings.cgroup)",
         ])
-        let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
+        let group = ServiceGroup(configuration: .init(services: running.map { .init(service: $0) },
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         defer { unlink(settings.apiSocket) }
         try await group.run()
@@ -94,13 +111,17 @@ public enum Daemon {
         name.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
     }
 
-    /// Forwarding on, and an `unreachable` route for the pod CIDR: the /32 routes of live
-    /// endpoints win, and nothing addressed to the rest of the CIDR can leak to an uplink.
+    /// Forwarding on, and `unreachable` routes for the pod and service CIDRs: the /32
+    /// routes of live endpoints win, and nothing addressed to the rest of the pod CIDR, or
+    /// to a VIP from a process the load balancer does not see (outside every endpoint's
+    /// cgroup), can leak to an uplink.
     static func prepareNodeNetwork(_ s: NodeSettings, logger: Logger) throws(MeshError) {
         try Netlink.setUp("lo")
         try Netlink.sysctl("net/ipv4/ip_forward", "1")
-        try Netlink.addRoute(s.podCIDR, device: nil, unreachable: true, replace: true)
-        logger.info("installed unreachable route", metadata: ["cidr": "\(s.podCIDR)"])
+        for cidr in [s.podCIDR, s.serviceCIDR] {
+            try Netlink.addRoute(cidr, device: nil, unreachable: true, replace: true)
+            logger.info("installed unreachable route", metadata: ["cidr": "\(cidr)"])
+        }
     }
 
     /// A missing folder for the API socket is made root's, 0700 (0750 and the API group's

@@ -56,7 +56,10 @@ final class DatapathEventService: Service {
                                     }
                                 case .policy(let ev):
                                     metrics.countEvent(ev.dropped ? "policy_drop" : "policy_verdict")
-                                    hub.publish(ev)
+                                    hub.publish(.policy(ev))
+                                case .loadBalancing(let ev):
+                                    metrics.countEvent("lb")
+                                    hub.publish(.loadBalancing(ev))
                                 case .unrecognised(let type):
                                     metrics.countEvent("unrecognised")
                                     logger.debug("unrecognised datapath event", metadata: ["type": "\(type)"])

@@ -13,13 +13,19 @@ public actor EndpointManager {
     let store: Store
     let datapath: MeshDatapath
     let policy: PolicyEngine
+    /// Told after every change, to re-register backends (and probe new endpoints).
+    let services: ServiceManager?
+    let dns: NodeDNS?
     let logger: Logger
 
-    public init(settings: NodeSettings, store: Store, datapath: MeshDatapath, policy: PolicyEngine, logger: Logger) {
+    public init(settings: NodeSettings, store: Store, datapath: MeshDatapath, policy: PolicyEngine,
+                services: ServiceManager? = nil, dns: NodeDNS? = nil, logger: Logger) {
         self.settings = settings
         self.store = store
         self.datapath = datapath
         self.policy = policy
+        self.services = services
+        self.dns = dns
         self.logger = logger
     }
 
@@ -41,6 +47,13 @@ public actor EndpointManager {
     public func create(_ request: EndpointCreateRequest) async throws(MeshError) -> Endpoint {
         try EndpointName.validate(request.name)
         let labels = try Labels(request.labels)
+        let ports = request.ports ?? [:]
+        for name in ports.keys { try EndpointPorts.validateName(name, what: "port") }
+        if ports.values.contains(0) { throw MeshError.invalid("port 0 is not a port number (1-65535)") }
+        if let probe = request.readiness, UInt16(probe.port) == nil, ports[probe.port] == nil {
+            throw MeshError.invalid("readiness probe \(probe): the endpoint has no port named \"\(probe.port)\"",
+                                    hint: ports.isEmpty ? "give it with --ports \(probe.port)=8080, or probe a port number" : "its ports: \(ports.keys.sorted().joined(separator: ", "))")
+        }
         if try store.endpoint(named: request.name) != nil {
             throw MeshError(.alreadyExists, "endpoint \"\(request.name)\" already exists")
         }
@@ -60,7 +73,7 @@ public actor EndpointManager {
         let ep = try store.insertEndpoint { (id: Int) throws(MeshError) -> Endpoint in
             Endpoint(id: id, name: request.name, labels: labels, ipv4: ip,
                      netns: settings.netnsName(request.name), interface: settings.interfaceName(id),
-                     cgroup: settings.cgroupPath(request.name), createdAt: Date())
+                     cgroup: settings.cgroupPath(request.name), createdAt: Date(), ports: ports, readiness: request.readiness)
         }
         do {
             try Plumbing.create(ep)
@@ -79,6 +92,8 @@ public actor EndpointManager {
             _ = try? await policy.publish()
             throw error
         }
+        dns?.configure(ep)
+        await services?.endpointsChanged()
         logger.info("endpoint created", metadata: ["endpoint": "\(ep.name)", "id": "\(ep.id)", "ipv4": "\(ep.ipv4)", "labels": "\(ep.labels)"])
         return ep
     }
@@ -98,14 +113,19 @@ public actor EndpointManager {
             try? store.setLabels(ep.labels, ofEndpoint: name, ifCurrently: labels)
             throw error
         }
+        let relabelled = try get(name)
+        dns?.configure(relabelled)
+        await services?.endpointsChanged()
         logger.info("endpoint relabelled", metadata: ["endpoint": "\(name)", "from": "\(ep.labels)", "to": "\(labels)"])
-        return try get(name)
+        return relabelled
     }
 
     public func delete(_ name: String) async throws(MeshError) {
         let ep = try get(name)
-        teardown(ep)
         try store.deleteEndpoint(named: name)
+        // Out of every service first: no new connection may pick it while it goes.
+        await services?.endpointsChanged()
+        teardown(ep)
         try await policy.publish()
         logger.info("endpoint deleted", metadata: ["endpoint": "\(name)", "id": "\(ep.id)"])
     }
@@ -143,6 +163,8 @@ public actor EndpointManager {
             }
         }
         datapath.prune(keepIfindexes: ifindexes, keepEndpointIDs: Set(eps.map { UInt32($0.id) }))
+        for ep in eps { dns?.configure(ep) }
+        await services?.endpointsChanged()
         logger.info("reconciled endpoints", metadata: ["count": "\(eps.count)"])
     }
 
@@ -158,5 +180,6 @@ public actor EndpointManager {
         datapath.uninstall(endpointID: UInt32(ep.id), ipv4NetworkOrder: ep.ipv4.networkOrder, ifindex: ifindex > 0 ? ifindex : nil)
         datapath.conntrackForget(endpointID: UInt32(ep.id))
         Plumbing.remove(ep)
+        NodeDNS.unconfigure(netns: ep.netns)
     }
 }

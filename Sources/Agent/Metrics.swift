@@ -16,7 +16,11 @@ public final class MetricsCollector: @unchecked Sendable {
     private let manager: EndpointManager
     private let policy: PolicyEngine
     private let redirect: SocketRedirect
+    private let lb: ServiceLB
+    private let services: ServiceManager.Names
     private let redirectSockets: Gauge
+    private var readinessGauges: [String: Gauge] = [:]
+    private var backendGauges: [String: Gauge] = [:]
 
     private let kernelCounters: KernelCounters
     private let endpointsGauge: Gauge
@@ -38,11 +42,14 @@ public final class MetricsCollector: @unchecked Sendable {
     static let dropBytesHelp = "Bytes of packets dropped by the datapath, by reason and direction."
     static let verdictsHelp = "New flows decided on enforced endpoints, by deciding policy, direction and verdict."
 
-    public init(datapath: MeshDatapath, manager: EndpointManager, policy: PolicyEngine, redirect: SocketRedirect, nodeName: String) {
+    public init(datapath: MeshDatapath, manager: EndpointManager, policy: PolicyEngine, redirect: SocketRedirect, lb: ServiceLB,
+                services: ServiceManager.Names, nodeName: String) {
         self.datapath = datapath
         self.manager = manager
         self.policy = policy
         self.redirect = redirect
+        self.lb = lb
+        self.services = services
         redirectSockets = registry.makeGauge(name: "mesh_socket_redirect_sockets",
                                              help: "Sockets in the sockhash now; an accelerated connection has two.")
         kernelCounters = KernelCounters(registry: registry)
@@ -118,8 +125,28 @@ public final class MetricsCollector: @unchecked Sendable {
                                   help: "Sockets of connections between two local endpoints, as they were established: running local-congestion-control (applied), keeping their application's or route's own (own_choice), or refused by the kernel (failed).",
                                   value: rc[counter] ?? 0))
         }
+        // Per service port and backend: label values are names of services and endpoints
+        // that exist, so the series are bounded by the node's own objects.
+        for c in try lb.counters() {
+            guard let f = services.frontend(c.frontendID) else { continue }
+            if c.backendID == 0 {
+                readings.append(.init(name: "mesh_service_refused_total", labels: [("service", f.service), ("port", f.port)],
+                                      help: "connect() or sendmsg() calls to a service port with no ready backend, refused with ECONNREFUSED.",
+                                      value: c.connects &+ c.sends))
+                continue
+            }
+            let labels = [("service", f.service), ("port", f.port), ("backend", services.endpoint(c.backendID))]
+            readings.append(.init(name: "mesh_service_connections_total", labels: labels,
+                                  help: "Connections (TCP, and connected UDP sockets) the socket-level load balancer sent to a backend of a service port.",
+                                  value: c.connects))
+            readings.append(.init(name: "mesh_service_datagrams_total", labels: labels,
+                                  help: "Unconnected UDP datagrams the socket-level load balancer sent to a backend of a service port.",
+                                  value: c.sends))
+        }
+        let readiness = services.readinessByEndpoint
+        let backends = services.backendsByService
         let ct = try datapath.conntrackStatistics()
-        let maps = datapath.mapStats() + redirect.mapStats()
+        let maps = datapath.mapStats() + redirect.mapStats() + lb.mapStats()
         let ctEntries = maps.first { $0.name == MeshDatapath.conntrackMapName }?.entries ?? 0
         readings.append(.init(name: "mesh_conntrack_created_total", labels: [],
                               help: "Connection-tracking entries the programs created: new flows, per endpoint and direction.",
@@ -152,6 +179,20 @@ public final class MetricsCollector: @unchecked Sendable {
                 g.capacity.set(Double(m.capacity))
                 g.pressure.set(m.capacity > 0 ? Double(m.entries) / Double(m.capacity) : 0)
             }
+            Self.syncGauges(&readinessGauges, registry: registry, values: readiness.mapValues { $0 ? 1 : 0 }) { name in
+                self.registry.makeGauge(name: "mesh_endpoint_ready", labels: [("endpoint", name)],
+                                        help: "1 while an endpoint with a readiness probe passes it (is a backend of its services), else 0.")
+            }
+            var perService: [String: Double] = [:]
+            for (svc, states) in backends {
+                perService[svc + "|ready"] = Double(states.filter { $0 }.count)
+                perService[svc + "|unready"] = Double(states.filter { !$0 }.count)
+            }
+            Self.syncGauges(&backendGauges, registry: registry, values: perService) { key in
+                let parts = key.split(separator: "|")
+                return self.registry.makeGauge(name: "mesh_service_backends", labels: [("service", String(parts[0])), ("state", String(parts[1]))],
+                                               help: "Endpoints a service selects, by readiness: only ready ones get connections.")
+            }
             if let p = process {
                 if p.cpuSeconds > lastCPU { cpu.increment(by: p.cpuSeconds - lastCPU); lastCPU = p.cpuSeconds }
                 rss.set(Double(p.residentBytes))
@@ -162,6 +203,22 @@ public final class MetricsCollector: @unchecked Sendable {
             var out: [UInt8] = []
             registry.emit(into: &out)
             return out
+        }
+    }
+}
+
+extension MetricsCollector {
+    /// Sets one gauge per key, making new ones and unregistering those whose key went.
+    static func syncGauges(_ gauges: inout [String: Gauge], registry: PrometheusCollectorRegistry, values: [String: Double],
+                           make: (String) -> Gauge) {
+        for (key, v) in values {
+            let g = gauges[key] ?? make(key)
+            gauges[key] = g
+            g.set(v)
+        }
+        for (key, g) in gauges where values[key] == nil {
+            registry.unregisterGauge(g)
+            gauges[key] = nil
         }
     }
 }

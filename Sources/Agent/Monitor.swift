@@ -3,45 +3,50 @@ import Foundation
 import MeshModel
 import NIOCore
 
-/// Fans datapath policy events out to `meshctl monitor` streams. A subscriber that cannot
-/// keep up loses the oldest events, never blocks the reader of the ring buffer.
+/// Fans datapath events out to `meshctl monitor` streams. A subscriber that cannot keep
+/// up loses the oldest events, never blocks the reader of the ring buffer.
 final class EventHub: @unchecked Sendable {
-    private let lock = NSLock()
-    private var subscribers: [UUID: AsyncStream<MeshDatapath.PolicyEvent>.Continuation] = [:]
-    private var verdictWatchers = Set<UUID>()
-    /// Told when the first subscriber that wants verdicts arrives and when the last leaves:
-    /// the kernel writes verdict events only while someone reads them.
-    private let onVerdictInterest: @Sendable (Bool) -> Void
-
-    init(onVerdictInterest: @escaping @Sendable (Bool) -> Void = { _ in }) {
-        self.onVerdictInterest = onVerdictInterest
+    enum Event: Sendable {
+        case policy(MeshDatapath.PolicyEvent)
+        case loadBalancing(MeshDatapath.LBEvent)
     }
 
-    func publish(_ event: MeshDatapath.PolicyEvent) {
+    /// Optional events the kernel writes only while someone reads them.
+    enum Interest: Sendable { case verdicts, loadBalancing }
+
+    private let lock = NSLock()
+    private var subscribers: [UUID: AsyncStream<Event>.Continuation] = [:]
+    private var watchers: [Interest: Set<UUID>] = [:]
+    /// Told when the first subscriber with an interest arrives and when the last leaves.
+    private let onInterest: @Sendable (Interest, Bool) -> Void
+
+    init(onInterest: @escaping @Sendable (Interest, Bool) -> Void = { _, _ in }) {
+        self.onInterest = onInterest
+    }
+
+    func publish(_ event: Event) {
         let subs = lock.withLock { Array(subscribers.values) }
         for s in subs { s.yield(event) }
     }
 
-    func subscribe(wantsVerdicts: Bool) -> AsyncStream<MeshDatapath.PolicyEvent> {
+    func subscribe(interests: Set<Interest>) -> AsyncStream<Event> {
         let id = UUID()
-        let (stream, continuation) = AsyncStream<MeshDatapath.PolicyEvent>.makeStream(bufferingPolicy: .bufferingNewest(4096))
+        let (stream, continuation) = AsyncStream<Event>.makeStream(bufferingPolicy: .bufferingNewest(4096))
         continuation.onTermination = { [weak self] _ in self?.unsubscribe(id) }
-        let first = lock.withLock { () -> Bool in
+        let firsts = lock.withLock { () -> [Interest] in
             subscribers[id] = continuation
-            guard wantsVerdicts else { return false }
-            verdictWatchers.insert(id)
-            return verdictWatchers.count == 1
+            return interests.filter { watchers[$0, default: []].insert(id).inserted && watchers[$0]!.count == 1 }
         }
-        if first { onVerdictInterest(true) }
+        for i in firsts { onInterest(i, true) }
         return stream
     }
 
     private func unsubscribe(_ id: UUID) {
-        let last = lock.withLock { () -> Bool in
+        let lasts = lock.withLock { () -> [Interest] in
             subscribers[id] = nil
-            return verdictWatchers.remove(id) != nil && verdictWatchers.isEmpty
+            return watchers.keys.filter { watchers[$0]!.remove(id) != nil && watchers[$0]!.isEmpty }
         }
-        if last { onVerdictInterest(false) }
+        for i in lasts { onInterest(i, false) }
     }
 }
 
@@ -49,6 +54,22 @@ final class EventHub: @unchecked Sendable {
 struct EventResolver: Sendable {
     let store: Store
     let policy: PolicyEngine
+    let services: ServiceManager.Names
+
+    func resolve(_ e: MeshDatapath.LBEvent) -> MonitorEvent {
+        let f = services.frontend(e.frontendID)
+        let client = services.endpoint(cgroup: e.cgroupID) ?? "cgroup \(e.cgroupID)"
+        let refused = e.backendID == 0
+        var m = MonitorEvent(
+            time: Date(), type: "lb", endpoint: client, direction: "egress", source: "",
+            destination: IPv4Address(e.vip).description, sourcePort: 0, destinationPort: Int(e.vport), proto: ProtocolName.name(e.proto),
+            peerIdentity: 0, peer: "", verdict: refused ? "refused" : "translated",
+            reason: refused ? "no ready backend" : e.affinity ? "session affinity" : e.connect ? "connect" : "sendmsg",
+            rule: refused ? "" : "\(IPv4Address(e.backendAddress)):\(e.backendPort)", revision: 0)
+        m.service = f.map { "\($0.service):\($0.port)" } ?? "frontend \(e.frontendID)"
+        m.backend = refused ? "" : services.endpoint(e.backendID)
+        return m
+    }
 
     func resolve(_ e: MeshDatapath.PolicyEvent, endpoints: [Int: String]) async -> MonitorEvent {
         let peerName = policy.describe(identity: e.peerIdentity)
@@ -63,7 +84,10 @@ struct EventResolver: Sendable {
 
     /// A stream of JSON lines for one `GET /v1/monitor` client.
     func stream(hub: EventHub, type: String) -> AsyncStream<ByteBuffer> {
-        let events = hub.subscribe(wantsVerdicts: type != "drop")
+        var interests: Set<EventHub.Interest> = []
+        if type == "all" || type == "verdict" { interests.insert(.verdicts) }
+        if type == "all" || type == "lb" { interests.insert(.loadBalancing) }
+        let events = hub.subscribe(interests: interests)
         let (out, continuation) = AsyncStream<ByteBuffer>.makeStream(bufferingPolicy: .bufferingNewest(4096))
         let task = Task {
             let encoder = JSONEncoder()
@@ -72,12 +96,19 @@ struct EventResolver: Sendable {
             // A first line tells the client the stream is live.
             continuation.yield(ByteBuffer(string: "{\"type\":\"hello\"}\n"))
             var names: [Int: String] = [:]
-            for await e in events {
-                if type == "drop" && !e.dropped || type == "verdict" && e.dropped { continue }
-                if names[Int(e.endpointID)] == nil {
-                    names = Dictionary(uniqueKeysWithValues: ((try? store.endpoints()) ?? []).map { ($0.id, $0.name) })
+            for await event in events {
+                let m: MonitorEvent
+                switch event {
+                case .loadBalancing(let e):
+                    guard type == "all" || type == "lb" else { continue }
+                    m = resolve(e)
+                case .policy(let e):
+                    if type == "lb" || type == "drop" && !e.dropped || type == "verdict" && e.dropped { continue }
+                    if names[Int(e.endpointID)] == nil {
+                        names = Dictionary(uniqueKeysWithValues: ((try? store.endpoints()) ?? []).map { ($0.id, $0.name) })
+                    }
+                    m = await resolve(e, endpoints: names)
                 }
-                let m = await resolve(e, endpoints: names)
                 guard var data = try? encoder.encode(m) else { continue }
                 data.append(0x0a)
                 continuation.yield(ByteBuffer(bytes: data))

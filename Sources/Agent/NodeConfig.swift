@@ -14,6 +14,11 @@ public struct NodeConfig: Sendable, Equatable {
     /// Default: <cgroup2 mount>/<node-name>.
     public var cgroup: String?
     public var podCIDR = "10.200.0.0/24"
+    /// Where services' cluster IPs come from: a range of its own, routed nowhere (the
+    /// addresses only ever exist inside connect()).
+    public var serviceCIDR = "10.96.0.0/24"
+    /// on or off: answer service names inside endpoints (dnsmasq, run by meshd).
+    public var dns = "on"
     public var apiSocket = "/run/swiftmesh/meshd.sock"
     public var metricsAddress = "127.0.0.1:9464"
     /// nil: keep what `meshctl config set` stored last (default on).
@@ -51,7 +56,7 @@ public struct NodeConfig: Sendable, Equatable {
 
     /// The keys a config file may set, as on the command line without the dashes.
     public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address",
-                                  "socket-redirect", "local-congestion-control", "conntrack-max", "api-group"]
+                                  "socket-redirect", "local-congestion-control", "conntrack-max", "api-group", "service-cidr", "dns"]
 
     /// Applies a YAML mapping of `fileKeys` to strings. Unknown keys are an error.
     public mutating func apply(yaml text: String, source: String) throws(MeshError) {
@@ -88,6 +93,8 @@ public struct NodeConfig: Sendable, Equatable {
         case "local-congestion-control": localCongestionControl = value
         case "conntrack-max": conntrackMax = value
         case "api-group": apiGroup = value
+        case "service-cidr": serviceCIDR = value
+        case "dns": dns = value
         default: break
         }
     }
@@ -107,6 +114,13 @@ public struct NodeConfig: Sendable, Equatable {
         guard cidr.assignableCount > 0 else {
             throw .invalid("pod CIDR \(cidr) has no addresses to hand out; use a /30 or larger")
         }
+        let services: IPv4CIDR
+        do { services = try IPv4CIDR(parsing: serviceCIDR) } catch { throw .invalid("service CIDR: \(error.message)", hint: error.hint) }
+        guard services.assignableCount > 0 else { throw .invalid("service CIDR \(services) has no addresses to hand out; use a /30 or larger") }
+        guard !services.contains(cidr.network), !cidr.contains(services.network) else {
+            throw .invalid("service CIDR \(services) overlaps the pod CIDR \(cidr)", hint: "give them separate ranges")
+        }
+        guard let dnsOn = RuntimeConfig.parseSwitch(dns) else { throw .invalid("dns \"\(dns)\" must be on or off") }
         let parts = metricsAddress.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 2, IPv4Address(String(parts[0])) != nil, let port = Int(parts[1]), (1...65535).contains(port) else {
             throw .invalid("metrics address \"\(metricsAddress)\" must be IPv4:port, e.g. 127.0.0.1:9464")
@@ -153,7 +167,7 @@ public struct NodeConfig: Sendable, Equatable {
                             apiSocket: apiSocket, metricsHost: String(parts[0]), metricsPort: port,
                             socketRedirect: socketRedirect.flatMap(RuntimeConfig.parseSwitch),
                             localCongestionControl: localCongestionControl, conntrackMax: ctMax,
-                            apiAccess: APIAccess(group: group))
+                            apiAccess: APIAccess(group: group), serviceCIDR: services, dns: dnsOn)
     }
 
     private func isNodeName(_ s: String) -> Bool {
@@ -180,6 +194,10 @@ public struct NodeSettings: Sendable {
     public let conntrackMax: UInt32
     /// Who may use the API (root, and the --api-group's members).
     let apiAccess: APIAccess
+    /// Where cluster IPs come from.
+    public let serviceCIDR: IPv4CIDR
+    /// Whether meshd runs the node's DNS for service names.
+    public let dns: Bool
 
     /// The sizes the node's BPF maps load with (every object that declares them).
     public var mapSizes: MapSizes { MapSizes(conntrack: conntrackMax) }

@@ -70,8 +70,12 @@ public actor PolicyEngine {
         try publish(policies: policies)
     }
 
+    /// Endpoints as identity and policy see them: their labels and their namespace's.
     private func endpointInfos() throws(MeshError) -> [PolicyCompiler.EndpointInfo] {
-        try store.endpoints().map { .init(id: $0.id, name: $0.name, labels: $0.labels, ipv4: $0.ipv4) }
+        let nsLabels = ServiceManager.namespaceLabels(store)
+        return try store.endpoints().map {
+            .init(id: $0.id, name: $0.name, labels: $0.labels.withNamespaceLabels(nsLabels[$0.labels.namespace]), ipv4: $0.ipv4)
+        }
     }
 
     /// `allocate`: take numbers for new label sets and CIDRs from the allocator (and mark
@@ -145,18 +149,26 @@ public actor PolicyEngine {
         let trees = try YAMLTree.documents(request.yaml, source: request.source).filter { $0 != .null }
         guard !trees.isEmpty else { throw MeshError.invalid("\(request.source): no policy documents found") }
         let (parsed, warnings) = try PolicyParser.read(documents: trees, source: request.source)
+        return try apply(trees: trees, parsed: parsed, warnings: warnings, text: trees.count == 1 ? request.yaml : nil,
+                         dryRun: request.dryRun, start: start)
+    }
+
+    /// Applies policy documents already parsed (by `meshctl apply`, from a file of several
+    /// kinds): all of them or none.
+    func apply(trees: [PolicyTree], parsed: [Policy], warnings: [String], text: String?, dryRun: Bool,
+               start: ContinuousClock.Instant = .now) throws(MeshError) -> PolicyApplyResult {
         for w in warnings { logger.warning("policy field ignored", metadata: ["warning": "\(w)"]) }
         var incoming: [String: Document] = [:]
         for tree in trees {
             let key = Self.documentKey(tree)
             incoming[key] = Document(key: key, kind: tree["kind"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? "",
-                                     tree: tree, appliedAt: Date(), text: trees.count == 1 ? request.yaml : nil)
+                                     tree: tree, appliedAt: Date(), text: text)
         }
         // The new set: everything else as it was, these documents replaced.
         let replaced = Set(incoming.keys)
         let next = policies.filter { !replaced.contains(Self.documentKey(of: $0)) } + parsed
         let rules = parsed.reduce(0) { $0 + $1.rules.count }
-        if request.dryRun {
+        if dryRun {
             let result = try compile(next, allocate: false)
             return PolicyApplyResult(documents: incoming.keys.sorted(), policies: parsed.count, rules: rules,
                                      revision: Int(revision), dryRun: true, entries: result.entries.count, enforcedSeconds: 0,
@@ -202,7 +214,7 @@ public actor PolicyEngine {
     }
 
     public func list() throws(MeshError) -> [PolicySummary] {
-        let eps = try store.endpoints()
+        let eps = try endpointInfos()
         return documents.values.sorted { $0.key < $1.key }.map { doc in
             let mine = policies.filter { Self.documentKey(of: $0) == doc.key }
             let selected = eps.filter { ep in mine.contains { $0.subject.matches(ep.labels) } }.map(\.name)
@@ -303,7 +315,7 @@ public actor PolicyEngine {
 
     /// Every allocated identity with the endpoints that hold it.
     public func identityViews() throws(MeshError) -> [IdentityView] {
-        let eps = try store.endpoints()
+        let eps = try endpointInfos()
         return try identityAllocator.allocated().map { a in
             IdentityView(id: Int(a.id), scope: a.key.scope.rawValue, labels: a.key.name.isEmpty ? "(no labels)" : a.key.name,
                          endpoints: a.key.scope == .global ? eps.filter { $0.labels.description == a.key.name }.map(\.name) : [],

@@ -8,7 +8,7 @@ import NIOPosix
 /// Policy, trace, monitor and BPF-dump routes of the API.
 enum PolicyRoutes {
     static func add(to router: Router<BasicRequestContext>, manager: EndpointManager, policy: PolicyEngine,
-                    datapath: MeshDatapath, store: Store, hub: EventHub) {
+                    datapath: MeshDatapath, store: Store, hub: EventHub, services: ServiceManager) {
         router.post(RouterPath(APIPath.policies)) { request, _ in
             try await APIServer.respond(status: .ok) {
                 let body = try await APIServer.body(of: request, limit: 64 << 20, what: "a policy file")
@@ -42,10 +42,10 @@ enum PolicyRoutes {
         }
         router.get(RouterPath(APIPath.monitor)) { request, _ -> Response in
             let type = request.uri.queryParameters.get("type") ?? "all"
-            guard ["all", "drop", "verdict"].contains(type) else {
-                return APIServer.json(.badRequest, ErrorResponse(error: .invalid("monitor type \"\(type)\" is not drop, verdict or all")))
+            guard ["all", "drop", "verdict", "lb"].contains(type) else {
+                return APIServer.json(.badRequest, ErrorResponse(error: .invalid("monitor type \"\(type)\" is not drop, verdict, lb or all")))
             }
-            let stream = EventResolver(store: store, policy: policy).stream(hub: hub, type: type)
+            let stream = EventResolver(store: store, policy: policy, services: services.names).stream(hub: hub, type: type)
             return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: ResponseBody(asyncSequence: stream))
         }
         router.get(RouterPath(APIPath.bpfPolicy)) { _, _ in

@@ -66,6 +66,27 @@ public final class Store: Sendable {
                 t.uniqueKey(["scope", "key"])
             }
         }
+        m.registerMigration("v5-services") { db in
+            // Named ports and the readiness probe, as JSON; older rows have neither.
+            try db.alter(table: "endpoint") { t in
+                t.add(column: "ports", .text).notNull().defaults(to: "{}")
+                t.add(column: "readiness", .text)
+            }
+            // AUTOINCREMENT: a service's id numbers its frontends in the kernel; a new
+            // service never inherits a deleted one's counters or affinity entries.
+            try db.create(table: "service") { t in
+                t.column("id", .integer).primaryKey(autoincrement: true)
+                t.column("key", .text).notNull().unique()      // namespace/name
+                t.column("spec", .text).notNull()              // MeshService as JSON
+                t.column("clusterIP", .text).notNull().unique()
+                t.column("appliedAt", .datetime).notNull()
+            }
+            try db.create(table: "namespace") { t in
+                t.column("name", .text).primaryKey()
+                t.column("labels", .text).notNull()
+                t.column("appliedAt", .datetime).notNull()
+            }
+        }
         return m
     }
 
@@ -79,12 +100,16 @@ public final class Store: Sendable {
         var interface: String
         var cgroup: String
         var createdAt: Date
+        var ports: String
+        var readiness: String?
 
         func endpoint() throws -> Endpoint {
             let dict = try JSONDecoder().decode([String: String].self, from: Data(labels.utf8))
             guard let ip = IPv4Address(ipv4) else { throw MeshError(.internalError, "stored address \(ipv4) is invalid") }
             return Endpoint(id: Int(id ?? 0), name: name, labels: try Labels(dict), ipv4: ip, netns: netns,
-                            interface: interface, cgroup: cgroup, createdAt: createdAt)
+                            interface: interface, cgroup: cgroup, createdAt: createdAt,
+                            ports: try JSONDecoder().decode([String: UInt16].self, from: Data(ports.utf8)),
+                            readiness: try readiness.map { try JSONDecoder().decode(ReadinessProbe.self, from: Data($0.utf8)) })
         }
     }
 
@@ -125,7 +150,9 @@ public final class Store: Sendable {
                 let row = EndpointRow(id: Int64(ep.id), name: ep.name, labels: ep.labels.description.isEmpty ? "{}" :
                                         String(decoding: try JSONEncoder().encode(ep.labels.values), as: UTF8.self),
                                       ipv4: ep.ipv4.description, netns: ep.netns, interface: ep.interface,
-                                      cgroup: ep.cgroup, createdAt: ep.createdAt)
+                                      cgroup: ep.cgroup, createdAt: ep.createdAt,
+                                      ports: String(decoding: try JSONEncoder().encode(ep.ports), as: UTF8.self),
+                                      readiness: try ep.readiness.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) })
                 try row.insert(db)
                 return ep
             }
@@ -185,6 +212,60 @@ public final class Store: Sendable {
     public func deleteEndpoint(named name: String) throws(MeshError) -> Bool {
         try wrap("delete endpoint") {
             try db.write { try EndpointRow.filter(Column("name") == name).deleteAll($0) > 0 }
+        }
+    }
+
+    // MARK: Services and namespaces
+
+    public struct ServiceRow: Codable, FetchableRecord, PersistableRecord, Sendable {
+        public static let databaseTableName = "service"
+        public var id: Int64?
+        public var key: String
+        public var spec: String
+        public var clusterIP: String
+        public var appliedAt: Date
+
+        public func service() throws -> MeshService {
+            try JSONDecoder().decode(MeshService.self, from: Data(spec.utf8))
+        }
+    }
+
+    public struct NamespaceRow: Codable, FetchableRecord, PersistableRecord, Sendable {
+        public static let databaseTableName = "namespace"
+        public var name: String
+        public var labels: String
+        public var appliedAt: Date
+
+        public func namespace() throws -> Namespace {
+            Namespace(name: name, labels: try Labels(try JSONDecoder().decode([String: String].self, from: Data(labels.utf8))))
+        }
+    }
+
+    public func serviceRows() throws(MeshError) -> [ServiceRow] {
+        try wrap("list services") { try db.read { try ServiceRow.order(Column("id")).fetchAll($0) } }
+    }
+
+    public func namespaceRows() throws(MeshError) -> [NamespaceRow] {
+        try wrap("list namespaces") { try db.read { try NamespaceRow.order(Column("name")).fetchAll($0) } }
+    }
+
+    /// Writes services (new ones get their id) and namespaces, and deletes the services
+    /// and namespaces named, all in one transaction; returns the services as written.
+    public func writeServices(_ services: [ServiceRow], namespaces: [NamespaceRow], deleteServices: [String] = [],
+                              deleteNamespaces: [String] = []) throws(MeshError) -> [ServiceRow] {
+        try wrap("write services") {
+            try db.write { db in
+                for key in deleteServices { _ = try ServiceRow.filter(Column("key") == key).deleteAll(db) }
+                for name in deleteNamespaces { _ = try NamespaceRow.deleteOne(db, key: name) }
+                for n in namespaces { try n.save(db) }
+                var out: [ServiceRow] = []
+                for var r in services {
+                    if r.id == nil, let existing = try ServiceRow.filter(Column("key") == r.key).fetchOne(db) { r.id = existing.id }
+                    if r.id == nil { try r.insert(db); r.id = db.lastInsertedRowID } else { try r.update(db) }
+                    out.append(r)
+                }
+                return out
+            }
         }
     }
 }

@@ -62,6 +62,35 @@ public enum ProgramAttachment {
         try check("detach \(program.name) from cgroup \(cgroupPath)", bpf_prog_detach2(program.fd, fd, type))
     }
 
+    /// Attaches `program` to a cgroup through a BPF link pinned at `linkPath`. A link pinned
+    /// there already (an earlier meshd's) gets the new program swapped in atomically, so
+    /// the hook never runs without a program; one whose cgroup is gone is replaced.
+    public static func attachLink(_ program: BPFProgram, cgroup cgroupPath: String, type: bpf_attach_type, pinnedAt linkPath: String) throws {
+        let existing = bpf_obj_get(linkPath)
+        if existing >= 0 {
+            defer { close(existing) }
+            if bpf_link_update(existing, program.fd, nil) == 0 { return }
+            unlink(linkPath)
+        }
+        let cg = open(cgroupPath, O_RDONLY | O_DIRECTORY)
+        guard cg >= 0 else { throw DatapathError("open cgroup \(cgroupPath)", errno: Glibc.errno) }
+        defer { close(cg) }
+        let link = bpf_link_create(program.fd, cg, type, nil)
+        guard link >= 0 else { throw DatapathError("attach \(program.name) to cgroup \(cgroupPath)", errno: Glibc.errno) }
+        defer { close(link) }
+        try check("pin the link of \(program.name) at \(linkPath)", bpf_obj_pin(link, linkPath))
+    }
+
+    /// The id of the program the link pinned at `linkPath` runs, or nil.
+    public static func linkedProgramID(pinnedAt linkPath: String) -> UInt32? {
+        let fd = bpf_obj_get(linkPath)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var info = bpf_link_info()
+        var len = UInt32(MemoryLayout<bpf_link_info>.size)
+        return bpf_obj_get_info_by_fd(fd, &info, &len) == 0 ? info.prog_id : nil
+    }
+
     /// Attaches an sk_msg or sk_skb program to a sockmap/sockhash.
     public static func attach(_ program: BPFProgram, map: BPFMap, type: bpf_attach_type) throws {
         try check("attach \(program.name) to map \(map.name)", bpf_prog_attach(program.fd, map.fd, type, 0))

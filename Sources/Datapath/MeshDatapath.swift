@@ -41,6 +41,23 @@ public final class MeshDatapath: @unchecked Sendable {
         case unknownInterface(ifindex: UInt32, direction: Direction, nodeID: UInt32)
         case unrecognised(type: UInt16)
         case policy(PolicyEvent)
+        case loadBalancing(LBEvent)
+    }
+
+    /// A connect() or sendmsg() to a service VIP: translated, or refused (backendID 0).
+    public struct LBEvent: Sendable, Equatable {
+        public var cgroupID: UInt64
+        /// Host order.
+        public var vip: UInt32
+        public var vport: UInt16
+        public var backendAddress: UInt32
+        public var backendPort: UInt16
+        public var frontendID: UInt32
+        public var backendID: UInt32
+        public var proto: UInt8
+        public var connect: Bool
+        public var affinity: Bool
+        public var timestampNanoseconds: UInt64
     }
 
     /// A drop, or a new flow allowed on an enforced endpoint.
@@ -84,6 +101,7 @@ public final class MeshDatapath: @unchecked Sendable {
     let drops: BPFMap
     let verdicts: BPFMap
     let monitor: BPFMap
+    let monitorLock = NSLockShim()
     let frags: BPFMap
     let conntrackStats: BPFMap
     /// Serialises meshd's own additions to MESH_CT_STAT_COLLECTED.
@@ -242,9 +260,18 @@ public final class MeshDatapath: @unchecked Sendable {
 
     /// Turns the per-new-flow verdict events on (while a monitor wants them) or off.
     public func setVerdictEvents(_ on: Bool) throws {
-        var c = mesh_monitor_config()
-        c.verdict_events = on ? 1 : 0
-        try monitor.update(UInt32(0), c)
+        try setOptionalEvents(verdicts: on, loadBalancing: nil)
+    }
+
+    /// Turns the optional events on or off (nil: leave as they are): verdicts per new flow,
+    /// load-balancing decisions per connect.
+    public func setOptionalEvents(verdicts: Bool?, loadBalancing: Bool?) throws {
+        try monitorLock.withLock {
+            var c = try monitor.lookup(UInt32(0), as: mesh_monitor_config.self) ?? mesh_monitor_config()
+            if let verdicts { c.verdict_events = verdicts ? 1 : 0 }
+            if let loadBalancing { c.lb_events = loadBalancing ? 1 : 0 }
+            try monitor.update(UInt32(0), c)
+        }
     }
 
     /// A reader of the node's event ring buffer; one task should own it.
@@ -268,6 +295,15 @@ public final class MeshDatapath: @unchecked Sendable {
                 sourcePort: ev.sport, destinationPort: ev.dport, proto: ev.proto,
                 direction: Direction(abi: ev.direction),
                 reason: DropReason(abi: ev.reason) ?? .none, ruleID: ev.rule_id, revision: ev.revision,
+                timestampNanoseconds: hdr.timestamp))
+        case MESH_EVENT_LB.rawValue:
+            guard bytes.count >= MemoryLayout<mesh_event_lb>.size else { return nil }
+            let ev = bytes.withUnsafeBytes { $0.loadUnaligned(as: mesh_event_lb.self) }
+            return .loadBalancing(LBEvent(
+                cgroupID: ev.cgroup_id, vip: UInt32(bigEndian: ev.vip), vport: ev.vport,
+                backendAddress: UInt32(bigEndian: ev.backend_addr), backendPort: ev.backend_port,
+                frontendID: ev.frontend_id, backendID: ev.backend_id, proto: ev.proto,
+                connect: UInt32(ev.hook) == MESH_LB_HOOK_CONNECT.rawValue, affinity: ev.affinity != 0,
                 timestampNanoseconds: hdr.timestamp))
         default:
             return .unrecognised(type: hdr.type)

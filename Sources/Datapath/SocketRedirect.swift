@@ -101,31 +101,11 @@ public final class SocketRedirect: @unchecked Sendable {
     }
 
     private func attachSockops() throws {
-        let existing = bpf_obj_get(linkPath)
-        if existing >= 0 {
-            defer { close(existing) }
-            if bpf_link_update(existing, sockops.fd, nil) == 0 { return }
-            // A link whose cgroup is gone (or not a link): replace it.
-            unlink(linkPath)
-        }
-        let cg = open(cgroup, O_RDONLY | O_DIRECTORY)
-        guard cg >= 0 else { throw DatapathError("open cgroup \(cgroup)", errno: Glibc.errno) }
-        defer { close(cg) }
-        let link = bpf_link_create(sockops.fd, cg, BPF_CGROUP_SOCK_OPS, nil)
-        guard link >= 0 else { throw DatapathError("attach \(sockops.name) to cgroup \(cgroup)", errno: Glibc.errno) }
-        defer { close(link) }
-        try check("pin sock_ops link at \(linkPath)", bpf_obj_pin(link, linkPath))
+        try ProgramAttachment.attachLink(sockops, cgroup: cgroup, type: BPF_CGROUP_SOCK_OPS, pinnedAt: linkPath)
     }
 
     /// True when the pinned link holds this meshd's sock_ops program.
-    public var isAttached: Bool {
-        let fd = bpf_obj_get(linkPath)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var info = bpf_link_info()
-        var len = UInt32(MemoryLayout<bpf_link_info>.size)
-        return bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && info.prog_id == sockops.id
-    }
+    public var isAttached: Bool { ProgramAttachment.linkedProgramID(pinnedAt: linkPath) == sockops.id }
 
     public struct Config: Sendable, Equatable {
         public var enabled: Bool

@@ -68,9 +68,14 @@ public struct IdentityView: Codable, Sendable {
 public struct EndpointCreateRequest: Codable, Sendable {
     public var name: String
     public var labels: [String: String]
-    public init(name: String, labels: [String: String]) {
+    /// Named ports (`http: 8080`), for services' `targetPort: http`.
+    public var ports: [String: UInt16]?
+    public var readiness: ReadinessProbe?
+    public init(name: String, labels: [String: String], ports: [String: UInt16]? = nil, readiness: ReadinessProbe? = nil) {
         self.name = name
         self.labels = labels
+        self.ports = ports
+        self.readiness = readiness
     }
 }
 
@@ -87,9 +92,38 @@ public struct Endpoint: Codable, Sendable, Equatable {
     /// Absolute cgroup v2 directory the workload's processes join.
     public var cgroup: String
     public var createdAt: Date
+    /// Named ports (`http: 8080`).
+    public var ports: [String: UInt16]
+    public var readiness: ReadinessProbe?
+    /// `ready` or `unready` (its readiness probe fails or has not passed yet); set in
+    /// answers, not stored.
+    public var state: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, name, labels, ipv4, netns, interface, cgroup, createdAt, ports, readiness, state
+    }
+
+    /// Endpoints written before named ports and probes existed decode with none.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(Int.self, forKey: .id)
+        name = try c.decode(String.self, forKey: .name)
+        labels = try c.decode(Labels.self, forKey: .labels)
+        ipv4 = try c.decode(IPv4Address.self, forKey: .ipv4)
+        netns = try c.decode(String.self, forKey: .netns)
+        interface = try c.decode(String.self, forKey: .interface)
+        cgroup = try c.decode(String.self, forKey: .cgroup)
+        createdAt = try c.decode(Date.self, forKey: .createdAt)
+        ports = try c.decodeIfPresent([String: UInt16].self, forKey: .ports) ?? [:]
+        readiness = try c.decodeIfPresent(ReadinessProbe.self, forKey: .readiness)
+        state = try c.decodeIfPresent(String.self, forKey: .state)
+    }
 
     public init(id: Int, name: String, labels: Labels, ipv4: IPv4Address, netns: String,
-                interface: String, cgroup: String, createdAt: Date) {
+                interface: String, cgroup: String, createdAt: Date, ports: [String: UInt16] = [:],
+                readiness: ReadinessProbe? = nil) {
+        self.ports = ports
+        self.readiness = readiness
         self.id = id
         self.name = name
         self.labels = labels

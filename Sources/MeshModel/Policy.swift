@@ -149,7 +149,7 @@ public struct EndpointSelector: Codable, Sendable, Equatable {
     }
 
     /// The namespace of an endpoint: its `namespace` label, else `default`.
-    public static func namespace(of labels: Labels) -> String { labels["namespace"] ?? "default" }
+    public static func namespace(of labels: Labels) -> String { labels.namespace }
 
     public func matches(_ labels: Labels) -> Bool {
         if let namespaces {
@@ -157,7 +157,12 @@ public struct EndpointSelector: Codable, Sendable, Equatable {
             switch namespaces {
             case .names(let names): if !names.contains(ns) { return false }
             case .selector(let sel):
-                guard let nsLabels = try? Labels(["kubernetes.io/metadata.name": ns]), sel.matches(nsLabels) else { return false }
+                // The namespace's labels: its name, as Kubernetes sets it, and those of its
+                // Namespace document, which the endpoint carries under a prefix.
+                var nsValues = ["kubernetes.io/metadata.name": ns]
+                let prefix = Labels.namespaceLabelPrefix
+                for (k, v) in labels.values where k.hasPrefix(prefix) { nsValues[String(k.dropFirst(prefix.count))] = v }
+                guard let nsLabels = try? Labels(nsValues), sel.matches(nsLabels) else { return false }
             }
         }
         for (k, v) in matchLabels where labels[k] != v { return false }

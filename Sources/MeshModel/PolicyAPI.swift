@@ -178,6 +178,10 @@ public struct MonitorEvent: Codable, Sendable {
     public var reason: String
     public var rule: String
     public var revision: Int
+    /// `lb` events: the service port connected to (`default/web:http`), and the backend
+    /// endpoint chosen (empty when refused: no backend).
+    public var service: String?
+    public var backend: String?
     public init(time: Date, type: String, endpoint: String, direction: String, source: String, destination: String,
                 sourcePort: Int, destinationPort: Int, proto: String, peerIdentity: Int, peer: String,
                 verdict: String, reason: String, rule: String, revision: Int) {

@@ -139,6 +139,21 @@ struct PolicyNode {
         return UInt16(value)
     }
 
+    /// A map of Kubernetes labels (`metadata.labels`, a Service's `selector`), each key and
+    /// value checked, an error at the offending one.
+    func labelMap() throws(PolicyFieldError) -> [String: String] {
+        var out: [String: String] = [:]
+        for (key, child) in try entries() {
+            let value = try child.string()
+            do {
+                try Labels.validateKey(key)
+                try Labels.validateValue(value, key: key)
+            } catch { throw child.error(error) }
+            out[key] = value
+        }
+        return out
+    }
+
     func cidr() throws(PolicyFieldError) -> IPv4CIDR {
         let text = try string()
         do { return try IPv4CIDR(parsing: text) } catch { throw self.error(error) }

@@ -108,6 +108,9 @@ public enum PolicyParser {
 struct PolicyMetadata {
     let name: String
     let namespace: String
+    /// metadata.namespace was given (a Namespace may not have one).
+    let hasNamespace: Bool
+    let labels: Labels
     var key: String { "\(namespace)/\(name)" }
 
     static let objectMetaFields = ["name", "namespace", "labels", "annotations", "generateName", "finalizers", "ownerReferences"]
@@ -125,6 +128,7 @@ struct PolicyMetadata {
         guard isDNSSubdomain(name) else {
             throw nameNode.error("\"\(name)\" is not a valid name: use at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")
         }
+        hasNamespace = fields.has("namespace")
         if let namespaceNode = fields.optional("namespace") {
             namespace = try namespaceNode.string()
             guard isDNSLabel(namespace) else {
@@ -133,7 +137,9 @@ struct PolicyMetadata {
         } else {
             namespace = "default"
         }
-        for key in ["labels", "annotations"] { _ = try fields.optional(key)?.entries() }
+        _ = try fields.optional("annotations")?.entries()
+        let labelMap = try fields.optional("labels")?.labelMap() ?? [:]
+        self.labels = (try? Labels(labelMap)) ?? Labels() // each pair is checked above
     }
 }
 

@@ -10,7 +10,8 @@ struct Meshctl: AsyncParsableCommand {
         abstract: "Control a SwiftMesh node: its status, endpoints, policies and datapath.",
         discussion: "meshctl talks to meshd over its unix socket (--api-socket, or SWIFTMESH_API_SOCKET).",
         version: MeshVersion.string,
-        subcommands: [Status.self, EndpointCommand.self, PolicyCommand.self, IdentityCommand.self, Monitor.self, ConfigCommand.self, BPFCommand.self]
+        subcommands: [Status.self, ApplyCommand.self, GetCommand.self, DeleteCommand.self, EndpointCommand.self, PolicyCommand.self,
+                      IdentityCommand.self, Monitor.self, ConfigCommand.self, BPFCommand.self]
     )
 }
 
@@ -114,13 +115,24 @@ struct EndpointCommand: AsyncParsableCommand {
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Endpoint name: lowercase letters, digits and '-', at most 40.") var name: String
         @Option(help: "Labels as key=value pairs, comma-separated, e.g. app=web,env=prod.") var labels: String = ""
+        @Option(help: "Named ports, e.g. http=8080,grpc=9090, for services' targetPort: http.") var ports: String = ""
+        @Option(help: "Readiness probe meshd runs from the node: tcp:PORT or http:PORT/PATH (PORT a number or a port name). Only a ready endpoint is a service backend.")
+        var readiness: String?
+        @Option(name: .customLong("readiness-interval"), help: "Seconds between probes.") var readinessInterval: Double = 1
+        @Option(name: .customLong("readiness-timeout"), help: "Seconds a probe may take.") var readinessTimeout: Double = 1
+        @Option(name: .customLong("readiness-failures"), help: "Consecutive failures that make a ready endpoint unready.") var readinessFailures: Int = 3
+        @Option(name: .customLong("readiness-successes"), help: "Consecutive successes that make an unready endpoint ready.") var readinessSuccesses: Int = 1
         @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
 
         func run() async throws {
             try await running {
                 let parsed = try Labels(parsing: labels)
-                let ep = try await global.client.call(.POST, APIPath.endpoints,
-                                                      body: EndpointCreateRequest(name: name, labels: parsed.values), as: Endpoint.self)
+                let probe = try readiness.map {
+                    try ReadinessProbe(parsing: $0, intervalSeconds: readinessInterval, timeoutSeconds: readinessTimeout,
+                                       failureThreshold: readinessFailures, successThreshold: readinessSuccesses)
+                }
+                let request = EndpointCreateRequest(name: name, labels: parsed.values, ports: try EndpointPorts.parse(ports), readiness: probe)
+                let ep = try await global.client.call(.POST, APIPath.endpoints, body: request, as: Endpoint.self)
                 if output == .json { return try printJSON(ep) }
                 print("endpoint \(ep.name) created: id \(ep.id), \(ep.ipv4), netns \(ep.netns), interface \(ep.interface)")
             }
@@ -156,7 +168,9 @@ struct EndpointCommand: AsyncParsableCommand {
                 let ep = try await global.client.call(.GET, APIPath.endpoint(name), as: Endpoint.self)
                 if output == .json { return try printJSON(ep) }
                 for (k, v) in [("name", ep.name), ("id", String(ep.id)), ("ipv4", ep.ipv4.description),
-                               ("labels", ep.labels.description), ("netns", ep.netns), ("interface", ep.interface),
+                               ("labels", ep.labels.description), ("ports", ep.ports.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")),
+                               ("readiness", ep.readiness.map { "\($0) every \($0.intervalSeconds) s: \(ep.state ?? "?")" } ?? "-"),
+                               ("netns", ep.netns), ("interface", ep.interface),
                                ("cgroup", ep.cgroup), ("created", ep.createdAt.formatted(.iso8601))] {
                     print("\(k):".padding(toLength: 11, withPad: " ", startingAt: 0) + v)
                 }

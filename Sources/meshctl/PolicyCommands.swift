@@ -159,12 +159,12 @@ struct PolicyCommand: AsyncParsableCommand {
 
 struct Monitor: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Stream datapath events: drops with the rule that decided, and verdicts of new flows.")
+        abstract: "Stream datapath events: drops with the rule that decided, verdicts of new flows, service load-balancing decisions.")
 
-    enum EventType: String, ExpressibleByArgument, CaseIterable { case drop, verdict, all }
+    enum EventType: String, ExpressibleByArgument, CaseIterable { case drop, verdict, lb, all }
 
     @OptionGroup var global: GlobalOptions
-    @Option(help: "drop, verdict or all.") var type: EventType = .all
+    @Option(help: "drop, verdict, lb (service load-balancing decisions) or all.") var type: EventType = .all
     @Option(name: [.short, .long], help: "text or json (one object per line).") var output: OutputFormat = .text
     @Option(help: "Stop after this many events.") var count: Int?
 
@@ -178,6 +178,9 @@ struct Monitor: AsyncParsableCommand {
             try await global.client.stream(APIPath.monitor + "?type=\(type.rawValue)", as: MonitorEvent.self) { e in
                 if output == .json {
                     print(String(decoding: try encoder.encode(e), as: UTF8.self))
+                } else if e.type == "lb" {
+                    print("LB     \(e.endpoint) -> \(e.destination):\(e.destinationPort) \(e.proto) \(e.service ?? "")"
+                          + (e.verdict == "refused" ? " REFUSED (no ready backend)" : " => \(e.backend ?? "") \(e.rule) (\(e.reason))"))
                 } else {
                     let ports = e.proto == "ICMP" ? "" : ":\(e.destinationPort)"
                     let src = e.proto == "ICMP" ? e.source : "\(e.source):\(e.sourcePort)"
@@ -196,7 +199,7 @@ struct BPFCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bpf",
         abstract: "Dump the datapath's BPF maps readably.",
-        subcommands: [PolicyMap.self, IPCache.self, Conntrack.self, Sockmap.self]
+        subcommands: [PolicyMap.self, IPCache.self, Conntrack.self, Sockmap.self, LB.self]
     )
 
     struct Sockmap: AsyncParsableCommand {

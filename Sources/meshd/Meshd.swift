@@ -55,6 +55,12 @@ struct Meshd: AsyncParsableCommand {
     @Option(help: "Entries of the connection-tracking table (1024 to 16777216); a change starts the table empty. (default: 0.25% of the node's memory at ~128 bytes an entry, a power of two from 65536 to 1048576)")
     var conntrackMax: String?
 
+    @Option(help: "IPv4 CIDR services' cluster IPs come from; must not overlap the pod CIDR. (default: 10.96.0.0/24)")
+    var serviceCidr: String?
+
+    @Option(help: "on or off: answer NAME, NAME.NAMESPACE and NAME.NAMESPACE.svc.cluster.local inside endpoints with services' cluster IPs (dnsmasq, started by meshd). (default: on)")
+    var dns: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -88,6 +94,8 @@ struct Meshd: AsyncParsableCommand {
             if let localCongestionControl { settings.localCongestionControl = localCongestionControl }
             if let conntrackMax { settings.conntrackMax = conntrackMax }
             if let apiGroup { settings.apiGroup = apiGroup }
+            if let serviceCidr { settings.serviceCIDR = serviceCidr }
+            if let dns { settings.dns = dns }
             try await Daemon.run(config: settings, logger: logger)
         } catch let e as MeshError {
             FileHandle.standardError.write(Data("meshd: error: \(e)\n".utf8))

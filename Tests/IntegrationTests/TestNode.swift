@@ -180,7 +180,10 @@ final class TestNode {
             if ns.hasPrefix(name + "-ep-") || ns.hasPrefix(name + "-x") { _ = Run.run("/usr/sbin/ip", ["netns", "del", ns]) }
         }
         if ownsNetns { _ = Run.run("/usr/sbin/ip", ["netns", "del", name]) }
-        _ = Run.run("/bin/rm", ["-rf", bpffs, dir])
+        _ = Run.run("/bin/rm", ["-rf", bpffs, dir, "/run/swiftmesh-dns/\(name)"])
+        for ns in (try? FileManager.default.contentsOfDirectory(atPath: "/etc/netns")) ?? [] where ns.hasPrefix(name + "-ep-") {
+            _ = Run.run("/bin/rm", ["-rf", "/etc/netns/\(ns)"])
+        }
         if let root = try? Self.cgroup2Root() {
             let cg = root + "/" + name
             if let kids = try? FileManager.default.contentsOfDirectory(atPath: cg) {

@@ -39,6 +39,13 @@
 #define MESH_MAP_MONITOR "mesh_monitor"
 #define MESH_MAP_FRAGS "mesh_frags"
 #define MESH_MAP_CT_STATS "mesh_ct_stats"
+#define MESH_MAP_LB_SERVICES "mesh_lb_svc"
+#define MESH_MAP_LB_SLOTS "mesh_lb_slot"
+#define MESH_MAP_LB_BACKENDS "mesh_lb_be"
+#define MESH_MAP_LB_AFFINITY "mesh_lb_aff"
+#define MESH_MAP_LB_REVNAT "mesh_lb_revnat"
+#define MESH_MAP_LB_STATS "mesh_lb_stats"
+#define MESH_MAP_LB_SOCK "mesh_lb_sk"
 
 /* Default capacities; meshd may resize before load with --max-endpoints. */
 #define MESH_MAX_ENDPOINTS 1024
@@ -49,6 +56,10 @@
 #define MESH_VERDICT_ENTRIES 16384
 #define MESH_SOCKHASH_ENTRIES 65536
 #define MESH_FRAG_ENTRIES 8192
+#define MESH_LB_FRONTENDS 65536        /* service ports (VIP, port, protocol) */
+#define MESH_LB_BACKEND_ENTRIES 262144 /* (frontend, backend) pairs; as many slots */
+#define MESH_LB_AFFINITY_ENTRIES 65536
+#define MESH_LB_REVNAT_ENTRIES 262144  /* sockets whose peer a translation changed */
 
 /* Direction as seen by the endpoint (the workload), not by the host-side veth. */
 enum mesh_direction {
@@ -404,7 +415,7 @@ enum mesh_redirect_counter {
  * asks for them; drops are always reported. */
 struct mesh_monitor_config {
 	__u32 verdict_events;
-	__u32 pad;
+	__u32 lb_events; /* a ring-buffer write per load-balancing decision (MESH_EVENT_LB) */
 };
 
 /* Ring-buffer events (mesh_events). Every event starts with this header. */
@@ -416,6 +427,8 @@ enum mesh_event_type {
 	MESH_EVENT_DROP = 2,
 	/* A new flow allowed on an enforced endpoint (first packet only). */
 	MESH_EVENT_VERDICT = 3,
+	/* A connect() or sendmsg() to a service's VIP translated, or refused (no backend). */
+	MESH_EVENT_LB = 4,
 };
 
 struct mesh_event_header {
@@ -447,6 +460,127 @@ struct mesh_event_policy {
 	__u32 rule_id;
 	__u32 revision;
 	__u32 pad;
+};
+
+/*
+ * Socket-level service load balancing (bpf/lb.bpf.c). cgroup programs on the node's
+ * cgroup translate a service's VIP:port to a backend's address and port when a socket
+ * connects (TCP, connected UDP) or sends (unconnected UDP), so no packet is ever NATed:
+ * an established connection keeps its backend whatever the backend set does later, and
+ * the tc programs see (and police) the backend address. recvmsg4 and getpeername4 show
+ * the VIP back to the application.
+ *
+ * A frontend is one port of a service: (VIP, port, protocol). Its backends sit in slots
+ * 1..count (mesh_lb_slot), each naming a backend (mesh_lb_be) by endpoint id. meshd
+ * changes a backend set so that every slot below count always names a live backend:
+ * new backends are written before the count grows; a removed backend's slot is first
+ * given another backend, then the count shrinks, then its entries go.
+ */
+struct mesh_lb_frontend_key {
+	__u32 vip;   /* network order */
+	__u16 port;  /* network order */
+	__u8 proto;  /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad;
+};
+
+enum mesh_lb_flags {
+	MESH_LB_AFFINITY_CLIENT = 1, /* sessionAffinity: ClientIP (per client network namespace) */
+};
+
+struct mesh_lb_frontend {
+	__u32 frontend_id;        /* meshd's number for (service, port), never 0 */
+	__u16 count;              /* backends in slots 1..count; 0: refuse (ECONNREFUSED) */
+	__u8 flags;               /* enum mesh_lb_flags */
+	__u8 pad;
+	__u32 affinity_timeout_s; /* with MESH_LB_AFFINITY_CLIENT */
+	__u32 pad2;
+};
+
+struct mesh_lb_slot_key {
+	__u32 frontend_id;
+	__u32 slot; /* 1..count */
+};
+
+struct mesh_lb_backend_key {
+	__u32 frontend_id;
+	__u32 backend_id; /* the endpoint id */
+};
+
+struct mesh_lb_backend {
+	__u32 addr;   /* network order */
+	__u16 port;   /* network order: the resolved targetPort */
+	__u16 weight; /* kept for traffic splitting; the choice is uniform today */
+};
+
+/* mesh_lb_aff (LRU): the backend a client network namespace last got for a frontend with
+ * client affinity; used while younger than the frontend's timeout and still a backend. */
+struct mesh_lb_affinity_key {
+	__u64 netns_cookie;
+	__u32 frontend_id;
+	__u32 pad;
+};
+
+struct mesh_lb_affinity {
+	__u32 backend_id;
+	__u32 pad;
+	__u64 last_used; /* bpf_ktime_get_ns() */
+};
+
+/* mesh_lb_sk (socket storage): a connected socket (TCP, connected UDP) that was
+ * translated: its backend, and the VIP and port to show instead (getpeername, replies).
+ * It lives and dies with the socket, so a busy client costs no LRU churn. */
+struct mesh_lb_sock {
+	__u32 backend_addr; /* network order */
+	__u16 backend_port; /* network order */
+	__u16 vport;        /* network order */
+	__u32 vip;
+};
+
+/* mesh_lb_revnat (LRU): an unconnected UDP socket that was translated, and the backend a
+ * datagram went to -> the VIP and port its replies read as coming from. */
+struct mesh_lb_revnat_key {
+	__u64 socket_cookie;
+	__u32 addr;  /* backend, network order */
+	__u16 port;  /* network order */
+	__u16 pad;
+};
+
+struct mesh_lb_revnat {
+	__u32 vip;
+	__u16 port;
+	__u16 pad;
+};
+
+/* mesh_lb_stats (per-CPU hash): decisions per frontend and backend; backend 0 counts the
+ * refusals of a frontend without backends. */
+struct mesh_lb_stat_key {
+	__u32 frontend_id;
+	__u32 backend_id;
+};
+
+struct mesh_lb_counter {
+	__u64 connects; /* connect(): TCP connections and connected UDP sockets */
+	__u64 sends;    /* unconnected UDP datagrams */
+};
+
+enum mesh_lb_hook {
+	MESH_LB_HOOK_CONNECT = 1,
+	MESH_LB_HOOK_SENDMSG = 2,
+};
+
+struct mesh_event_lb {
+	struct mesh_event_header hdr;
+	__u64 cgroup_id;   /* the client's cgroup (an endpoint's) */
+	__u32 vip;         /* network order */
+	__u32 backend_addr;
+	__u16 vport;       /* host order */
+	__u16 backend_port;
+	__u32 frontend_id;
+	__u32 backend_id;  /* 0: refused, no backend */
+	__u8 proto;
+	__u8 hook;         /* enum mesh_lb_hook */
+	__u8 affinity;     /* 1: the client's earlier backend, by session affinity */
+	__u8 pad;
 };
 
 #endif /* SWIFTMESH_MESH_ABI_H */

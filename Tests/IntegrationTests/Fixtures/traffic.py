@@ -245,32 +245,32 @@ def port_list(text):
     return out
 
 
-def echo_server(args):
+def serve(args, on_connection, on_datagram):
+    """Listens on --tcp and --udp ports of --bind: a thread per TCP connection runs
+    on_connection(conn); each UDP datagram gets on_datagram(data) back, if not None."""
     import threading
-    import time
 
-    def serve_tcp(sock):
+    def accept_loop(sock):
         while True:
             try:
                 conn, _ = sock.accept()
             except OSError:
                 return
-            threading.Thread(target=echo_tcp, args=(conn,), daemon=True).start()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
-    def echo_tcp(conn):
+    def handle(conn):
         with conn:
-            conn.settimeout(10)
+            conn.settimeout(60)
             try:
-                while data := conn.recv(4096):
-                    conn.sendall(data)
+                on_connection(conn)
             except OSError:
                 pass
 
-    def serve_udp(sock):
+    def datagram_loop(sock):
         while True:
             try:
                 data, peer = sock.recvfrom(65535)
-                sock.sendto(data, peer)
+                sock.sendto(on_datagram(data), peer)
             except OSError:
                 return
 
@@ -278,16 +278,131 @@ def echo_server(args):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((args.bind, port))
-        s.listen(128)
-        threading.Thread(target=serve_tcp, args=(s,), daemon=True).start()
+        s.listen(1024)
+        threading.Thread(target=accept_loop, args=(s,), daemon=True).start()
     for port in port_list(args.udp):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((args.bind, port))
-        threading.Thread(target=serve_udp, args=(s,), daemon=True).start()
+        threading.Thread(target=datagram_loop, args=(s,), daemon=True).start()
+
+
+def echo_server(args):
+    import time
+
+    def echo(conn):
+        while data := conn.recv(4096):
+            conn.sendall(data)
+
+    serve(args, echo, lambda data: data)
     if args.ready_file:
         open(args.ready_file, "w").close()
     time.sleep(args.seconds)
     emit({"served": True})
+
+
+def name_server(args):
+    """A backend that says who it is: each TCP connection gets NAME and a newline, then
+    an echo of whatever it sends; each UDP datagram gets NAME:datagram back; HTTP GET
+    answers NAME, and /healthz answers 200 while --health-file exists, else 503."""
+    import http.server
+    import os
+    import threading
+    import time
+
+    name = args.name.encode()
+
+    def hello(conn):
+        conn.sendall(name + b"\n")
+        while data := conn.recv(4096):
+            conn.sendall(data)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            healthy = not args.health_file or os.path.exists(args.health_file)
+            code = 200 if self.path != "/healthz" or healthy else 503
+            body = name + b"\n"
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    serve(args, hello, lambda data: name + b":" + data)
+    if args.http:
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        srv = http.server.ThreadingHTTPServer((args.bind, args.http), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    if args.ready_file:
+        open(args.ready_file, "w").close()
+    time.sleep(args.seconds)
+    emit({"served": True})
+
+
+def lb_client(args):
+    """Connects (TCP) or sends (UDP) --count times to HOST:PORT and counts which backend
+    answered, the peer addresses the socket reported, and the errors by name."""
+    import collections
+    import errno
+    import time
+
+    counts, peers, errors = collections.Counter(), set(), collections.Counter()
+    slowest_error_ms = 0.0
+    udp = None
+    if args.proto == "udp":
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.settimeout(args.timeout)
+    for i in range(args.count):
+        t0 = time.monotonic()
+        try:
+            if udp:
+                udp.sendto(b"q%d" % i, (args.host, args.port))
+                data, peer = udp.recvfrom(4096)
+                counts[data.split(b":")[0].decode()] += 1
+                peers.add("%s:%d" % peer)
+                continue
+            with socket.create_connection((args.host, args.port), timeout=args.timeout) as s:
+                peers.add("%s:%d" % s.getpeername())
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = s.recv(256)
+                    if not chunk:
+                        break
+                    data += chunk
+                counts[data.decode().strip()] += 1
+        except OSError as e:
+            errors[errno.errorcode.get(e.errno, type(e).__name__) if e.errno else type(e).__name__] += 1
+            slowest_error_ms = max(slowest_error_ms, (time.monotonic() - t0) * 1000)
+    emit({"counts": dict(counts), "peers": sorted(peers), "errors": dict(errors), "slowest_error_ms": slowest_error_ms})
+
+
+def lb_hold(args):
+    """One long-lived connection to HOST:PORT: reads the backend's name, then exchanges a
+    line every 100 ms until --stop-file exists or --seconds pass."""
+    import time
+
+    exchanges, failure = 0, None
+    end = time.monotonic() + args.seconds
+    with socket.create_connection((args.host, args.port), timeout=5) as s:
+        f = s.makefile("rwb")
+        backend = f.readline().decode().strip()
+        if args.ready_file:
+            with open(args.ready_file, "w") as r:
+                r.write(backend)
+        while time.monotonic() < end and not stopped(args):
+            try:
+                f.write(b"ping %d\n" % exchanges)
+                f.flush()
+                if f.readline() != b"ping %d\n" % exchanges:
+                    failure = "wrong echo"
+                    break
+                exchanges += 1
+            except OSError as e:
+                failure = f"{type(e).__name__}: {e}"
+                break
+            time.sleep(0.1)
+    emit({"backend": backend, "exchanges": exchanges, "failure": failure})
 
 
 def probe_once(host, port, proto, timeout):
@@ -669,6 +784,30 @@ def main():
     p.add_argument("--bind", default="0.0.0.0")
     p.add_argument("--ready-file")
     p.add_argument("--seconds", type=float, default=600)
+    p = sub.add_parser("name-server")
+    p.set_defaults(func=name_server)
+    p.add_argument("--name", required=True)
+    p.add_argument("--tcp", default="")
+    p.add_argument("--udp", default="")
+    p.add_argument("--http", type=int, default=0)
+    p.add_argument("--health-file", default="")
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--ready-file")
+    p.add_argument("--seconds", type=float, default=600)
+    p = sub.add_parser("lb-client")
+    p.set_defaults(func=lb_client)
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
+    p.add_argument("--timeout", type=float, default=2.0)
+    p = sub.add_parser("lb-hold")
+    p.set_defaults(func=lb_hold)
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--stop-file")
+    p.add_argument("--ready-file")
     for name, func in (("probe", probe), ("probe-loop", probe_loop)):
         p = sub.add_parser(name)
         p.set_defaults(func=func)

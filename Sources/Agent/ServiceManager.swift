@@ -1,0 +1,402 @@
+import Datapath
+import Foundation
+import Logging
+import MeshModel
+
+/// Owns the node's services and namespaces: validates and stores them, registers every
+/// ready endpoint a service selects as its backend, probes endpoints' readiness, and keeps
+/// the kernel's load-balancer maps and the DNS names equal to that desired state.
+///
+/// Nobody lists backends: a sync recomputes every service's backends from the endpoints,
+/// their labels and readiness, and ServiceLB writes only what differs, so the cost of a
+/// change is the entries it changes, not the number of services.
+public actor ServiceManager {
+    struct Record {
+        var id: Int
+        var service: MeshService
+        var clusterIP: IPv4Address
+        var appliedAt: Date
+    }
+
+    /// An endpoint's probe results so far.
+    struct ProbeState {
+        var ready: Bool
+        var successes = 0
+        var failures = 0
+    }
+
+    let settings: NodeSettings
+    let store: Store
+    let lb: ServiceLB
+    let policy: PolicyEngine
+    let dns: NodeDNS?
+    let logger: Logger
+    private var services: [String: Record] = [:]
+    private var namespaces: [String: (namespace: Namespace, appliedAt: Date)] = [:]
+    private var probes: [String: ProbeState] = [:]
+    private var probers: [String: (probe: ReadinessProbe, address: IPv4Address, port: UInt16, task: Task<Void, Never>)] = [:]
+    /// Endpoint ids the kernel had as backends when meshd started: until their probe has
+    /// a say, they stay ready, so a restart never takes a working backend out.
+    private var readyAtStart: Set<UInt32>
+    /// Names for the numbers the kernel reports (metrics, monitor), readable without
+    /// waiting for this actor.
+    nonisolated let names = Names()
+
+    public init(settings: NodeSettings, store: Store, lb: ServiceLB, policy: PolicyEngine, dns: NodeDNS?, logger: Logger) throws(MeshError) {
+        self.settings = settings
+        self.store = store
+        self.lb = lb
+        self.policy = policy
+        self.dns = dns
+        self.logger = logger
+        for row in try store.serviceRows() {
+            do {
+                guard let ip = IPv4Address(row.clusterIP) else { throw MeshError(.internalError, "bad cluster IP \(row.clusterIP)") }
+                services[row.key] = Record(id: Int(row.id ?? 0), service: try row.service(), clusterIP: ip, appliedAt: row.appliedAt)
+            } catch {
+                logger.error("a stored service no longer reads; it is not served", metadata: ["service": "\(row.key)", "error": "\(error)"])
+            }
+        }
+        for row in try store.namespaceRows() {
+            if let ns = try? row.namespace() { namespaces[ns.name] = (ns, row.appliedAt) }
+        }
+        readyAtStart = Set(((try? lb.kernelEntries()) ?? []).flatMap { $0.backends.map(\.id) })
+    }
+
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { ControlThread.executor.asUnownedSerialExecutor() }
+
+    /// Labels of every namespace that has a Namespace document (for identities and policy).
+    public nonisolated static func namespaceLabels(_ store: Store) -> [String: Labels] {
+        Dictionary(((try? store.namespaceRows()) ?? []).compactMap { try? $0.namespace() }.map { ($0.name, $0.labels) },
+                   uniquingKeysWith: { a, _ in a })
+    }
+
+    // MARK: Frontends
+
+    /// A frontend's id: the service's row id, and its port's place (1-255) in the low byte.
+    static func frontendID(service: Int, port: Int) -> UInt32 { UInt32(service) << 8 | UInt32(port + 1) }
+    static let maxPorts = 255
+
+    static func targetPort(_ port: MeshService.Port, of ep: Endpoint) -> UInt16? {
+        switch port.targetPort {
+        case .number(let n): n
+        case .name(let s): ep.ports[s]
+        }
+    }
+
+    func isReady(_ ep: Endpoint) -> Bool {
+        guard ep.readiness != nil else { return true }
+        return probes[ep.name]?.ready ?? readyAtStart.contains(UInt32(ep.id))
+    }
+
+    // MARK: Applying
+
+    /// Checks services and namespaces against the node (addresses, port names) and gives
+    /// each new service its cluster IP. Throws, changing nothing, at the first problem.
+    func plan(_ incoming: [MeshService], source: String) throws(MeshError) -> [Record] {
+        let endpoints = try store.endpoints()
+        let replaced = Set(incoming.map(\.key))
+        var taken: [IPv4Address: String] = [:]
+        for r in services.values where !replaced.contains(r.service.key) { taken[r.clusterIP] = r.service.key }
+        var planned: [Record] = []
+        var pending: [(Int, MeshService)] = []
+        for (i, svc) in incoming.enumerated() {
+            let place = "\(source): Service \(svc.key)"
+            guard svc.ports.count <= Self.maxPorts else { throw .invalid("\(place): spec.ports: at most \(Self.maxPorts) ports") }
+            if let ip = svc.clusterIP {
+                guard settings.serviceCIDR.contains(ip), ip != settings.serviceCIDR.network, ip != settings.serviceCIDR.broadcast else {
+                    throw .invalid("\(place): spec.clusterIP: \(ip) is not an address of the service CIDR \(settings.serviceCIDR)",
+                                   hint: "leave clusterIP out to get one, or pick one inside \(settings.serviceCIDR)")
+                }
+                if let holder = taken[ip] {
+                    throw MeshError(.alreadyExists, "\(place): spec.clusterIP: \(ip) is already the address of service \(holder)")
+                }
+                taken[ip] = svc.key
+            }
+            // A port name no selected endpoint has is a typo, unless nothing is selected yet.
+            let selected = endpoints.filter { svc.selects($0.labels) }
+            for (j, port) in svc.ports.enumerated() {
+                guard case .name(let name) = port.targetPort, !selected.isEmpty else { continue }
+                guard selected.contains(where: { $0.ports[name] != nil }) else {
+                    let known = Set(selected.flatMap { $0.ports.keys }).sorted()
+                    throw .invalid("\(place): spec.ports[\(j)].targetPort: no endpoint the selector picks (\(selected.map(\.name).joined(separator: ", "))) has a port named \"\(name)\"",
+                                   hint: known.isEmpty ? "give endpoints named ports with meshctl endpoint create --ports \(name)=8080" : "their port names: \(known.joined(separator: ", "))")
+                }
+            }
+            pending.append((i, svc))
+        }
+        // Addresses for the rest: the existing one when the service is re-applied, else the
+        // lowest free one, in one walk for the whole file.
+        var cursor = settings.serviceCIDR.network.value &+ 1
+        for (_, svc) in pending {
+            var ip = svc.clusterIP
+            if ip == nil, let existing = services[svc.key], taken[existing.clusterIP] == nil {
+                ip = existing.clusterIP
+                taken[existing.clusterIP] = svc.key
+            }
+            if ip == nil {
+                while cursor < settings.serviceCIDR.broadcast.value, taken[IPv4Address(cursor)] != nil { cursor &+= 1 }
+                guard cursor < settings.serviceCIDR.broadcast.value else {
+                    throw MeshError(.exhausted, "\(source): Service \(svc.key): the service CIDR \(settings.serviceCIDR) has no free address left",
+                                    hint: "delete services, or restart meshd with a larger --service-cidr")
+                }
+                ip = IPv4Address(cursor)
+                taken[ip!] = svc.key
+            }
+            planned.append(Record(id: services[svc.key]?.id ?? 0, service: svc, clusterIP: ip!, appliedAt: Date()))
+        }
+        let frontends = services.values.filter { !replaced.contains($0.service.key) }.reduce(0) { $0 + $1.service.ports.count }
+            + planned.reduce(0) { $0 + $1.service.ports.count }
+        guard frontends <= ServiceLB.frontendCapacity else {
+            throw MeshError(.exhausted, "\(source): the services would have \(frontends) ports; the load balancer holds \(ServiceLB.frontendCapacity)")
+        }
+        return planned
+    }
+
+    /// Validates the namespaces of a file (nothing stateful yet, but one place for it).
+    func plan(_ incoming: [Namespace]) -> [Namespace] { incoming }
+
+    /// Stores and serves services and namespaces. Returns kubectl-style change lines.
+    /// Namespace labels change identities, so a change of them publishes policy.
+    func apply(services incoming: [MeshService], namespaces nsIncoming: [Namespace], planned: [Record], dryRun: Bool) async throws(MeshError) -> [String] {
+        var changes: [String] = []
+        for ns in nsIncoming {
+            let verb = namespaces[ns.name] == nil ? "created" : namespaces[ns.name]!.namespace == ns ? "unchanged" : "configured"
+            changes.append("namespace/\(ns.name) \(verb)")
+        }
+        for r in planned {
+            let old = services[r.service.key]
+            let verb = old == nil ? "created" : (old!.service == r.service && old!.clusterIP == r.clusterIP) ? "unchanged" : "configured"
+            changes.append("service/\(r.service.key) \(verb) (\(r.clusterIP))")
+        }
+        if dryRun { return changes.map { $0 + " (dry run)" } }
+        let nsChanged = nsIncoming.contains { namespaces[$0.name]?.namespace != $0 }
+        let rows = try store.writeServices(
+            planned.map { Store.ServiceRow(id: $0.id == 0 ? nil : Int64($0.id), key: $0.service.key,
+                                           spec: String(decoding: (try? JSONEncoder().encode($0.service)) ?? Data(), as: UTF8.self),
+                                           clusterIP: $0.clusterIP.description, appliedAt: $0.appliedAt) },
+            namespaces: nsIncoming.map { Store.NamespaceRow(name: $0.name, labels: String(decoding: (try? JSONEncoder().encode($0.labels.values)) ?? Data(), as: UTF8.self),
+                                                            appliedAt: Date()) })
+        let previousNamespaces = namespaces
+        for ns in nsIncoming { namespaces[ns.name] = (ns, Date()) }
+        for (r, row) in zip(planned, rows) {
+            var rec = r
+            rec.id = Int(row.id ?? 0)
+            services[rec.service.key] = rec
+        }
+        if nsChanged {
+            do { try await policy.publish() } catch {
+                // Identities and policy stay as they were: put the namespaces back too.
+                namespaces = previousNamespaces
+                _ = try? store.writeServices([], namespaces: nsIncoming.compactMap { ns in previousNamespaces[ns.name].map {
+                    Store.NamespaceRow(name: ns.name, labels: String(decoding: (try? JSONEncoder().encode($0.namespace.labels.values)) ?? Data(), as: UTF8.self),
+                                       appliedAt: $0.appliedAt) } },
+                    deleteNamespaces: nsIncoming.filter { previousNamespaces[$0.name] == nil }.map(\.name))
+                throw error
+            }
+        }
+        try sync()
+        for c in changes { logger.info("applied", metadata: ["change": "\(c)"]) }
+        return changes
+    }
+
+    public func deleteService(_ key: String) throws(MeshError) -> String {
+        guard services[key] != nil else {
+            throw MeshError(.notFound, "service \"\(key)\" does not exist", hint: "meshctl get services lists them")
+        }
+        _ = try store.writeServices([], namespaces: [], deleteServices: [key])
+        services[key] = nil
+        try sync()
+        logger.info("service deleted", metadata: ["service": "\(key)"])
+        return key
+    }
+
+    public func deleteNamespace(_ name: String) async throws(MeshError) -> String {
+        guard let old = namespaces[name] else {
+            throw MeshError(.notFound, "namespace \"\(name)\" does not exist", hint: "meshctl get namespaces lists them")
+        }
+        _ = try store.writeServices([], namespaces: [], deleteNamespaces: [name])
+        namespaces[name] = nil
+        do { try await policy.publish() } catch {
+            namespaces[name] = old
+            _ = try? store.writeServices([], namespaces: [Store.NamespaceRow(name: name, labels: String(decoding: (try? JSONEncoder().encode(old.namespace.labels.values)) ?? Data(), as: UTF8.self), appliedAt: old.appliedAt)])
+            throw error
+        }
+        logger.info("namespace deleted", metadata: ["namespace": "\(name)"])
+        return name
+    }
+
+    // MARK: Endpoints and readiness
+
+    /// Called after any endpoint change: starts and stops probers, then re-registers backends.
+    public func endpointsChanged() {
+        do {
+            let eps = try store.endpoints()
+            var wanted: [String: (ReadinessProbe, IPv4Address, UInt16)] = [:]
+            for ep in eps {
+                guard let p = ep.readiness else { continue }
+                let port = UInt16(p.port) ?? ep.ports[p.port]
+                guard let port else {
+                    logger.warning("readiness probe names a port the endpoint does not have; it stays unready",
+                                   metadata: ["endpoint": "\(ep.name)", "probe": "\(p)"])
+                    continue
+                }
+                wanted[ep.name] = (p, ep.ipv4, port)
+            }
+            for (name, running) in probers {
+                if let w = wanted[name], w.0 == running.probe, w.1 == running.address, w.2 == running.port { continue }
+                running.task.cancel()
+                probers[name] = nil
+                probes[name] = nil
+            }
+            for (name, w) in wanted where probers[name] == nil {
+                let (probe, address, port) = w
+                let task = Task { [weak self] in
+                    while !Task.isCancelled {
+                        let ok = await ReadinessCheck.run(probe, address: address, port: port)
+                        guard !Task.isCancelled, let self else { return }
+                        await self.record(name, ok: ok)
+                        try? await Task.sleep(for: .milliseconds(Int64(probe.intervalSeconds * 1000)))
+                    }
+                }
+                probers[name] = (probe, address, port, task)
+            }
+            try sync()
+        } catch {
+            logger.error("re-registering backends failed", metadata: ["error": "\(error.message)"])
+        }
+    }
+
+    private func record(_ name: String, ok: Bool) {
+        guard let ep = try? store.endpoint(named: name), let probe = ep.readiness, probers[name] != nil else { return }
+        var st = probes[name] ?? ProbeState(ready: readyAtStart.contains(UInt32(ep.id)))
+        if ok { st.successes += 1; st.failures = 0 } else { st.failures += 1; st.successes = 0 }
+        let was = st.ready
+        if !st.ready && st.successes >= probe.successThreshold { st.ready = true }
+        if st.ready && st.failures >= probe.failureThreshold { st.ready = false }
+        probes[name] = st
+        readyAtStart.remove(UInt32(ep.id))
+        guard st.ready != was else { return }
+        logger.info(st.ready ? "endpoint ready" : "endpoint unready", metadata: ["endpoint": "\(name)", "probe": "\(probe)"])
+        do { try sync() } catch { logger.error("re-registering backends failed", metadata: ["error": "\(error.message)"]) }
+    }
+
+    /// Makes the kernel's frontends, the DNS names and the names table match the desired state.
+    func sync() throws(MeshError) {
+        let eps = try store.endpoints()
+        var desired: [ServiceLB.Frontend: [ServiceLB.Backend]] = [:]
+        var frontendNames: [UInt32: Names.FrontendName] = [:]
+        for r in services.values {
+            let selected = eps.filter { r.service.selects($0.labels) && isReady($0) }
+            for (i, port) in r.service.ports.enumerated() {
+                let f = ServiceLB.Frontend(id: Self.frontendID(service: r.id, port: i), vip: r.clusterIP.value, port: port.port,
+                                           proto: port.protocolNumber, affinityTimeout: r.service.affinityTimeoutSeconds)
+                desired[f] = selected.compactMap { ep in
+                    Self.targetPort(port, of: ep).map { ServiceLB.Backend(id: UInt32(ep.id), address: ep.ipv4.value, port: $0) }
+                }
+                frontendNames[f.id] = .init(service: r.service.key, port: port.name ?? "\(port.port)")
+            }
+        }
+        do {
+            let st = try lb.sync(desired)
+            if st.written + st.deleted > 0 {
+                logger.debug("load balancer synced", metadata: ["written": "\(st.written)", "deleted": "\(st.deleted)", "frontends": "\(desired.count)"])
+            }
+        } catch {
+            throw MeshError(.datapath, "writing the load balancer's maps failed: \(error)")
+        }
+        names.set(frontends: frontendNames, endpoints: Dictionary(eps.map { (UInt32($0.id), $0.name) }, uniquingKeysWith: { a, _ in a }),
+                  cgroups: Dictionary(eps.compactMap { ep in Cgroup2.id(ep.cgroup).map { ($0, ep.name) } }, uniquingKeysWith: { a, _ in a }),
+                  readiness: Dictionary(eps.filter { $0.readiness != nil }.map { ($0.name, isReady($0)) }, uniquingKeysWith: { a, _ in a }),
+                  serviceBackends: services.values.map { r in
+                      (r.service.key, eps.filter { r.service.selects($0.labels) }.map { isReady($0) })
+                  })
+        dns?.publish(services.values.map { (name: "\($0.service.name).\($0.service.namespace).svc.\(NodeDNS.domain)", address: $0.clusterIP) })
+    }
+
+    // MARK: Reading
+
+    public func views() throws(MeshError) -> [ServiceView] {
+        let eps = try store.endpoints()
+        return services.values.sorted { $0.service.key < $1.service.key }.map { view($0, eps) }
+    }
+
+    public func view(_ key: String) throws(MeshError) -> ServiceView {
+        guard let r = services[key] else {
+            throw MeshError(.notFound, "service \"\(key)\" does not exist", hint: "meshctl get services lists them")
+        }
+        return view(r, try store.endpoints())
+    }
+
+    private func view(_ r: Record, _ eps: [Endpoint]) -> ServiceView {
+        let backends = eps.filter { r.service.selects($0.labels) }.map { ep in
+            var ports: [String: Int] = [:]
+            for p in r.service.ports { if let t = Self.targetPort(p, of: ep) { ports[p.name ?? "\(p.port)"] = Int(t) } }
+            return ServiceView.Backend(endpoint: ep.name, address: ep.ipv4, state: isReady(ep) ? "ready" : "unready", ports: ports)
+        }
+        return ServiceView(service: r.service, clusterIP: r.clusterIP, backends: backends, appliedAt: r.appliedAt)
+    }
+
+    public func namespaceViews() throws(MeshError) -> [NamespaceView] {
+        let eps = try store.endpoints()
+        let named = Set(namespaces.keys).union(eps.map { $0.labels.namespace }).union(services.values.map(\.service.namespace))
+        return named.sorted().map { name in
+            NamespaceView(name: name, labels: namespaces[name]?.namespace.labels ?? Labels(),
+                          endpoints: eps.filter { $0.labels.namespace == name }.map(\.name),
+                          services: services.values.filter { $0.service.namespace == name }.map(\.service.name).sorted())
+        }
+    }
+
+    public func namespaceView(_ name: String) throws(MeshError) -> NamespaceView {
+        guard let v = try namespaceViews().first(where: { $0.name == name }) else {
+            throw MeshError(.notFound, "namespace \"\(name)\" does not exist", hint: "meshctl get namespaces lists them")
+        }
+        return v
+    }
+
+    /// Endpoint states for answers: `ready` or `unready`.
+    public func state(of ep: Endpoint) -> String { isReady(ep) ? "ready" : "unready" }
+
+    /// What the kernel holds, named.
+    public nonisolated func kernelRows() throws(MeshError) -> [BPFLBRow] {
+        let entries: [ServiceLB.Entry]
+        do { entries = try lb.kernelEntries() } catch { throw MeshError(.datapath, "reading the load balancer's maps failed: \(error)") }
+        return entries.map { e in
+            let n = names.frontend(e.frontend.id)
+            return BPFLBRow(frontend: Int(e.frontend.id), service: n.map { "\($0.service):\($0.port)" } ?? "?",
+                            vip: "\(IPv4Address(e.frontend.vip)):\(e.frontend.port)", proto: ProtocolName.name(e.frontend.proto),
+                            affinitySeconds: e.frontend.affinityTimeout.map(Int.init),
+                            backends: e.backends.map { "\(names.endpoint($0.id)) \(IPv4Address($0.address)):\($0.port)" })
+        }
+    }
+
+    /// Names for kernel numbers and readiness, behind a lock.
+    public final class Names: @unchecked Sendable {
+        public struct FrontendName: Sendable { public var service: String; public var port: String }
+        private let lock = NSLock()
+        private var frontends: [UInt32: FrontendName] = [:]
+        private var endpoints: [UInt32: String] = [:]
+        private var cgroups: [UInt64: String] = [:]
+        private var readiness: [String: Bool] = [:]
+        private var serviceBackends: [(String, [Bool])] = []
+
+        func set(frontends: [UInt32: FrontendName], endpoints: [UInt32: String], cgroups: [UInt64: String],
+                 readiness: [String: Bool], serviceBackends: [(String, [Bool])]) {
+            lock.withLock {
+                self.frontends = frontends
+                self.endpoints = endpoints
+                self.cgroups = cgroups
+                self.readiness = readiness
+                self.serviceBackends = serviceBackends
+            }
+        }
+
+        public func frontend(_ id: UInt32) -> FrontendName? { lock.withLock { frontends[id] } }
+        public func endpoint(_ id: UInt32) -> String { lock.withLock { endpoints[id] ?? "endpoint \(id)" } }
+        public func endpoint(cgroup: UInt64) -> String? { lock.withLock { cgroups[cgroup] } }
+        /// Endpoints with a readiness probe, and whether each is ready now.
+        public var readinessByEndpoint: [String: Bool] { lock.withLock { readiness } }
+        /// Per service, its selected endpoints' readiness.
+        public var backendsByService: [(String, [Bool])] { lock.withLock { serviceBackends } }
+    }
+}

@@ -101,6 +101,55 @@ final class ServiceTests: XCTestCase {
         XCTAssertEqual(perBackend, ["web1", "web2", "web3"].map { Double(tcp.counts[$0] ?? 0) }, "and to the backend that answered")
     }
 
+    func testClientIPAffinityKeepsEachClientOnOneBackendAndMonitorShowsTheChoice() throws {
+        node = try TestNode()
+        try node.start()
+        for c in ["c1", "c2", "c3"] { try node.ctlOK("endpoint", "create", c, "--labels", "app=client") }
+        for ep in ["web1", "web2", "web3"] {
+            try node.ctlOK("endpoint", "create", ep, "--labels", "app=web", "--ports", "http=8080")
+            try serveName(ep)
+        }
+        _ = try apply("""
+        apiVersion: v1
+        kind: Service
+        metadata: {name: sticky}
+        spec:
+          selector: {app: web}
+          sessionAffinity: ClientIP
+          sessionAffinityConfig: {clientIP: {timeoutSeconds: 300}}
+          ports: [{port: 80, targetPort: http}]
+        """)
+        let vip = try clusterIP("sticky")
+        XCTAssertTrue(try node.ctlOK("bpf", "lb", "list").contains("300s"))
+        // Every connection of one client goes to the backend its first one got.
+        var chosen: [String: String] = [:]
+        for c in ["c1", "c2", "c3"] {
+            let r = try spread(from: c, to: vip, port: 80, count: 60)
+            XCTAssertEqual(r.counts.count, 1, "\(c) stayed on one backend: \(r.counts)")
+            chosen[c] = r.counts.keys.first
+        }
+        // The choice shows in the monitor: client, service port, backend, and why.
+        let out = node.dir + "/monitor-lb.json"
+        let mon = try Run.spawn(TestNode.products + "/meshctl", ["monitor", "--type", "lb", "--count", "1", "-o", "json"], output: out,
+                                environment: ["SWIFTMESH_API_SOCKET": node.socket])
+        usleep(500_000)
+        _ = try spread(from: "c1", to: vip, port: 80, count: 1)
+        let event = try Traffic.Background(pid: mon, output: out).result(timeout: 10)
+        XCTAssertEqual(event["type"] as? String, "lb")
+        XCTAssertEqual(event["endpoint"] as? String, "c1")
+        XCTAssertEqual(event["service"] as? String, "default/sticky:80")
+        XCTAssertEqual(event["backend"] as? String, chosen["c1"])
+        XCTAssertEqual(event["reason"] as? String, "session affinity")
+        XCTAssertEqual(event["destination"] as? String, vip)
+
+        // A backend that leaves is no one's affinity any more.
+        let gone = try XCTUnwrap(chosen["c1"])
+        try node.ctlOK("endpoint", "label", gone, "app=retired")
+        let after = try spread(from: "c1", to: vip, port: 80, count: 30)
+        XCTAssertEqual(after.counts.count, 1)
+        XCTAssertNotEqual(after.counts.keys.first, gone)
+    }
+
     func testBackendsComeAndGoByThemselvesWhileLongLivedConnectionsStay() throws {
         node = try TestNode()
         try node.start()

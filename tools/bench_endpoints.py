@@ -58,6 +58,9 @@ def down():
             subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
     shutil.rmtree(f"/sys/fs/bpf/{NODE}", ignore_errors=True)
     shutil.rmtree(RUN, ignore_errors=True)
+    shutil.rmtree(f"/run/swiftmesh-dns/{NODE}", ignore_errors=True)   # meshd's DNS files
+    for d in glob.glob(f"/etc/netns/{NODE}-ep-*"):                      # endpoints' resolv.conf
+        shutil.rmtree(d, ignore_errors=True)
     cg = os.path.join(cgroup2_root(), NODE)
     if os.path.isdir(cg):
         for kid in glob.glob(cg + "/*/"):

@@ -275,6 +275,9 @@ def down():
                     pass
             subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
     shutil.rmtree(f"/sys/fs/bpf/{NODE}", ignore_errors=True)
+    shutil.rmtree(f"/run/swiftmesh-dns/{NODE}", ignore_errors=True)   # meshd's DNS files
+    for d in glob.glob(f"/etc/netns/{NODE}-*"):                         # endpoints' resolv.conf
+        shutil.rmtree(d, ignore_errors=True)
     if os.path.exists(f"{RUN}/meshd.log"):   # kept for a look after the run
         shutil.copy(f"{RUN}/meshd.log", f"/tmp/{NODE}-meshd.log")
     shutil.rmtree(RUN, ignore_errors=True)

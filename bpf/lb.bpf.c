@@ -125,8 +125,13 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, __u8 proto, __u8
 	__u8 affinity = 0;
 	__u64 now = 0;
 
-	if (!fe)
+	if (!fe) {
+		/* A UDP socket may connect again, elsewhere: forget an earlier translation, or
+		 * its replies would read as from that VIP. (A TCP socket connects once.) */
+		if (hook == MESH_LB_HOOK_CONNECT && proto == IPPROTO_UDP && ctx->sk)
+			bpf_sk_storage_delete(&mesh_lb_sk, ctx->sk);
 		return 1;
+	}
 	if (fe->count == 0)
 		goto refuse;
 	if (fe->flags & MESH_LB_AFFINITY_CLIENT) {

@@ -9,8 +9,9 @@ import ServiceLifecycle
 /// The server is Debian's dnsmasq, not one written here: it is small, maintained, and
 /// reads a folder of hosts files that it re-reads by itself (inotify) when meshd
 /// replaces the file, so a name follows its service within milliseconds and nothing has
-/// to be signalled. meshd starts it in the node's netns, listening on 169.254.1.1:53 (the
-/// gateway address every endpoint has a route to), answering only for `cluster.local`
+/// to be signalled. meshd starts it in the node's netns, bound to 169.254.1.1:53 only (the
+/// gateway address every endpoint has a route to; `--bind-dynamic`, so it binds once the
+/// first endpoint's veth holds it, and never a wildcard), answering only for `cluster.local`
 /// and forwarding nothing anywhere. Endpoints get a resolv.conf through `ip netns`'s own
 /// convention, /etc/netns/<netns>/resolv.conf, with Kubernetes' search path, so glibc,
 /// curl and Python resolve short names unchanged.
@@ -54,19 +55,15 @@ public final class NodeDNS: Service, @unchecked Sendable {
     /// written beside the watched folder and renamed into it, so dnsmasq never reads half.
     func publish(_ records: [(name: String, address: IPv4Address)]) {
         let lines = records.map { "\($0.address) \($0.name)" }.sorted()
-        let changed = lock.withLock { () -> Bool in
-            if lastRecords == lines { return false }
-            lastRecords = lines
-            return true
-        }
-        guard changed else { return }
+        guard lock.withLock({ lastRecords != lines }) else { return }
         let tmp = folder + "/.services.tmp", target = hostsDir + "/services"
         let text = "# written by meshd: one line per service, NAME.NAMESPACE.svc.cluster.local\n" + lines.map { $0 + "\n" }.joined()
         guard FileManager.default.createFile(atPath: tmp, contents: Data(text.utf8), attributes: [.posixPermissions: 0o644]),
               rename(tmp, target) == 0 else {
             logger.error("cannot write the DNS hosts file", metadata: ["file": "\(target)", "error": "\(String(cString: strerror(errno)))"])
-            return
+            return // the next publish tries again
         }
+        lock.withLock { lastRecords = lines }
     }
 
     /// resolv.conf for an endpoint in `namespace`, as Kubernetes writes a pod's.
@@ -102,7 +99,7 @@ public final class NodeDNS: Service, @unchecked Sendable {
     var arguments: [String] {
         ["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll",
          "--hostsdir=\(hostsDir)", "--local=/\(Self.domain)/", "--domain-needed", "--bogus-priv",
-         "--listen-address=\(Self.listenAddress)", "--port=53", "--user=nobody", "--pid-file=",
+         "--listen-address=\(Self.listenAddress)", "--bind-dynamic", "--port=53", "--user=nobody", "--pid-file=",
          "--log-facility=-", "--cache-size=0"]
     }
 

@@ -27,6 +27,7 @@ enum ReadinessCheck {
             defer { channel.close(promise: nil) }
             guard probe.kind == .http else {
                 deadline.cancel()
+                status.succeed(true) // NIO insists that every promise completes
                 return true
             }
             var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: probe.path)

@@ -34,7 +34,8 @@ public actor ServiceManager {
     private var services: [String: Record] = [:]
     private var namespaces: [String: (namespace: Namespace, appliedAt: Date)] = [:]
     private var probes: [String: ProbeState] = [:]
-    private var probers: [String: (probe: ReadinessProbe, address: IPv4Address, port: UInt16, task: Task<Void, Never>)] = [:]
+    private var probers: [String: (probe: ReadinessProbe, address: IPv4Address, port: UInt16, generation: Int, task: Task<Void, Never>)] = [:]
+    private var proberGeneration = 0
     /// Endpoint ids the kernel had as backends when meshd started: until their probe has
     /// a say, they stay ready, so a restart never takes a working backend out.
     private var readyAtStart: Set<UInt32>
@@ -125,25 +126,35 @@ public actor ServiceManager {
             }
             pending.append((i, svc))
         }
-        // Addresses for the rest: the existing one when the service is re-applied, else the
-        // lowest free one, in one walk for the whole file.
-        var cursor = settings.serviceCIDR.network.value &+ 1
+        // Addresses for the rest: first every re-applied service keeps the one it has (unless
+        // another document of the file asks for it), then the others get the lowest free
+        // ones, in one walk for the whole file.
+        var chosen: [String: IPv4Address] = [:]
         for (_, svc) in pending {
-            var ip = svc.clusterIP
-            if ip == nil, let existing = services[svc.key], taken[existing.clusterIP] == nil {
-                ip = existing.clusterIP
+            if let ip = svc.clusterIP { chosen[svc.key] = ip; continue }
+            if let existing = services[svc.key], taken[existing.clusterIP] == nil {
+                chosen[svc.key] = existing.clusterIP
                 taken[existing.clusterIP] = svc.key
             }
-            if ip == nil {
+        }
+        var cursor = settings.serviceCIDR.network.value &+ 1
+        for (_, svc) in pending {
+            if chosen[svc.key] == nil {
                 while cursor < settings.serviceCIDR.broadcast.value, taken[IPv4Address(cursor)] != nil { cursor &+= 1 }
                 guard cursor < settings.serviceCIDR.broadcast.value else {
                     throw MeshError(.exhausted, "\(source): Service \(svc.key): the service CIDR \(settings.serviceCIDR) has no free address left",
                                     hint: "delete services, or restart meshd with a larger --service-cidr")
                 }
-                ip = IPv4Address(cursor)
-                taken[ip!] = svc.key
+                chosen[svc.key] = IPv4Address(cursor)
+                taken[IPv4Address(cursor)] = svc.key
             }
-            planned.append(Record(id: services[svc.key]?.id ?? 0, service: svc, clusterIP: ip!, appliedAt: Date()))
+            planned.append(Record(id: services[svc.key]?.id ?? 0, service: svc, clusterIP: chosen[svc.key]!, appliedAt: Date()))
+        }
+        // Backend entries: every port of every service times the endpoints it selects now.
+        let kept = services.values.filter { !replaced.contains($0.service.key) }.map(\.service) + planned.map(\.service)
+        let backendEntries = kept.reduce(0) { sum, svc in sum + svc.ports.count * endpoints.filter { svc.selects($0.labels) }.count }
+        guard backendEntries <= ServiceLB.backendCapacity else {
+            throw MeshError(.exhausted, "\(source): the services would need \(backendEntries) backend entries; the load balancer holds \(ServiceLB.backendCapacity)")
         }
         let frontends = services.values.filter { !replaced.contains($0.service.key) }.reduce(0) { $0 + $1.service.ports.count }
             + planned.reduce(0) { $0 + $1.service.ports.count }
@@ -153,12 +164,23 @@ public actor ServiceManager {
         return planned
     }
 
-    /// Validates the namespaces of a file (nothing stateful yet, but one place for it).
-    func plan(_ incoming: [Namespace]) -> [Namespace] { incoming }
+    /// What an apply changed, so that it can be undone if a later part of the same file
+    /// fails (the policy part, published after it).
+    public struct Undo: Sendable {
+        var services: [String: Record?] = [:]
+        var applied: [String: Record] = [:]
+        var namespaces: [String: (namespace: Namespace, appliedAt: Date)?] = [:]
+        var appliedNamespaces: [String: Namespace] = [:]
+    }
 
-    /// Stores and serves services and namespaces. Returns kubectl-style change lines.
-    /// Namespace labels change identities, so a change of them publishes policy.
-    func apply(services incoming: [MeshService], namespaces nsIncoming: [Namespace], planned: [Record], dryRun: Bool) async throws(MeshError) -> [String] {
+    /// Checks and stores services and namespaces, then serves them. Planning and the
+    /// services' commit happen with no suspension in between, so two applies never plan
+    /// against each other's half-done state. Namespace labels change identities: a change
+    /// of them publishes policy, and if that fails everything this call did is undone.
+    /// Returns kubectl-style change lines, and what to undo should the caller's next step fail.
+    func apply(services incoming: [MeshService], namespaces nsIncoming: [Namespace], source: String,
+               dryRun: Bool) async throws(MeshError) -> (changes: [String], undo: Undo) {
+        let planned = try plan(incoming, source: source)
         var changes: [String] = []
         for ns in nsIncoming {
             let verb = namespaces[ns.name] == nil ? "created" : namespaces[ns.name]!.namespace == ns ? "unchanged" : "configured"
@@ -169,35 +191,70 @@ public actor ServiceManager {
             let verb = old == nil ? "created" : (old!.service == r.service && old!.clusterIP == r.clusterIP) ? "unchanged" : "configured"
             changes.append("service/\(r.service.key) \(verb) (\(r.clusterIP))")
         }
-        if dryRun { return changes.map { $0 + " (dry run)" } }
-        let nsChanged = nsIncoming.contains { namespaces[$0.name]?.namespace != $0 }
+        var undo = Undo()
+        if dryRun { return (changes.map { $0 + " (dry run)" }, undo) }
+        for r in planned { undo.services[r.service.key] = .some(services[r.service.key]) }
+        for ns in nsIncoming { undo.namespaces[ns.name] = .some(namespaces[ns.name]) }
         let rows = try store.writeServices(
-            planned.map { Store.ServiceRow(id: $0.id == 0 ? nil : Int64($0.id), key: $0.service.key,
-                                           spec: String(decoding: (try? JSONEncoder().encode($0.service)) ?? Data(), as: UTF8.self),
+            planned.map { Store.ServiceRow(id: $0.id == 0 ? nil : Int64($0.id), key: $0.service.key, spec: Self.json($0.service),
                                            clusterIP: $0.clusterIP.description, appliedAt: $0.appliedAt) },
-            namespaces: nsIncoming.map { Store.NamespaceRow(name: $0.name, labels: String(decoding: (try? JSONEncoder().encode($0.labels.values)) ?? Data(), as: UTF8.self),
-                                                            appliedAt: Date()) })
-        let previousNamespaces = namespaces
-        for ns in nsIncoming { namespaces[ns.name] = (ns, Date()) }
+            namespaces: nsIncoming.map { Store.NamespaceRow(name: $0.name, labels: Self.json($0.labels.values), appliedAt: Date()) })
         for (r, row) in zip(planned, rows) {
             var rec = r
             rec.id = Int(row.id ?? 0)
             services[rec.service.key] = rec
+            undo.applied[rec.service.key] = rec
         }
-        if nsChanged {
-            do { try await policy.publish() } catch {
-                // Identities and policy stay as they were: put the namespaces back too.
-                namespaces = previousNamespaces
-                _ = try? store.writeServices([], namespaces: nsIncoming.compactMap { ns in previousNamespaces[ns.name].map {
-                    Store.NamespaceRow(name: ns.name, labels: String(decoding: (try? JSONEncoder().encode($0.namespace.labels.values)) ?? Data(), as: UTF8.self),
-                                       appliedAt: $0.appliedAt) } },
-                    deleteNamespaces: nsIncoming.filter { previousNamespaces[$0.name] == nil }.map(\.name))
-                throw error
+        let nsChanged = nsIncoming.contains { namespaces[$0.name]?.namespace != $0 }
+        for ns in nsIncoming {
+            namespaces[ns.name] = (ns, Date())
+            undo.appliedNamespaces[ns.name] = ns
+        }
+        do {
+            try sync()
+            if nsChanged { try await policy.publish() }
+        } catch {
+            await revert(undo)
+            throw error
+        }
+        for c in changes { logger.info("applied", metadata: ["change": "\(c)"]) }
+        return (changes, undo)
+    }
+
+    /// Puts back what `undo` recorded, for each object still as that apply left it (a later
+    /// apply's changes stay).
+    func revert(_ undo: Undo) async {
+        var deleteServices: [String] = [], restoreServices: [Store.ServiceRow] = []
+        for (key, previous) in undo.services where services[key].map({ $0.id == undo.applied[key]?.id && $0.service == undo.applied[key]?.service }) ?? false {
+            services[key] = previous
+            if let p = previous {
+                restoreServices.append(Store.ServiceRow(id: Int64(p.id), key: key, spec: Self.json(p.service), clusterIP: p.clusterIP.description,
+                                                        appliedAt: p.appliedAt))
+            } else {
+                deleteServices.append(key)
             }
         }
-        try sync()
-        for c in changes { logger.info("applied", metadata: ["change": "\(c)"]) }
-        return changes
+        var deleteNamespaces: [String] = [], restoreNamespaces: [Store.NamespaceRow] = []
+        for (name, previous) in undo.namespaces where namespaces[name]?.namespace == undo.appliedNamespaces[name] {
+            namespaces[name] = previous
+            if let p = previous {
+                restoreNamespaces.append(Store.NamespaceRow(name: name, labels: Self.json(p.namespace.labels.values), appliedAt: p.appliedAt))
+            } else {
+                deleteNamespaces.append(name)
+            }
+        }
+        do {
+            _ = try store.writeServices(restoreServices, namespaces: restoreNamespaces, deleteServices: deleteServices,
+                                        deleteNamespaces: deleteNamespaces)
+            try sync()
+            if !undo.namespaces.isEmpty { try await policy.publish() }
+        } catch {
+            logger.error("undoing a failed apply failed; the next change resynchronises", metadata: ["error": "\(error.message)"])
+        }
+    }
+
+    static func json<T: Encodable>(_ value: T) -> String {
+        String(decoding: (try? JSONEncoder().encode(value)) ?? Data("{}".utf8), as: UTF8.self)
     }
 
     public func deleteService(_ key: String) throws(MeshError) -> String {
@@ -218,8 +275,10 @@ public actor ServiceManager {
         _ = try store.writeServices([], namespaces: [], deleteNamespaces: [name])
         namespaces[name] = nil
         do { try await policy.publish() } catch {
-            namespaces[name] = old
-            _ = try? store.writeServices([], namespaces: [Store.NamespaceRow(name: name, labels: String(decoding: (try? JSONEncoder().encode(old.namespace.labels.values)) ?? Data(), as: UTF8.self), appliedAt: old.appliedAt)])
+            if namespaces[name] == nil {
+                namespaces[name] = old
+                _ = try? store.writeServices([], namespaces: [Store.NamespaceRow(name: name, labels: Self.json(old.namespace.labels.values), appliedAt: old.appliedAt)])
+            }
             throw error
         }
         logger.info("namespace deleted", metadata: ["namespace": "\(name)"])
@@ -251,15 +310,17 @@ public actor ServiceManager {
             }
             for (name, w) in wanted where probers[name] == nil {
                 let (probe, address, port) = w
+                proberGeneration += 1
+                let generation = proberGeneration
                 let task = Task { [weak self] in
                     while !Task.isCancelled {
                         let ok = await ReadinessCheck.run(probe, address: address, port: port)
                         guard !Task.isCancelled, let self else { return }
-                        await self.record(name, ok: ok)
+                        await self.record(name, generation: generation, ok: ok)
                         try? await Task.sleep(for: .milliseconds(Int64(probe.intervalSeconds * 1000)))
                     }
                 }
-                probers[name] = (probe, address, port, task)
+                probers[name] = (probe, address, port, generation, task)
             }
             try sync()
         } catch {
@@ -267,8 +328,10 @@ public actor ServiceManager {
         }
     }
 
-    private func record(_ name: String, ok: Bool) {
-        guard let ep = try? store.endpoint(named: name), let probe = ep.readiness, probers[name] != nil else { return }
+    /// One probe's result; a result of a prober since replaced (the endpoint was deleted and
+    /// made again, or its probe changed) counts for nothing.
+    private func record(_ name: String, generation: Int, ok: Bool) {
+        guard probers[name]?.generation == generation, let ep = try? store.endpoint(named: name), let probe = ep.readiness else { return }
         var st = probes[name] ?? ProbeState(ready: readyAtStart.contains(UInt32(ep.id)))
         if ok { st.successes += 1; st.failures = 0 } else { st.failures += 1; st.successes = 0 }
         let was = st.ready
@@ -287,6 +350,10 @@ public actor ServiceManager {
         var desired: [ServiceLB.Frontend: [ServiceLB.Backend]] = [:]
         var frontendNames: [UInt32: Names.FrontendName] = [:]
         for r in services.values {
+            guard r.id < 1 << 24 else {
+                logger.error("service row id beyond the frontend id space; not served", metadata: ["service": "\(r.service.key)"])
+                continue
+            }
             let selected = eps.filter { r.service.selects($0.labels) && isReady($0) }
             for (i, port) in r.service.ports.enumerated() {
                 let f = ServiceLB.Frontend(id: Self.frontendID(service: r.id, port: i), vip: r.clusterIP.value, port: port.port,

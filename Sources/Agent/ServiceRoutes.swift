@@ -39,24 +39,30 @@ enum ServiceRoutes {
         }
     }
 
-    /// A file of any supported kinds, whole or not at all: everything is parsed and checked
-    /// against the node first; then policies are published, then services and namespaces.
+    /// A file of any supported kinds, whole or not at all: everything is parsed first;
+    /// services and namespaces are checked and committed, then the policies published; if
+    /// that fails, the services and namespaces are put back as they were.
     static func apply(_ req: PolicyApplyRequest, policy: PolicyEngine, services: ServiceManager) async throws -> ApplyResult {
         let start = ContinuousClock.now
         let manifest = try await NIOThreadPool.singleton.runIfActive { () throws -> Manifest in
             try Manifest.read(documents: try YAMLTree.documents(req.yaml, source: req.source), source: req.source)
         }
-        let planned = try await services.plan(manifest.services, source: req.source)
+        let (serviceChanges, undo) = try await services.apply(services: manifest.services, namespaces: manifest.namespaces,
+                                                              source: req.source, dryRun: req.dryRun)
         var changes: [String] = []
         var policyResult: PolicyApplyResult?
         if !manifest.policyDocuments.isEmpty {
-            let result = try await policy.apply(trees: manifest.policyDocuments.map(\.tree), parsed: manifest.policies, warnings: [],
-                                                text: manifest.policyDocuments.count == 1 && manifest.services.isEmpty && manifest.namespaces.isEmpty ? req.yaml : nil,
-                                                dryRun: req.dryRun, start: start)
-            policyResult = result
-            changes += result.documents.map { "policy/\($0) \(req.dryRun ? "valid (dry run)" : "applied")" }
+            do {
+                let result = try await policy.apply(trees: manifest.policyDocuments.map(\.tree), parsed: manifest.policies, warnings: [],
+                                                    text: manifest.policyDocuments.count == 1 && manifest.services.isEmpty && manifest.namespaces.isEmpty ? req.yaml : nil,
+                                                    dryRun: req.dryRun, start: start)
+                policyResult = result
+                changes += result.documents.map { "policy/\($0) \(req.dryRun ? "valid (dry run)" : "applied")" }
+            } catch {
+                if !req.dryRun { await services.revert(undo) }
+                throw error
+            }
         }
-        changes += try await services.apply(services: manifest.services, namespaces: manifest.namespaces, planned: planned, dryRun: req.dryRun)
-        return ApplyResult(changes: changes, policy: policyResult, dryRun: req.dryRun, warnings: manifest.warnings)
+        return ApplyResult(changes: serviceChanges + changes, policy: policyResult, dryRun: req.dryRun, warnings: manifest.warnings)
     }
 }

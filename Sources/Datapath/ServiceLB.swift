@@ -48,6 +48,9 @@ public final class ServiceLB: @unchecked Sendable {
     public struct Entry: Sendable {
         public var frontend: Frontend
         public var backends: [Backend]
+        /// The frontend's count as the kernel holds it: more than `backends` when a slot
+        /// below it names no backend (a sync that failed part-way).
+        public var count = 0
     }
 
     public struct Stat: Sendable {
@@ -74,9 +77,13 @@ public final class ServiceLB: @unchecked Sendable {
     let stats: BPFMap
     public let cgroup: String
     let pinDir: String
-    /// What the kernel holds, by frontend id: read back at load, kept by every sync.
+    /// What the kernel holds, by frontend id: read back at load, kept by every sync, and
+    /// read back again (with orphans removed) when a sync fails part-way.
     private var mirror: [UInt32: Entry] = [:]
     private let lock = NSLockShim()
+    /// For an id that moves to another (VIP, port, protocol): a connect() that read the
+    /// old frontend must be done before the id's slots are written for the new one.
+    private let gracePeriod: GracePeriod
 
     public init(pinDir: String, cgroup: String, nodeID: UInt32, sizes: MapSizes = MapSizes()) throws {
         self.pinDir = pinDir
@@ -96,7 +103,8 @@ public final class ServiceLB: @unchecked Sendable {
         revnat = try object.map(MESH_MAP_LB_REVNAT)
         stats = try object.map(MESH_MAP_LB_STATS)
         for (p, _) in programs { try p.pin(at: "\(pinDir)/\(p.name)") }
-        mirror = Dictionary(try kernelEntries().map { ($0.frontend.id, $0) }, uniquingKeysWith: { a, _ in a })
+        gracePeriod = try GracePeriod()
+        try resyncFromKernel()
     }
 
     private func linkPath(_ p: BPFProgram) -> String { "\(pinDir)/\(p.name)_link" }
@@ -164,16 +172,48 @@ public final class ServiceLB: @unchecked Sendable {
         try lock.withLock { () throws -> SyncStats in
             var st = SyncStats()
             let wanted = Dictionary(desired.map { ($0.key.id, ($0.key, $0.value)) }, uniquingKeysWith: { a, _ in a })
-            // Frontends that go, or whose key changes: first, so a key is free before reuse.
-            for (id, old) in mirror {
-                if let (f, _) = wanted[id], (f.vip, f.port, f.proto) == (old.frontend.vip, old.frontend.port, old.frontend.proto) { continue }
-                try remove(old, &st)
-                mirror[id] = nil
-            }
-            for (id, (f, list)) in wanted.sorted(by: { $0.key < $1.key }) {
-                try write(f, list, old: mirror[id], &st)
+            do {
+                // Frontends that go, or whose key changes: first, so a key is free before reuse.
+                var moved = false
+                for (id, old) in mirror {
+                    if let (f, _) = wanted[id] {
+                        if (f.vip, f.port, f.proto) == (old.frontend.vip, old.frontend.port, old.frontend.proto) { continue }
+                        moved = true
+                    }
+                    try remove(old, &st)
+                    mirror[id] = nil
+                }
+                if moved { try gracePeriod.wait() }
+                for (id, (f, list)) in wanted.sorted(by: { $0.key < $1.key }) {
+                    try write(f, list, old: mirror[id], &st)
+                }
+            } catch {
+                // Some writes happened: learn what the kernel holds now, so the next sync
+                // starts from the truth, and drop entries no frontend's slots name.
+                try? resyncFromKernel()
+                throw error
             }
             return st
+        }
+    }
+
+    /// Reads the frontends back into the mirror and deletes what no frontend uses: slots
+    /// past a frontend's count, backends no slot names (which affinity could otherwise
+    /// still pick), entries of frontends that are gone.
+    private func resyncFromKernel() throws {
+        let entries = try kernelEntries()
+        for e in entries where e.count != e.backends.count {
+            // Holes below the count: close them now, so no connect() meets one.
+            for (i, b) in e.backends.enumerated() { try slots.update(Self.slotKey(e.frontend.id, i + 1), b.id) }
+            try frontends.update(Self.frontendKey(e.frontend), Self.frontendValue(e.frontend, count: e.backends.count))
+        }
+        mirror = Dictionary(entries.map { ($0.frontend.id, $0) }, uniquingKeysWith: { a, _ in a })
+        let live = Dictionary(entries.map { ($0.frontend.id, Set($0.backends.map(\.id))) }, uniquingKeysWith: { a, _ in a })
+        for k in try slots.keys(as: mesh_lb_slot_key.self) where Int(k.slot) > (live[k.frontend_id]?.count ?? 0) {
+            _ = try? slots.delete(k)
+        }
+        for k in try backends.keys(as: mesh_lb_backend_key.self) where live[k.frontend_id]?.contains(k.backend_id) != true {
+            _ = try? backends.delete(k)
         }
     }
 
@@ -219,7 +259,7 @@ public final class ServiceLB: @unchecked Sendable {
             if try backends.delete(Self.backendKey(f.id, b.id)) { st.deleted += 1 }
             _ = try? stats.delete(mesh_lb_stat_key(frontend_id: f.id, backend_id: b.id))
         }
-        mirror[f.id] = Entry(frontend: f, backends: order.map { byID[$0]! })
+        mirror[f.id] = Entry(frontend: f, backends: order.map { byID[$0]! }, count: order.count)
     }
 
     /// The new slot order: a backend that stays keeps its slot, newcomers (by id) take the
@@ -264,7 +304,7 @@ public final class ServiceLB: @unchecked Sendable {
                 guard let id = slotOf[fe.frontend_id]?[slot], let b = backendOf[fe.frontend_id]?[id] else { return nil }
                 return Backend(id: id, address: UInt32(bigEndian: b.addr), port: UInt16(bigEndian: b.port), weight: b.weight)
             }
-            return Entry(frontend: f, backends: list)
+            return Entry(frontend: f, backends: list, count: Int(fe.count))
         }.sorted { $0.frontend.id < $1.frontend.id }
     }
 

@@ -45,6 +45,12 @@ public struct Manifest: Sendable {
                     let top = try node.prunedFields(allowed: ServiceReader.serviceTopLevel, ignored: &ignored)
                     let metadata = try PolicyMetadata(top.required("metadata"), ignored: &ignored)
                     if kind == "Service" {
+                        // A Service's name is a DNS label of its own (RFC 1035): it becomes
+                        // NAME.NAMESPACE.svc.cluster.local.
+                        guard isDNSLabel(metadata.name), metadata.name.first?.isLetter == true else {
+                            throw PolicyNode(tree: .null, path: "metadata.name").error(
+                                "\"\(metadata.name)\" is not a valid Service name: at most 63 lowercase letters, digits and '-', starting with a letter")
+                        }
                         out.services.append(try ServiceReader.service(top, metadata: metadata))
                         documentKey = "Service \(metadata.key)"
                     } else {

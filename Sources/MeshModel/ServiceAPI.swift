@@ -136,19 +136,6 @@ public struct ReadinessProbe: Codable, Sendable, Equatable, CustomStringConverti
             path = "/"
         }
         let port = String(rest)
-        if let n = Int(port) {
-            guard (1...65535).contains(n) else { throw .invalid("readiness probe \"\(text)\": \(n) is not a port number (1-65535)") }
-        } else {
-            try EndpointPorts.validateName(port, what: "readiness probe \"\(text)\": port")
-        }
-        guard path.allSatisfy({ $0.isASCII && !$0.isWhitespace && $0 != "\r" && $0 != "\n" }), path.count <= 1024 else {
-            throw .invalid("readiness probe \"\(text)\": the path must be printable ASCII without spaces, at most 1024 characters")
-        }
-        guard intervalSeconds >= 0.1, intervalSeconds <= 3600 else { throw .invalid("readiness interval \(intervalSeconds) s is outside 0.1-3600 s") }
-        guard timeoutSeconds >= 0.05, timeoutSeconds <= intervalSeconds * 10 else { throw .invalid("readiness timeout \(timeoutSeconds) s is outside 0.05 s to ten intervals") }
-        guard (1...100).contains(failureThreshold), (1...100).contains(successThreshold) else {
-            throw .invalid("readiness thresholds must be 1-100")
-        }
         self.kind = kind
         self.port = port
         self.path = path
@@ -156,6 +143,48 @@ public struct ReadinessProbe: Codable, Sendable, Equatable, CustomStringConverti
         self.timeoutSeconds = timeoutSeconds
         self.failureThreshold = failureThreshold
         self.successThreshold = successThreshold
+        try validate()
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case kind, port, path, intervalSeconds, timeoutSeconds, failureThreshold, successThreshold
+    }
+
+    /// A probe from the API gets the same checks as one typed on the command line.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        kind = try c.decode(Kind.self, forKey: .kind)
+        port = try c.decode(String.self, forKey: .port)
+        path = try c.decode(String.self, forKey: .path)
+        intervalSeconds = try c.decode(Double.self, forKey: .intervalSeconds)
+        timeoutSeconds = try c.decode(Double.self, forKey: .timeoutSeconds)
+        failureThreshold = try c.decode(Int.self, forKey: .failureThreshold)
+        successThreshold = try c.decode(Int.self, forKey: .successThreshold)
+        do { try validate() } catch {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: error.message))
+        }
+    }
+
+    func validate() throws(MeshError) {
+        if let n = Int(port) {
+            guard (1...65535).contains(n) else { throw .invalid("readiness probe \(self): \(n) is not a port number (1-65535)") }
+        } else {
+            try EndpointPorts.validateName(port, what: "readiness probe \(self): port")
+        }
+        guard kind == .http || path.isEmpty else { throw .invalid("readiness probe \(self): a tcp probe has no path") }
+        guard kind == .tcp || path.hasPrefix("/"), path.count <= 1024,
+              path.allSatisfy({ $0.isASCII && !$0.isWhitespace && !$0.isNewline && $0 != "\u{0}" }) else {
+            throw .invalid("readiness probe \(self): the path must start with / and be printable ASCII without spaces, at most 1024 characters")
+        }
+        guard intervalSeconds.isFinite, intervalSeconds >= 0.1, intervalSeconds <= 3600 else {
+            throw .invalid("readiness interval \(intervalSeconds) s is outside 0.1-3600 s")
+        }
+        guard timeoutSeconds.isFinite, timeoutSeconds >= 0.05, timeoutSeconds <= intervalSeconds * 10 else {
+            throw .invalid("readiness timeout \(timeoutSeconds) s is outside 0.05 s to ten intervals")
+        }
+        guard (1...100).contains(failureThreshold), (1...100).contains(successThreshold) else {
+            throw .invalid("readiness thresholds must be 1-100")
+        }
     }
 
     public var description: String { kind == .tcp ? "tcp:\(port)" : "http:\(port)\(path)" }

@@ -159,14 +159,16 @@ final class ServiceTests: XCTestCase {
         try node.ctlOK("endpoint", "create", "web1", "--labels", "app=web", "--ports", "http=8080")
         try node.ctlOK("endpoint", "create", "web2", "--labels", "app=web", "--ports", "http=8080,health=8081",
                        "--readiness", "http:health/healthz", "--readiness-interval", "0.5", "--readiness-failures", "1")
-        try node.ctlOK("endpoint", "create", "web3", "--labels", "app=web", "--ports", "http=8080")
+        // A TCP probe too: it passes as soon as a connection opens.
+        try node.ctlOK("endpoint", "create", "web3", "--labels", "app=web", "--ports", "http=8080",
+                       "--readiness", "tcp:http", "--readiness-interval", "0.5")
         try serveName("web1")
         try serveName("web2", http: 8081, healthFile: health)
         try serveName("web3")
         _ = try apply(Self.webService)
         let vip = try clusterIP("web")
-        // web2 becomes ready once its probe passes.
-        try waitFor("web2 ready") { try self.backendStates()["web2"] == "ready" }
+        // web2 and web3 become ready once their probes pass.
+        try waitFor("web2 and web3 ready") { try self.backendStates()["web2"] == "ready" && self.backendStates()["web3"] == "ready" }
         XCTAssertEqual(Set(try spread(from: "client", to: vip, port: 80, count: 300).counts.keys), ["web1", "web2", "web3"])
 
         // A long-lived connection to each backend, through the VIP.
@@ -251,6 +253,25 @@ final class ServiceTests: XCTestCase {
         let metrics = try node.scrape()
         XCTAssertEqual(TestNode.sample(in: metrics, "mesh_service_refused_total", ["service": "default/nobody", "port": "http"]), 20)
         XCTAssertTrue(try node.ctlOK("bpf", "lb", "list").contains("(none: refused)"))
+
+        // Applied again in a file that creates another service first: it keeps its address.
+        let out = try apply("""
+        apiVersion: v1
+        kind: Service
+        metadata: {name: newcomer}
+        spec:
+          selector: {app: none}
+          ports: [{port: 81}]
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: nobody}
+        spec:
+          selector: {app: none}
+          ports: [{port: 80, name: http}, {port: 53, protocol: UDP, name: dns}]
+        """)
+        XCTAssertTrue(out.contains("service/default/nobody unchanged (\(vip))"), out)
+        XCTAssertNotEqual(try clusterIP("newcomer"), vip)
     }
 
     func testServiceNamesResolveInsideEndpointsAndFollowTheService() throws {

@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 @testable import MeshModel
 
@@ -69,6 +70,7 @@ final class ManifestTests: XCTestCase {
             (TestDocs.document("v1", "Namespace", name: "shop", namespace: "x", body: []), ["metadata.namespace: a Namespace is not in a namespace"]),
             (TestDocs.document("apps/v1", "Deployment", name: "web", namespace: nil, body: []), ["kind: \"Deployment\" (apiVersion \"apps/v1\") is not a kind SwiftMesh reads; supported: CiliumNetworkPolicy (cilium.io/v2)"]),
             (TestDocs.document("v2", "Service", name: "web", namespace: nil, body: []), ["apiVersion: \"v2\" is not the apiVersion of Service; use v1"]),
+            (Self.service("web.v2", spec: ["ports": [["port": 80]]]), ["metadata.name: \"web.v2\" is not a valid Service name"]),
             (good, ["document 2 (Service ok): metadata.name: Service default/ok is already given by document 1"]),
         ]
         for (bad, fragments) in cases {
@@ -98,6 +100,13 @@ final class ManifestTests: XCTestCase {
         assertMeshError(mentioning: ["a tcp probe has no path"]) { _ = try ReadinessProbe(parsing: "tcp:80/x") }
         assertMeshError(mentioning: ["0 is not a port number"]) { _ = try ReadinessProbe(parsing: "tcp:0") }
         assertMeshError(mentioning: ["thresholds must be 1-100"]) { _ = try ReadinessProbe(parsing: "tcp:80", failureThreshold: 0) }
+        // A probe from the API gets the same checks: no crash on a huge interval, no CR/LF
+        // smuggled into the request line.
+        for body in [#"{"kind":"tcp","port":"80","path":"","intervalSeconds":1e308,"timeoutSeconds":1,"failureThreshold":1,"successThreshold":1}"#,
+                     #"{"kind":"http","port":"80","path":"/x\r\nHost: evil","intervalSeconds":1,"timeoutSeconds":1,"failureThreshold":1,"successThreshold":1}"#,
+                     #"{"kind":"tcp","port":"0","path":"","intervalSeconds":1,"timeoutSeconds":1,"failureThreshold":1,"successThreshold":1}"#] {
+            XCTAssertThrowsError(try JSONDecoder().decode(ReadinessProbe.self, from: Data(body.utf8)), body)
+        }
         XCTAssertEqual(try EndpointPorts.parse("http=8080, grpc=9090"), ["http": 8080, "grpc": 9090])
         assertMeshError(mentioning: ["port 1 \"http\" is not name=number"]) { _ = try EndpointPorts.parse("http") }
         assertMeshError(mentioning: ["\"8080\" is not a port name"]) { _ = try EndpointPorts.parse("8080=8080") }

@@ -235,14 +235,15 @@ final class ServiceTests: XCTestCase {
         node = try TestNode()
         try node.start()
         try node.ctlOK("endpoint", "create", "client", "--labels", "app=client")
-        _ = try apply("""
+        let nobody = """
         apiVersion: v1
         kind: Service
         metadata: {name: nobody}
         spec:
           selector: {app: none}
           ports: [{port: 80, name: http}, {port: 53, protocol: UDP, name: dns}]
-        """)
+        """
+        _ = try apply(nobody)
         let vip = try clusterIP("nobody")
         let r = try spread(from: "client", to: vip, port: 80, count: 20)
         XCTAssertEqual(r.errors, ["ECONNREFUSED": 20], "connect() is refused, not left to time out")
@@ -263,13 +264,8 @@ final class ServiceTests: XCTestCase {
           selector: {app: none}
           ports: [{port: 81}]
         ---
-        apiVersion: v1
-        kind: Service
-        metadata: {name: nobody}
-        spec:
-          selector: {app: none}
-          ports: [{port: 80, name: http}, {port: 53, protocol: UDP, name: dns}]
-        """)
+
+        """ + nobody)
         XCTAssertTrue(out.contains("service/default/nobody unchanged (\(vip))"), out)
         XCTAssertNotEqual(try clusterIP("newcomer"), vip)
     }

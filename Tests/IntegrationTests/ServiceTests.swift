@@ -190,6 +190,12 @@ final class ServiceTests: XCTestCase {
         unlink(health)
         usleep(1_500_000)
         XCTAssertEqual(try backendStates()["web2"], "unready")
+        let metrics = try node.scrape()
+        XCTAssertEqual(TestNode.sample(in: metrics, "mesh_endpoint_ready", ["endpoint": "web2"]), 0)
+        XCTAssertEqual(TestNode.sample(in: metrics, "mesh_endpoint_ready", ["endpoint": "web3"]), 1)
+        XCTAssertEqual(TestNode.sample(in: metrics, "mesh_service_backends", ["service": "default/web", "state": "ready"]), 1,
+                       "web3 only: web1 left the selector, web2 is unready")
+        XCTAssertEqual(TestNode.sample(in: metrics, "mesh_service_backends", ["service": "default/web", "state": "unready"]), 1)
         let after = try spread(from: "client", to: vip, port: 80, count: 300)
         XCTAssertEqual(after.errors, [:])
         XCTAssertEqual(Set(after.counts.keys), ["web3"], "only web3 is still a ready backend: \(after.counts)")

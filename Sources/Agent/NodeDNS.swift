@@ -153,7 +153,9 @@ public final class NodeDNS: Service, @unchecked Sendable {
                 }
                 failures += 1
             }
-            try? await Task.sleep(for: .seconds(min(1 + Double(failures) / 10, 5)))
+            // Woken by a graceful shutdown at once, so meshd stops without waiting out a sleep.
+            let pause = min(1 + Double(failures) / 10, 5)
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(pause)) }
         }
     }
 }

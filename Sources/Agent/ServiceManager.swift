@@ -34,7 +34,14 @@ public actor ServiceManager {
     private var services: [String: Record] = [:]
     private var namespaces: [String: (namespace: Namespace, appliedAt: Date)] = [:]
     private var probes: [String: ProbeState] = [:]
-    private var probers: [String: (probe: ReadinessProbe, address: IPv4Address, port: UInt16, generation: Int, task: Task<Void, Never>)] = [:]
+    /// What a prober checks: it is replaced when any of it changes.
+    struct ProbeTarget: Equatable {
+        var probe: ReadinessProbe
+        var endpointID: UInt32
+        var address: IPv4Address
+        var port: UInt16
+    }
+    private var probers: [String: (target: ProbeTarget, generation: Int, task: Task<Void, Never>)] = [:]
     private var proberGeneration = 0
     /// Endpoint ids the kernel had as backends when meshd started: until their probe has
     /// a say, they stay ready, so a restart never takes a working backend out.
@@ -291,7 +298,7 @@ public actor ServiceManager {
     public func endpointsChanged() {
         do {
             let eps = try store.endpoints()
-            var wanted: [String: (ReadinessProbe, IPv4Address, UInt16)] = [:]
+            var wanted: [String: ProbeTarget] = [:]
             for ep in eps {
                 guard let p = ep.readiness else { continue }
                 let port = UInt16(p.port) ?? ep.ports[p.port]
@@ -300,16 +307,16 @@ public actor ServiceManager {
                                    metadata: ["endpoint": "\(ep.name)", "probe": "\(p)"])
                     continue
                 }
-                wanted[ep.name] = (p, ep.ipv4, port)
+                wanted[ep.name] = ProbeTarget(probe: p, endpointID: UInt32(ep.id), address: ep.ipv4, port: port)
             }
             for (name, running) in probers {
-                if let w = wanted[name], w.0 == running.probe, w.1 == running.address, w.2 == running.port { continue }
+                if wanted[name] == running.target { continue }
                 running.task.cancel()
                 probers[name] = nil
                 probes[name] = nil
             }
-            for (name, w) in wanted where probers[name] == nil {
-                let (probe, address, port) = w
+            for (name, target) in wanted where probers[name] == nil {
+                let (probe, address, port) = (target.probe, target.address, target.port)
                 proberGeneration += 1
                 let generation = proberGeneration
                 let task = Task { [weak self] in
@@ -320,7 +327,7 @@ public actor ServiceManager {
                         try? await Task.sleep(for: .milliseconds(Int64(probe.intervalSeconds * 1000)))
                     }
                 }
-                probers[name] = (probe, address, port, generation, task)
+                probers[name] = (target, generation, task)
             }
             try sync()
         } catch {
@@ -329,16 +336,18 @@ public actor ServiceManager {
     }
 
     /// One probe's result; a result of a prober since replaced (the endpoint was deleted and
-    /// made again, or its probe changed) counts for nothing.
+    /// made again, or its probe changed) counts for nothing. No store read: the prober's
+    /// target is the endpoint's probe as of its last change.
     private func record(_ name: String, generation: Int, ok: Bool) {
-        guard probers[name]?.generation == generation, let ep = try? store.endpoint(named: name), let probe = ep.readiness else { return }
-        var st = probes[name] ?? ProbeState(ready: readyAtStart.contains(UInt32(ep.id)))
+        guard let running = probers[name], running.generation == generation else { return }
+        let probe = running.target.probe, id = running.target.endpointID
+        var st = probes[name] ?? ProbeState(ready: readyAtStart.contains(id))
         if ok { st.successes += 1; st.failures = 0 } else { st.failures += 1; st.successes = 0 }
         let was = st.ready
         if !st.ready && st.successes >= probe.successThreshold { st.ready = true }
         if st.ready && st.failures >= probe.failureThreshold { st.ready = false }
         probes[name] = st
-        readyAtStart.remove(UInt32(ep.id))
+        readyAtStart.remove(id)
         guard st.ready != was else { return }
         logger.info(st.ready ? "endpoint ready" : "endpoint unready", metadata: ["endpoint": "\(name)", "probe": "\(probe)"])
         do { try sync() } catch { logger.error("re-registering backends failed", metadata: ["error": "\(error.message)"]) }
@@ -420,9 +429,6 @@ public actor ServiceManager {
         }
         return v
     }
-
-    /// Endpoint states for answers: `ready` or `unready`.
-    public func state(of ep: Endpoint) -> String { isReady(ep) ? "ready" : "unready" }
 
     /// What the kernel holds, named.
     public nonisolated func kernelRows() throws(MeshError) -> [BPFLBRow] {

@@ -258,11 +258,6 @@ public final class MeshDatapath: @unchecked Sendable {
         }
     }
 
-    /// Turns the per-new-flow verdict events on (while a monitor wants them) or off.
-    public func setVerdictEvents(_ on: Bool) throws {
-        try setOptionalEvents(verdicts: on, loadBalancing: nil)
-    }
-
     /// Turns the optional events on or off (nil: leave as they are): verdicts per new flow,
     /// load-balancing decisions per connect.
     public func setOptionalEvents(verdicts: Bool?, loadBalancing: Bool?) throws {

@@ -54,7 +54,7 @@ public struct Manifest: Sendable {
                         out.services.append(try ServiceReader.service(top, metadata: metadata))
                         documentKey = "Service \(metadata.key)"
                     } else {
-                        out.namespaces.append(try ServiceReader.namespace(top, metadata: metadata, node: node))
+                        out.namespaces.append(try ServiceReader.namespace(top, metadata: metadata))
                         documentKey = "Namespace \(metadata.name)"
                     }
                 default:

@@ -148,12 +148,9 @@ public struct EndpointSelector: Codable, Sendable, Equatable {
         self.namespaces = namespaces
     }
 
-    /// The namespace of an endpoint: its `namespace` label, else `default`.
-    public static func namespace(of labels: Labels) -> String { labels.namespace }
-
     public func matches(_ labels: Labels) -> Bool {
         if let namespaces {
-            let ns = Self.namespace(of: labels)
+            let ns = labels.namespace
             switch namespaces {
             case .names(let names): if !names.contains(ns) { return false }
             case .selector(let sel):

@@ -202,7 +202,7 @@ enum ServiceReader {
                        clusterIP: clusterIP, affinityTimeoutSeconds: affinity)
     }
 
-    static func namespace(_ top: PolicyFields, metadata: PolicyMetadata, node: PolicyNode) throws(PolicyFieldError) -> Namespace {
+    static func namespace(_ top: PolicyFields, metadata: PolicyMetadata) throws(PolicyFieldError) -> Namespace {
         if metadata.hasNamespace {
             throw PolicyNode(tree: .null, path: "metadata.namespace").error("a Namespace is not in a namespace; remove metadata.namespace")
         }

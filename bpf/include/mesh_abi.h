@@ -418,6 +418,24 @@ struct mesh_monitor_config {
 	__u32 lb_events; /* a ring-buffer write per load-balancing decision (MESH_EVENT_LB) */
 };
 
+/*
+ * The L7 proxy (a process of its own in the node's network namespace). A TCP flow whose
+ * verdict carries MESH_POLICY_L7 (the sender's egress or the receiver's ingress has HTTP
+ * rules for it) is handed to the proxy's transparent listener at tc ingress of the
+ * sender's veth (bpf_sk_assign), marked MESH_MARK_TO_PROXY so that the node routes it to
+ * itself (a policy rule sends that mark to table MESH_PROXY_ROUTE_TABLE, whose one route is
+ * `local 0.0.0.0/0 dev lo`). The proxy's upstream sockets carry SO_MARK
+ * MESH_MARK_FROM_PROXY and the client's own address and port (IP_TRANSPARENT), so the
+ * receiver's ingress policy judges them as the client, and the datapath neither sends them
+ * to the proxy again nor delivers their replies anywhere but to the proxy.
+ */
+#define MESH_MARK_MASK 0x0f00
+#define MESH_MARK_TO_PROXY 0x0a00
+#define MESH_MARK_FROM_PROXY 0x0b00
+#define MESH_PROXY_ROUTE_TABLE 2004
+#define MESH_PROXY_RULE_PRIORITY 90
+#define MESH_PROXY_DEFAULT_PORT 15001
+
 /* Ring-buffer events (mesh_events). Every event starts with this header. */
 enum mesh_event_type {
 	/* A packet crossed a veth whose ifindex has no mesh_endpoints entry: the map and

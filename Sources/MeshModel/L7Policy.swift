@@ -1,0 +1,293 @@
+/// HTTP rules of a CiliumNetworkPolicy (`toPorts[].rules.http[]`), as Cilium reads them:
+/// every field given must match; `method`, `path` and `host` are regular expressions that
+/// must match the whole value (Envoy's safe-regex full match, which Cilium configures);
+/// `path` is matched against the request target as sent, query included, as Envoy's
+/// `:path` is. A rule with no field at all allows every request (and still sends the
+/// flow through the proxy, for visibility).
+public struct HTTPRule: Codable, Sendable, Equatable, Hashable {
+    public var method: String?
+    public var path: String?
+    public var host: String?
+    /// Headers the request must carry: name only (present, any value) or name and value
+    /// (exactly this value). Names compare without case.
+    public var headers: [HeaderRequirement]
+
+    public init(method: String? = nil, path: String? = nil, host: String? = nil, headers: [HeaderRequirement] = []) {
+        self.method = method
+        self.path = path
+        self.host = host
+        self.headers = headers
+    }
+
+    public struct HeaderRequirement: Codable, Sendable, Equatable, Hashable {
+        /// Lower case.
+        public var name: String
+        public var value: String?
+
+        public init(name: String, value: String?) {
+            self.name = name.lowercased()
+            self.value = value
+        }
+    }
+
+    /// Checks that each regular expression compiles; the error names the field.
+    public func validate() throws(MeshError) {
+        for (field, pattern) in [("method", method), ("path", path), ("host", host)] {
+            guard let pattern else { continue }
+            do {
+                _ = try Regex(pattern)
+            } catch {
+                throw MeshError.invalid("\(field): \"\(pattern)\" is not a valid regular expression: \(error)")
+            }
+        }
+    }
+}
+
+/// A request as the L7 policy sees it.
+public struct L7Request: Sendable {
+    public var method: String
+    /// The request target as sent (`/v1/request-landing?x=1`).
+    public var target: String
+    /// The Host header (or HTTP/2 `:authority`), as sent; empty when absent.
+    public var host: String
+    /// Header names in lower case, with their values, in the order sent.
+    public var headers: [(name: String, value: String)]
+
+    public init(method: String, target: String, host: String, headers: [(name: String, value: String)]) {
+        self.method = method
+        self.target = target
+        self.host = host
+        self.headers = headers
+    }
+}
+
+/// One allow rule of an endpoint's L7-enforced direction, as the proxy judges requests
+/// with it: the peers and TCP ports it covers and its HTTP rules (`nil`: a rule without
+/// HTTP rules, which allows every request on its ports, as in Cilium, where an L4 rule on
+/// the same port as an L7 one opens the port to every request).
+public struct L7PortRule: Codable, Sendable, Equatable {
+    /// Peer identities; 0 stands for every peer.
+    public var peers: [UInt32]
+    public var fromPort: UInt16
+    public var toPort: UInt16
+    public var http: [HTTPRule]?
+    /// The rule id the kernel and the monitor use, and what it stands for
+    /// (`default/rule1 specs[0].ingress[0] (allow)`).
+    public var ruleID: UInt32
+    public var rule: String
+
+    public init(peers: [UInt32], fromPort: UInt16, toPort: UInt16, http: [HTTPRule]?, ruleID: UInt32, rule: String) {
+        self.peers = peers
+        self.fromPort = fromPort
+        self.toPort = toPort
+        self.http = http
+        self.ruleID = ruleID
+        self.rule = rule
+    }
+}
+
+/// The allow rules of one endpoint and direction that has at least one HTTP rule.
+public struct L7EndpointPolicy: Codable, Sendable, Equatable {
+    public var endpoint: IPv4Address
+    public var direction: TrafficDirection
+    public var rules: [L7PortRule]
+    /// Rule id of the direction's default deny, for requests no rule allows.
+    public var defaultRuleID: UInt32
+
+    public init(endpoint: IPv4Address, direction: TrafficDirection, rules: [L7PortRule], defaultRuleID: UInt32) {
+        self.endpoint = endpoint
+        self.direction = direction
+        self.rules = rules
+        self.defaultRuleID = defaultRuleID
+    }
+}
+
+/// An endpoint as the proxy names it in events and metrics.
+public struct ProxyEndpoint: Codable, Sendable, Equatable {
+    public var ip: IPv4Address
+    public var name: String
+    public var namespace: String
+    public var identity: UInt32
+
+    public init(ip: IPv4Address, name: String, namespace: String, identity: UInt32) {
+        self.ip = ip
+        self.name = name
+        self.namespace = namespace
+        self.identity = identity
+    }
+}
+
+/// Everything meshd tells the proxy: who is who and which requests policy allows. A new
+/// configuration replaces the old one whole; `generation` only grows.
+public struct ProxyConfig: Codable, Sendable, Equatable {
+    public var generation: UInt64
+    /// The node's endpoints: a connection's source address names its endpoint (the
+    /// datapath drops packets an endpoint sends from any other address).
+    public var endpoints: [ProxyEndpoint]
+    /// Address prefix → identity, for peers that are not endpoints (host, CIDR rules).
+    public var ipcache: [ProxyIPCacheEntry]
+    public var l7: [L7EndpointPolicy]
+    /// Rule id → description, for the default-deny rule ids `l7` names.
+    public var ruleNames: [UInt32: String]
+
+    public init(generation: UInt64, endpoints: [ProxyEndpoint], ipcache: [ProxyIPCacheEntry], l7: [L7EndpointPolicy],
+                ruleNames: [UInt32: String]) {
+        self.generation = generation
+        self.endpoints = endpoints
+        self.ipcache = ipcache
+        self.l7 = l7
+        self.ruleNames = ruleNames
+    }
+
+    public static let empty = ProxyConfig(generation: 0, endpoints: [], ipcache: [], l7: [], ruleNames: [:])
+}
+
+public struct ProxyIPCacheEntry: Codable, Sendable, Equatable {
+    public var prefix: IPv4CIDR
+    public var identity: UInt32
+
+    public init(prefix: IPv4CIDR, identity: UInt32) {
+        self.prefix = prefix
+        self.identity = identity
+    }
+}
+
+/// A request's verdict under L7 policy.
+public struct L7Verdict: Sendable, Equatable {
+    public var allowed: Bool
+    /// The rule that decided (0 when no L7 rule applies in either direction).
+    public var ruleID: UInt32
+    public var rule: String
+    /// The direction whose rules decided: the destination's ingress or the source's egress.
+    public var direction: TrafficDirection?
+}
+
+/// A ProxyConfig made ready to judge requests: regular expressions compiled once, rules
+/// indexed by endpoint address. Immutable, so one instance is shared by every connection
+/// until the next configuration replaces it.
+public final class L7PolicyIndex: Sendable {
+    public let config: ProxyConfig
+    private let endpointsByIP: [IPv4Address: ProxyEndpoint]
+    private let ipcache: [(prefix: IPv4CIDR, identity: UInt32)]
+    private let sets: [Key: CompiledSet]
+
+    struct Key: Hashable { var ip: IPv4Address; var direction: TrafficDirection }
+
+    struct CompiledSet: Sendable {
+        var rules: [CompiledPortRule]
+        var defaultRuleID: UInt32
+    }
+
+    struct CompiledPortRule: Sendable {
+        var rule: L7PortRule
+        var http: [CompiledHTTPRule]?
+    }
+
+    /// Swift's Regex is not Sendable; these are built once, never mutated, and only
+    /// matched against (which reads them), so sharing them across threads is safe.
+    struct CompiledHTTPRule: @unchecked Sendable {
+        var method: Regex<AnyRegexOutput>?
+        var path: Regex<AnyRegexOutput>?
+        var host: Regex<AnyRegexOutput>?
+        var headers: [HTTPRule.HeaderRequirement]
+
+        init(_ r: HTTPRule) throws(MeshError) {
+            try r.validate()
+            method = try? r.method.map { try Regex($0) }
+            path = try? r.path.map { try Regex($0) }
+            host = try? r.host.map { try Regex($0) }
+            headers = r.headers
+        }
+
+        func matches(_ req: L7Request) -> Bool {
+            if let method, (try? method.wholeMatch(in: req.method)) == nil { return false }
+            if let path, (try? path.wholeMatch(in: req.target)) == nil { return false }
+            if let host, (try? host.wholeMatch(in: req.host)) == nil { return false }
+            for h in headers {
+                let values = req.headers.lazy.filter { $0.name == h.name }.map(\.value)
+                if let want = h.value {
+                    if !values.contains(want) { return false }
+                } else if values.isEmpty {
+                    return false
+                }
+            }
+            return true
+        }
+    }
+
+    public init(_ config: ProxyConfig) throws(MeshError) {
+        self.config = config
+        var eps: [IPv4Address: ProxyEndpoint] = [:]
+        for e in config.endpoints { eps[e.ip] = e }
+        endpointsByIP = eps
+        // Longest prefix first: the first containing prefix is the longest match.
+        ipcache = config.ipcache.map { ($0.prefix, $0.identity) }.sorted { $0.prefix.prefixLength > $1.prefix.prefixLength }
+        var sets: [Key: CompiledSet] = [:]
+        for s in config.l7 {
+            var rules: [CompiledPortRule] = []
+            for r in s.rules {
+                var compiled: [CompiledHTTPRule]?
+                if let http = r.http {
+                    compiled = []
+                    for h in http { compiled!.append(try CompiledHTTPRule(h)) }
+                }
+                rules.append(CompiledPortRule(rule: r, http: compiled))
+            }
+            sets[Key(ip: s.endpoint, direction: s.direction)] = CompiledSet(rules: rules, defaultRuleID: s.defaultRuleID)
+        }
+        self.sets = sets
+    }
+
+    public var generation: UInt64 { config.generation }
+
+    public func endpoint(_ ip: IPv4Address) -> ProxyEndpoint? { endpointsByIP[ip] }
+
+    /// The identity of an address, as the datapath's ipcache gives it: an endpoint's, else
+    /// the longest matching prefix's, else the world's.
+    public func identity(of ip: IPv4Address) -> UInt32 {
+        if let e = endpointsByIP[ip] { return e.identity }
+        for entry in ipcache where entry.prefix.contains(ip) { return entry.identity }
+        return PolicyCompiler.worldIdentity
+    }
+
+    /// Whether L7 policy allows `request` from `source` to `destination:port`: the source's
+    /// egress rules and the destination's ingress rules must both allow it, each where it
+    /// has HTTP rules for this peer and port.
+    public func decide(_ request: L7Request, source: IPv4Address, destination: IPv4Address, port: UInt16) -> L7Verdict {
+        let egress = check(request, at: source, direction: .egress, peer: identity(of: destination), port: port)
+        if !egress.allowed { return egress }
+        let ingress = check(request, at: destination, direction: .ingress, peer: identity(of: source), port: port)
+        if !ingress.allowed { return ingress }
+        // Report the rule that actually read the request: the one with HTTP rules.
+        if ingress.ruleID != 0 { return ingress }
+        return egress
+    }
+
+    /// Whether the flow needs the proxy at all under this configuration (the datapath's
+    /// own decision is the authority; this is for tools and tests).
+    public func hasL7Rules(at ip: IPv4Address, direction: TrafficDirection) -> Bool {
+        sets[Key(ip: ip, direction: direction)] != nil
+    }
+
+    private func check(_ req: L7Request, at ip: IPv4Address, direction: TrafficDirection, peer: UInt32,
+                       port: UInt16) -> L7Verdict {
+        guard let set = sets[Key(ip: ip, direction: direction)] else {
+            return L7Verdict(allowed: true, ruleID: 0, rule: "", direction: nil)
+        }
+        let covering = set.rules.filter {
+            ($0.rule.peers.contains(0) || $0.rule.peers.contains(peer)) && $0.rule.fromPort <= port && port <= $0.rule.toPort
+        }
+        // A rule without HTTP rules on this port opens it to every request.
+        if let open = covering.first(where: { $0.http == nil }) {
+            return L7Verdict(allowed: true, ruleID: open.rule.ruleID, rule: open.rule.rule, direction: direction)
+        }
+        for r in covering {
+            if r.http!.contains(where: { $0.matches(req) }) {
+                return L7Verdict(allowed: true, ruleID: r.rule.ruleID, rule: r.rule.rule, direction: direction)
+            }
+        }
+        let id = set.defaultRuleID
+        return L7Verdict(allowed: false, ruleID: id,
+                         rule: config.ruleNames[id] ?? "default deny (\(direction.rawValue))", direction: direction)
+    }
+}

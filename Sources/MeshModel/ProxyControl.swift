@@ -1,0 +1,123 @@
+/// The proxy's control socket: a unix stream socket the proxy listens on and meshd connects
+/// to, carrying one JSON object (a ProxyControlMessage) per line each way.
+///
+/// The proxy is the server so that it outlives meshd: when meshd restarts or dies, the
+/// proxy keeps serving with its last configuration and waits for the next meshd to
+/// connect, which adopts it instead of starting another.
+///
+///   meshd → proxy: `config` (a whole ProxyConfig), `events` (true while a monitor wants
+///                  L7 events), `metricsRequest` (an id; answered by `metrics`).
+///   proxy → meshd: `hello` (first, on connect), `event`, `metrics`, `configApplied`
+///                  (or `configRejected`, with the reason).
+public struct ProxyControlMessage: Codable, Sendable {
+    public var config: ProxyConfig?
+    public var events: Bool?
+    public var metricsRequest: UInt64?
+    public var hello: ProxyHello?
+    public var event: L7Event?
+    public var metrics: ProxyMetricsReply?
+    public var configApplied: UInt64?
+    public var configRejected: ProxyConfigRejection?
+
+    public init(config: ProxyConfig? = nil, events: Bool? = nil, metricsRequest: UInt64? = nil, hello: ProxyHello? = nil,
+                event: L7Event? = nil, metrics: ProxyMetricsReply? = nil, configApplied: UInt64? = nil,
+                configRejected: ProxyConfigRejection? = nil) {
+        self.config = config
+        self.events = events
+        self.metricsRequest = metricsRequest
+        self.hello = hello
+        self.event = event
+        self.metrics = metrics
+        self.configApplied = configApplied
+        self.configRejected = configRejected
+    }
+}
+
+public struct ProxyHello: Codable, Sendable, Equatable {
+    public var pid: Int32
+    /// The TCP port of the transparent listener.
+    public var port: UInt16
+    /// Generation of the configuration in force (0: none yet).
+    public var generation: UInt64
+    /// Seconds since the proxy started.
+    public var uptimeSeconds: Double
+
+    public init(pid: Int32, port: UInt16, generation: UInt64, uptimeSeconds: Double) {
+        self.pid = pid
+        self.port = port
+        self.generation = generation
+        self.uptimeSeconds = uptimeSeconds
+    }
+}
+
+public struct ProxyConfigRejection: Codable, Sendable, Equatable {
+    public var generation: UInt64
+    public var reason: String
+
+    public init(generation: UInt64, reason: String) {
+        self.generation = generation
+        self.reason = reason
+    }
+}
+
+/// The proxy's metrics in Prometheus text format, for meshd's /metrics.
+public struct ProxyMetricsReply: Codable, Sendable, Equatable {
+    public var id: UInt64
+    public var text: String
+
+    public init(id: UInt64, text: String) {
+        self.id = id
+        self.text = text
+    }
+}
+
+/// One HTTP request the proxy handled, for `meshctl monitor --type l7`.
+public struct L7Event: Codable, Sendable, Equatable {
+    public enum Verdict: String, Codable, Sendable {
+        /// Forwarded; `status` is the upstream's.
+        case forwarded
+        /// Refused by L7 policy with 403.
+        case denied
+        /// Allowed, but the proxy answered itself (upstream unreachable, timeout, bad request).
+        case error
+    }
+
+    /// Nanoseconds since the Unix epoch.
+    public var timestamp: UInt64
+    public var source: String       // "10.200.0.2:43122"
+    public var sourceEndpoint: String?   // "default/tiefighter"
+    public var sourceIdentity: UInt32
+    public var destination: String  // "10.200.0.3:80"
+    public var destinationEndpoint: String?
+    public var method: String
+    /// The request target, cut to 256 bytes.
+    public var path: String
+    public var host: String
+    public var status: Int
+    public var verdict: Verdict
+    public var latencySeconds: Double
+    public var ruleID: UInt32
+    public var rule: String
+    /// Why the proxy answered itself (`verdict == .error`).
+    public var error: String?
+
+    public init(timestamp: UInt64, source: String, sourceEndpoint: String?, sourceIdentity: UInt32, destination: String,
+                destinationEndpoint: String?, method: String, path: String, host: String, status: Int, verdict: Verdict,
+                latencySeconds: Double, ruleID: UInt32, rule: String, error: String? = nil) {
+        self.timestamp = timestamp
+        self.source = source
+        self.sourceEndpoint = sourceEndpoint
+        self.sourceIdentity = sourceIdentity
+        self.destination = destination
+        self.destinationEndpoint = destinationEndpoint
+        self.method = method
+        self.path = path
+        self.host = host
+        self.status = status
+        self.verdict = verdict
+        self.latencySeconds = latencySeconds
+        self.ruleID = ruleID
+        self.rule = rule
+        self.error = error
+    }
+}

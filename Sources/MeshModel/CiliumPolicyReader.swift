@@ -110,15 +110,25 @@ enum CiliumPolicyReader {
         for item in try fields.optional("ports")?.nonEmptyList(of: "port") ?? [] {
             ranges.append(try port(item))
         }
+        guard !ranges.isEmpty else {
+            throw node.error("missing required field \"ports\"", hint: "for example ports: [{port: \"80\", protocol: TCP}]")
+        }
         if let rules = fields.optional("rules") {
             guard !deny else {
                 throw rules.error("deny rules cannot have L7 rules; a deny rule drops whole connections",
                                   hint: "remove \"rules\", or move them to an ingress/egress allow section")
             }
-            try l7Rules(rules)
-        }
-        guard !ranges.isEmpty else {
-            throw node.error("missing required field \"ports\"", hint: "for example ports: [{port: \"80\", protocol: TCP}]")
+            if let http = try l7Rules(rules) {
+                // HTTP is TCP: ANY narrows to TCP, as the proxy only ever sees TCP.
+                for (i, r) in ranges.enumerated() {
+                    guard r.proto != .udp else {
+                        throw rules.error("HTTP rules need TCP, and ports[\(i)] is UDP",
+                                          hint: "give the HTTP rules their own toPorts item with protocol TCP")
+                    }
+                    ranges[i].proto = .tcp
+                    ranges[i].http = http
+                }
+            }
         }
         return ranges
     }
@@ -174,17 +184,67 @@ enum CiliumPolicyReader {
 
     // MARK: L7
 
-    /// `rules` of a toPorts item. HTTP rules are checked in full, so that a malformed one
-    /// gets its own error, and then refused: they need the L7 proxy.
-    static func l7Rules(_ node: PolicyNode) throws(PolicyFieldError) {
+    /// `rules` of a toPorts item: the HTTP rules, or nil when there are none (an empty
+    /// `http: []` is no rule, as in Cilium: the port is allowed at L4).
+    static func l7Rules(_ node: PolicyNode) throws(PolicyFieldError) -> [HTTPRule]? {
         let fields = try node.fields(allowed: ["http"])
-        guard let http = fields.optional("http") else { return }
+        guard let http = fields.optional("http") else { return nil }
+        var out: [HTTPRule] = []
         for item in try http.list() {
-            let rule = try item.fields(allowed: ["method", "path", "host", "headers"])
-            for key in ["method", "path", "host"] { _ = try rule.optional(key)?.string() }
-            for header in try rule.optional("headers")?.list() ?? [] { _ = try header.string() }
+            let f = try item.fields(allowed: ["method", "path", "host", "headers", "headerMatches"])
+            var rule = HTTPRule()
+            rule.method = try regex(f.optional("method"))
+            rule.path = try regex(f.optional("path"))
+            rule.host = try regex(f.optional("host"))
+            for header in try f.optional("headers")?.list() ?? [] {
+                // "Name" (present) or "Name: value" (exactly this value), as Cilium writes them.
+                let text = try header.string()
+                let parts = text.split(separator: ":", maxSplits: 1).map(trimmed)
+                guard let name = parts.first, !name.isEmpty, name.allSatisfy(isTokenCharacter) else {
+                    throw header.error("\"\(text)\" is not a header; write \"Name\" or \"Name: value\"")
+                }
+                rule.headers.append(.init(name: name, value: parts.count > 1 ? parts[1] : nil))
+            }
+            for match in try f.optional("headerMatches")?.list() ?? [] {
+                let m = try match.fields(allowed: ["name", "value", "mismatch", "secret"])
+                if let secret = m.optional("secret") {
+                    throw secret.error("header values from Kubernetes secrets are not supported", hint: "give the value itself in \"value\"")
+                }
+                if let mismatch = m.optional("mismatch") {
+                    throw mismatch.error("mismatch actions (LOG, ADD, DELETE, REPLACE) are not supported; a request without the header is refused",
+                                         hint: "remove \"mismatch\"")
+                }
+                let nameNode = try m.required("name", hint: "the header's name, for example X-Token")
+                let name = try nameNode.string()
+                guard !name.isEmpty, name.allSatisfy(isTokenCharacter) else { throw nameNode.error("\"\(name)\" is not a header name") }
+                rule.headers.append(.init(name: name, value: try m.optional("value")?.string()))
+            }
+            out.append(rule)
         }
-        throw http.error("L7 HTTP rules need the L7 proxy, which this version of SwiftMesh does not have yet",
-                         hint: "remove \"rules\" to allow the port at L4")
+        return out.isEmpty ? nil : out
+    }
+
+    /// A regular expression field of an HTTP rule, checked here so that a bad one is an
+    /// error at its own path rather than in the proxy.
+    static func regex(_ node: PolicyNode?) throws(PolicyFieldError) -> String? {
+        guard let node else { return nil }
+        let pattern = try node.string()
+        do {
+            _ = try Regex(pattern)
+        } catch {
+            throw node.error("\"\(pattern)\" is not a valid regular expression (\(error))")
+        }
+        return pattern
+    }
+
+    static func trimmed(_ s: Substring) -> String {
+        let blank: (Character) -> Bool = { $0 == " " || $0 == "\t" }
+        return String(s.drop(while: blank).reversed().drop(while: blank).reversed())
+    }
+
+    /// RFC 9110 token characters: what a header name is made of.
+    static func isTokenCharacter(_ c: Character) -> Bool {
+        guard c.isASCII, let v = c.asciiValue else { return false }
+        return (c.isLetter || c.isNumber) || "!#$%&'*+-.^_`|~".utf8.contains(v)
     }
 }

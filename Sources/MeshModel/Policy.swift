@@ -104,11 +104,15 @@ public struct PortRange: Codable, Sendable, Equatable {
     /// out); 0...0 means the same.
     public var from: UInt16
     public var to: UInt16
+    /// HTTP rules (a CiliumNetworkPolicy `toPorts[].rules.http`): requests on these TCP
+    /// ports go through the L7 proxy, which allows those that match one of them. nil: L4 only.
+    public var http: [HTTPRule]?
 
-    public init(proto: L4Protocol, from: UInt16, to: UInt16) {
+    public init(proto: L4Protocol, from: UInt16, to: UInt16, http: [HTTPRule]? = nil) {
         self.proto = proto
         self.from = from
         self.to = to
+        self.http = http
     }
 }
 

@@ -44,6 +44,8 @@ public enum PolicyCompiler {
         public var action: PolicyRule.Action
         public var ruleID: UInt32
         public var policyID: UInt32
+        /// Allowed, but through the L7 proxy: every allow rule covering it has HTTP rules.
+        public var l7: Bool = false
     }
 
     public struct Enforcement: Sendable, Equatable {
@@ -75,6 +77,9 @@ public enum PolicyCompiler {
         public var rules: [RuleInfo]
         /// Policy id (as counted by the kernel) → policy key.
         public var policyIDs: [UInt32: String]
+        /// What the L7 proxy judges requests with: every endpoint direction that has HTTP
+        /// rules, with all its allow rules (see L7PortRule).
+        public var l7: [L7EndpointPolicy] = []
     }
 
     /// What an identity stands for. Label sets are global (one number per label set on
@@ -214,6 +219,16 @@ public enum PolicyCompiler {
         var selectedBy: [Int: [TrafficDirection: [String]]] = [:]
 
         let sortedPolicies = policies.sorted { $0.key < $1.key }
+        // Endpoint directions some HTTP rule applies to: the proxy needs all their allow
+        // rules. Most policy sets have none, and then this costs nothing more.
+        struct DirectionKey: Hashable { var ep: Int; var dir: TrafficDirection }
+        var l7Directions = Set<DirectionKey>()
+        for p in sortedPolicies {
+            for r in p.rules where r.action == .allow && r.ports.contains(where: { $0.http != nil }) {
+                for ep in endpoints where p.subject.matches(ep.labels) { l7Directions.insert(DirectionKey(ep: ep.id, dir: r.direction)) }
+            }
+        }
+        var l7Rules: [DirectionKey: [L7PortRule]] = [:]
         for p in sortedPolicies {
             let pid = policyID(p.key)
             policyIDs[pid] = p.key
@@ -231,10 +246,14 @@ public enum PolicyCompiler {
                 for ep in subjects {
                     for identity in peerIDs {
                         let key = GroupKey(ep: ep.id, dir: r.direction, identity: identity)
-                        for (proto, prefix, len) in ports {
+                        for (proto, prefix, len, l7) in ports {
                             atoms[key, default: []].append(Atom(proto: proto, prefix: prefix, length: len, action: r.action,
-                                                               ruleID: ruleID, policyID: pid))
+                                                               ruleID: ruleID, policyID: pid, l7: l7))
                         }
+                    }
+                    if r.action == .allow, !l7Directions.isEmpty, l7Directions.contains(DirectionKey(ep: ep.id, dir: r.direction)) {
+                        l7Rules[DirectionKey(ep: ep.id, dir: r.direction), default: []] +=
+                            l7PortRules(r, peers: peerIDs, ruleID: ruleID, description: rules[Int(ruleID)].description)
                     }
                 }
             }
@@ -261,11 +280,29 @@ public enum PolicyCompiler {
             for (region, decided) in resolveLongestMatch(list) {
                 entries.append(Entry(endpointID: key.ep, direction: key.dir, identity: key.identity, proto: region.proto,
                                      portPrefix: region.prefix, portPrefixLength: region.length, action: decided.action,
-                                     ruleID: decided.ruleID, policyID: decided.policyID))
+                                     ruleID: decided.ruleID, policyID: decided.policyID, l7: decided.l7))
             }
         }
+        var l7: [L7EndpointPolicy] = []
+        let addresses = Dictionary(endpoints.map { ($0.id, $0.ipv4) }, uniquingKeysWith: { a, _ in a })
+        let defaults = Dictionary(enforcement.map { ($0.endpointID, $0) }, uniquingKeysWith: { a, _ in a })
+        for (key, list) in l7Rules.sorted(by: { ($0.key.ep, $0.key.dir.rawValue) < ($1.key.ep, $1.key.dir.rawValue) }) {
+            guard let ip = addresses[key.ep], let e = defaults[key.ep] else { continue }
+            l7.append(L7EndpointPolicy(endpoint: ip, direction: key.dir, rules: list,
+                                       defaultRuleID: key.dir == .ingress ? e.ingressDefaultRule : e.egressDefaultRule))
+        }
         return Result(identities: identities, endpointIdentity: endpointIdentity, ipcache: ipcache, entries: entries,
-                      enforcement: enforcement, rules: rules, policyIDs: policyIDs)
+                      enforcement: enforcement, rules: rules, policyIDs: policyIDs, l7: l7)
+    }
+
+    /// An allow rule's TCP ports as the proxy reads them (UDP and ICMP never reach it).
+    static func l7PortRules(_ r: PolicyRule, peers: [UInt32], ruleID: UInt32, description: String) -> [L7PortRule] {
+        if r.ports.isEmpty {
+            return [L7PortRule(peers: peers, fromPort: 0, toPort: .max, http: nil, ruleID: ruleID, rule: description)]
+        }
+        return r.ports.filter { $0.proto == .tcp || $0.proto == .any }.map {
+            L7PortRule(peers: peers, fromPort: $0.from, toPort: $0.to, http: $0.http, ruleID: ruleID, rule: description)
+        }
     }
 
     struct Atom {
@@ -275,6 +312,8 @@ public enum PolicyCompiler {
         var action: PolicyRule.Action
         var ruleID: UInt32
         var policyID: UInt32
+        /// An allow through the L7 proxy (its port has HTTP rules).
+        var l7: Bool = false
 
         var region: Region { Region(proto: proto, prefix: proto == 0 ? 0 : prefix, length: proto == 0 ? 0 : length) }
 
@@ -298,7 +337,11 @@ public enum PolicyCompiler {
     /// else an allow. Regions nest or are disjoint, so the answer is uniform per region.
     static func resolveLongestMatch(_ atoms: [Atom]) -> [(Region, Atom)] {
         // One rule for this peer (the common case: a rule per CIDR): nothing to resolve.
-        if atoms.count == 1 { return [(atoms[0].region, atoms[0])] }
+        if atoms.count == 1 {
+            var only = atoms[0]
+            if only.action == .deny { only.l7 = false }
+            return [(only.region, only)]
+        }
         var regions: [Region: Atom?] = [:]
         for a in atoms { regions[a.region] = .some(nil) }
         var out: [(Region, Atom)] = []
@@ -307,25 +350,30 @@ public enum PolicyCompiler {
             // Most specific first, then lowest rule id: the rule the user will recognise.
             let ordered = covering.sorted { ($0.proto == 0 ? -1 : $0.length, -Int($0.ruleID)) > ($1.proto == 0 ? -1 : $1.length, -Int($1.ruleID)) }
             if let deny = ordered.first(where: { $0.action == .deny }) {
-                out.append((r, deny))
-            } else if let allow = ordered.first {
+                var d = deny
+                d.l7 = false
+                out.append((r, d))
+            } else if var allow = ordered.first {
+                // An L4 rule covering the region opens it to every request, as in Cilium:
+                // only when every allow has HTTP rules does the flow need the proxy.
+                allow.l7 = covering.allSatisfy(\.l7)
                 out.append((r, allow))
             }
         }
         return out
     }
 
-    /// A rule's ports as (protocol, port prefix, prefix length) blocks. No ports: every
-    /// protocol. ANY with ports: TCP and UDP.
-    static func portAtoms(_ ports: [PortRange]) -> [(UInt8, UInt16, Int)] {
-        if ports.isEmpty { return [(0, 0, 0)] }
-        var out: [(UInt8, UInt16, Int)] = []
+    /// A rule's ports as (protocol, port prefix, prefix length, has HTTP rules) blocks. No
+    /// ports: every protocol. ANY with ports: TCP and UDP.
+    static func portAtoms(_ ports: [PortRange]) -> [(UInt8, UInt16, Int, Bool)] {
+        if ports.isEmpty { return [(0, 0, 0, false)] }
+        var out: [(UInt8, UInt16, Int, Bool)] = []
         for p in ports {
             let protos: [UInt8] = p.proto == .any ? [PortRange.L4Protocol.tcp.number, PortRange.L4Protocol.udp.number] : [p.proto.number]
             // Every port (1-65535, as a rule without a port reads) is one block, not sixteen.
             let (from, to) = p.from <= 1 && p.to == UInt16.max ? (UInt16(0), UInt16.max) : (p.from, p.to)
             for proto in protos {
-                for (prefix, len) in portBlocks(from: from, to: to) { out.append((proto, prefix, len)) }
+                for (prefix, len) in portBlocks(from: from, to: to) { out.append((proto, prefix, len, p.http != nil)) }
             }
         }
         return out

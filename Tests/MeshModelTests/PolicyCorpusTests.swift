@@ -147,9 +147,9 @@ final class PolicyCorpusTests: XCTestCase {
                   "spec.egress[0].toPorts[0]: ", "missing required field \"ports\"")
 
         // L7 rules.
-        c.cnpRule("HTTP rules", "ingress",
-                  ["toPorts": [["ports": [["port": "80"]], "rules": ["http": [["method": "GET", "path": "/public"]]]]]],
-                  "spec.ingress[0].toPorts[0].rules.http: ", "L7 HTTP rules need the L7 proxy")
+        c.cnpRule("HTTP rule with a bad regular expression", "ingress",
+                  ["toPorts": [["ports": [["port": "80"]], "rules": ["http": [["method": "GET", "path": "/public["]]]]]],
+                  "spec.ingress[0].toPorts[0].rules.http[0].path: ", "not a valid regular expression")
         c.cnpRule("HTTP rule with a list for method", "ingress",
                   ["toPorts": [["ports": [["port": "80"]], "rules": ["http": [["method": ["GET"]]]]]]],
                   "rules.http[0].method: ", "expected a string, got a list")

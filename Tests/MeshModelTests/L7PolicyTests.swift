@@ -1,0 +1,138 @@
+import XCTest
+@testable import MeshModel
+
+/// HTTP rules from document to verdict: what the parser keeps, which policy map entries
+/// send a flow to the proxy, and how the proxy then judges each request, all written from
+/// Cilium's documented meaning (the Star Wars demo's `rule1` among them).
+final class L7PolicyTests: XCTestCase {
+    static let deathstar = PolicyCompiler.EndpointInfo(id: 1, name: "deathstar", labels: try! Labels(["org": "empire", "class": "deathstar"]),
+                                                       ipv4: IPv4Address("10.200.0.1")!)
+    static let tiefighter = PolicyCompiler.EndpointInfo(id: 2, name: "tiefighter", labels: try! Labels(["org": "empire", "class": "tiefighter"]),
+                                                        ipv4: IPv4Address("10.200.0.2")!)
+    static let xwing = PolicyCompiler.EndpointInfo(id: 3, name: "xwing", labels: try! Labels(["org": "alliance", "class": "xwing"]),
+                                                   ipv4: IPv4Address("10.200.0.3")!)
+
+    static func rule1(http: PolicyTree = [["method": "POST", "path": "/v1/request-landing"]]) -> PolicyTree {
+        TestDocs.cnp("rule1", spec: [
+            "description": "L7 policy to restrict access to specific HTTP call",
+            "endpointSelector": ["matchLabels": ["org": "empire", "class": "deathstar"]],
+            "ingress": [["fromEndpoints": [["matchLabels": ["org": "empire"]]],
+                         "toPorts": [["ports": [["port": "80", "protocol": "TCP"]], "rules": ["http": http]]]]],
+        ])
+    }
+
+    func compile(_ docs: PolicyTree...) throws -> PolicyCompiler.Result {
+        PolicyCompiler.compile(policies: try PolicyParser.parse(documents: docs, source: "t.yaml"),
+                               endpoints: [Self.deathstar, Self.tiefighter, Self.xwing], hostAddresses: [IPv4Address("169.254.1.1")!])
+    }
+
+    func index(_ r: PolicyCompiler.Result) throws -> L7PolicyIndex {
+        let eps = [Self.deathstar, Self.tiefighter, Self.xwing].map {
+            ProxyEndpoint(ip: $0.ipv4, name: $0.name, namespace: "default", identity: r.endpointIdentity[$0.id]!)
+        }
+        return try L7PolicyIndex(ProxyConfig(generation: 1, endpoints: eps, ipcache: [], l7: r.l7, ruleNames: [:]))
+    }
+
+    func request(_ method: String, _ target: String, host: String = "deathstar", headers: [(String, String)] = []) -> L7Request {
+        L7Request(method: method, target: target, host: host, headers: headers.map { (name: $0.0.lowercased(), value: $0.1) })
+    }
+
+    func testTheStarWarsRuleSendsEmpireFlowsToTheProxyAndAllowsOnlyTheLandingRequest() throws {
+        let r = try compile(Self.rule1())
+        let port80 = r.entries.filter { $0.endpointID == 1 && $0.direction == .ingress && $0.proto == 6 && $0.portPrefix == 80 }
+        XCTAssertFalse(port80.isEmpty)
+        XCTAssertTrue(port80.allSatisfy(\.l7), "every empire peer reaches port 80 through the proxy")
+        XCTAssertNil(r.entries.first { $0.identity == r.endpointIdentity[3] }, "the xwing has no entry: dropped at L4")
+
+        let idx = try index(r)
+        let tie = Self.tiefighter.ipv4, ds = Self.deathstar.ipv4
+        let landing = idx.decide(request("POST", "/v1/request-landing"), source: tie, destination: ds, port: 80)
+        XCTAssertTrue(landing.allowed)
+        XCTAssertEqual(landing.direction, .ingress)
+        XCTAssertEqual(landing.rule, "default/rule1 spec.ingress[0] (allow)")
+        let exhaust = idx.decide(request("PUT", "/v1/exhaust-port"), source: tie, destination: ds, port: 80)
+        XCTAssertFalse(exhaust.allowed)
+        XCTAssertTrue(exhaust.rule.contains("default deny (ingress)"), exhaust.rule)
+        XCTAssertFalse(idx.decide(request("GET", "/v1/request-landing"), source: tie, destination: ds, port: 80).allowed, "method must match")
+        XCTAssertFalse(idx.decide(request("POST", "/v1/request-landing/x"), source: tie, destination: ds, port: 80).allowed,
+                       "a path is a whole match, not a prefix")
+        XCTAssertFalse(idx.decide(request("POST", "/v1/request-landing?force=1"), source: tie, destination: ds, port: 80).allowed,
+                       "the query is part of the path Envoy matches")
+        XCTAssertTrue(idx.decide(request("GET", "/"), source: tie, destination: Self.xwing.ipv4, port: 80).allowed,
+                      "the xwing has no L7 rules: requests to it are not judged")
+    }
+
+    func testRegularExpressionsHostAndHeaderRequirementsMustAllHold() throws {
+        let r = try compile(Self.rule1(http: [
+            ["method": "GET|HEAD", "path": "/public/.*", "host": "deathstar(:80)?", "headers": ["X-Empire: true", "X-Trace"]],
+            ["method": "DELETE", "headerMatches": [["name": "X-Token", "value": "vader"]]],
+        ]))
+        let idx = try index(r)
+        let tie = Self.tiefighter.ipv4, ds = Self.deathstar.ipv4
+        func allowed(_ req: L7Request) -> Bool { idx.decide(req, source: tie, destination: ds, port: 80).allowed }
+        XCTAssertTrue(allowed(request("HEAD", "/public/plans", host: "deathstar:80", headers: [("X-Empire", "true"), ("x-trace", "1")])))
+        XCTAssertFalse(allowed(request("GET", "/public/plans", host: "deathstar:80", headers: [("X-Empire", "false"), ("x-trace", "1")])),
+                       "a header with a value must have exactly that value")
+        XCTAssertFalse(allowed(request("GET", "/public/plans", headers: [("X-Empire", "true")])), "a header named alone must be present")
+        XCTAssertFalse(allowed(request("GET", "/public/plans", host: "rebels", headers: [("X-Empire", "true"), ("X-Trace", "")])))
+        XCTAssertFalse(allowed(request("GETX", "/public/plans", headers: [("X-Empire", "true"), ("X-Trace", "")])), "GET|HEAD is anchored")
+        XCTAssertTrue(allowed(request("DELETE", "/anything", headers: [("X-Token", "vader")])))
+        XCTAssertFalse(allowed(request("DELETE", "/anything", headers: [("X-Token", "luke")])))
+    }
+
+    func testAnL4RuleOnTheSamePortOpensItToEveryRequestAndKeepsTheFlowOffTheProxy() throws {
+        let open = TestDocs.cnp("open", spec: [
+            "endpointSelector": ["matchLabels": ["class": "deathstar"]],
+            "ingress": [["fromEndpoints": [["matchLabels": ["class": "tiefighter"]]], "toPorts": [["ports": [["port": "80"]]]]]],
+        ])
+        let r = try compile(Self.rule1(), open)
+        let tieID = r.endpointIdentity[2]!
+        let tieEntry = r.entries.first { $0.endpointID == 1 && $0.identity == tieID && $0.proto == 6 }
+        XCTAssertEqual(tieEntry?.l7, false, "the tiefighter has an L4 rule for port 80: no proxy")
+        let self80 = r.entries.first { $0.endpointID == 1 && $0.identity == r.endpointIdentity[1]! && $0.proto == 6 }
+        XCTAssertEqual(self80?.l7, true, "other empire peers still go through the proxy")
+        let idx = try index(r)
+        XCTAssertTrue(idx.decide(request("PUT", "/v1/exhaust-port"), source: Self.tiefighter.ipv4, destination: Self.deathstar.ipv4, port: 80).allowed)
+    }
+
+    func testEgressRulesAreJudgedAtTheSourceAndBothDirectionsMustAllow() throws {
+        let egress = TestDocs.cnp("tie-out", spec: [
+            "endpointSelector": ["matchLabels": ["class": "tiefighter"]],
+            "egress": [["toEndpoints": [["matchLabels": ["class": "deathstar"]]],
+                        "toPorts": [["ports": [["port": "80"]], "rules": ["http": [["path": "/v1/.*"]]]]]]],
+        ])
+        let r = try compile(Self.rule1(), egress)
+        XCTAssertTrue(r.entries.contains { $0.endpointID == 2 && $0.direction == .egress && $0.l7 })
+        let idx = try index(r)
+        let tie = Self.tiefighter.ipv4, ds = Self.deathstar.ipv4
+        XCTAssertTrue(idx.decide(request("POST", "/v1/request-landing"), source: tie, destination: ds, port: 80).allowed)
+        let v = idx.decide(request("POST", "/v2/request-landing"), source: tie, destination: ds, port: 80)
+        XCTAssertFalse(v.allowed)
+        XCTAssertEqual(v.direction, .egress, "the source's egress refused it first")
+    }
+
+    func testBadHTTPRulesAreRefusedWhereTheyAre() {
+        let cases: [(PolicyTree, [String])] = [
+            ([["path": "/v1/(unclosed"]], ["rules.http[0].path", "not a valid regular expression"]),
+            ([["headers": ["Bad Header: x"]]], ["rules.http[0].headers[0]", "is not a header"]),
+            ([["headerMatches": [["name": "X", "secret": ["name": "s"]]]]], ["headerMatches[0].secret", "secrets are not supported"]),
+            ([["headerMatches": [["name": "X", "mismatch": "ADD"]]]], ["headerMatches[0].mismatch", "not supported"]),
+            ([["headerMatches": [["value": "x"]]]], ["headerMatches[0]", "missing required field \"name\""]),
+            ([["methd": "GET"]], ["rules.http[0].methd", "did you mean \"method\""]),
+        ]
+        for (http, mentions) in cases {
+            assertMeshError(mentioning: mentions) { _ = try PolicyParser.parse(documents: [Self.rule1(http: http)], source: "t.yaml") }
+        }
+        let udp = TestDocs.cnp("udp", spec: [
+            "endpointSelector": [:],
+            "ingress": [["toPorts": [["ports": [["port": "53", "protocol": "UDP"]], "rules": ["http": [["method": "GET"]]]]]]],
+        ])
+        assertMeshError(mentioning: ["HTTP rules need TCP", "UDP"]) { _ = try PolicyParser.parse(documents: [udp], source: "t.yaml") }
+    }
+
+    func testAnEmptyHTTPListIsNoL7RuleAsInCilium() throws {
+        let r = try compile(Self.rule1(http: []))
+        XCTAssertTrue(r.entries.allSatisfy { !$0.l7 })
+        XCTAssertTrue(r.l7.isEmpty)
+    }
+}

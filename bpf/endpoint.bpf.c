@@ -5,10 +5,20 @@
  *
  *   tc ingress (packets leaving the endpoint)  -> mesh_from_endpoint, direction EGRESS
  *   tc egress  (packets entering the endpoint) -> mesh_to_endpoint,   direction INGRESS
+ *
+ * A TCP flow that L7 policy must see goes to the L7 proxy instead (see mesh_abi.h):
+ *
+ *   client endpoint --veth--> tc ingress: the SYN is assigned to the proxy's listener,
+ *       every packet is marked MESH_MARK_TO_PROXY and the node delivers it locally;
+ *       the proxy answers from the original destination's address (IP_TRANSPARENT).
+ *   proxy --(client's address and port, SO_MARK MESH_MARK_FROM_PROXY)--> tc egress of
+ *       the receiver's veth: its ingress policy, for the original client; the entry is
+ *       marked so that the receiver's replies go back to the proxy, not to the client.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 
 #include "mesh_abi.h"
 #include "lib/maps.h"
@@ -21,6 +31,9 @@
 /* Set by meshd between open and load; never a recompile. */
 const volatile __u32 cfg_node_id = 0;
 const volatile __u8 cfg_report_unknown = 1;
+/* The L7 proxy's transparent listener in the node's namespace; 0: no proxy, so flows that
+ * need one are dropped (MESH_DROP_PROXY_UNAVAILABLE). */
+const volatile __u16 cfg_proxy_port = 0;
 
 static __always_inline void report_unknown(__u32 ifindex, __u8 direction)
 {
@@ -77,8 +90,11 @@ static __always_inline int drop_unjudged(struct __sk_buff *skb, __u32 ep, const 
  */
 static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_value *ct, struct mesh_ct_key *ck,
 				       __u32 ep, __u8 flow_dir, __u32 peer_addr, __u16 dport, const struct flow *f,
-				       __u8 dir, __u8 slot, __u32 revision, __u64 now, int reply)
+				       __u8 dir, __u8 slot, __u32 revision, __u64 now, int reply, __u8 *proxy)
 {
+	/* Packets leaving the endpoint of a proxied flow belong to the proxy. */
+	if (dir == MESH_DIR_EGRESS && ct->proxy)
+		*proxy = 1;
 	if (ct->revision != revision) {
 		__u32 peer = identity_of(slot, peer_addr);
 		struct verdict v = policy_decide(slot, flow_dir, ep, peer, f->proto, dport);
@@ -101,9 +117,11 @@ static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_val
 
 /* Policy for one packet of endpoint `ep` travelling in `dir` (as the endpoint sees it);
  * `pr` and `f` are what parse_flow made of it, `revision` what the program run read
- * (policy_revision): every lookup and every record of this packet uses that revision. */
+ * (policy_revision): every lookup and every record of this packet uses that revision.
+ * `*proxy` becomes 1 when the packet leaves the endpoint for the L7 proxy; `want_proxy`
+ * says that the receiver's ingress needs the proxy for this new flow. */
 static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, enum parse_result pr,
-				   const struct flow *f, __u32 revision)
+				   const struct flow *f, __u32 revision, __u8 want_proxy, __u8 *proxy)
 {
 	__u32 zero = 0;
 	struct mesh_ct_key ck;
@@ -113,7 +131,7 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 	 * paravirtual clock read on every packet. Same clock (CLOCK_MONOTONIC) as meshd's GC. */
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 peer;
-	__u8 slot = MESH_SLOT_OF(revision), odir = dir ^ 1;
+	__u8 slot = MESH_SLOT_OF(revision), odir = dir ^ 1, ct_proxy = 0;
 
 	if (skb->mark == MESH_TRACE_MARK && pr == PARSE_IPV4) {
 		/* Trace: the new-flow decision, no side effects (see mesh_abi.h). */
@@ -123,7 +141,8 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 		skb->cb[MESH_TRACE_CB_REASON] = v.reason;
 		skb->cb[MESH_TRACE_CB_RULE] = v.rule_id;
 		skb->cb[MESH_TRACE_CB_PEER] = peer;
-		skb->cb[MESH_TRACE_CB_FLAGS] = (v.enforced ? MESH_TRACE_ENFORCED : 0) | MESH_TRACE_EVALUATED;
+		skb->cb[MESH_TRACE_CB_FLAGS] = (v.enforced ? MESH_TRACE_ENFORCED : 0) | MESH_TRACE_EVALUATED |
+					       (v.action == MESH_ACTION_ALLOW && v.l7 ? MESH_TRACE_L7 : 0);
 		return v.action == MESH_ACTION_DENY ? TC_ACT_SHOT : TC_ACT_OK;
 	}
 	if (pr == PARSE_ARP)
@@ -155,7 +174,7 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 	ct = bpf_map_lookup_elem(&mesh_ct, &ck);
 	if (ct && !ct_expired(ct, f->proto, now))
 		return established(skb, ct, &ck, ep, dir, dir == MESH_DIR_EGRESS ? f->daddr : f->saddr, f->dport,
-				   f, dir, slot, revision, now, 0);
+				   f, dir, slot, revision, now, 0, proxy);
 
 	/* A reply of a flow the endpoint's other direction allowed? Its peer and port are
 	 * the original flow's. An echo request is never a reply: with identifier 8 its ports
@@ -166,7 +185,7 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 	ct = bpf_map_lookup_elem(&mesh_ct, &ck);
 	if (ct && !ct_expired(ct, f->proto, now))
 		return established(skb, ct, &ck, ep, odir, odir == MESH_DIR_EGRESS ? f->saddr : f->daddr, f->sport,
-				   f, dir, slot, revision, now, 1);
+				   f, dir, slot, revision, now, 1, proxy);
 
 new_flow:
 	peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f->daddr : f->saddr);
@@ -177,6 +196,22 @@ new_flow:
 		report_flow(MESH_EVENT_DROP, ep, peer, f, dir, &v, revision);
 		return drop(skb, v.reason, dir);
 	}
+	if (dir == MESH_DIR_EGRESS) {
+		/* The proxy speaks TCP; UDP to an L7 port was allowed at L4 only by its rule. */
+		*proxy = f->proto == IPPROTO_TCP && (v.l7 || want_proxy);
+		ct_proxy = *proxy;
+	} else if ((skb->mark & MESH_MARK_MASK) == MESH_MARK_FROM_PROXY) {
+		/* The proxy's upstream connection, judged as its original client: the proxy has
+		 * applied the L7 rules, and the endpoint's replies go back to it. */
+		ct_proxy = 1;
+	} else if (v.l7) {
+		/* Only flows from this node's endpoints can be handed to the proxy. */
+		v.action = MESH_ACTION_DENY;
+		v.reason = MESH_DROP_PROXY_UNAVAILABLE;
+		report_flow(MESH_EVENT_DROP, ep, peer, f, dir, &v, revision);
+		return drop(skb, v.reason, dir);
+	}
+	v.l7 = ct_proxy;
 	{
 		struct mesh_ct_value nv = {
 			.created = now,
@@ -185,6 +220,7 @@ new_flow:
 			.rule_id = v.rule_id,
 			.peer_identity = peer,
 			.closing = (f->tcp_flags & 0x05) ? 1 : 0,
+			.proxy = ct_proxy,
 		};
 
 		ct_key(&ck, ep, f, dir, 0);
@@ -211,12 +247,13 @@ static __always_inline int deliver_locally(struct __sk_buff *skb, const struct f
 	struct mesh_local_endpoint *to = bpf_map_lookup_elem(&mesh_local_ep, &f->daddr);
 	/* TTL and protocol: one 16-bit word of the header checksum. */
 	__u8 old_word[2] = { f->ttl, f->proto }, new_word[2] = { f->ttl - 1, f->proto };
+	__u8 proxy = 0;
 	int verdict;
 
 	if (!to || to->ifindex == skb->ifindex || f->ttl <= 1)
 		return -1;
 	/* The sender's egress was decided under `revision`; so is the receiver's ingress. */
-	verdict = enforce(skb, to->endpoint_id, MESH_DIR_INGRESS, PARSE_IPV4, f, revision);
+	verdict = enforce(skb, to->endpoint_id, MESH_DIR_INGRESS, PARSE_IPV4, f, revision, 0, &proxy);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	count_traffic(to->endpoint_id, MESH_DIR_INGRESS, skb->len);
@@ -230,6 +267,61 @@ static __always_inline int deliver_locally(struct __sk_buff *skb, const struct f
 	return bpf_redirect_peer(to->ifindex, 0);
 }
 
+/*
+ * For the SYN of a new TCP flow from an endpoint to another of this node: 1 when the
+ * receiver's ingress allows it only through the L7 proxy. (A deny is left to
+ * deliver_locally, which drops and reports it.)
+ */
+static __always_inline __u8 ingress_wants_proxy(const struct flow *f, __u32 revision)
+{
+	struct mesh_local_endpoint *to = bpf_map_lookup_elem(&mesh_local_ep, &f->daddr);
+	__u8 slot = MESH_SLOT_OF(revision);
+	struct verdict v;
+
+	if (!to)
+		return 0;
+	v = policy_decide(slot, MESH_DIR_INGRESS, to->endpoint_id, identity_of(slot, f->saddr), IPPROTO_TCP, f->dport);
+	return v.action == MESH_ACTION_ALLOW && v.l7;
+}
+
+/*
+ * Hands a packet of a proxied flow to the node's stack, marked for local delivery (the
+ * proxy's routing rule). A SYN is assigned to the proxy's listener, which accepts it
+ * with the original destination as its local address; later packets find the accepted
+ * (or upstream) socket by their own addresses. No listener: the flow is dropped, and
+ * the client's SYN retransmission reaches a proxy that is back by then.
+ */
+static __always_inline int to_proxy(struct __sk_buff *skb, const struct flow *f, __u32 ep, __u32 revision)
+{
+	if ((f->tcp_flags & 0x12) == 0x02) {
+		struct bpf_sock_tuple t = {};
+		struct bpf_sock *sk;
+		long err;
+
+		if (!cfg_proxy_port)
+			goto unavailable;
+		t.ipv4.saddr = f->saddr;
+		t.ipv4.daddr = f->daddr;
+		t.ipv4.sport = bpf_htons(f->sport);
+		t.ipv4.dport = bpf_htons(cfg_proxy_port);
+		sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			goto unavailable;
+		if (sk->state != BPF_TCP_LISTEN) {
+			bpf_sk_release(sk);
+			goto unavailable;
+		}
+		err = bpf_sk_assign(skb, sk, 0);
+		bpf_sk_release(sk);
+		if (err)
+			goto unavailable;
+	}
+	skb->mark = (skb->mark & ~MESH_MARK_MASK) | MESH_MARK_TO_PROXY;
+	return TC_ACT_OK;
+unavailable:
+	return drop_unjudged(skb, ep, f, MESH_DIR_EGRESS, MESH_DROP_PROXY_UNAVAILABLE, revision);
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct mesh_endpoint_key ek = { .ifindex = skb->ifindex };
@@ -237,6 +329,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	enum parse_result pr;
 	struct flow f = {};
 	__u32 id, revision;
+	__u8 want_proxy = 0, proxy = 0;
 	int verdict;
 
 	if (!ep) {
@@ -253,9 +346,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return drop_unjudged(skb, id, &f, dir, MESH_DROP_SPOOFED_SOURCE, revision);
 	if (pr == PARSE_IPV4 && f.frag != FLOW_WHOLE && skb->mark != MESH_TRACE_MARK)
 		fragment_ports(&f);
-	verdict = enforce(skb, id, dir, pr, &f, revision);
+	if (dir == MESH_DIR_EGRESS && pr == PARSE_IPV4 && f.proto == IPPROTO_TCP && (f.tcp_flags & 0x12) == 0x02 &&
+	    skb->mark != MESH_TRACE_MARK)
+		want_proxy = ingress_wants_proxy(&f, revision);
+	verdict = enforce(skb, id, dir, pr, &f, revision, want_proxy, &proxy);
 	if (verdict != TC_ACT_OK || skb->mark == MESH_TRACE_MARK)
 		return verdict;
+	if (proxy && dir == MESH_DIR_EGRESS) {
+		verdict = to_proxy(skb, &f, id, revision);
+		if (verdict == TC_ACT_OK)
+			count_traffic(id, dir, skb->len);
+		return verdict;
+	}
 	/* Forwarded traffic only: drops are counted in mesh_drops. */
 	count_traffic(id, dir, skb->len);
 	if (dir == MESH_DIR_EGRESS && pr == PARSE_IPV4) {

@@ -203,14 +203,15 @@ static __always_inline int maybe_leave(struct bpf_sock_ops *skops, struct mesh_s
 }
 
 /*
- * The revision this socket's handshake was last checked under, by the tc programs at the
- * socket's own endpoint: its conntrack entry says (the tc programs check the sender's
+ * The conntrack entry of this socket's handshake, made by the tc programs at the socket's
+ * own endpoint. Its revision is the one the handshake was last checked under (the tc programs check the sender's
  * egress and the receiver's ingress of a local packet in one run, under one revision, and
  * tag both entries with it). sk_msg re-checks the flow when the revision in force differs,
  * so a revision that arrived between the handshake and this callback is never skipped.
- * Without an entry, MESH_REVISION_UNCHECKED: the first message is checked.
+ * Without an entry, MESH_REVISION_UNCHECKED: the first message is checked. It also says
+ * whether the flow goes through the L7 proxy.
  */
-static __always_inline __u32 checked_revision(const struct mesh_sock_key *key, __u32 ep, int active)
+static __always_inline struct mesh_ct_value *handshake_entry(const struct mesh_sock_key *key, __u32 ep, int active)
 {
 	struct mesh_ct_key ck = {
 		.endpoint_id = ep,
@@ -223,9 +224,8 @@ static __always_inline __u32 checked_revision(const struct mesh_sock_key *key, _
 		.proto = IPPROTO_TCP,
 		.direction = active ? MESH_DIR_EGRESS : MESH_DIR_INGRESS,
 	};
-	struct mesh_ct_value *ct = bpf_map_lookup_elem(&mesh_ct, &ck);
 
-	return ct ? *(volatile __u32 *)&ct->revision : MESH_REVISION_UNCHECKED;
+	return bpf_map_lookup_elem(&mesh_ct, &ck);
 }
 
 /*
@@ -268,6 +268,7 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 {
 	struct mesh_sock_key key = {};
 	struct mesh_redirect_config *cfg;
+	struct mesh_ct_value *ct;
 	__u32 lep, rep;
 	int active;
 
@@ -327,6 +328,13 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 		stat_add(MESH_REDIR_FB_UNSUPPORTED, 1);
 		return 1;
 	}
+	ct = handshake_entry(&key, lep, active);
+	/* A proxied connection ends at the proxy, whose upstream reuses the client's address
+	 * and port: the two sockets the sockhash would pair are not each other's peers. */
+	if (ct && ct->proxy) {
+		stat_add(MESH_REDIR_FB_PROXIED, 1);
+		return 1;
+	}
 	{
 		struct mesh_sock_state s = {
 			.client_ip = active ? key.local_ip : key.remote_ip,
@@ -335,7 +343,7 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 			.server_port = active ? key.remote_port : key.local_port,
 			.client_endpoint = active ? lep : rep,
 			.server_endpoint = active ? rep : lep,
-			.revision = checked_revision(&key, lep, active),
+			.revision = ct ? *(volatile __u32 *)&ct->revision : MESH_REVISION_UNCHECKED,
 			.mode = MESH_SOCK_UNDECIDED,
 			.created = bpf_ktime_get_ns(),
 		};

@@ -72,6 +72,12 @@ enum Netlink {
         }
     }
 
+    /// Packets marked `mark` (under `mask`) are delivered to this node, whatever their
+    /// destination: the L7 proxy's transparent redirect (mesh_abi.h).
+    static func routeMarkedLocally(mark: UInt32, mask: UInt32, table: UInt32, priority: UInt32) throws(MeshError) {
+        _ = try call { sm_fwmark_local_table(-1, mark, mask, table, priority, $0) }
+    }
+
     /// The interface index the kernel would send to `destination` through; nil if none.
     static func routeInterface(to destination: IPv4Address, in netns: Namespace? = nil) -> Int32? {
         var err = sm_nl_err()

@@ -28,6 +28,7 @@
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
+#include <linux/fib_rules.h>
 #include <net/if.h>
 
 #define NETNS_DIR "/run/netns"
@@ -443,6 +444,56 @@ int sm_route_add(int netns_fd, uint32_t dst, uint8_t prefixlen, uint32_t gateway
 	struct in_addr in = { .s_addr = dst };
 	snprintf(what, sizeof(what), "%s/%u", inet_ntoa(in), prefixlen);
 	rc = nl_talk(&nl, nlh, NULL, NULL, err, "add route", what);
+	nl_close(&nl);
+	return rc;
+}
+
+int sm_fwmark_local_table(int netns_fd, uint32_t mark, uint32_t mask, uint32_t table, uint32_t priority, sm_nl_err *err)
+{
+	char buf[MNL_SOCKET_BUFFER_SIZE], what[64];
+	struct link_info lo = { 0 };
+	struct nl nl;
+	int rc;
+
+	if ((rc = link_get(netns_fd, "lo", &lo, err)) < 0)
+		return rc;
+	if ((rc = nl_open(&nl, netns_fd, err)) < 0)
+		return rc;
+	snprintf(what, sizeof(what), "table %u", table);
+
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+	nlh->nlmsg_type = RTM_NEWROUTE;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE;
+	struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof(*rtm));
+	rtm->rtm_family = AF_INET;
+	rtm->rtm_dst_len = 0;
+	rtm->rtm_table = RT_TABLE_UNSPEC; /* the table is in RTA_TABLE: numbers above 255 */
+	rtm->rtm_protocol = RTPROT_BOOT;
+	rtm->rtm_scope = RT_SCOPE_HOST;
+	rtm->rtm_type = RTN_LOCAL;
+	mnl_attr_put_u32(nlh, RTA_TABLE, table);
+	mnl_attr_put_u32(nlh, RTA_OIF, (uint32_t)lo.index);
+	rc = nl_talk(&nl, nlh, NULL, NULL, err, "add local default route in", what);
+	if (rc < 0)
+		goto out;
+
+	nlh = mnl_nlmsg_put_header(buf);
+	nlh->nlmsg_type = RTM_NEWRULE;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL;
+	struct fib_rule_hdr *frh = mnl_nlmsg_put_extra_header(nlh, sizeof(*frh));
+	frh->family = AF_INET;
+	frh->action = FR_ACT_TO_TBL;
+	frh->table = RT_TABLE_UNSPEC;
+	mnl_attr_put_u32(nlh, FRA_TABLE, table);
+	mnl_attr_put_u32(nlh, FRA_FWMARK, mark);
+	mnl_attr_put_u32(nlh, FRA_FWMASK, mask);
+	mnl_attr_put_u32(nlh, FRA_PRIORITY, priority);
+	rc = nl_talk(&nl, nlh, NULL, NULL, err, "add fwmark rule to", what);
+	if (rc == -EEXIST) {
+		memset(err, 0, sizeof(*err));
+		rc = 0;
+	}
+out:
 	nl_close(&nl);
 	return rc;
 }

@@ -76,6 +76,8 @@ public final class MeshDatapath: @unchecked Sendable {
         public var ruleID: UInt32
         public var revision: UInt32
         public var timestampNanoseconds: UInt64
+        /// The flow goes through the L7 proxy.
+        public var proxied: Bool = false
     }
 
     public static let maxEndpoints = Int(MESH_MAX_ENDPOINTS)
@@ -120,12 +122,14 @@ public final class MeshDatapath: @unchecked Sendable {
     let gracePeriod: GracePeriod
 
     /// Loads and pins the node's datapath under `pinDir` (created if missing).
-    public init(pinDir: String, nodeID: UInt32, sizes: MapSizes = MapSizes()) throws {
+    /// `proxyPort`: the L7 proxy's transparent listener (0: none; flows that need it drop).
+    public init(pinDir: String, nodeID: UInt32, sizes: MapSizes = MapSizes(), proxyPort: UInt16 = 0) throws {
         self.pinDir = pinDir
         try BPFFS.ensureMounted()
         try BPFFS.makeDirectory(pinDir)
         let spec = try BPFObjectSpec(bytes: EmbeddedBPF.endpoint.bytes, name: "endpoint", pinRoot: pinDir)
         try spec.setConstant("cfg_node_id", nodeID)
+        try spec.setConstant("cfg_proxy_port", proxyPort)
         try sizes.apply(to: spec)
         object = try spec.load()
         fromEndpoint = try object.program("mesh_from_endpoint")
@@ -290,7 +294,7 @@ public final class MeshDatapath: @unchecked Sendable {
                 sourcePort: ev.sport, destinationPort: ev.dport, proto: ev.proto,
                 direction: Direction(abi: ev.direction),
                 reason: DropReason(abi: ev.reason) ?? .none, ruleID: ev.rule_id, revision: ev.revision,
-                timestampNanoseconds: hdr.timestamp))
+                timestampNanoseconds: hdr.timestamp, proxied: ev.flags & MESH_EVENT_F_PROXY.rawValue != 0))
         case MESH_EVENT_LB.rawValue:
             guard bytes.count >= MemoryLayout<mesh_event_lb>.size else { return nil }
             let ev = bytes.withUnsafeBytes { $0.loadUnaligned(as: mesh_event_lb.self) }

@@ -23,7 +23,7 @@ extension MeshDatapath {
     /// Why a packet was dropped (enum mesh_drop_reason); `label` is each one's name in
     /// metrics and in the monitor.
     public enum DropReason: String, Sendable, CaseIterable {
-        case none, policyDeny, policyDefaultDeny, unsupportedL3, malformedIPv4, spoofedSource
+        case none, policyDeny, policyDefaultDeny, unsupportedL3, malformedIPv4, spoofedSource, proxyUnavailable
 
         public var label: String {
             switch self {
@@ -33,6 +33,7 @@ extension MeshDatapath {
             case .unsupportedL3: "unsupported_l3"
             case .malformedIPv4: "malformed_ipv4"
             case .spoofedSource: "spoofed_source"
+            case .proxyUnavailable: "proxy_unavailable"
             }
         }
 
@@ -44,6 +45,7 @@ extension MeshDatapath {
             case .unsupportedL3: MESH_DROP_UNSUPPORTED_L3
             case .malformedIPv4: MESH_DROP_MALFORMED_IPV4
             case .spoofedSource: MESH_DROP_SPOOFED_SOURCE
+            case .proxyUnavailable: MESH_DROP_PROXY_UNAVAILABLE
             }
         }
 
@@ -93,8 +95,11 @@ extension MeshDatapath {
         public var action: Action
         public var ruleID: UInt32
         public var policyID: UInt32
+        /// Allowed through the L7 proxy (MESH_POLICY_L7).
+        public var l7: Bool
         public init(endpointID: UInt32, direction: Direction, identity: UInt32, proto: UInt8, portPrefix: UInt16,
-                    portPrefixLength: Int, action: Action, ruleID: UInt32, policyID: UInt32) {
+                    portPrefixLength: Int, action: Action, ruleID: UInt32, policyID: UInt32, l7: Bool = false) {
+            self.l7 = l7
             self.endpointID = endpointID
             self.direction = direction
             self.identity = identity
@@ -232,6 +237,7 @@ extension MeshDatapath {
             v.action = e.action.abi
             v.rule_id = e.ruleID
             v.policy_id = e.policyID
+            v.flags = e.l7 ? UInt8(MESH_POLICY_L7.rawValue) : 0
             next.policy[Self.bytes(policyKey(e, slot: 0))] = Self.bytes(v)
         }
         for e in newEnforcement {
@@ -382,7 +388,8 @@ extension MeshDatapath {
             return PolicyEntry(endpointID: key.endpoint_id, direction: Direction(abi: key.direction),
                                identity: key.identity, proto: key.proto, portPrefix: UInt16(bigEndian: key.dport),
                                portPrefixLength: portBits, action: Action(abi: val.action) ?? .deny,
-                               ruleID: val.rule_id, policyID: val.policy_id)
+                               ruleID: val.rule_id, policyID: val.policy_id,
+                               l7: val.flags & UInt8(MESH_POLICY_L7.rawValue) != 0)
         }.sorted { ($0.endpointID, $0.direction.rawValue, $0.identity, $0.proto, $0.portPrefix) < ($1.endpointID, $1.direction.rawValue, $1.identity, $1.proto, $1.portPrefix) }
     }
 

@@ -12,7 +12,7 @@ public final class SocketRedirect: @unchecked Sendable {
     public enum Counter: CaseIterable, Sendable {
         case messages, bytes, socketsAdded, fallbackNotLocal, fallbackDisabled, fallbackNoPeer,
              fallbackLargeWrite, fallbackRedirectFailed, deniedMessages, fallbackReaderBehind, fallbackPeer,
-             socketsLeft, fallbackUnsupported, localCCApplied, localCCOwn, localCCFailed
+             socketsLeft, fallbackUnsupported, localCCApplied, localCCOwn, localCCFailed, fallbackProxied
 
         var abi: mesh_redirect_counter {
             switch self {
@@ -32,6 +32,7 @@ public final class SocketRedirect: @unchecked Sendable {
             case .localCCApplied: MESH_REDIR_CC_APPLIED
             case .localCCOwn: MESH_REDIR_CC_OWN
             case .localCCFailed: MESH_REDIR_CC_FAILED
+            case .fallbackProxied: MESH_REDIR_FB_PROXIED
             }
         }
 
@@ -188,6 +189,7 @@ public final class SocketRedirect: @unchecked Sendable {
         case .fallbackReaderBehind: "reader_behind"
         case .fallbackPeer: "peer"
         case .fallbackUnsupported: "unsupported"
+        case .fallbackProxied: "proxied"
         default: "" // not a fallback: mesh_sock_state.fallback is 0 (MESH_REDIR_MESSAGES) until one happens
         }
     }

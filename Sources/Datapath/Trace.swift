@@ -8,6 +8,8 @@ extension MeshDatapath {
         public var ruleID: UInt32
         public var peerIdentity: UInt32
         public var enforced: Bool
+        /// Allowed through the L7 proxy, whose HTTP rules then judge each request.
+        public var l7: Bool = false
     }
 
     public enum TraceProtocol: Sendable {
@@ -43,7 +45,8 @@ extension MeshDatapath {
         }
         return TraceResult(action: Action(abi: UInt8(truncatingIfNeeded: cb.0)) ?? .deny,
                            reason: DropReason(abi: UInt8(truncatingIfNeeded: cb.1)) ?? .none,
-                           ruleID: cb.2, peerIdentity: cb.3, enforced: cb.4 & MESH_TRACE_ENFORCED.rawValue != 0)
+                           ruleID: cb.2, peerIdentity: cb.3, enforced: cb.4 & MESH_TRACE_ENFORCED.rawValue != 0,
+                           l7: cb.4 & MESH_TRACE_L7.rawValue != 0)
     }
 
     /// Ethernet + IPv4 + a TCP SYN, a UDP header or an ICMP message of type

@@ -164,9 +164,15 @@ enum mesh_policy_action {
 	MESH_ACTION_DENY = 2,
 };
 
+enum mesh_policy_flags {
+	/* Allowed through the L7 proxy: every allow rule covering the entry has HTTP rules. */
+	MESH_POLICY_L7 = 1,
+};
+
 struct mesh_policy_value {
 	__u8 action;     /* enum mesh_policy_action */
-	__u8 pad[3];
+	__u8 flags;      /* enum mesh_policy_flags */
+	__u8 pad[2];
 	__u32 rule_id;   /* index into the revision's rule table held by meshd */
 	__u32 policy_id; /* stable hash of the deciding policy, for verdict counters */
 	__u32 pad2;
@@ -215,7 +221,12 @@ struct mesh_ct_value {
 	__u32 peer_identity;
 	__u8 closing;    /* FIN or RST seen: expires sooner */
 	__u8 seen_reply; /* a packet of the other direction matched it: the flow is established */
-	__u8 pad[2];
+	/* 1: the flow's packets from this endpoint go to the L7 proxy. The client's egress
+	 * entry of a proxied flow, or the receiver's ingress entry of the proxy's upstream
+	 * connection (whose replies belong to the proxy, not to the client's endpoint). Set
+	 * when the flow starts and kept for its life: a connection never moves mid-stream. */
+	__u8 proxy;
+	__u8 pad;
 };
 
 /* Conntrack idle lifetimes in seconds, by TCP state: the programs ignore older entries, and
@@ -251,7 +262,11 @@ enum mesh_drop_reason {
 	MESH_DROP_UNSUPPORTED_L3 = 3,      /* not IPv4 (nor ARP) on an enforced endpoint */
 	MESH_DROP_MALFORMED_IPV4 = 4,      /* a bad IPv4 header (version, IHL, lengths) on an enforced endpoint */
 	MESH_DROP_SPOOFED_SOURCE = 5,      /* an endpoint sent IPv4 from an address not its own */
-	MESH_DROP_MAX = 6,
+	/* A flow that policy sends through the L7 proxy, when the proxy is not listening, or
+	 * the flow comes from where the redirect cannot reach (the node itself, another node)
+	 * or was not seen from its first packet: L7 rules fail closed. */
+	MESH_DROP_PROXY_UNAVAILABLE = 6,
+	MESH_DROP_MAX = 7,
 };
 
 /*
@@ -311,6 +326,7 @@ enum mesh_trace_cb {
 enum mesh_trace_flags {
 	MESH_TRACE_ENFORCED = 1,  /* the direction is enforced for the endpoint */
 	MESH_TRACE_EVALUATED = 2, /* the program ran the policy (the ifindex is an endpoint's) */
+	MESH_TRACE_L7 = 4,        /* allowed through the L7 proxy, whose HTTP rules then apply */
 };
 
 /*
@@ -407,7 +423,8 @@ enum mesh_redirect_counter {
 	MESH_REDIR_CC_APPLIED = 13,     /* local connections' sockets running local_cc from now */
 	MESH_REDIR_CC_OWN = 14,         /* ... that keep the algorithm their application or route chose */
 	MESH_REDIR_CC_FAILED = 15,      /* ... where the kernel refused local_cc (not available) */
-	MESH_REDIR_MAX = 16,
+	MESH_REDIR_FB_PROXIED = 16,     /* connections not accelerated: they go through the L7 proxy */
+	MESH_REDIR_MAX = 17,
 };
 
 /* mesh_monitor (array, one entry): which optional events meshd wants now. Verdict events
@@ -477,7 +494,11 @@ struct mesh_event_policy {
 	__u8 reason;      /* enum mesh_drop_reason, NONE when allowed */
 	__u32 rule_id;
 	__u32 revision;
-	__u32 pad;
+	__u32 flags;      /* enum mesh_event_flags */
+};
+
+enum mesh_event_flags {
+	MESH_EVENT_F_PROXY = 1, /* the flow goes through the L7 proxy */
 };
 
 /*

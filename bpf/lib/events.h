@@ -38,7 +38,7 @@ static __always_inline void report_policy(__u16 type, __u32 node_id, __u32 ep, _
 	ev->reason = v->reason;
 	ev->rule_id = v->rule_id;
 	ev->revision = revision;
-	ev->pad = 0;
+	ev->flags = v->l7 ? MESH_EVENT_F_PROXY : 0;
 	bpf_ringbuf_submit(ev, 0);
 }
 

@@ -9,7 +9,7 @@ struct verdict {
 	__u8 action;    /* enum mesh_policy_action */
 	__u8 reason;    /* enum mesh_drop_reason */
 	__u8 enforced;  /* the direction is enforced for this endpoint */
-	__u8 pad;
+	__u8 l7;        /* allowed, through the L7 proxy (MESH_POLICY_L7) */
 	__u32 rule_id;
 	__u32 policy_id;
 };
@@ -81,9 +81,12 @@ policy_decide(__u8 slot, __u8 dir, __u32 ep, __u32 identity, __u8 proto, __u16 d
 	} else if (a && a->action == MESH_ACTION_ALLOW) {
 		v.rule_id = a->rule_id;
 		v.policy_id = a->policy_id;
+		/* An L4 allow in either lookup opens the port to every request (as in Cilium). */
+		v.l7 = (a->flags & MESH_POLICY_L7) && (!b || b->action != MESH_ACTION_ALLOW || (b->flags & MESH_POLICY_L7));
 	} else if (b && b->action == MESH_ACTION_ALLOW) {
 		v.rule_id = b->rule_id;
 		v.policy_id = b->policy_id;
+		v.l7 = (b->flags & MESH_POLICY_L7) ? 1 : 0;
 	} else {
 		v.action = MESH_ACTION_DENY;
 		v.reason = MESH_DROP_POLICY_DEFAULT_DENY;

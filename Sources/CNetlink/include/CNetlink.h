@@ -44,6 +44,10 @@ int sm_addr_add(int netns_fd, const char *ifname, uint32_t addr, uint8_t prefixl
  * `replace`: NLM_F_REPLACE, else NLM_F_EXCL. */
 int sm_route_add(int netns_fd, uint32_t dst, uint8_t prefixlen, uint32_t gateway, const char *ifname,
 		 uint8_t scope, uint8_t type, int replace, sm_nl_err *err);
+/* The L7 proxy's routing: `ip rule add fwmark MARK/MASK lookup TABLE pref PRIORITY` and
+ * `ip route replace local 0.0.0.0/0 dev lo table TABLE`. Idempotent: a rule that exists
+ * already is kept. */
+int sm_fwmark_local_table(int netns_fd, uint32_t mark, uint32_t mask, uint32_t table, uint32_t priority, sm_nl_err *err);
 /* The output interface of the route the kernel picks for `dst` (as `ip route get`). */
 int sm_route_oif(int netns_fd, uint32_t dst, sm_nl_err *err);
 /* Writes `value` to /proc/sys/PATH as seen from `netns_fd`. */

@@ -11,7 +11,7 @@ import ServiceLifecycle
 /// Every failure answers with an ErrorResponse whose message `meshctl` prints as is.
 enum APIServer {
     static func make(settings: NodeSettings, manager: EndpointManager, policy: PolicyEngine, datapath: MeshDatapath,
-                     redirect: RedirectControl, lb: ServiceLB, services: ServiceManager, store: Store, hub: EventHub,
+                     redirect: RedirectControl, lb: ServiceLB, services: ServiceManager, store: Store, hub: EventHub, proxy: ProxySupervisor?,
                      startedAt: Date, logger: Logger) -> some Service {
         let router = Router()
         PolicyRoutes.add(to: router, manager: manager, policy: policy, datapath: datapath, store: store, hub: hub, services: services)
@@ -41,6 +41,11 @@ enum APIServer {
                 status.policyRevision = Int(try datapath.policyState().revision)
                 status.policies = policy.policyCount
                 status.lastPublish = policy.lastPublish
+                if let proxy {
+                    let p = proxy.currentStatus
+                    status.proxy = .init(port: Int(proxy.port), connected: p.connected, pid: p.pid.map(Int.init), adopted: p.adopted,
+                                         restarts: p.restarts, generation: Int(p.generationApplied), lastRejection: p.lastRejection)
+                }
                 return status
             }
         }
@@ -161,10 +166,13 @@ enum APIServer {
 
 /// `GET /metrics` in the Prometheus text format on `--metrics-address`.
 enum MetricsServer {
-    static func make(settings: NodeSettings, metrics: MetricsCollector, logger: Logger) -> some Service {
+    /// `proxy`: the L7 proxy's own metrics follow meshd's in the same scrape.
+    static func make(settings: NodeSettings, metrics: MetricsCollector, proxy: ProxySupervisor?, logger: Logger) -> some Service {
         let router = Router()
         router.get("/metrics") { _, _ -> Response in
-            let body = try await NIOThreadPool.singleton.runIfActive { try metrics.scrape() }
+            if let proxy { metrics.observeProxy(proxy.currentStatus) }
+            var body = try await NIOThreadPool.singleton.runIfActive { try metrics.scrape() }
+            if let text = await proxy?.metricsText() { body += Array(text.utf8) }
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(bytes: body)))
         }

@@ -1,6 +1,7 @@
 import Datapath
 import Foundation
 import Logging
+import MeshABI
 import MeshModel
 import ServiceLifecycle
 
@@ -60,11 +61,16 @@ public enum Daemon {
         await policy.setOnEnforced { metrics.observeEnforced($0) }
         try? datapath.setOptionalEvents(verdicts: false, loadBalancing: false)
         let hubLogger = logger
+        let proxy = settings.proxy.map {
+            ProxySupervisor(binary: $0.binary, controlPath: settings.stateDir + "/proxy.sock", port: $0.port,
+                            logPath: settings.stateDir + "/mesh-proxy.log", logger: logger)
+        }
         let hub = EventHub { interest, on in
             do {
                 switch interest {
                 case .verdicts: try datapath.setOptionalEvents(verdicts: on, loadBalancing: nil)
                 case .loadBalancing: try datapath.setOptionalEvents(verdicts: nil, loadBalancing: on)
+                case .l7: proxy?.setEvents(on)
                 }
             } catch {
                 hubLogger.warning("cannot switch optional datapath events", metadata: ["events": "\(interest)", "error": "\(error)"])
@@ -72,10 +78,15 @@ public enum Daemon {
         }
         var running: [any Service] = [
             APIServer.make(settings: settings, manager: manager, policy: policy, datapath: datapath, redirect: redirectControl,
-                           lb: lb, services: services, store: store, hub: hub, startedAt: startedAt, logger: logger),
-            MetricsServer.make(settings: settings, metrics: metrics, logger: logger),
+                           lb: lb, services: services, store: store, hub: hub, proxy: proxy, startedAt: startedAt, logger: logger),
+            MetricsServer.make(settings: settings, metrics: metrics, proxy: proxy, logger: logger),
             DatapathEventService(datapath: datapath, metrics: metrics, hub: hub, logger: logger),
         ]
+        if let proxy {
+            proxy.onEvent = { hub.publish(.l7($0)) }
+            await policy.setOnProxyConfig { proxy.update($0) }
+            running.append(proxy)
+        }
         if let dns { running.append(dns) }
         logger.info("meshd ready", metadata: [
             "api": "\(settings.apiSocket)", "metrics": "http://\(settings.metricsHost):\(settings.metricsPort)/metrics",
@@ -121,6 +132,11 @@ public enum Daemon {
         for cidr in [s.podCIDR, s.serviceCIDR] {
             try Netlink.addRoute(cidr, device: nil, unreachable: true, replace: true)
             logger.info("installed unreachable route", metadata: ["cidr": "\(cidr)"])
+        }
+        if s.proxy != nil {
+            // What the datapath marks for the proxy is delivered here (mesh_abi.h).
+            try Netlink.routeMarkedLocally(mark: UInt32(MESH_MARK_TO_PROXY), mask: UInt32(MESH_MARK_MASK),
+                                           table: UInt32(MESH_PROXY_ROUTE_TABLE), priority: UInt32(MESH_PROXY_RULE_PRIORITY))
         }
     }
 

@@ -73,6 +73,23 @@ public final class MetricsCollector: @unchecked Sendable {
     /// Records one apply-to-enforced time.
     public func observeEnforced(_ d: Duration) { applyHistogram.record(d) }
 
+    private var proxyGauges: (up: Gauge, restarts: Gauge, generation: Gauge)?
+
+    /// The supervisor's view of the L7 proxy (the proxy's own figures come with the scrape).
+    func observeProxy(_ s: ProxySupervisor.Status) {
+        lock.withLock {
+            if proxyGauges == nil {
+                proxyGauges = (registry.makeGauge(name: "mesh_proxy_up", help: "1 while meshd is connected to the L7 proxy."),
+                               registry.makeGauge(name: "mesh_proxy_restarts", help: "Times meshd started the L7 proxy again after it died."),
+                               registry.makeGauge(name: "mesh_proxy_config_generation_applied",
+                                                  help: "The configuration generation the L7 proxy last confirmed."))
+            }
+            proxyGauges!.up.set(s.connected ? 1.0 : 0.0)
+            proxyGauges!.restarts.set(Double(s.restarts) as Double)
+            proxyGauges!.generation.set(Double(s.generationApplied) as Double)
+        }
+    }
+
     /// Counts one ring-buffer event by type.
     public func countEvent(_ type: String) {
         lock.withLock {
@@ -116,7 +133,7 @@ public final class MetricsCollector: @unchecked Sendable {
         readings.append(.init(name: "mesh_socket_redirect_denied_messages_total", labels: [], help: "Messages of accelerated connections dropped because a policy revision denies the flow.", value: rc[.deniedMessages] ?? 0))
         readings.append(.init(name: "mesh_socket_redirect_sockets_left_total", labels: [], help: "Sockets that left the sockhash after their connection fell back, to cost no more than plain TCP.", value: rc[.socketsLeft] ?? 0))
         for counter in [SocketRedirect.Counter.fallbackNotLocal, .fallbackDisabled, .fallbackNoPeer, .fallbackLargeWrite, .fallbackRedirectFailed,
-                        .fallbackReaderBehind, .fallbackPeer, .fallbackUnsupported] {
+                        .fallbackReaderBehind, .fallbackPeer, .fallbackUnsupported, .fallbackProxied] {
             readings.append(.init(name: "mesh_socket_redirect_fallbacks_total", labels: [("reason", SocketRedirect.fallbackName(counter))],
                                   help: "Connections or directions that went through the normal path instead, by reason.", value: rc[counter] ?? 0))
         }

@@ -9,10 +9,11 @@ final class EventHub: @unchecked Sendable {
     enum Event: Sendable {
         case policy(MeshDatapath.PolicyEvent)
         case loadBalancing(MeshDatapath.LBEvent)
+        case l7(L7Event)
     }
 
-    /// Optional events the kernel writes only while someone reads them.
-    enum Interest: Sendable { case verdicts, loadBalancing }
+    /// Optional events the kernel (or the proxy) writes only while someone reads them.
+    enum Interest: Sendable { case verdicts, loadBalancing, l7 }
 
     private let lock = NSLock()
     private var subscribers: [UUID: AsyncStream<Event>.Continuation] = [:]
@@ -71,6 +72,22 @@ struct EventResolver: Sendable {
         return m
     }
 
+    func resolve(_ e: L7Event) -> MonitorEvent {
+        func split(_ s: String) -> (String, Int) {
+            guard let i = s.lastIndex(of: ":") else { return (s, 0) }
+            return (String(s[..<i]), Int(s[s.index(after: i)...]) ?? 0)
+        }
+        let (src, sport) = split(e.source), (dst, dport) = split(e.destination)
+        var m = MonitorEvent(
+            time: Date(timeIntervalSince1970: Double(e.timestamp) / 1e9), type: "l7", endpoint: e.sourceEndpoint ?? src,
+            direction: "egress", source: src, destination: dst, sourcePort: sport, destinationPort: dport, proto: "HTTP",
+            peerIdentity: Int(e.sourceIdentity), peer: policy.describe(identity: e.sourceIdentity),
+            verdict: e.verdict.rawValue, reason: e.error ?? "", rule: e.rule, revision: 0)
+        m.http = .init(method: e.method, path: e.path, host: e.host, status: e.status, latencySeconds: e.latencySeconds,
+                       destinationEndpoint: e.destinationEndpoint)
+        return m
+    }
+
     func resolve(_ e: MeshDatapath.PolicyEvent, endpoints: [Int: String]) async -> MonitorEvent {
         let peerName = policy.describe(identity: e.peerIdentity)
         let rule = policy.describe(rule: e.ruleID, revision: e.revision)
@@ -78,7 +95,7 @@ struct EventResolver: Sendable {
             time: Date(), type: e.dropped ? "drop" : "verdict", endpoint: endpoints[Int(e.endpointID)] ?? "endpoint \(e.endpointID)",
             direction: e.direction.rawValue, source: IPv4Address(e.source).description, destination: IPv4Address(e.destination).description,
             sourcePort: Int(e.sourcePort), destinationPort: Int(e.destinationPort), proto: ProtocolName.name(e.proto),
-            peerIdentity: Int(e.peerIdentity), peer: peerName, verdict: e.dropped ? "denied" : "allowed",
+            peerIdentity: Int(e.peerIdentity), peer: peerName, verdict: e.dropped ? "denied" : e.proxied ? "to-proxy" : "allowed",
             reason: e.reason.label, rule: rule, revision: Int(e.revision))
     }
 
@@ -87,6 +104,7 @@ struct EventResolver: Sendable {
         var interests: Set<EventHub.Interest> = []
         if type == "all" || type == "verdict" { interests.insert(.verdicts) }
         if type == "all" || type == "lb" { interests.insert(.loadBalancing) }
+        if type == "all" || type == "l7" { interests.insert(.l7) }
         let events = hub.subscribe(interests: interests)
         let (out, continuation) = AsyncStream<ByteBuffer>.makeStream(bufferingPolicy: .bufferingNewest(4096))
         let task = Task {
@@ -102,8 +120,11 @@ struct EventResolver: Sendable {
                 case .loadBalancing(let e):
                     guard type == "all" || type == "lb" else { continue }
                     m = resolve(e)
+                case .l7(let e):
+                    guard type == "all" || type == "l7" else { continue }
+                    m = resolve(e)
                 case .policy(let e):
-                    if type == "lb" || type == "drop" && !e.dropped || type == "verdict" && e.dropped { continue }
+                    if type == "lb" || type == "l7" || type == "drop" && !e.dropped || type == "verdict" && e.dropped { continue }
                     if names[Int(e.endpointID)] == nil {
                         names = Dictionary(uniqueKeysWithValues: ((try? store.endpoints()) ?? []).map { ($0.id, $0.name) })
                     }

@@ -1,4 +1,5 @@
 import Datapath
+import MeshABI
 import Foundation
 import MeshModel
 import Yams
@@ -29,6 +30,12 @@ public struct NodeConfig: Sendable, Equatable {
     public var conntrackMax: String?
     /// A group whose members may use the API besides root; nil: root only.
     public var apiGroup: String?
+    /// on or off: run the L7 proxy (HTTP rules, and later routes, need it).
+    public var proxy = "on"
+    /// The proxy's transparent listener, in the node's network namespace.
+    public var proxyPort = "\(MESH_PROXY_DEFAULT_PORT)"
+    /// The `mesh-proxy` executable; nil: the one beside meshd's own.
+    public var proxyBinary: String?
 
     public init() {}
 
@@ -56,7 +63,8 @@ public struct NodeConfig: Sendable, Equatable {
 
     /// The keys a config file may set, as on the command line without the dashes.
     public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address",
-                                  "socket-redirect", "local-congestion-control", "conntrack-max", "api-group", "service-cidr", "dns"]
+                                  "socket-redirect", "local-congestion-control", "conntrack-max", "api-group", "service-cidr", "dns",
+                                  "proxy", "proxy-port", "proxy-binary"]
 
     /// Applies a YAML mapping of `fileKeys` to strings. Unknown keys are an error.
     public mutating func apply(yaml text: String, source: String) throws(MeshError) {
@@ -95,6 +103,9 @@ public struct NodeConfig: Sendable, Equatable {
         case "api-group": apiGroup = value
         case "service-cidr": serviceCIDR = value
         case "dns": dns = value
+        case "proxy": proxy = value
+        case "proxy-port": proxyPort = value
+        case "proxy-binary": proxyBinary = value
         default: break
         }
     }
@@ -121,6 +132,12 @@ public struct NodeConfig: Sendable, Equatable {
             throw .invalid("service CIDR \(services) overlaps the pod CIDR \(cidr)", hint: "give them separate ranges")
         }
         guard let dnsOn = RuntimeConfig.parseSwitch(dns) else { throw .invalid("dns \"\(dns)\" must be on or off") }
+        guard let proxyOn = RuntimeConfig.parseSwitch(proxy) else { throw .invalid("proxy \"\(proxy)\" must be on or off") }
+        guard let proxyPortNumber = UInt16(proxyPort), proxyPortNumber > 0 else {
+            throw .invalid("proxy-port \"\(proxyPort)\" must be a port number (1-65535)")
+        }
+        let proxyExecutable = proxyBinary ?? Self.besideThisExecutable("mesh-proxy")
+        guard proxyExecutable.hasPrefix("/") else { throw .invalid("proxy-binary \"\(proxyExecutable)\" must be an absolute path") }
         let parts = metricsAddress.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 2, IPv4Address(String(parts[0])) != nil, let port = Int(parts[1]), (1...65535).contains(port) else {
             throw .invalid("metrics address \"\(metricsAddress)\" must be IPv4:port, e.g. 127.0.0.1:9464")
@@ -167,13 +184,25 @@ public struct NodeConfig: Sendable, Equatable {
                             apiSocket: apiSocket, metricsHost: String(parts[0]), metricsPort: port,
                             socketRedirect: socketRedirect.flatMap(RuntimeConfig.parseSwitch),
                             localCongestionControl: localCongestionControl, conntrackMax: ctMax,
-                            apiAccess: APIAccess(group: group), serviceCIDR: services, dns: dnsOn)
+                            apiAccess: APIAccess(group: group), serviceCIDR: services, dns: dnsOn,
+                            proxy: proxyOn ? ProxySettings(port: proxyPortNumber, binary: proxyExecutable) : nil)
+    }
+
+    /// `name` in the folder of the running executable (meshd's own).
+    static func besideThisExecutable(_ name: String) -> String {
+        let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent(name).path
     }
 
     private func isNodeName(_ s: String) -> Bool {
         guard let f = s.first, f.isASCII, f.isLowercase, let l = s.last, l != "-" else { return false }
         return s.allSatisfy { $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }
     }
+}
+
+public struct ProxySettings: Sendable, Equatable {
+    public let port: UInt16
+    public let binary: String
 }
 
 /// A validated NodeConfig with every default filled in.
@@ -198,6 +227,8 @@ public struct NodeSettings: Sendable {
     public let serviceCIDR: IPv4CIDR
     /// Whether meshd runs the node's DNS for service names.
     public let dns: Bool
+    /// The L7 proxy meshd runs; nil: none (flows that need it are dropped).
+    public let proxy: ProxySettings?
 
     /// The sizes the node's BPF maps load with (every object that declares them).
     public var mapSizes: MapSizes { MapSizes(conntrack: conntrackMax) }

@@ -5,7 +5,9 @@ import MeshModel
 /// The Agent's view of the datapath: endpoints in, MeshErrors out.
 extension MeshDatapath {
     static func load(settings: NodeSettings, nodeID: UInt32) throws(MeshError) -> MeshDatapath {
-        do { return try MeshDatapath(pinDir: settings.bpffs, nodeID: nodeID, sizes: settings.mapSizes) } catch {
+        do {
+            return try MeshDatapath(pinDir: settings.bpffs, nodeID: nodeID, sizes: settings.mapSizes, proxyPort: settings.proxy?.port ?? 0)
+        } catch {
             throw MeshError(.datapath, "loading the BPF datapath failed: \(error)",
                             hint: "meshd needs root, a kernel with BTF, and bpffs at /sys/fs/bpf")
         }

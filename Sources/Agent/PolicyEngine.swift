@@ -62,6 +62,27 @@ public actor PolicyEngine {
 
     func setOnEnforced(_ f: @escaping @Sendable (Duration) -> Void) { onEnforced = f }
 
+    /// Told what the L7 proxy needs after every publish (and at once, if one happened).
+    var onProxyConfig: (@Sendable (ProxyConfig) -> Void)?
+    func setOnProxyConfig(_ f: @escaping @Sendable (ProxyConfig) -> Void) {
+        onProxyConfig = f
+        if let compiled, let eps = try? store.endpoints() { f(Self.proxyConfig(compiled, endpoints: eps)) }
+    }
+
+    /// The proxy's view of a compile: who is who, and the L7 rule sets. The generation is
+    /// the proxy supervisor's to set.
+    static func proxyConfig(_ r: PolicyCompiler.Result, endpoints: [Endpoint]) -> ProxyConfig {
+        let eps = endpoints.compactMap { ep -> ProxyEndpoint? in
+            guard let id = r.endpointIdentity[ep.id] else { return nil }
+            return ProxyEndpoint(ip: ep.ipv4, name: ep.name, namespace: ep.labels.namespace, identity: id)
+        }
+        var names: [UInt32: String] = [:]
+        for s in r.l7 where Int(s.defaultRuleID) < r.rules.count { names[s.defaultRuleID] = r.rules[Int(s.defaultRuleID)].description }
+        return ProxyConfig(generation: 0, endpoints: eps,
+                           ipcache: r.ipcache.filter { $0.endpointID == 0 }.map { ProxyIPCacheEntry(prefix: $0.prefix, identity: $0.identity) },
+                           l7: r.l7, ruleNames: names)
+    }
+
     public var revision: UInt32 { (try? datapath.policyState().revision) ?? 0 }
 
     /// Compiles the current desired state and publishes it as the next revision.
@@ -121,7 +142,7 @@ public actor PolicyEngine {
                 policy: result.entries.map { .init(endpointID: UInt32($0.endpointID), direction: $0.direction == .ingress ? .ingress : .egress,
                                                    identity: $0.identity, proto: $0.proto, portPrefix: $0.portPrefix,
                                                    portPrefixLength: $0.portPrefixLength, action: $0.action == .allow ? .allow : .deny,
-                                                   ruleID: $0.ruleID, policyID: $0.policyID) },
+                                                   ruleID: $0.ruleID, policyID: $0.policyID, l7: $0.l7) },
                 enforcement: result.enforcement.map { .init(endpointID: UInt32($0.endpointID), ingress: $0.ingress, egress: $0.egress,
                                                             ingressDefaultRule: $0.ingressDefaultRule, egressDefaultRule: $0.egressDefaultRule) })
         } catch {
@@ -129,6 +150,7 @@ public actor PolicyEngine {
         }
         compiled = result
         names.published(revision: next, result: result)
+        if let onProxyConfig, let eps = try? store.endpoints() { onProxyConfig(Self.proxyConfig(result, endpoints: eps)) }
         // Only now may identities this revision no longer uses start their grace period.
         do { try identityAllocator.retainOnly(compiledKeys) } catch {
             logger.warning("cannot mark unused identities; they stay allocated until the next publish", metadata: ["error": "\(error.message)"])

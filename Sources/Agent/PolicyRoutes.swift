@@ -42,8 +42,8 @@ enum PolicyRoutes {
         }
         router.get(RouterPath(APIPath.monitor)) { request, _ -> Response in
             let type = request.uri.queryParameters.get("type") ?? "all"
-            guard ["all", "drop", "verdict", "lb"].contains(type) else {
-                return APIServer.json(.badRequest, ErrorResponse(error: .invalid("monitor type \"\(type)\" is not drop, verdict, lb or all")))
+            guard ["all", "drop", "verdict", "lb", "l7"].contains(type) else {
+                return APIServer.json(.badRequest, ErrorResponse(error: .invalid("monitor type \"\(type)\" is not drop, verdict, lb, l7 or all")))
             }
             let stream = EventResolver(store: store, policy: policy, services: services.names).stream(hub: hub, type: type)
             return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: ResponseBody(asyncSequence: stream))
@@ -62,7 +62,7 @@ enum PolicyRoutes {
                     }
                     rows.append(BPFPolicyRow(endpoint: names[Int(e.endpointID)] ?? "\(e.endpointID)", direction: e.direction.rawValue,
                                              identity: Int(e.identity), peer: policy.describe(identity: e.identity),
-                                             proto: ProtocolName.name(e.proto), ports: ports, action: e.action == .allow ? "allow" : "deny",
+                                             proto: ProtocolName.name(e.proto), ports: ports, action: e.action == .deny ? "deny" : e.l7 ? "allow (L7 proxy)" : "allow",
                                              rule: policy.describe(rule: e.ruleID, revision: revision)))
                 }
                 return rows
@@ -129,11 +129,13 @@ enum PolicyRoutes {
             let r = try datapath.trace(ifindex: ifindex, direction: dir, source: fromIP.value, destination: toIP.value,
                                        proto: proto, destinationPort: UInt16(req.port))
             hops.append(TraceHop(hook: "\(dir.rawValue) of \(ep.name)", enforced: r.enforced,
-                                 verdict: r.action == .allow ? "allowed" : "denied", reason: r.reason.label,
+                                 verdict: r.action == .deny ? "denied" : r.l7 ? "allowed (through the L7 proxy, whose HTTP rules then apply)" : "allowed",
+                                 reason: r.reason.label,
                                  rule: policy.describe(rule: r.ruleID, revision: revision),
                                  peerIdentity: Int(r.peerIdentity), peer: policy.describe(identity: r.peerIdentity)))
         }
-        let verdict = hops.allSatisfy { $0.verdict == "allowed" } ? "allowed" : "denied"
+        let verdict = hops.allSatisfy { $0.verdict.hasPrefix("allowed") }
+            ? hops.contains { $0.verdict != "allowed" } ? "allowed (through the L7 proxy)" : "allowed" : "denied"
         // Established connections of the flow: conntrack entries at either hook, as the
         // programs keyed them (the first packet's tuple, the endpoint and its direction).
         // Their next packet passes on the entry; under a newer revision it is first

@@ -176,6 +176,28 @@ public struct NodeStatus: Codable, Sendable {
     /// The last revision this meshd published: what it wrote into the kernel and how long
     /// compiling and publishing took.
     public var lastPublish: PublishSummary?
+    /// The L7 proxy, when this node runs one.
+    public var proxy: ProxyStatus?
+
+    public struct ProxyStatus: Codable, Sendable {
+        public var port: Int
+        public var connected: Bool
+        public var pid: Int?
+        /// The proxy was running before this meshd started (it kept serving meanwhile).
+        public var adopted: Bool
+        public var restarts: Int
+        public var generation: Int
+        public var lastRejection: String?
+        public init(port: Int, connected: Bool, pid: Int?, adopted: Bool, restarts: Int, generation: Int, lastRejection: String?) {
+            self.port = port
+            self.connected = connected
+            self.pid = pid
+            self.adopted = adopted
+            self.restarts = restarts
+            self.generation = generation
+            self.lastRejection = lastRejection
+        }
+    }
 
     public init(version: String, node: String, podCIDR: String, bpffs: String, cgroup: String,
                 startedAt: Date, programs: [Program], maps: [Map], endpoints: Int) {

@@ -163,7 +163,7 @@ public struct TracedConnection: Codable, Sendable, Equatable {
 /// One event of `meshctl monitor`, names resolved.
 public struct MonitorEvent: Codable, Sendable {
     public var time: Date
-    /// `drop` or `verdict`.
+    /// `drop`, `verdict`, `lb` or `l7`.
     public var type: String
     public var endpoint: String
     public var direction: String
@@ -182,6 +182,27 @@ public struct MonitorEvent: Codable, Sendable {
     /// endpoint chosen (empty when refused: no backend).
     public var service: String?
     public var backend: String?
+    /// `l7` events: the request and its answer.
+    public var http: HTTPInfo?
+
+    public struct HTTPInfo: Codable, Sendable {
+        public var method: String
+        public var path: String
+        public var host: String
+        public var status: Int
+        public var latencySeconds: Double
+        public var destinationEndpoint: String?
+
+        public init(method: String, path: String, host: String, status: Int, latencySeconds: Double, destinationEndpoint: String?) {
+            self.method = method
+            self.path = path
+            self.host = host
+            self.status = status
+            self.latencySeconds = latencySeconds
+            self.destinationEndpoint = destinationEndpoint
+        }
+    }
+
     public init(time: Date, type: String, endpoint: String, direction: String, source: String, destination: String,
                 sourcePort: Int, destinationPort: Int, proto: String, peerIdentity: Int, peer: String,
                 verdict: String, reason: String, rule: String, revision: Int) {

@@ -67,6 +67,13 @@ struct Status: AsyncParsableCommand {
                 print(String(format: "last publish: revision %d, %d entries; wrote %d, deleted %d; compiled in %.1f ms, published in %.1f ms",
                              p.revision, p.entries, p.written, p.deleted, p.compileSeconds * 1000, p.publishSeconds * 1000))
             }
+            if let p = s.proxy {
+                print("L7 proxy: " + (p.connected ? "running, pid \(p.pid ?? 0)\(p.adopted ? " (adopted)" : "")" : "NOT CONNECTED")
+                      + ", port \(p.port), restarts \(p.restarts), configuration \(p.generation)"
+                      + (p.lastRejection.map { "; last configuration REJECTED: \($0)" } ?? ""))
+            } else {
+                print("L7 proxy: off (flows that HTTP rules apply to are dropped)")
+            }
             print("")
             printTable(["PROGRAM", "ID", "ATTACHED"], s.programs.map {
                 [$0.name, String($0.id), $0.attachments.isEmpty ? "-" : "\($0.attachments.count): " + $0.attachments.joined(separator: " ")]

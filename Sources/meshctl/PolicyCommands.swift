@@ -159,12 +159,12 @@ struct PolicyCommand: AsyncParsableCommand {
 
 struct Monitor: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Stream datapath events: drops with the rule that decided, verdicts of new flows, service load-balancing decisions.")
+        abstract: "Stream datapath events: drops with the rule that decided, verdicts of new flows, service load-balancing decisions, HTTP requests the L7 proxy judged.")
 
-    enum EventType: String, ExpressibleByArgument, CaseIterable { case drop, verdict, lb, all }
+    enum EventType: String, ExpressibleByArgument, CaseIterable { case drop, verdict, lb, l7, all }
 
     @OptionGroup var global: GlobalOptions
-    @Option(help: "drop, verdict, lb (service load-balancing decisions) or all.") var type: EventType = .all
+    @Option(help: "drop, verdict, lb (service load-balancing decisions), l7 (HTTP requests through the proxy) or all.") var type: EventType = .all
     @Option(name: [.short, .long], help: "text or json (one object per line).") var output: OutputFormat = .text
     @Option(help: "Stop after this many events.") var count: Int?
 
@@ -181,10 +181,15 @@ struct Monitor: AsyncParsableCommand {
                 } else if e.type == "lb" {
                     print("LB     \(e.endpoint) -> \(e.destination):\(e.destinationPort) \(e.proto) \(e.service ?? "")"
                           + (e.verdict == "refused" ? " REFUSED (no ready backend)" : " => \(e.backend ?? "") \(e.rule) (\(e.reason))"))
+                } else if e.type == "l7", let h = e.http {
+                    let to = h.destinationEndpoint.map { " (\($0))" } ?? ""
+                    print("HTTP   \(e.endpoint) \(e.source):\(e.sourcePort) -> \(e.destination):\(e.destinationPort)\(to) \(h.method) \(h.path)"
+                          + " => \(h.status) \(e.verdict.uppercased()) \(String(format: "%.1fms", h.latencySeconds * 1000))"
+                          + (e.rule.isEmpty ? "" : " rule=\(e.rule)") + (e.reason.isEmpty ? "" : " (\(e.reason))"))
                 } else {
                     let ports = e.proto == "ICMP" ? "" : ":\(e.destinationPort)"
                     let src = e.proto == "ICMP" ? e.source : "\(e.source):\(e.sourcePort)"
-                    print("\(e.type == "drop" ? "DROP   " : "ALLOW  ") \(e.endpoint) \(e.direction) \(src) -> \(e.destination)\(ports) \(e.proto)"
+                    print("\(e.type == "drop" ? "DROP   " : e.verdict == "to-proxy" ? "PROXY  " : "ALLOW  ") \(e.endpoint) \(e.direction) \(src) -> \(e.destination)\(ports) \(e.proto)"
                           + " peer=\(e.peerIdentity)(\(e.peer)) \(e.type == "drop" ? "reason=\(e.reason) " : "")rule=\(e.rule)")
                 }
                 fflush(nil)

@@ -61,6 +61,15 @@ struct Meshd: AsyncParsableCommand {
     @Option(help: "on or off: answer NAME, NAME.NAMESPACE and NAME.NAMESPACE.svc.cluster.local inside endpoints with services' cluster IPs (dnsmasq, started by meshd). (default: on)")
     var dns: String?
 
+    @Option(help: "on or off: run the L7 proxy that HTTP rules need; off drops the flows they apply to. (default: on)")
+    var proxy: String?
+
+    @Option(help: "TCP port of the L7 proxy's transparent listener in the node's network namespace. (default: 15001)")
+    var proxyPort: String?
+
+    @Option(help: "The mesh-proxy executable meshd starts. (default: mesh-proxy beside meshd)")
+    var proxyBinary: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -96,6 +105,9 @@ struct Meshd: AsyncParsableCommand {
             if let apiGroup { settings.apiGroup = apiGroup }
             if let serviceCidr { settings.serviceCIDR = serviceCidr }
             if let dns { settings.dns = dns }
+            if let proxy { settings.proxy = proxy }
+            if let proxyPort { settings.proxyPort = proxyPort }
+            if let proxyBinary { settings.proxyBinary = proxyBinary }
             try await Daemon.run(config: settings, logger: logger)
         } catch let e as MeshError {
             FileHandle.standardError.write(Data("meshd: error: \(e)\n".utf8))

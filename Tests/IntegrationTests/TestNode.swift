@@ -174,6 +174,8 @@ final class TestNode {
     /// Removes everything the node made, whatever state it is in.
     func destroy() {
         stop(SIGKILL)
+        // The L7 proxy outlives meshd by design; this node's is the one on its control socket.
+        _ = Run.run("/usr/bin/pkill", ["-KILL", "-f", "--", "--control \(dir)/state/proxy.sock"])
         let list = Run.run("/usr/sbin/ip", ["netns", "list"]).stdout
         for line in list.split(separator: "\n") {
             let ns = String(line.split(separator: " ").first ?? "")

@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .executable(name: "meshd", targets: ["meshd"]),
         .executable(name: "meshctl", targets: ["meshctl"]),
+        .executable(name: "mesh-proxy", targets: ["mesh-proxy"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -85,7 +86,33 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // The L7 HTTP proxy as a library: transparent listener, HTTP/1.1 forwarding under L7
+        // policy, the control socket meshd drives, metrics.
+        .target(
+            name: "Proxy",
+            dependencies: [
+                "MeshModel", "MeshABI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        .executableTarget(
+            name: "mesh-proxy",
+            dependencies: [
+                "Proxy",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Sources/mesh-proxy"
+        ),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
+        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "MeshModel"]),
         // The agent's parts that need no root: the state database, settings, identities.
         .testTarget(name: "AgentTests", dependencies: ["Agent", "MeshModel"]),
         .testTarget(

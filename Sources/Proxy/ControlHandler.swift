@@ -1,0 +1,96 @@
+import Logging
+import MeshModel
+import NIOCore
+import NIOPosix
+
+/// One meshd connection on the control socket: greets it, then answers its messages in
+/// the order they came. Decoding and compiling a configuration can take long for a big
+/// node, so that work runs on the thread pool, never on the event loop.
+final class ControlHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let core: ProxyCore
+    private let threadPool: NIOThreadPool
+    private var queue: EventLoopFuture<Void>?
+
+    init(core: ProxyCore, threadPool: NIOThreadPool) {
+        self.core = core
+        self.threadPool = threadPool
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        queue = context.eventLoop.makeSucceededVoidFuture()
+        core.events.attach(context.channel)
+        send([ProxyControlMessage(hello: core.hello())], context: context)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        core.events.detach(context.channel)
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let line = Self.unwrapInboundIn(data)
+        let core = self.core
+        let channel = context.channel
+        let pool = threadPool
+        let loop = context.eventLoop
+        // Both are only touched back on this loop, where the replies are written.
+        let boundContext = NIOLoopBound(context, eventLoop: loop)
+        let boundSelf = NIOLoopBound(self, eventLoop: loop)
+        queue = (queue ?? loop.makeSucceededVoidFuture()).flatMap {
+            pool.runIfActive(eventLoop: loop) { core.answer(line, from: channel) }
+        }.map { replies in
+            boundSelf.value.send(replies, context: boundContext.value)
+        }.recover { error in
+            core.logger.warning("control message not handled", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func send(_ replies: [ProxyControlMessage], context: ChannelHandlerContext) {
+        for reply in replies {
+            guard let line = ControlWire.encode(reply, allocator: context.channel.allocator) else { continue }
+            context.write(Self.wrapOutboundOut(line), promise: nil)
+        }
+        if !replies.isEmpty { context.flush() }
+    }
+}
+
+extension ProxyCore {
+    /// The replies to one control line. Runs on the thread pool.
+    func answer(_ line: ByteBuffer, from channel: any Channel) -> [ProxyControlMessage] {
+        let message: ProxyControlMessage
+        do {
+            message = try ControlWire.decode(line)
+        } catch {
+            logger.warning("control message is not valid JSON for a ProxyControlMessage", metadata: ["error": "\(error)"])
+            return []
+        }
+        var replies: [ProxyControlMessage] = []
+        if let config = message.config { replies.append(apply(config)) }
+        if let enabled = message.events { events.setEnabled(enabled, for: channel) }
+        if let id = message.metricsRequest {
+            replies.append(ProxyControlMessage(metrics: ProxyMetricsReply(id: id, text: metrics.text())))
+        }
+        return replies
+    }
+
+    private func apply(_ config: ProxyConfig) -> ProxyControlMessage {
+        switch policy.apply(config) {
+        case .applied(let generation):
+            metrics.configApplied(generation: generation)
+            logger.info("configuration applied", metadata: ["generation": "\(generation)"])
+            return ProxyControlMessage(configApplied: generation)
+        case .stale(let current):
+            logger.info("older configuration ignored",
+                        metadata: ["generation": "\(config.generation)", "inForce": "\(current)"])
+            return ProxyControlMessage(configApplied: current)
+        case .rejected(let rejection):
+            logger.warning("configuration rejected",
+                           metadata: ["generation": "\(rejection.generation)", "reason": "\(rejection.reason)"])
+            return ProxyControlMessage(configRejected: rejection)
+        }
+    }
+}

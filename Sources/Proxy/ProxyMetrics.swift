@@ -1,0 +1,104 @@
+import Prometheus
+
+/// The proxy's Prometheus metrics. Every label takes its value from a small fixed set or
+/// from the node's endpoint names, never from a path, an id or anything a client chooses.
+final class ProxyMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+
+    /// The reasons hostile input is counted under.
+    enum HostileReason: String, Sendable {
+        case badRequest = "bad_request"
+        case headerTooLarge = "header_too_large"
+        case headerTimeout = "header_timeout"
+        case ambiguousLength = "ambiguous_length"
+        case tooManyConnections = "too_many_connections"
+    }
+
+    /// The reasons an upstream connection fails.
+    enum UpstreamErrorReason: String, Sendable {
+        case connectRefused = "connect_refused"
+        case reset
+        case timeout
+        case other
+    }
+
+    static let knownMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
+
+    /// From 0.5 ms to 10 s, about three buckets per decade.
+    static let durationBuckets: [Duration] = [
+        .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+        .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+        .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
+    ]
+
+    private let connectionsTotal: Counter
+    private let connectionsActive: Gauge
+    private let configGeneration: Gauge
+    private let eventsDropped: Counter
+
+    init() {
+        connectionsTotal = registry.makeCounter(descriptor: Self.name("mesh_proxy_connections_total",
+                                                                        "Downstream connections accepted."))
+        connectionsActive = registry.makeGauge(descriptor: Self.name("mesh_proxy_connections_active",
+                                                                       "Downstream connections open now."))
+        configGeneration = registry.makeGauge(descriptor: Self.name("mesh_proxy_config_generation",
+                                                                      "Generation of the configuration in force."))
+        eventsDropped = registry.makeCounter(descriptor: Self.name("mesh_proxy_events_dropped_total",
+                                                                     "L7 events dropped because the control connection was not writable."))
+    }
+
+    private static func name(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+    }
+
+    func connectionOpened() {
+        connectionsTotal.increment()
+        connectionsActive.increment()
+    }
+
+    func connectionClosed() { connectionsActive.decrement() }
+
+    func configApplied(generation: UInt64) { configGeneration.set(Double(generation)) }
+
+    func eventDropped() { eventsDropped.increment() }
+
+    func hostile(_ reason: HostileReason) {
+        registry.makeCounter(descriptor: Self.name("mesh_proxy_hostile_requests_total", "Requests refused as hostile input."),
+                             labels: [("reason", reason.rawValue)]).increment()
+    }
+
+    func upstreamError(_ reason: UpstreamErrorReason) {
+        registry.makeCounter(descriptor: Self.name("mesh_proxy_upstream_errors_total", "Upstream connections that failed."),
+                             labels: [("reason", reason.rawValue)]).increment()
+    }
+
+    /// Counts one finished request.
+    func request(_ record: ExchangeRecord, source: WorkloadName, destination: WorkloadName) {
+        let method = Self.knownMethods.contains(record.method) ? record.method : "other"
+        registry.makeCounter(
+            descriptor: Self.name("mesh_proxy_http_requests_total", "HTTP requests the proxy handled."),
+            labels: [("source_namespace", source.namespace), ("source_workload", source.workload),
+                     ("destination_namespace", destination.namespace), ("destination_workload", destination.workload),
+                     ("method", method), ("code", String(record.status)), ("verdict", record.verdict.rawValue)]
+        ).increment()
+        let pair = [("source_workload", source.workload), ("destination_workload", destination.workload)]
+        registry.makeDurationHistogram(
+            descriptor: Self.name("mesh_proxy_http_request_duration_seconds", "Time from request head to response end."),
+            labels: pair, buckets: Self.durationBuckets
+        ).record(record.duration)
+        registry.makeCounter(descriptor: Self.name("mesh_proxy_http_request_bytes_total", "Request body bytes forwarded."),
+                             labels: pair).increment(by: Int64(record.requestBodyBytes))
+        registry.makeCounter(descriptor: Self.name("mesh_proxy_http_response_bytes_total", "Response body bytes sent to clients."),
+                             labels: pair).increment(by: Int64(record.responseBodyBytes))
+    }
+
+    /// The Prometheus text exposition of every metric.
+    func text() -> String { registry.emitToString() }
+}
+
+/// How metrics name a peer: an endpoint by its name, the node as `host`, anything else as
+/// `world`, so that the number of label values stays that of the node's endpoints.
+struct WorkloadName: Sendable, Equatable {
+    var namespace: String
+    var workload: String
+}

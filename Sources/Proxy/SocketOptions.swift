@@ -1,0 +1,13 @@
+import MeshABI
+import NIOCore
+
+/// The raw socket options of a transparent proxy, which NIO has no names for.
+enum TransparentSocket {
+    /// IP_TRANSPARENT (SOL_IP, 19): accept connections for, and bind to, addresses that are
+    /// not the node's own. Needs CAP_NET_ADMIN.
+    static let ipTransparent = ChannelOptions.Types.SocketOption(level: 0, name: 19)
+    /// SO_MARK (SOL_SOCKET, 36): the mark the datapath reads to let the proxy's own upstream
+    /// connections through instead of redirecting them back to the proxy.
+    static let soMark = ChannelOptions.Types.SocketOption(level: 1, name: 36)
+    static let fromProxyMark = SocketOptionValue(MESH_MARK_FROM_PROXY)
+}

@@ -1,0 +1,99 @@
+import NIOCore
+import NIOHTTP1
+
+/// What an upstream connection reports to the downstream connection that owns it. Both
+/// channels run on the same event loop, so these calls need no hop.
+protocol UpstreamDelegate: AnyObject {
+    func upstreamConnected(_ upstream: UpstreamHandler)
+    func upstreamReceived(_ part: HTTPClientResponsePart, from upstream: UpstreamHandler)
+    func upstreamReadComplete()
+    func upstreamWritabilityChanged(_ upstream: UpstreamHandler)
+    func upstreamClosed(_ upstream: UpstreamHandler, error: (any Error)?)
+    /// False while the downstream socket cannot take more: the upstream then stops reading.
+    var downstreamIsWritable: Bool { get }
+}
+
+/// The last handler of an upstream connection: sends request parts, hands response parts to
+/// its delegate and reads only while the delegate's socket can take what it reads.
+final class UpstreamHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    weak var delegate: (any UpstreamDelegate)?
+    private var context: ChannelHandlerContext?
+    /// Parts sent before the connection was up; at most what one downstream read decoded,
+    /// since the downstream stops reading until the connection is writable.
+    private var pending: [HTTPClientRequestPart] = []
+    private var readPending = false
+    private var firstError: (any Error)?
+
+    init(delegate: any UpstreamDelegate) { self.delegate = delegate }
+
+    /// Connected, and the socket buffer has room.
+    var canTakeBytes: Bool { context.map { $0.channel.isActive && $0.channel.isWritable } ?? false }
+
+    func send(_ part: HTTPClientRequestPart) {
+        guard let context, context.channel.isActive else {
+            pending.append(part)
+            return
+        }
+        context.writeAndFlush(Self.wrapOutboundOut(part), promise: nil)
+    }
+
+    func resumeReading() {
+        guard readPending, let context else { return }
+        readPending = false
+        context.read()
+    }
+
+    func close() {
+        delegate = nil
+        context?.close(promise: nil)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelActive(context: ChannelHandlerContext) {
+        for part in pending { context.write(Self.wrapOutboundOut(part), promise: nil) }
+        pending.removeAll()
+        context.flush()
+        delegate?.upstreamConnected(self)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        delegate?.upstreamReceived(Self.unwrapInboundIn(data), from: self)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        delegate?.upstreamReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        delegate?.upstreamWritabilityChanged(self)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if firstError == nil { firstError = error }
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let delegate = self.delegate
+        self.delegate = nil
+        delegate?.upstreamClosed(self, error: firstError)
+        context.fireChannelInactive()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let delegate, !delegate.downstreamIsWritable {
+            readPending = true
+            return
+        }
+        context.read()
+    }
+}

@@ -78,13 +78,15 @@ struct EventResolver: Sendable {
             return (String(s[..<i]), Int(s[s.index(after: i)...]) ?? 0)
         }
         let (src, sport) = split(e.source), (dst, dport) = split(e.destination)
+        // Endpoint names are unique on a node, as the other events show them.
+        func name(_ qualified: String?) -> String? { qualified.map { String($0.split(separator: "/").last ?? Substring($0)) } }
         var m = MonitorEvent(
-            time: Date(timeIntervalSince1970: Double(e.timestamp) / 1e9), type: "l7", endpoint: e.sourceEndpoint ?? src,
+            time: Date(timeIntervalSince1970: Double(e.timestamp) / 1e9), type: "l7", endpoint: name(e.sourceEndpoint) ?? src,
             direction: "egress", source: src, destination: dst, sourcePort: sport, destinationPort: dport, proto: "HTTP",
             peerIdentity: Int(e.sourceIdentity), peer: policy.describe(identity: e.sourceIdentity),
             verdict: e.verdict.rawValue, reason: e.error ?? "", rule: e.rule, revision: 0)
         m.http = .init(method: e.method, path: e.path, host: e.host, status: e.status, latencySeconds: e.latencySeconds,
-                       destinationEndpoint: e.destinationEndpoint)
+                       destinationEndpoint: name(e.destinationEndpoint))
         return m
     }
 

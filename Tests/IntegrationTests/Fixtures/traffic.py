@@ -50,6 +50,18 @@ exactly one JSON line on stdout; errors go to stderr with a non-zero exit status
                 control; --cc chooses one first, as an application may (the listener's
                 choice carries over to the accepted socket)
 
+  http-server --port P [--name N] [--fail-every K] [--ready-file F]
+                HTTP/1.1 with keep-alive: every method answers 200 with JSON {server, method,
+                path, peer, body_bytes, headers}; with --fail-every K, every Kth request
+                gets 503
+  http-client --url URL --count N [--method M] [--interval MS] [--header "Name: v"]
+                N requests over ONE keep-alive connection (http.client), reconnecting only
+                if the server closes it -> {"statuses", "connections", "bodies", "errors"}
+  http-raw    --host H --port P --data HEX [--timeout S]
+                send raw bytes, read until the peer closes or T s pass
+                -> {"response", "closed"} (the first 4 KiB, as text); --pad-header N adds
+                an N-byte header after the request line
+
 Senders retry connecting for up to 5 s, half-close when done and wait for the peer's
 EOF, so a sender's success means the sink has read everything.
 """
@@ -705,6 +717,114 @@ def raw_frames(args):
     emit({"sent": sent})
 
 
+def http_server(args):
+    import http.server
+    import socketserver
+    import threading
+
+    counter = {"n": 0}
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def answer(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body_in = self.rfile.read(length) if length else b""
+            with lock:
+                counter["n"] += 1
+                n = counter["n"]
+            status = 503 if args.fail_every and n % args.fail_every == 0 else 200
+            body = json.dumps({"server": args.name, "method": self.command, "path": self.path,
+                               "peer": "%s:%d" % self.client_address, "body_bytes": len(body_in),
+                               "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = answer
+
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    srv = Server((args.bind, args.port), Handler)
+    if args.ready_file:
+        open(args.ready_file, "w").close()
+    srv.serve_forever()
+
+
+def http_client(args):
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(args.url)
+    path = (u.path or "/") + ("?" + u.query if u.query else "")
+    headers = dict(h.split(":", 1) for h in args.header) if args.header else {}
+    headers = {k.strip(): v.strip() for k, v in headers.items()}
+    conn, connections = None, 0
+    statuses, bodies, errors = [], [], []
+    for i in range(args.count):
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=args.timeout)
+                connections += 1
+            method, target = args.method, path
+            if args.sequence:
+                method, target = args.sequence[i % len(args.sequence)].split(" ", 1)
+            conn.request(method, target, body=b"x" * args.body if args.body else None, headers=headers)
+            r = conn.getresponse()
+            data = r.read()
+            statuses.append(r.status)
+            bodies.append(data.decode(errors="replace")[:512])
+            if r.will_close:
+                conn.close()
+                conn = None
+        except (OSError, http.client.HTTPException) as e:
+            errors.append("%d: %s: %s" % (i, type(e).__name__, e))
+            statuses.append(0)
+            if conn is not None:
+                conn.close()
+            conn = None
+        if args.interval:
+            time.sleep(args.interval / 1000)
+        if args.progress_file:
+            with open(args.progress_file, "w") as f:
+                f.write(str(i + 1))
+    emit({"statuses": statuses, "connections": connections, "bodies": bodies, "errors": errors})
+
+
+def http_raw(args):
+    sock = connect(args.host, args.port)
+    sock.settimeout(args.timeout)
+    data = bytes.fromhex(args.data)
+    if args.pad_header:
+        line_end = data.index(b"\r\n") + 2
+        data = data[:line_end] + b"X-Pad: " + b"a" * args.pad_header + b"\r\n" + data[line_end:]
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the peer refused before reading it all; its answer is still to be read
+    got, closed = b"", False
+    try:
+        while len(got) < 4096:
+            b = sock.recv(4096)
+            if not b:
+                closed = True
+                break
+            got += b
+    except socket.timeout:
+        pass
+    except ConnectionResetError:
+        closed = True
+    emit({"response": got[:4096].decode(errors="replace"), "closed": closed})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -818,6 +938,26 @@ def main():
             p.add_argument("--seconds", type=float, required=True)
             p.add_argument("--stop-file", help="stop as soon as this file exists")
             p.add_argument("--interval", type=float, default=20.0, help="milliseconds")
+
+    p = command("http-server", http_server, sink=True)
+    p.add_argument("--name", default="server")
+    p.add_argument("--fail-every", type=int, default=0)
+    p = sub.add_parser("http-client")
+    p.set_defaults(func=http_client)
+    p.add_argument("--url", required=True)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--method", default="GET")
+    p.add_argument("--interval", type=float, default=0.0, help="milliseconds between requests")
+    p.add_argument("--header", action="append", default=[])
+    p.add_argument("--body", type=int, default=0, help="bytes of request body")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--progress-file")
+    p.add_argument("--sequence", type=lambda t: t.split(","), default=None,
+                   help='"METHOD /path,METHOD /path": the requests in turn, instead of --method and the URL\'s path')
+    p = command("http-raw", http_raw, sink=False)
+    p.add_argument("--data", required=True, help="hex")
+    p.add_argument("--pad-header", type=int, default=0, help="insert a header of this many bytes after the request line")
+    p.add_argument("--timeout", type=float, default=5.0)
 
     args = parser.parse_args()
     try:

@@ -112,7 +112,19 @@ let package = Package(
             path: "Sources/mesh-proxy"
         ),
         .testTarget(name: "MeshModelTests", dependencies: ["MeshModel"]),
-        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "MeshModel"]),
+        // The proxy on real loopback sockets: a NIO upstream, NIO and raw clients, the control socket.
+        .testTarget(
+            name: "ProxyTests",
+            dependencies: [
+                "Proxy", "MeshModel",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The agent's parts that need no root: the state database, settings, identities.
         .testTarget(name: "AgentTests", dependencies: ["Agent", "MeshModel"]),
         .testTarget(

@@ -1,0 +1,97 @@
+import Foundation
+import MeshModel
+import NIOCore
+import NIOHTTP1
+import XCTest
+
+/// meshd's view of the proxy: greeting, configuration, events and metrics on the socket.
+final class ControlSocketTests: XCTestCase {
+    func testHelloSocketModeAndConfigApplied() async throws {
+        let h = try await ProxyHarness.start()
+        let path = h.proxy.controlPath
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        XCTAssertEqual((attributes[.posixPermissions] as? NSNumber)?.intValue, 0o600)
+        let folder = (path as NSString).deletingLastPathComponent
+        let folderAttributes = try FileManager.default.attributesOfItem(atPath: folder)
+        XCTAssertEqual((folderAttributes[.posixPermissions] as? NSNumber)?.intValue, 0o700)
+
+        try await ControlTestConnection.with(path: path) { control in
+            let hello = try await control.next().hello
+            XCTAssertEqual(hello?.pid, getpid())
+            XCTAssertEqual(hello.map { Int($0.port) }, h.port)
+            XCTAssertEqual(hello?.generation, 0)
+            try await control.send(ProxyControlMessage(config: h.config(generation: 5, nil)))
+            let got1 = try await control.next().configApplied
+            XCTAssertEqual(got1, 5)
+        }
+        // The next meshd learns what is in force from the greeting.
+        try await ControlTestConnection.with(path: path) { control in
+            let got2 = try await control.next().hello?.generation
+            XCTAssertEqual(got2, 5)
+        }
+        await h.stop()
+    }
+
+    func testEventsForEveryVerdictAndMetricsCountTheRequestsSent() async throws {
+        let h = try await ProxyHarness.start()
+        try await ControlTestConnection.with(path: h.proxy.controlPath) { control in
+            _ = try await control.next { $0.hello != nil }
+            try await control.send(ProxyControlMessage(config: h.config(generation: 1, [HTTPRule(method: "GET", path: "/ok.*")])))
+            _ = try await control.next { $0.configApplied != nil }
+            try await control.send(ProxyControlMessage(events: true))
+            // A metrics round trip proves the `events` line before it was handled.
+            try await control.send(ProxyControlMessage(metricsRequest: 1))
+            _ = try await control.next { $0.metrics != nil }
+
+            try await HTTPTestConnection.with(port: h.port) { c in
+                var statuses: [HTTPResponseStatus] = []
+                for _ in 0..<3 { statuses.append(try await c.send(.GET, "/ok").status) }
+                for _ in 0..<2 { statuses.append(try await c.send(.DELETE, "/ok").status) }
+                statuses.append(try await c.send(.PROPFIND, "/ok").status)
+                XCTAssertEqual(statuses, [.ok, .ok, .ok, .forbidden, .forbidden, .forbidden])
+            }
+            // llhttp refuses methods it does not know (400), so PROPFIND stands for "other".
+            var events: [L7Event] = []
+            while events.count < 6 {
+                if let event = try await control.next(where: { $0.event != nil }).event { events.append(event) }
+            }
+            XCTAssertEqual(events.map(\.verdict), [.forwarded, .forwarded, .forwarded, .denied, .denied, .denied])
+            XCTAssertEqual(events.map(\.status), [200, 200, 200, 403, 403, 403])
+            XCTAssertEqual(events.first?.path, "/ok")
+            XCTAssertEqual(events.first?.destination, "127.0.0.1:\(h.upstreamPort)")
+            XCTAssertEqual(events.first?.ruleID, 7)
+            XCTAssertEqual(events.last?.ruleID, 99)
+            XCTAssertEqual(events.last?.rule, "test default deny")
+
+            try await control.send(ProxyControlMessage(metricsRequest: 42))
+            let reply = try await control.next { $0.metrics != nil }.metrics
+            XCTAssertEqual(reply?.id, 42)
+            let text = reply?.text ?? ""
+            let labels = #"source_namespace="",source_workload="world",destination_namespace="",destination_workload="world""#
+            for (method, code, verdict, count) in [("GET", 200, "forwarded", 3), ("DELETE", 403, "denied", 2),
+                                                   ("other", 403, "denied", 1)] {
+                let line = #"mesh_proxy_http_requests_total{\#(labels),method="\#(method)",code="\#(code)",verdict="\#(verdict)"} \#(count)"#
+                XCTAssertTrue(text.contains(line), "missing \(line) in\n\(text)")
+            }
+            XCTAssertTrue(text.contains("mesh_proxy_config_generation 1"), text)
+            XCTAssertTrue(text.contains("mesh_proxy_connections_total"), text)
+            XCTAssertTrue(text.contains("mesh_proxy_http_request_duration_seconds_bucket"), text)
+        }
+        await h.stop()
+    }
+
+    func testANewerControlConnectionReplacesTheOlderOne() async throws {
+        let h = try await ProxyHarness.start()
+        try await ControlTestConnection.with(path: h.proxy.controlPath) { older in
+            _ = try await older.next { $0.hello != nil }
+            try await h.allow(nil, generation: 3)
+            // The older connection is closed by the proxy: reading it ends.
+            do {
+                _ = try await older.next { _ in false }
+                XCTFail("the older control connection stayed open")
+            } catch is ConnectionClosed {}
+        }
+        XCTAssertEqual(h.proxy.generation, 3)
+        await h.stop()
+    }
+}

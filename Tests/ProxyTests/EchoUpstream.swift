@@ -1,0 +1,77 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// A real HTTP server on loopback standing in for the original destination. It answers
+/// each request with its body echoed and what it saw in `x-seen-*` headers;
+/// `/big/N` answers N bytes, `/hang` never answers.
+final class EchoUpstream: Sendable {
+    let channel: any Channel
+    private let accepted = NIOLockedValueBox(0)
+
+    var port: Int { channel.localAddress?.port ?? 0 }
+    var address: SocketAddress { channel.localAddress! }
+    /// Connections the proxy opened to this server so far.
+    var connectionCount: Int { accepted.withLockedValue { $0 } }
+
+    init() async throws {
+        let accepted = self.accepted
+        channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                accepted.withLockedValue { $0 += 1 }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(EchoHandler())
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+    }
+
+    func stop() async { try? await channel.close() }
+}
+
+private final class EchoHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private var head: HTTPRequestHead?
+    private var body = ByteBuffer()
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch Self.unwrapInboundIn(data) {
+        case .head(let h):
+            head = h
+            body.clear()
+        case .body(var chunk):
+            body.writeBuffer(&chunk)
+        case .end:
+            guard let head, head.uri != "/hang" else { return }
+            respond(to: head, context: context)
+        }
+    }
+
+    private func respond(to head: HTTPRequestHead, context: ChannelHandlerContext) {
+        var responseBody = body
+        if head.uri.hasPrefix("/big/"), let size = Int(head.uri.dropFirst(5)) {
+            responseBody = ByteBuffer(repeating: UInt8(ascii: "b"), count: size)
+        }
+        var headers = HTTPHeaders()
+        headers.add(name: "content-length", value: String(responseBody.readableBytes))
+        headers.add(name: "x-seen-method", value: head.method.rawValue)
+        headers.add(name: "x-seen-target", value: head.uri)
+        headers.add(name: "x-seen-host", value: head.headers.first(name: "host") ?? "")
+        headers.add(name: "x-seen-custom", value: head.headers[canonicalForm: "x-custom"].joined(separator: ","))
+        headers.add(name: "x-seen-hop-by-hop",
+                    value: ["connection", "keep-alive", "te", "trailer", "upgrade", "proxy-connection", "x-drop-me"]
+                        .filter { head.headers.contains(name: $0) }.joined(separator: ","))
+        // A header the proxy must strip on the way back.
+        headers.add(name: "keep-alive", value: "timeout=5")
+        headers.add(name: "x-from-upstream", value: "yes")
+        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))),
+                      promise: nil)
+        context.write(Self.wrapOutboundOut(.body(.byteBuffer(responseBody))), promise: nil)
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+    }
+}

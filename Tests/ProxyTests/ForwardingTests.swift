@@ -1,0 +1,102 @@
+import MeshModel
+import NIOCore
+import NIOHTTP1
+import XCTest
+
+/// Allowed requests reach the upstream as sent and come back as it answered.
+final class ForwardingTests: XCTestCase {
+    func testAllowedRequestIsForwardedIntactWithOneMebibyteBothWays() async throws {
+        let h = try await ProxyHarness.start()
+        try await h.allow(nil)
+        var payload = ByteBuffer()
+        for i in 0..<(1 << 20) { payload.writeInteger(UInt8(truncatingIfNeeded: i &* 31 &+ 7)) }
+        let sent = payload
+        let (echo, big) = try await HTTPTestConnection.with(port: h.port) { c in
+            let echo = try await c.send(.PUT, "/upload?x=1&y=%2F", headers: [
+                ("x-custom", "one"), ("x-custom", "two"), ("te", "trailers"), ("keep-alive", "timeout=9"),
+                ("connection", "keep-alive, x-drop-me"), ("x-drop-me", "1"),
+            ], body: sent)
+            let big = try await c.send(.GET, "/big/\(1 << 20)")
+            return (echo, big)
+        }
+        XCTAssertEqual(echo.status, .ok)
+        XCTAssertEqual(echo.body, sent, "the request body did not come back byte for byte")
+        XCTAssertEqual(echo.headers.first(name: "x-seen-method"), "PUT")
+        XCTAssertEqual(echo.headers.first(name: "x-seen-target"), "/upload?x=1&y=%2F")
+        XCTAssertEqual(echo.headers.first(name: "x-seen-host"), "upstream.test")
+        XCTAssertEqual(echo.headers.first(name: "x-seen-custom"), "one,two")
+        XCTAssertEqual(echo.headers.first(name: "x-seen-hop-by-hop"), "", "hop-by-hop headers reached the upstream")
+        XCTAssertEqual(echo.headers.first(name: "x-from-upstream"), "yes")
+        XCTAssertFalse(echo.headers.contains(name: "keep-alive"), "the upstream's hop-by-hop header reached the client")
+        XCTAssertEqual(big.status, .ok)
+        XCTAssertEqual(big.body.readableBytes, 1 << 20)
+        await h.stop()
+    }
+
+    func testTwoRequestsOnOneKeepAliveConnectionUseOneUpstreamConnection() async throws {
+        let h = try await ProxyHarness.start()
+        try await h.allow(nil)
+        let statuses = try await HTTPTestConnection.with(port: h.port) { c in
+            [try await c.send(.GET, "/one").status, try await c.send(.GET, "/two").status]
+        }
+        XCTAssertEqual(statuses, [.ok, .ok])
+        XCTAssertEqual(h.upstream.connectionCount, 1)
+        await h.stop()
+    }
+
+    func testDeniedRequestGets403AndTheConnectionServesTheNextRequest() async throws {
+        let h = try await ProxyHarness.start()
+        try await h.allow([HTTPRule(path: "/public")])
+        let (denied, allowed) = try await HTTPTestConnection.with(port: h.port) { c in
+            let denied = try await c.send(.POST, "/private", body: ByteBuffer(string: String(repeating: "x", count: 100_000)))
+            let allowed = try await c.send(.GET, "/public")
+            return (denied, allowed)
+        }
+        XCTAssertEqual(denied.status, .forbidden)
+        XCTAssertEqual(denied.text, "Access denied\r\n")
+        XCTAssertEqual(denied.headers.first(name: "content-type")?.hasPrefix("text/plain"), true)
+        XCTAssertEqual(allowed.status, .ok)
+        XCTAssertEqual(allowed.headers.first(name: "x-seen-target"), "/public")
+        await h.stop()
+    }
+
+    func testUpgradeAndConnectAreRefusedWith501() async throws {
+        let h = try await ProxyHarness.start()
+        try await h.allow(nil)
+        let upgrade = try await RawClient.exchange(port: h.port,
+            "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        XCTAssertTrue(upgrade.hasPrefix("HTTP/1.1 501"), upgrade)
+        let connect = try await RawClient.exchange(port: h.port, "CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n")
+        XCTAssertTrue(connect.hasPrefix("HTTP/1.1 501"), connect)
+        XCTAssertEqual(h.upstream.connectionCount, 0)
+        await h.stop()
+    }
+
+    func testUpstreamDownGets502AndTheProxyKeepsServing() async throws {
+        let closed = try await EchoUpstream()
+        let deadAddress = closed.address
+        await closed.stop()
+        let h = try await ProxyHarness.start(destination: deadAddress)
+        try await h.apply(ProxyHarness.config(generation: 1, port: deadAddress.port ?? 0, nil))
+        let response = try await HTTPTestConnection.with(port: h.port) { c in try await c.send(.GET, "/") }
+        XCTAssertEqual(response.status, .badGateway)
+        let metrics = try await ControlTestConnection.with(path: h.proxy.controlPath) { control in
+            try await control.send(ProxyControlMessage(metricsRequest: 1))
+            return try await control.next { $0.metrics != nil }.metrics?.text ?? ""
+        }
+        XCTAssertTrue(metrics.contains(#"mesh_proxy_upstream_errors_total{reason="connect_refused"} 1"#), metrics)
+        await h.stop()
+    }
+
+    func testUpstreamSilentPastTheTimeoutGets504() async throws {
+        let h = try await ProxyHarness.start { $0.upstreamTimeout = .milliseconds(300) }
+        try await h.allow(nil)
+        let (timedOut, next) = try await HTTPTestConnection.with(port: h.port) { c in
+            (try await c.send(.GET, "/hang"), try await c.send(.GET, "/after"))
+        }
+        XCTAssertEqual(timedOut.status, .gatewayTimeout)
+        XCTAssertEqual(next.status, .ok, "the connection should serve the next request on a fresh upstream connection")
+        XCTAssertEqual(h.upstream.connectionCount, 2)
+        await h.stop()
+    }
+}

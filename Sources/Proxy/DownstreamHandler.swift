@@ -127,6 +127,8 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         // the next request, which must find no exchange in progress.
         finishIfDone(context: context)
         writeEnd(nil, closeAfter: closeAfter, context: context)
+        // A read held for an upstream that is gone now goes to discarding the body.
+        resumeReadingIfPossible()
     }
 
     private func writeEnd(_ trailers: HTTPHeaders?, closeAfter: Bool, context: ChannelHandlerContext) {
@@ -220,15 +222,22 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     // MARK: back-pressure and teardown
 
     func read(context: ChannelHandlerContext) {
-        if let current = exchange, current.forwarding, !current.requestEnded, upstream?.canTakeBytes != true {
+        if mustHoldReads {
             readPending = true
             return
         }
         context.read()
     }
 
+    /// Request bytes would go upstream, which cannot take them now (connecting, or its
+    /// socket buffer is full).
+    private var mustHoldReads: Bool {
+        guard let current = exchange, current.forwarding, !current.requestEnded else { return false }
+        return upstream?.canTakeBytes != true
+    }
+
     private func resumeReadingIfPossible() {
-        guard readPending, upstream?.canTakeBytes == true, let context else { return }
+        guard readPending, !mustHoldReads, let context else { return }
         readPending = false
         context.read()
     }

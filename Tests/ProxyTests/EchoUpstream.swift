@@ -60,6 +60,7 @@ private final class EchoHandler: ChannelInboundHandler {
         var headers = HTTPHeaders()
         headers.add(name: "content-length", value: String(responseBody.readableBytes))
         headers.add(name: "x-seen-method", value: head.method.rawValue)
+        headers.add(name: "x-seen-peer", value: context.channel.remoteAddress.map { "\($0.ipAddress ?? ""):\($0.port ?? 0)" } ?? "")
         headers.add(name: "x-seen-target", value: head.uri)
         headers.add(name: "x-seen-host", value: head.headers.first(name: "host") ?? "")
         headers.add(name: "x-seen-custom", value: head.headers[canonicalForm: "x-custom"].joined(separator: ","))

@@ -78,13 +78,17 @@ final class ForwardingTests: XCTestCase {
         await closed.stop()
         let h = try await ProxyHarness.start(destination: deadAddress)
         try await h.apply(ProxyHarness.config(generation: 1, port: deadAddress.port ?? 0, nil))
-        let response = try await HTTPTestConnection.with(port: h.port) { c in try await c.send(.GET, "/") }
-        XCTAssertEqual(response.status, .badGateway)
+        // Bodies larger than one read: the proxy must go on reading them after the failure.
+        let body = ByteBuffer(repeating: UInt8(ascii: "u"), count: 512 * 1024)
+        let statuses = try await HTTPTestConnection.with(port: h.port) { c in
+            [try await c.send(.POST, "/", body: body).status, try await c.send(.POST, "/", body: body).status]
+        }
+        XCTAssertEqual(statuses, [.badGateway, .badGateway])
         let metrics = try await ControlTestConnection.with(path: h.proxy.controlPath) { control in
             try await control.send(ProxyControlMessage(metricsRequest: 1))
             return try await control.next { $0.metrics != nil }.metrics?.text ?? ""
         }
-        XCTAssertTrue(metrics.contains(#"mesh_proxy_upstream_errors_total{reason="connect_refused"} 1"#), metrics)
+        XCTAssertTrue(metrics.contains(#"mesh_proxy_upstream_errors_total{reason="connect_refused"} 2"#), metrics)
         await h.stop()
     }
 

@@ -16,13 +16,27 @@ struct TestResponse {
 
 struct ConnectionClosed: Error {}
 
+/// Closes a test's connection if the test is still using it after this long, so that a
+/// proxy that stalls makes the test fail instead of hang.
+let testWatchdog = TimeAmount.seconds(20)
+
+func watch(_ channel: any Channel) -> Scheduled<Void> {
+    channel.eventLoop.scheduleTask(in: testWatchdog) { channel.close(promise: nil) }
+}
+
 /// A keep-alive HTTP/1.1 client connection (NIO's client codec on a real socket).
 struct HTTPTestConnection {
     var inbound: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator
     let outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
+    /// The client's own port, which a transparent upstream connection reuses.
+    var localPort = 0
 
-    static func with<R>(port: Int, _ body: (inout HTTPTestConnection) async throws -> R) async throws -> R {
+    /// `reuseAddress` lets a transparent upstream socket bind the same address and port
+    /// on loopback, where client and proxy share one network namespace.
+    static func with<R>(port: Int, reuseAddress: Bool = false,
+                        _ body: (inout HTTPTestConnection) async throws -> R) async throws -> R {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.socketOption(.so_reuseaddr), value: reuseAddress ? 1 : 0)
             .connect(host: "127.0.0.1", port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
@@ -30,8 +44,11 @@ struct HTTPTestConnection {
                         wrappingChannelSynchronously: channel)
                 }
             }
+        let localPort = channel.channel.localAddress?.port ?? 0
+        let watchdog = watch(channel.channel)
+        defer { watchdog.cancel() }
         return try await channel.executeThenClose { inbound, outbound in
-            var connection = HTTPTestConnection(inbound: inbound.makeAsyncIterator(), outbound: outbound)
+            var connection = HTTPTestConnection(inbound: inbound.makeAsyncIterator(), outbound: outbound, localPort: localPort)
             return try await body(&connection)
         }
     }
@@ -79,6 +96,8 @@ enum RawClient {
                     try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
                 }
             }
+        let watchdog = watch(channel.channel)
+        defer { watchdog.cancel() }
         return try await channel.executeThenClose { inbound, outbound in
             for piece in pieces { try? await outbound.write(ByteBuffer(string: piece)) }
             var received = ""
@@ -105,6 +124,8 @@ struct ControlTestConnection {
                     return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
                 }
             }
+        let watchdog = watch(channel.channel)
+        defer { watchdog.cancel() }
         return try await channel.executeThenClose { inbound, outbound in
             var connection = ControlTestConnection(inbound: inbound.makeAsyncIterator(), outbound: outbound)
             return try await body(&connection)

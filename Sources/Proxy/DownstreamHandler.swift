@@ -53,7 +53,10 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         case .end(let trailers):
             guard exchange != nil else { return }
             exchange?.requestEnded = true
-            if exchange?.forwarding == true { upstream?.send(.end(trailers)) }
+            if exchange?.forwarding == true {
+                upstream?.send(.end(trailers))
+                startResponseTimer(context: context)
+            }
             finishIfDone(context: context)
         }
     }
@@ -79,12 +82,18 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
             return
         }
         exchange?.forwarding = true
+        let link = upstream ?? connect(transparent: index.endpoint(destination.ip) != nil, context: context)
+        link.send(.head(head.forUpstream))
+    }
+
+    /// The upstream's time to answer runs from the end of the request, as a long upload
+    /// is not a slow upstream; connecting has its own timeout of the same length.
+    private func startResponseTimer(context: ChannelHandlerContext) {
+        guard exchange?.responseStarted == false else { return }
         let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
         exchange?.responseTimer = context.eventLoop.scheduleTask(in: core.settings.upstreamTimeout) {
             loopBoundSelf.value.upstreamFailed(.responseTimeout)
         }
-        let link = upstream ?? connect(transparent: index.endpoint(destination.ip) != nil, context: context)
-        link.send(.head(head.forUpstream))
     }
 
     private func connect(transparent: Bool, context: ChannelHandlerContext) -> UpstreamHandler {

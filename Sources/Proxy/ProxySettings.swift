@@ -23,7 +23,8 @@ public struct ProxySettings: Sendable {
     public var headerTimeout: TimeAmount = .seconds(10)
     /// A keep-alive connection with no request in progress closes after this long.
     public var idleTimeout: TimeAmount = .seconds(60)
-    /// Connecting upstream plus waiting for the response head may take this long (504).
+    /// Connecting upstream may take this long, and so may the response head once the
+    /// request has been sent (504 either way).
     public var upstreamTimeout: TimeAmount = .seconds(30)
     /// Connections accepted beyond this many open ones are closed at once.
     public var maxConnections: Int = 10_000

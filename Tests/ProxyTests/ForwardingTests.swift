@@ -44,6 +44,21 @@ final class ForwardingTests: XCTestCase {
         await h.stop()
     }
 
+    func testPipelinedRequestsAreAnsweredInOrderAndHTTP10ClosesAfterTheResponse() async throws {
+        let h = try await ProxyHarness.start()
+        try await h.allow([HTTPRule(path: "/a|/c")])
+        let answer = try await RawClient.exchange(port: h.port,
+            "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        let statuses = answer.components(separatedBy: "\r\n").filter { $0.hasPrefix("HTTP/1.1 ") }
+        XCTAssertEqual(statuses, ["HTTP/1.1 200 OK", "HTTP/1.1 403 Forbidden", "HTTP/1.1 200 OK"], answer)
+        let targets = answer.components(separatedBy: "\r\n").filter { $0.lowercased().hasPrefix("x-seen-target") }
+        XCTAssertEqual(targets.map { $0.lowercased() }, ["x-seen-target: /a", "x-seen-target: /c"])
+        // The read ends only because the proxy closes after an HTTP/1.0 response.
+        let old = try await RawClient.exchange(port: h.port, "GET /a HTTP/1.0\r\nHost: x\r\n\r\n")
+        XCTAssertTrue(old.hasPrefix("HTTP/1.0 200"), old)
+        await h.stop()
+    }
+
     func testDeniedRequestGets403AndTheConnectionServesTheNextRequest() async throws {
         let h = try await ProxyHarness.start()
         try await h.allow([HTTPRule(path: "/public")])

@@ -32,6 +32,9 @@ final class ProxySupervisor: Service, @unchecked Sendable {
     /// Called with each L7 event the proxy reports (from the supervisor's thread).
     var onEvent: (@Sendable (L7Event) -> Void)?
 
+    /// One writer at a time on the control socket, so lines never interleave. Separate from
+    /// `lock`, so that a slow write never holds up status reads or configuration updates.
+    private let writeLock = NSLock()
     // Everything below is guarded by `lock`.
     private let lock = NSLock()
     private var config = ProxyConfig.empty
@@ -180,6 +183,8 @@ final class ProxySupervisor: Service, @unchecked Sendable {
             close(fd)
             return nil
         }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         return fd
     }
 
@@ -271,16 +276,21 @@ final class ProxySupervisor: Service, @unchecked Sendable {
     private func send(_ message: ProxyControlMessage, on fd: Int32) {
         guard var data = try? JSONEncoder().encode(message) else { return }
         data.append(0x0a)
-        // One writer at a time, so lines never interleave; a dead peer just fails the write.
-        lock.withLock {
-            data.withUnsafeBytes { raw in
+        // A dead peer fails the write; a stuck one times out (SO_SNDTIMEO) rather than
+        // holding meshd.
+        let complete = writeLock.withLock {
+            data.withUnsafeBytes { raw -> Bool in
                 var off = 0
                 while off < raw.count {
                     let n = Glibc.send(fd, raw.baseAddress! + off, raw.count - off, Int32(MSG_NOSIGNAL))
-                    if n <= 0 { break }
+                    if n <= 0 { return false }
                     off += n
                 }
+                return true
             }
+        }
+        if !complete {
+            logger.warning("a message to the L7 proxy could not be written", metadata: ["errno": "\(String(cString: strerror(errno)))"])
         }
     }
 

@@ -1,3 +1,5 @@
+import MeshModel
+import NIOConcurrencyHelpers
 import Prometheus
 
 /// The proxy's Prometheus metrics. Every label takes its value from a small fixed set or
@@ -72,24 +74,53 @@ final class ProxyMetrics: Sendable {
                              labels: [("reason", reason.rawValue)]).increment()
     }
 
+    /// The series of one (source, destination, method, code, verdict), made once: the
+    /// registry validates names and labels on every make, which per request cost more than
+    /// the policy decision (perf, tools/bench-proxy).
+    private struct SeriesKey: Hashable {
+        var source: WorkloadName
+        var destination: WorkloadName
+        var method: String
+        var status: Int
+        var verdict: L7Event.Verdict
+    }
+
+    private struct Series {
+        var requests: Counter
+        var duration: DurationHistogram
+        var requestBytes: Counter
+        var responseBytes: Counter
+    }
+
+    private let series = NIOLockedValueBox<[SeriesKey: Series]>([:])
+
     /// Counts one finished request.
     func request(_ record: ExchangeRecord, source: WorkloadName, destination: WorkloadName) {
         let method = Self.knownMethods.contains(record.method) ? record.method : "other"
-        registry.makeCounter(
-            descriptor: Self.name("mesh_proxy_http_requests_total", "HTTP requests the proxy handled."),
-            labels: [("source_namespace", source.namespace), ("source_workload", source.workload),
-                     ("destination_namespace", destination.namespace), ("destination_workload", destination.workload),
-                     ("method", method), ("code", String(record.status)), ("verdict", record.verdict.rawValue)]
-        ).increment()
-        let pair = [("source_workload", source.workload), ("destination_workload", destination.workload)]
-        registry.makeDurationHistogram(
-            descriptor: Self.name("mesh_proxy_http_request_duration_seconds", "Time from request head to response end."),
-            labels: pair, buckets: Self.durationBuckets
-        ).record(record.duration)
-        registry.makeCounter(descriptor: Self.name("mesh_proxy_http_request_bytes_total", "Request body bytes forwarded."),
-                             labels: pair).increment(by: Int64(record.requestBodyBytes))
-        registry.makeCounter(descriptor: Self.name("mesh_proxy_http_response_bytes_total", "Response body bytes sent to clients."),
-                             labels: pair).increment(by: Int64(record.responseBodyBytes))
+        let key = SeriesKey(source: source, destination: destination, method: method, status: record.status, verdict: record.verdict)
+        let s = series.withLockedValue { table -> Series in
+            if let s = table[key] { return s }
+            let pair = [("source_workload", source.workload), ("destination_workload", destination.workload)]
+            let made = Series(
+                requests: registry.makeCounter(
+                    descriptor: Self.name("mesh_proxy_http_requests_total", "HTTP requests the proxy handled."),
+                    labels: [("source_namespace", source.namespace), ("source_workload", source.workload),
+                             ("destination_namespace", destination.namespace), ("destination_workload", destination.workload),
+                             ("method", method), ("code", String(record.status)), ("verdict", record.verdict.rawValue)]),
+                duration: registry.makeDurationHistogram(
+                    descriptor: Self.name("mesh_proxy_http_request_duration_seconds", "Time from request head to response end."),
+                    labels: pair, buckets: Self.durationBuckets),
+                requestBytes: registry.makeCounter(descriptor: Self.name("mesh_proxy_http_request_bytes_total", "Request body bytes forwarded."),
+                                                   labels: pair),
+                responseBytes: registry.makeCounter(descriptor: Self.name("mesh_proxy_http_response_bytes_total",
+                                                                          "Response body bytes sent to clients."), labels: pair))
+            table[key] = made
+            return made
+        }
+        s.requests.increment()
+        s.duration.record(record.duration)
+        s.requestBytes.increment(by: Int64(record.requestBodyBytes))
+        s.responseBytes.increment(by: Int64(record.responseBodyBytes))
     }
 
     /// The Prometheus text exposition of every metric.
@@ -98,7 +129,7 @@ final class ProxyMetrics: Sendable {
 
 /// How metrics name a peer: an endpoint by its name, the node as `host`, anything else as
 /// `world`, so that the number of label values stays that of the node's endpoints.
-struct WorkloadName: Sendable, Equatable {
+struct WorkloadName: Sendable, Hashable {
     var namespace: String
     var workload: String
 }

@@ -1,3 +1,4 @@
+import CNetlink
 import Foundation
 import Logging
 import MeshModel
@@ -251,6 +252,10 @@ final class ProxySupervisor: Service, @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Nothing of meshd's may outlive it in the proxy: not its listening sockets (the
+        // next meshd could not bind its metrics port), nor its BPF objects. Not every
+        // library opens its descriptors close-on-exec, so close them all.
+        _ = sm_spawn_close_from(&actions, 3)
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }

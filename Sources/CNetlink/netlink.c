@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -530,4 +531,9 @@ int sm_route_oif(int netns_fd, uint32_t dst, sm_nl_err *err)
 	rc = nl_talk(&nl, nlh, route_reply, &oif, err, "get route to", inet_ntoa(in));
 	nl_close(&nl);
 	return rc < 0 ? rc : oif;
+}
+
+int sm_spawn_close_from(void *file_actions, int lowfd)
+{
+	return posix_spawn_file_actions_addclosefrom_np((posix_spawn_file_actions_t *)file_actions, lowfd);
 }

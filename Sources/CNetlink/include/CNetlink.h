@@ -44,6 +44,9 @@ int sm_addr_add(int netns_fd, const char *ifname, uint32_t addr, uint8_t prefixl
  * `replace`: NLM_F_REPLACE, else NLM_F_EXCL. */
 int sm_route_add(int netns_fd, uint32_t dst, uint8_t prefixlen, uint32_t gateway, const char *ifname,
 		 uint8_t scope, uint8_t type, int replace, sm_nl_err *err);
+/* posix_spawn_file_actions_addclosefrom_np on a posix_spawn_file_actions_t: glibc declares
+ * it only with _GNU_SOURCE, which Swift's Glibc module leaves out. */
+int sm_spawn_close_from(void *file_actions, int lowfd);
 /* The L7 proxy's routing: `ip rule add fwmark MARK/MASK lookup TABLE pref PRIORITY` and
  * `ip route replace local 0.0.0.0/0 dev lo table TABLE`. Idempotent: a rule that exists
  * already is kept. */

@@ -129,14 +129,19 @@ public struct ProxyConfig: Codable, Sendable, Equatable {
     public var l7: [L7EndpointPolicy]
     /// Rule id → description, for the default-deny rule ids `l7` names.
     public var ruleNames: [UInt32: String]
+    /// Service frontends with an HTTPRoute: requests to them are routed per request.
+    public var routes: [ProxyRoute]
+    public var resilience: ProxyResilience
 
     public init(generation: UInt64, endpoints: [ProxyEndpoint], ipcache: [ProxyIPCacheEntry], l7: [L7EndpointPolicy],
-                ruleNames: [UInt32: String]) {
+                ruleNames: [UInt32: String], routes: [ProxyRoute] = [], resilience: ProxyResilience = .default) {
         self.generation = generation
         self.endpoints = endpoints
         self.ipcache = ipcache
         self.l7 = l7
         self.ruleNames = ruleNames
+        self.routes = routes
+        self.resilience = resilience
     }
 
     public static let empty = ProxyConfig(generation: 0, endpoints: [], ipcache: [], l7: [], ruleNames: [:])

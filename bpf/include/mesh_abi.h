@@ -524,6 +524,9 @@ struct mesh_lb_frontend_key {
 
 enum mesh_lb_flags {
 	MESH_LB_AFFINITY_CLIENT = 1, /* sessionAffinity: ClientIP (per client network namespace) */
+	/* An HTTPRoute binds this (TCP) frontend: connect() keeps the VIP, and the tc programs
+	 * hand the flow to the L7 proxy, which picks a backend per request. */
+	MESH_LB_ROUTED = 2,
 };
 
 struct mesh_lb_frontend {

@@ -12,8 +12,14 @@
  *       every packet is marked MESH_MARK_TO_PROXY and the node delivers it locally;
  *       the proxy answers from the original destination's address (IP_TRANSPARENT).
  *   proxy --(client's address and port, SO_MARK MESH_MARK_FROM_PROXY)--> tc egress of
- *       the receiver's veth: its ingress policy, for the original client; the entry is
- *       marked so that the receiver's replies go back to the proxy, not to the client.
+ *       the receiver's veth: its ingress policy, and the client's egress policy, for the
+ *       original client; the entry is marked so that the receiver's replies go back to
+ *       the proxy, not to the client.
+ *
+ * A connection to a routed service VIP (MESH_LB_ROUTED: connect() left the VIP in place)
+ * goes to the proxy the same way, whatever the client's egress policy says of the VIP:
+ * the proxy picks a backend per request, and the client's egress policy is judged then,
+ * on the proxy's upstream connection to that backend (above).
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -27,6 +33,14 @@
 #include "lib/conntrack.h"
 #include "lib/events.h"
 #include "lib/fragments.h"
+#include "lib/lb_frontends.h"
+
+/* Why a new TCP flow leaving an endpoint goes to the proxy before its own egress policy
+ * says so (enforce's `want_proxy`). */
+enum {
+	WANT_PROXY_INGRESS = 1, /* the receiver's ingress has HTTP rules for it */
+	WANT_PROXY_ROUTED = 2,  /* its destination is a routed service frontend */
+};
 
 /* Set by meshd between open and load; never a recompile. */
 const volatile __u32 cfg_node_id = 0;
@@ -95,7 +109,8 @@ static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_val
 	/* Packets leaving the endpoint of a proxied flow belong to the proxy. */
 	if (dir == MESH_DIR_EGRESS && ct->proxy)
 		*proxy = 1;
-	if (ct->revision != revision) {
+	/* A routed flow's peer is a VIP, not what policy judges: its upstream connections are. */
+	if (ct->revision != revision && !ct->routed) {
 		__u32 peer = identity_of(slot, peer_addr);
 		struct verdict v = policy_decide(slot, flow_dir, ep, peer, f->proto, dport);
 
@@ -119,7 +134,7 @@ static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_val
  * `pr` and `f` are what parse_flow made of it, `revision` what the program run read
  * (policy_revision): every lookup and every record of this packet uses that revision.
  * `*proxy` becomes 1 when the packet leaves the endpoint for the L7 proxy; `want_proxy`
- * says that the receiver's ingress needs the proxy for this new flow. */
+ * (WANT_PROXY_*) says why a new flow needs the proxy before its own policy is read. */
 static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, enum parse_result pr,
 				   const struct flow *f, __u32 revision, __u8 want_proxy, __u8 *proxy)
 {
@@ -188,6 +203,20 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 				   f, dir, slot, revision, now, 1, proxy);
 
 new_flow:
+	if (want_proxy & WANT_PROXY_ROUTED) {
+		struct mesh_ct_value nv = {
+			.created = now,
+			.last_seen = now,
+			.revision = revision,
+			.proxy = 1,
+			.routed = 1,
+		};
+
+		ct_key(&ck, ep, f, dir, 0);
+		ct_create(&ck, &nv);
+		*proxy = 1;
+		return TC_ACT_OK;
+	}
 	peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f->daddr : f->saddr);
 	v = policy_decide(slot, dir, ep, peer, f->proto, f->dport);
 	if (v.enforced)
@@ -202,7 +231,23 @@ new_flow:
 		ct_proxy = *proxy;
 	} else if ((skb->mark & MESH_MARK_MASK) == MESH_MARK_FROM_PROXY) {
 		/* The proxy's upstream connection, judged as its original client: the proxy has
-		 * applied the L7 rules, and the endpoint's replies go back to it. */
+		 * applied the L7 rules, and the endpoint's replies go back to it. A client on
+		 * this node is held to its own egress policy here too: for a routed service this
+		 * is the first time its real peer is known. */
+		if (f->proto == IPPROTO_TCP && (f->tcp_flags & 0x12) == 0x02) {
+			struct mesh_local_endpoint *from = bpf_map_lookup_elem(&mesh_local_ep, &f->saddr);
+
+			if (from) {
+				struct verdict ev = policy_decide(slot, MESH_DIR_EGRESS, from->endpoint_id,
+								  identity_of(slot, f->daddr), f->proto, f->dport);
+
+				if (ev.action == MESH_ACTION_DENY) {
+					report_flow(MESH_EVENT_DROP, from->endpoint_id, identity_of(slot, f->daddr), f,
+						    MESH_DIR_EGRESS, &ev, revision);
+					return drop(skb, ev.reason, MESH_DIR_EGRESS);
+				}
+			}
+		}
 		ct_proxy = 1;
 	} else if (v.l7) {
 		/* Only flows from this node's endpoints can be handed to the proxy. */
@@ -284,6 +329,15 @@ static __always_inline __u8 ingress_wants_proxy(const struct flow *f, __u32 revi
 	return v.action == MESH_ACTION_ALLOW && v.l7;
 }
 
+/* Whether a new TCP flow's destination is a service frontend an HTTPRoute binds. */
+static __always_inline int routed_frontend(const struct flow *f)
+{
+	struct mesh_lb_frontend_key fk = { .vip = f->daddr, .port = bpf_htons(f->dport), .proto = IPPROTO_TCP };
+	const struct mesh_lb_frontend *fe = bpf_map_lookup_elem(&mesh_lb_svc, &fk);
+
+	return fe && (fe->flags & MESH_LB_ROUTED);
+}
+
 /*
  * Hands a packet of a proxied flow to the node's stack, marked for local delivery (the
  * proxy's routing rule). A SYN is assigned to the proxy's listener, which accepts it
@@ -348,7 +402,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		fragment_ports(&f);
 	if (dir == MESH_DIR_EGRESS && pr == PARSE_IPV4 && f.proto == IPPROTO_TCP && (f.tcp_flags & 0x12) == 0x02 &&
 	    skb->mark != MESH_TRACE_MARK)
-		want_proxy = ingress_wants_proxy(&f, revision);
+		want_proxy = routed_frontend(&f) ? WANT_PROXY_ROUTED : ingress_wants_proxy(&f, revision);
 	verdict = enforce(skb, id, dir, pr, &f, revision, want_proxy, &proxy);
 	if (verdict != TC_ACT_OK || skb->mark == MESH_TRACE_MARK)
 		return verdict;

@@ -12,6 +12,8 @@
  *
  * The translation happens once per connection, before any packet exists: nothing is
  * rewritten per packet, and the tc programs see, count and police the backend's address.
+ * A frontend an HTTPRoute binds (MESH_LB_ROUTED) is the exception: its TCP connections
+ * keep the VIP and go to the L7 proxy (endpoint.bpf.c).
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -132,6 +134,10 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, __u8 proto, __u8
 			bpf_sk_storage_delete(&mesh_lb_sk, ctx->sk);
 		return 1;
 	}
+	/* A routed frontend's connections go to the VIP itself: the tc programs hand them to
+	 * the L7 proxy, which picks a backend per request (and answers when there is none). */
+	if ((fe->flags & MESH_LB_ROUTED) && proto == IPPROTO_TCP)
+		return 1;
 	if (fe->count == 0)
 		goto refuse;
 	if (fe->flags & MESH_LB_AFFINITY_CLIENT) {

@@ -226,7 +226,11 @@ struct mesh_ct_value {
 	 * connection (whose replies belong to the proxy, not to the client's endpoint). Set
 	 * when the flow starts and kept for its life: a connection never moves mid-stream. */
 	__u8 proxy;
-	__u8 pad;
+	/* 1: the client's entry of a flow to a routed service VIP (MESH_LB_ROUTED). Its real
+	 * peer is whichever backend the proxy picks per request, so the endpoint's egress
+	 * policy is judged on the proxy's upstream connections (as the original client, at
+	 * the backend), never against the VIP. */
+	__u8 routed;
 };
 
 /* Conntrack idle lifetimes in seconds, by TCP state: the programs ignore older entries, and

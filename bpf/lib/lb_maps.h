@@ -6,14 +6,8 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "mesh_abi.h"
+#include "lb_frontends.h"
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MESH_LB_FRONTENDS);
-	__type(key, struct mesh_lb_frontend_key);
-	__type(value, struct mesh_lb_frontend);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} mesh_lb_svc SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

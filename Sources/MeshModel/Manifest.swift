@@ -15,13 +15,15 @@ public struct Manifest: Sendable {
     public var policies: [Policy] = []
     public var services: [MeshService] = []
     public var namespaces: [Namespace] = []
+    public var routes: [HTTPRoute] = []
     public var warnings: [String] = []
 
-    public var isEmpty: Bool { policyDocuments.isEmpty && services.isEmpty && namespaces.isEmpty }
+    public var isEmpty: Bool { policyDocuments.isEmpty && services.isEmpty && namespaces.isEmpty && routes.isEmpty }
 
     /// Every kind `meshctl apply` takes, as `Kind (apiVersion)`.
     public static var supportedKinds: [String] {
-        PolicyParser.supportedKinds.map { "\($0.kind.rawValue) (\($0.apiVersion))" } + ["Service (v1)", "Namespace (v1)"]
+        PolicyParser.supportedKinds.map { "\($0.kind.rawValue) (\($0.apiVersion))" } + ["Service (v1)", "Namespace (v1)",
+                                                                                          "HTTPRoute (\(HTTPRouteReader.apiVersions[0]))"]
     }
 
     public static func read(documents: [PolicyTree], source: String) throws(MeshError) -> Manifest {
@@ -57,6 +59,15 @@ public struct Manifest: Sendable {
                         out.namespaces.append(try ServiceReader.namespace(top, metadata: metadata))
                         documentKey = "Namespace \(metadata.name)"
                     }
+                case "HTTPRoute":
+                    guard HTTPRouteReader.apiVersions.contains(apiVersion) else {
+                        throw PolicyNode(tree: .null, path: "apiVersion").error(
+                            "\"\(apiVersion)\" is not the apiVersion of HTTPRoute; use \(HTTPRouteReader.apiVersions[0])")
+                    }
+                    let top = try node.prunedFields(allowed: HTTPRouteReader.topLevel, ignored: &ignored)
+                    let metadata = try PolicyMetadata(top.required("metadata"), ignored: &ignored)
+                    out.routes.append(try HTTPRouteReader.route(top, metadata: metadata))
+                    documentKey = "HTTPRoute \(metadata.key)"
                 default:
                     guard PolicyParser.supportedKinds.contains(where: { $0.kind.rawValue == kind }) else {
                         throw PolicyNode(tree: .null, path: "kind").error(

@@ -44,7 +44,8 @@ enum APIServer {
                 if let proxy {
                     let p = proxy.currentStatus
                     status.proxy = .init(port: Int(proxy.port), connected: p.connected, pid: p.pid.map(Int.init), adopted: p.adopted,
-                                         restarts: p.restarts, generation: Int(p.generationApplied), lastRejection: p.lastRejection)
+                                         restarts: p.restarts, generation: Int(p.generationApplied), lastRejection: p.lastRejection,
+                                         routedFrontends: proxy.routedFrontends)
                 }
                 return status
             }

@@ -85,6 +85,7 @@ public enum Daemon {
         if let proxy {
             proxy.onEvent = { hub.publish(.l7($0)) }
             await policy.setOnProxyConfig { proxy.update($0) }
+            await services.setOnRoutes { proxy.updateRoutes($0) }
             running.append(proxy)
         }
         if let dns { running.append(dns) }

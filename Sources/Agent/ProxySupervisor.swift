@@ -62,11 +62,25 @@ final class ProxySupervisor: Service, @unchecked Sendable {
     /// soon as it is.
     func update(_ next: ProxyConfig) {
         let (fd, message) = lock.withLock { () -> (Int32, ProxyControlMessage) in
+            // The policy engine knows nothing of routes: they stay as ServiceManager set them.
+            let routes = config.routes
             config = next
+            config.routes = routes
             return (self.fd, configMessageLocked())
         }
         if fd >= 0 { send(message, on: fd) }
     }
+
+    /// The routed frontends from now on (ServiceManager's part of the configuration).
+    func updateRoutes(_ routes: [ProxyRoute]) {
+        let (fd, message) = lock.withLock { () -> (Int32, ProxyControlMessage) in
+            config.routes = routes
+            return (self.fd, configMessageLocked())
+        }
+        if fd >= 0 { send(message, on: fd) }
+    }
+
+    var routedFrontends: Int { lock.withLock { config.routes.count } }
 
     /// Whether the proxy should stream L7 events (while a `meshctl monitor` wants them).
     func setEvents(_ on: Bool) {

@@ -34,6 +34,19 @@ public actor ServiceManager {
     private var services: [String: Record] = [:]
     private var namespaces: [String: (namespace: Namespace, appliedAt: Date)] = [:]
     private var probes: [String: ProbeState] = [:]
+    /// HTTPRoutes by key; `id` orders them by first apply (precedence ties).
+    struct RouteRecord {
+        var id: Int
+        var route: HTTPRoute
+        var appliedAt: Date
+    }
+    private var routes: [String: RouteRecord] = [:]
+    private var routeProblems: RouteTable.Problems = [:]
+    private var routeFrontends: [String: [String]] = [:]
+    /// Receives the routed frontends whenever they change (the proxy supervisor); nil when
+    /// the proxy is off, and then no frontend is routed: the L4 balancer keeps serving.
+    private var onRoutes: (@Sendable ([ProxyRoute]) -> Void)?
+    private var lastRoutes: [ProxyRoute]?
     /// What a prober checks: it is replaced when any of it changes.
     struct ProbeTarget: Equatable {
         var probe: ReadinessProbe
@@ -68,10 +81,24 @@ public actor ServiceManager {
         for row in try store.namespaceRows() {
             if let ns = try? row.namespace() { namespaces[ns.name] = (ns, row.appliedAt) }
         }
+        for row in try store.routeRows() {
+            do {
+                routes[row.key] = RouteRecord(id: Int(row.id ?? 0), route: try row.route(), appliedAt: row.appliedAt)
+            } catch {
+                logger.error("a stored HTTPRoute no longer reads; it is not served", metadata: ["route": "\(row.key)", "error": "\(error)"])
+            }
+        }
         readyAtStart = Set(((try? lb.kernelEntries()) ?? []).flatMap { $0.backends.map(\.id) })
     }
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { ControlThread.executor.asUnownedSerialExecutor() }
+
+    /// Hands the routed frontends to the L7 proxy from now on (and at once).
+    public func setOnRoutes(_ f: @escaping @Sendable ([ProxyRoute]) -> Void) {
+        onRoutes = f
+        lastRoutes = nil
+        do { try sync() } catch { logger.error("programming routes failed", metadata: ["error": "\(error.message)"]) }
+    }
 
     /// Labels of every namespace that has a Namespace document (for identities and policy).
     public nonisolated static func namespaceLabels(_ store: Store) -> [String: Labels] {
@@ -178,6 +205,8 @@ public actor ServiceManager {
         var applied: [String: Record] = [:]
         var namespaces: [String: (namespace: Namespace, appliedAt: Date)?] = [:]
         var appliedNamespaces: [String: Namespace] = [:]
+        var routes: [String: RouteRecord?] = [:]
+        var appliedRoutes: [String: HTTPRoute] = [:]
     }
 
     /// Checks and stores services and namespaces, then serves them. Planning and the
@@ -185,10 +214,14 @@ public actor ServiceManager {
     /// against each other's half-done state. Namespace labels change identities: a change
     /// of them publishes policy, and if that fails everything this call did is undone.
     /// Returns kubectl-style change lines, and what to undo should the caller's next step fail.
-    func apply(services incoming: [MeshService], namespaces nsIncoming: [Namespace], source: String,
-               dryRun: Bool) async throws(MeshError) -> (changes: [String], undo: Undo) {
+    func apply(services incoming: [MeshService], namespaces nsIncoming: [Namespace], routes routesIncoming: [HTTPRoute] = [],
+               source: String, dryRun: Bool) async throws(MeshError) -> (changes: [String], undo: Undo) {
         let planned = try plan(incoming, source: source)
         var changes: [String] = []
+        for r in routesIncoming {
+            let verb = routes[r.key] == nil ? "created" : routes[r.key]!.route == r ? "unchanged" : "configured"
+            changes.append("httproute/\(r.key) \(verb)")
+        }
         for ns in nsIncoming {
             let verb = namespaces[ns.name] == nil ? "created" : namespaces[ns.name]!.namespace == ns ? "unchanged" : "configured"
             changes.append("namespace/\(ns.name) \(verb)")
@@ -202,10 +235,21 @@ public actor ServiceManager {
         if dryRun { return (changes.map { $0 + " (dry run)" }, undo) }
         for r in planned { undo.services[r.service.key] = .some(services[r.service.key]) }
         for ns in nsIncoming { undo.namespaces[ns.name] = .some(namespaces[ns.name]) }
+        for r in routesIncoming { undo.routes[r.key] = .some(routes[r.key]) }
         let rows = try store.writeServices(
             planned.map { Store.ServiceRow(id: $0.id == 0 ? nil : Int64($0.id), key: $0.service.key, spec: Self.json($0.service),
                                            clusterIP: $0.clusterIP.description, appliedAt: $0.appliedAt) },
-            namespaces: nsIncoming.map { Store.NamespaceRow(name: $0.name, labels: Self.json($0.labels.values), appliedAt: Date()) })
+            namespaces: nsIncoming.map { Store.NamespaceRow(name: $0.name, labels: Self.json($0.labels.values), appliedAt: Date()) },
+            routes: routesIncoming.map { Store.RouteRow(id: nil, key: $0.key, spec: Self.json($0), appliedAt: Date()) })
+        if !routesIncoming.isEmpty {
+            // The ids the store gave (or kept): they order precedence ties.
+            let ids = Dictionary(((try? store.routeRows()) ?? []).map { ($0.key, Int($0.id ?? 0)) }, uniquingKeysWith: { a, _ in a })
+            for r in routesIncoming {
+                let rec = RouteRecord(id: ids[r.key] ?? Int.max, route: r, appliedAt: routes[r.key]?.route == r ? routes[r.key]!.appliedAt : Date())
+                routes[r.key] = rec
+                undo.appliedRoutes[r.key] = r
+            }
+        }
         for (r, row) in zip(planned, rows) {
             var rec = r
             rec.id = Int(row.id ?? 0)
@@ -250,9 +294,18 @@ public actor ServiceManager {
                 deleteNamespaces.append(name)
             }
         }
+        var deleteRoutes: [String] = [], restoreRoutes: [Store.RouteRow] = []
+        for (key, previous) in undo.routes where routes[key]?.route == undo.appliedRoutes[key] {
+            routes[key] = previous
+            if let p = previous {
+                restoreRoutes.append(Store.RouteRow(id: Int64(p.id), key: key, spec: Self.json(p.route), appliedAt: p.appliedAt))
+            } else {
+                deleteRoutes.append(key)
+            }
+        }
         do {
-            _ = try store.writeServices(restoreServices, namespaces: restoreNamespaces, deleteServices: deleteServices,
-                                        deleteNamespaces: deleteNamespaces)
+            _ = try store.writeServices(restoreServices, namespaces: restoreNamespaces, routes: restoreRoutes, deleteServices: deleteServices,
+                                        deleteNamespaces: deleteNamespaces, deleteRoutes: deleteRoutes)
             try sync()
             if !undo.namespaces.isEmpty { try await policy.publish() }
         } catch {
@@ -272,6 +325,17 @@ public actor ServiceManager {
         services[key] = nil
         try sync()
         logger.info("service deleted", metadata: ["service": "\(key)"])
+        return key
+    }
+
+    public func deleteRoute(_ key: String) throws(MeshError) -> String {
+        guard routes[key] != nil else {
+            throw MeshError(.notFound, "HTTPRoute \"\(key)\" does not exist", hint: "meshctl get httproutes lists them")
+        }
+        _ = try store.writeServices([], namespaces: [], deleteRoutes: [key])
+        routes[key] = nil
+        try sync()
+        logger.info("HTTPRoute deleted", metadata: ["route": "\(key)"])
         return key
     }
 
@@ -356,6 +420,7 @@ public actor ServiceManager {
     /// Makes the kernel's frontends, the DNS names and the names table match the desired state.
     func sync() throws(MeshError) {
         let eps = try store.endpoints()
+        let routed = routeTable(eps)
         var desired: [ServiceLB.Frontend: [ServiceLB.Backend]] = [:]
         var frontendNames: [UInt32: Names.FrontendName] = [:]
         for r in services.values {
@@ -366,7 +431,8 @@ public actor ServiceManager {
             let selected = eps.filter { r.service.selects($0.labels) && isReady($0) }
             for (i, port) in r.service.ports.enumerated() {
                 let f = ServiceLB.Frontend(id: Self.frontendID(service: r.id, port: i), vip: r.clusterIP.value, port: port.port,
-                                           proto: port.protocolNumber, affinityTimeout: r.service.affinityTimeoutSeconds)
+                                           proto: port.protocolNumber, affinityTimeout: r.service.affinityTimeoutSeconds,
+                                           routed: port.protocolNumber == 6 && routed.contains("\(r.clusterIP):\(port.port)"))
                 desired[f] = selected.compactMap { ep in
                     Self.targetPort(port, of: ep).map { ServiceLB.Backend(id: UInt32(ep.id), address: ep.ipv4.value, port: $0) }
                 }
@@ -388,6 +454,63 @@ public actor ServiceManager {
                       (r.service.key, eps.filter { r.service.selects($0.labels) }.map { isReady($0) })
                   })
         dns?.publish(services.values.map { (name: "\($0.service.name).\($0.service.namespace).svc.\(NodeDNS.domain)", address: $0.clusterIP) })
+    }
+
+    /// Recomputes the routed frontends, hands them to the proxy when they changed, and
+    /// returns their `vip:port`s (none while the proxy is off).
+    private func routeTable(_ eps: [Endpoint]) -> Set<String> {
+        let ordered = routes.values.sorted { ($0.id, $0.route.key) < ($1.id, $1.route.key) }.map(\.route)
+        var frontends: [String: RouteTable.ServiceFrontends] = [:]
+        for r in services.values {
+            frontends[r.service.key] = .init(key: r.service.key, clusterIP: r.clusterIP,
+                                             tcpPorts: r.service.ports.filter { $0.protocolNumber == 6 }.map(\.port))
+        }
+        let (table, problems) = RouteTable.build(routes: ordered, services: frontends) { key, number in
+            guard let svc = services[key]?.service,
+                  let port = svc.ports.first(where: { $0.port == number && $0.protocolNumber == 6 }) else { return nil }
+            return eps.filter { svc.selects($0.labels) && isReady($0) }.compactMap { ep in
+                Self.targetPort(port, of: ep).map { ProxyBackendEndpoint(ip: ep.ipv4, port: $0, name: "\(ep.labels.namespace)/\(ep.name)") }
+            }
+        }
+        var byRoute: [String: [String]] = [:]
+        for t in table { for key in t.routes { byRoute[key, default: []].append("\(t.vip):\(t.port)") } }
+        var problemsNow = problems
+        if onRoutes == nil {
+            for key in routes.keys { problemsNow[key, default: []].append("not programmed: the L7 proxy is off (proxy: on)") }
+        }
+        if problemsNow != routeProblems {
+            for (key, list) in problemsNow where routeProblems[key] != list {
+                logger.warning("HTTPRoute not wholly in force", metadata: ["route": "\(key)", "problems": "\(list.joined(separator: "; "))"])
+            }
+        }
+        routeProblems = problemsNow
+        guard let onRoutes else {
+            routeFrontends = [:]
+            return []
+        }
+        routeFrontends = byRoute
+        if table != lastRoutes {
+            lastRoutes = table
+            onRoutes(table)
+            logger.info("routes programmed", metadata: ["frontends": "\(table.count)", "routes": "\(routes.count)"])
+        }
+        return Set(table.map { "\($0.vip):\($0.port)" })
+    }
+
+    public func routeViews() -> [HTTPRouteView] {
+        routes.values.sorted { $0.route.key < $1.route.key }.map(routeView)
+    }
+
+    public func routeView(_ key: String) throws(MeshError) -> HTTPRouteView {
+        guard let r = routes[key] else {
+            throw MeshError(.notFound, "HTTPRoute \"\(key)\" does not exist", hint: "meshctl get httproutes lists them")
+        }
+        return routeView(r)
+    }
+
+    private func routeView(_ r: RouteRecord) -> HTTPRouteView {
+        HTTPRouteView(route: r.route, frontends: routeFrontends[r.route.key] ?? [], problems: routeProblems[r.route.key] ?? [],
+                      appliedAt: r.appliedAt)
     }
 
     // MARK: Reading

@@ -27,6 +27,15 @@ enum ServiceRoutes {
                 ["deleted": try await services.deleteService("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")")]
             }
         }
+        router.get("/v1/httproutes") { _, _ in try await APIServer.respond { await services.routeViews() } }
+        router.get("/v1/httproutes/:namespace/:name") { _, ctx in
+            try await APIServer.respond { try await services.routeView("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")") }
+        }
+        router.delete("/v1/httproutes/:namespace/:name") { _, ctx in
+            try await APIServer.respond {
+                ["deleted": try await services.deleteRoute("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")")]
+            }
+        }
         router.get(RouterPath(APIPath.namespaces)) { _, _ in try await APIServer.respond { try await services.namespaceViews() } }
         router.get("/v1/namespaces/:name") { _, ctx in
             try await APIServer.respond { try await services.namespaceView(ctx.parameters.get("name") ?? "") }
@@ -48,13 +57,13 @@ enum ServiceRoutes {
             try Manifest.read(documents: try YAMLTree.documents(req.yaml, source: req.source), source: req.source)
         }
         let (serviceChanges, undo) = try await services.apply(services: manifest.services, namespaces: manifest.namespaces,
-                                                              source: req.source, dryRun: req.dryRun)
+                                                              routes: manifest.routes, source: req.source, dryRun: req.dryRun)
         var changes: [String] = []
         var policyResult: PolicyApplyResult?
         if !manifest.policyDocuments.isEmpty {
             do {
                 let result = try await policy.apply(trees: manifest.policyDocuments.map(\.tree), parsed: manifest.policies, warnings: [],
-                                                    text: manifest.policyDocuments.count == 1 && manifest.services.isEmpty && manifest.namespaces.isEmpty ? req.yaml : nil,
+                                                    text: manifest.policyDocuments.count == 1 && manifest.services.isEmpty && manifest.namespaces.isEmpty && manifest.routes.isEmpty ? req.yaml : nil,
                                                     dryRun: req.dryRun, start: start)
                 policyResult = result
                 changes += result.documents.map { "policy/\($0) \(req.dryRun ? "valid (dry run)" : "applied")" }

@@ -87,6 +87,16 @@ public final class Store: Sendable {
                 t.column("appliedAt", .datetime).notNull()
             }
         }
+        m.registerMigration("v6-httproutes") { db in
+            // AUTOINCREMENT: the id orders routes by first apply, which breaks precedence
+            // ties between them (the Gateway API's "oldest route wins").
+            try db.create(table: "httproute") { t in
+                t.column("id", .integer).primaryKey(autoincrement: true)
+                t.column("key", .text).notNull().unique()      // namespace/name
+                t.column("spec", .text).notNull()              // HTTPRoute as JSON
+                t.column("appliedAt", .datetime).notNull()
+            }
+        }
         return m
     }
 
@@ -241,6 +251,22 @@ public final class Store: Sendable {
         }
     }
 
+    public struct RouteRow: Codable, FetchableRecord, PersistableRecord, Sendable {
+        public static let databaseTableName = "httproute"
+        public var id: Int64?
+        public var key: String
+        public var spec: String
+        public var appliedAt: Date
+
+        public func route() throws -> HTTPRoute {
+            try JSONDecoder().decode(HTTPRoute.self, from: Data(spec.utf8))
+        }
+    }
+
+    public func routeRows() throws(MeshError) -> [RouteRow] {
+        try wrap("list HTTPRoutes") { try db.read { try RouteRow.order(Column("id")).fetchAll($0) } }
+    }
+
     public func serviceRows() throws(MeshError) -> [ServiceRow] {
         try wrap("list services") { try db.read { try ServiceRow.order(Column("id")).fetchAll($0) } }
     }
@@ -251,13 +277,24 @@ public final class Store: Sendable {
 
     /// Writes services (new ones get their id) and namespaces, and deletes the services
     /// and namespaces named, all in one transaction; returns the services as written.
-    public func writeServices(_ services: [ServiceRow], namespaces: [NamespaceRow], deleteServices: [String] = [],
-                              deleteNamespaces: [String] = []) throws(MeshError) -> [ServiceRow] {
+    public func writeServices(_ services: [ServiceRow], namespaces: [NamespaceRow], routes: [RouteRow] = [],
+                              deleteServices: [String] = [], deleteNamespaces: [String] = [],
+                              deleteRoutes: [String] = []) throws(MeshError) -> [ServiceRow] {
         try wrap("write services") {
             try db.write { db in
                 for key in deleteServices { _ = try ServiceRow.filter(Column("key") == key).deleteAll(db) }
                 for name in deleteNamespaces { _ = try NamespaceRow.deleteOne(db, key: name) }
+                for key in deleteRoutes { _ = try RouteRow.filter(Column("key") == key).deleteAll(db) }
                 for n in namespaces { try n.save(db) }
+                for var r in routes {
+                    // An update keeps the route's place in precedence order.
+                    if let existing = try RouteRow.filter(Column("key") == r.key).fetchOne(db) {
+                        r.id = existing.id
+                        try r.update(db)
+                    } else {
+                        try r.insert(db)
+                    }
+                }
                 var out: [ServiceRow] = []
                 for var r in services {
                     if r.id == nil, let existing = try ServiceRow.filter(Column("key") == r.key).fetchOne(db) { r.id = existing.id }

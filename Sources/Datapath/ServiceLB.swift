@@ -19,12 +19,16 @@ public final class ServiceLB: @unchecked Sendable {
         public var proto: UInt8
         /// Seconds of ClientIP session affinity; nil: none.
         public var affinityTimeout: UInt32?
-        public init(id: UInt32, vip: UInt32, port: UInt16, proto: UInt8, affinityTimeout: UInt32?) {
+        /// An HTTPRoute binds it: connect() keeps the VIP and the L7 proxy picks a backend
+        /// per request (MESH_LB_ROUTED); the backends stay for UDP and for the table.
+        public var routed: Bool
+        public init(id: UInt32, vip: UInt32, port: UInt16, proto: UInt8, affinityTimeout: UInt32?, routed: Bool = false) {
             self.id = id
             self.vip = vip
             self.port = port
             self.proto = proto
             self.affinityTimeout = affinityTimeout
+            self.routed = routed
         }
     }
 
@@ -143,6 +147,7 @@ public final class ServiceLB: @unchecked Sendable {
             v.flags = UInt8(MESH_LB_AFFINITY_CLIENT.rawValue)
             v.affinity_timeout_s = t
         }
+        if f.routed { v.flags |= UInt8(MESH_LB_ROUTED.rawValue) }
         return v
     }
 
@@ -299,7 +304,8 @@ public final class ServiceLB: @unchecked Sendable {
             let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_lb_frontend_key.self) }
             let fe = v.withUnsafeBytes { $0.loadUnaligned(as: mesh_lb_frontend.self) }
             let f = Frontend(id: fe.frontend_id, vip: UInt32(bigEndian: key.vip), port: UInt16(bigEndian: key.port), proto: key.proto,
-                             affinityTimeout: fe.flags & UInt8(MESH_LB_AFFINITY_CLIENT.rawValue) != 0 ? fe.affinity_timeout_s : nil)
+                             affinityTimeout: fe.flags & UInt8(MESH_LB_AFFINITY_CLIENT.rawValue) != 0 ? fe.affinity_timeout_s : nil,
+                             routed: fe.flags & UInt8(MESH_LB_ROUTED.rawValue) != 0)
             let list: [Backend] = fe.count == 0 ? [] : (1...Int(fe.count)).compactMap { slot in
                 guard let id = slotOf[fe.frontend_id]?[slot], let b = backendOf[fe.frontend_id]?[id] else { return nil }
                 return Backend(id: id, address: UInt32(bigEndian: b.addr), port: UInt16(bigEndian: b.port), weight: b.weight)

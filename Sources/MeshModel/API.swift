@@ -188,7 +188,11 @@ public struct NodeStatus: Codable, Sendable {
         public var restarts: Int
         public var generation: Int
         public var lastRejection: String?
-        public init(port: Int, connected: Bool, pid: Int?, adopted: Bool, restarts: Int, generation: Int, lastRejection: String?) {
+        /// Service frontends an HTTPRoute binds, which the proxy routes per request.
+        public var routedFrontends: Int?
+        public init(port: Int, connected: Bool, pid: Int?, adopted: Bool, restarts: Int, generation: Int, lastRejection: String?,
+                    routedFrontends: Int? = nil) {
+            self.routedFrontends = routedFrontends
             self.port = port
             self.connected = connected
             self.pid = pid

@@ -70,6 +70,7 @@ struct Status: AsyncParsableCommand {
             if let p = s.proxy {
                 print("L7 proxy: " + (p.connected ? "running, pid \(p.pid ?? 0)\(p.adopted ? " (adopted)" : "")" : "NOT CONNECTED")
                       + ", port \(p.port), restarts \(p.restarts), configuration \(p.generation)"
+                      + (p.routedFrontends.map { ", \($0) routed frontend\($0 == 1 ? "" : "s")" } ?? "")
                       + (p.lastRejection.map { "; last configuration REJECTED: \($0)" } ?? ""))
             } else {
                 print("L7 proxy: off (flows that HTTP rules apply to are dropped)")

@@ -35,7 +35,7 @@ struct ApplyCommand: AsyncParsableCommand {
 
 /// The kinds `get` and `delete` take, with kubectl's short names.
 enum ResourceKind: String, ExpressibleByArgument, CaseIterable {
-    case service, namespace, policy, endpoint
+    case service, namespace, policy, endpoint, httproute
 
     init?(argument: String) {
         switch argument.lowercased() {
@@ -43,11 +43,12 @@ enum ResourceKind: String, ExpressibleByArgument, CaseIterable {
         case "namespace", "namespaces", "ns": self = .namespace
         case "policy", "policies", "ciliumnetworkpolicy", "ciliumnetworkpolicies", "cnp", "networkpolicy", "networkpolicies", "netpol": self = .policy
         case "endpoint", "endpoints", "ep": self = .endpoint
+        case "httproute", "httproutes", "route", "routes": self = .httproute
         default: return nil
         }
     }
 
-    static var allValueStrings: [String] { ["service (svc)", "namespace (ns)", "policy (cnp, netpol)", "endpoint (ep)"] }
+    static var allValueStrings: [String] { ["service (svc)", "namespace (ns)", "policy (cnp, netpol)", "endpoint (ep)", "httproute (route)"] }
 }
 
 enum GetFormat: String, ExpressibleByArgument, CaseIterable { case text, yaml, json }
@@ -70,11 +71,11 @@ func qualified(_ name: String, namespace: String?) throws -> (namespace: String,
 struct GetCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "get",
-        abstract: "Show services, namespaces, policies or endpoints, as kubectl get does.",
-        discussion: "Examples: meshctl get services; meshctl get svc web -o yaml; meshctl get ns")
+        abstract: "Show services, namespaces, policies, endpoints or HTTPRoutes, as kubectl get does.",
+        discussion: "Examples: meshctl get services; meshctl get svc web -o yaml; meshctl get ns; meshctl get httproutes")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "service (svc), namespace (ns), policy (cnp, netpol) or endpoint (ep).") var kind: ResourceKind
+    @Argument(help: "service (svc), namespace (ns), policy (cnp, netpol), endpoint (ep) or httproute (route).") var kind: ResourceKind
     @Argument(help: "A name (NAME or NAMESPACE/NAME); all of them when left out.") var name: String?
     @Option(name: [.short, .long], help: "The namespace of NAME. (default: default)") var namespace: String?
     @Option(name: [.short, .long], help: "text, yaml or json.") var output: GetFormat = .text
@@ -134,17 +135,34 @@ struct GetCommand: AsyncParsableCommand {
                         [$0.key, $0.kind, String($0.rules), $0.selects.isEmpty ? "-" : $0.selects.joined(separator: ","), age($0.appliedAt)]
                     })
                 }
+            case .httproute:
+                let list: [HTTPRouteView]
+                if let name {
+                    let q = try qualified(name, namespace: namespace)
+                    list = [try await c.call(.GET, "/v1/httproutes/\(q.namespace)/\(q.name)", as: HTTPRouteView.self)]
+                } else {
+                    list = try await c.call(.GET, "/v1/httproutes", as: [HTTPRouteView].self).filter { namespace == nil || $0.route.namespace == namespace }
+                }
+                if try Self.printEncoded(list, one: name != nil, as: output) { break }
+                do {
+                    printTable(["NAMESPACE", "NAME", "PARENTS", "BACKENDS", "PROGRAMMED ON", "AGE"], list.map { v in
+                        let backends = Set(v.route.rules.flatMap { $0.backends.map { "\($0.name):\($0.port)" + ($0.weight == 1 ? "" : "(\($0.weight))") } })
+                        return [v.route.namespace, v.route.name,
+                                v.route.parents.map { $0.name + ($0.port.map { ":\($0)" } ?? "") }.joined(separator: ","),
+                                backends.sorted().joined(separator: ","),
+                                v.frontends.isEmpty ? "-" : v.frontends.joined(separator: ","), age(v.appliedAt)]
+                    })
+                    for v in list where !v.problems.isEmpty {
+                        print("\(v.route.key): " + v.problems.joined(separator: "; "))
+                    }
+                }
             case .endpoint:
                 let list: [Endpoint]
                 if let name { list = [try await c.call(.GET, APIPath.endpoint(name), as: Endpoint.self)] } else {
                     list = try await c.call(.GET, APIPath.endpoints, as: [Endpoint].self)
                 }
-                switch output {
-                case .json: name == nil ? try printJSON(list) : try printJSON(list[0])
-                case .yaml:
-                    let json = String(decoding: try MeshJSON.encoder().encode(name == nil ? list : [list[0]]), as: UTF8.self)
-                    print(try Yams.dump(object: try Yams.load(yaml: json), sortKeys: true), terminator: "")
-                case .text:
+                if try Self.printEncoded(list, one: name != nil, as: output) { break }
+                do {
                     printTable(["NAME", "IPV4", "STATE", "PORTS", "LABELS"], list.map {
                         [$0.name, $0.ipv4.description, $0.state ?? "ready",
                          $0.ports.isEmpty ? "-" : $0.ports.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","),
@@ -153,6 +171,19 @@ struct GetCommand: AsyncParsableCommand {
                 }
             }
         }
+    }
+
+    /// JSON or YAML of a list (or of its one item when a name was asked for), through the
+    /// API's own JSON; false for text, which each kind prints its own way.
+    static func printEncoded<T: Encodable>(_ list: [T], one: Bool, as output: GetFormat) throws -> Bool {
+        switch output {
+        case .json: one ? try printJSON(list[0]) : try printJSON(list)
+        case .yaml:
+            let json = String(decoding: try MeshJSON.encoder().encode(one ? [list[0]] : list), as: UTF8.self)
+            print(try Yams.dump(object: try Yams.load(yaml: json), sortKeys: true), terminator: "")
+        case .text: return false
+        }
+        return true
     }
 
     static func ports(_ s: ServiceView) -> String {
@@ -225,11 +256,11 @@ func age(_ date: Date) -> String {
 struct DeleteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "delete",
-        abstract: "Delete a service, namespace, policy or endpoint.",
-        discussion: "Examples: meshctl delete svc web; meshctl delete policy prod/allow-web")
+        abstract: "Delete a service, namespace, policy, endpoint or HTTPRoute.",
+        discussion: "Examples: meshctl delete svc web; meshctl delete policy prod/allow-web; meshctl delete route web-canary")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "service (svc), namespace (ns), policy (cnp, netpol) or endpoint (ep).") var kind: ResourceKind
+    @Argument(help: "service (svc), namespace (ns), policy (cnp, netpol), endpoint (ep) or httproute (route).") var kind: ResourceKind
     @Argument(help: "NAME or NAMESPACE/NAME.") var name: String
     @Option(name: [.short, .long], help: "The namespace of NAME. (default: default)") var namespace: String?
 
@@ -252,6 +283,10 @@ struct DeleteCommand: AsyncParsableCommand {
                 try EndpointName.validate(name)
                 _ = try await c.call(.DELETE, APIPath.endpoint(name), as: [String: String].self)
                 print("endpoint/\(name) deleted")
+            case .httproute:
+                let q = try qualified(name, namespace: namespace)
+                _ = try await c.call(.DELETE, "/v1/httproutes/\(q.namespace)/\(q.name)", as: [String: String].self)
+                print("httproute/\(q.namespace)/\(q.name) deleted")
             }
         }
     }

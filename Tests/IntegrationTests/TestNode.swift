@@ -268,3 +268,31 @@ enum Run {
         return pid
     }
 }
+
+/// What scenario tests ask of a node again and again: apply a file, read JSON, wait.
+extension TestNode {
+    @discardableResult
+    func apply(_ yaml: String) throws -> String {
+        let path = dir + "/apply-\(UUID().uuidString.prefix(6)).yaml"
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        return try ctlOK("apply", "-f", path)
+    }
+
+    func json(_ args: String...) throws -> [String: Any] {
+        let r = ctl(args)
+        guard r.status == 0 else { throw TestFailure("meshctl \(args.joined(separator: " ")): \(r.stderr)") }
+        guard let object = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] else {
+            throw TestFailure("meshctl \(args.joined(separator: " ")): not a JSON object: \(r.stdout.prefix(200))")
+        }
+        return object
+    }
+
+    func waitFor(_ what: String, timeout: TimeInterval = 15, _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if try condition() { return }
+            usleep(50_000)
+        }
+        throw TestFailure("timed out waiting for \(what)\n\(meshdLog.suffix(3000))")
+    }
+}

@@ -100,10 +100,19 @@ public struct L7Event: Codable, Sendable, Equatable {
     public var rule: String
     /// Why the proxy answered itself (`verdict == .error`).
     public var error: String?
+    /// Routed requests only (the original destination was a ProxyRoute frontend): the
+    /// frontend's Service (`namespace/name`), the route rule that matched, the backend
+    /// endpoint the last attempt went to (`destination` is its address) and how many
+    /// attempts were made (1 without retries).
+    public var service: String?
+    public var routeRule: String?
+    public var backend: String?
+    public var attempts: Int?
 
     public init(timestamp: UInt64, source: String, sourceEndpoint: String?, sourceIdentity: UInt32, destination: String,
                 destinationEndpoint: String?, method: String, path: String, host: String, status: Int, verdict: Verdict,
-                latencySeconds: Double, ruleID: UInt32, rule: String, error: String? = nil) {
+                latencySeconds: Double, ruleID: UInt32, rule: String, error: String? = nil, service: String? = nil,
+                routeRule: String? = nil, backend: String? = nil, attempts: Int? = nil) {
         self.timestamp = timestamp
         self.source = source
         self.sourceEndpoint = sourceEndpoint
@@ -119,5 +128,9 @@ public struct L7Event: Codable, Sendable, Equatable {
         self.ruleID = ruleID
         self.rule = rule
         self.error = error
+        self.service = service
+        self.routeRule = routeRule
+        self.backend = backend
+        self.attempts = attempts
     }
 }

@@ -80,6 +80,9 @@ extension ProxyCore {
     private func apply(_ config: ProxyConfig) -> ProxyControlMessage {
         switch policy.apply(config) {
         case .applied(let generation):
+            let routes = policy.inForce.routes
+            health.keep(only: routes.backendAddresses)
+            budgets.keep(only: routes.frontendAddresses)
             metrics.configApplied(generation: generation)
             logger.info("configuration applied", metadata: ["generation": "\(generation)"])
             return ProxyControlMessage(configApplied: generation)

@@ -4,8 +4,10 @@ import NIOCore
 import NIOHTTP1
 
 /// One client connection: judges each request under L7 policy, answers the refused ones
-/// itself and forwards the allowed ones over one upstream connection to the original
-/// destination, streaming bodies both ways with back-pressure.
+/// itself and forwards the allowed ones, streaming bodies both ways with back-pressure.
+/// A request to a routed frontend (a ProxyRoute's VIP and port) goes to the backend its
+/// route rule picks, with the rule's filters, timeouts and retries; any other goes to the
+/// original destination.
 ///
 /// HTTPServerPipelineHandler sits before it, so exchanges arrive one at a time: the next
 /// request is delivered only once this one's response has ended.
@@ -20,7 +22,10 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     private let destination: PeerAddress
     private let destinationAddress: SocketAddress
     private var context: ChannelHandlerContext?
+    /// The connection of the exchange in progress (of its current attempt, when routed).
     private var upstream: UpstreamHandler?
+    /// Keep-alive connections between requests, one per upstream address.
+    private var idle = IdleUpstreams()
     private var exchange: Exchange?
     /// A read the downstream asked for while upstream could take no more bytes.
     private var readPending = false
@@ -49,15 +54,27 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         case .body(let body):
             guard exchange?.forwarding == true else { return }
             exchange?.record.requestBodyBytes += body.readableBytes
-            upstream?.send(.body(.byteBuffer(body)))
+            forward(.body(.byteBuffer(body)))
         case .end(let trailers):
             guard exchange != nil else { return }
             exchange?.requestEnded = true
             if exchange?.forwarding == true {
-                upstream?.send(.end(trailers))
+                forward(.end(trailers))
                 startResponseTimer(context: context)
             }
             finishIfDone(context: context)
+        }
+    }
+
+    /// Sends a request part upstream, keeping it for a retry when the request is routed.
+    private func forward(_ part: HTTPClientRequestPart) {
+        exchange?.routed?.keep(part)
+        if let upstream {
+            upstream.send(part)
+        } else if let current = exchange, let routed = current.routed, routed.kept == nil, !current.responseStarted {
+            // Between attempts, parts wait in `kept`; one that could not be kept leaves the
+            // retry without the whole request.
+            answerLastFailure()
         }
     }
 
@@ -73,7 +90,12 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
                    error: "protocol upgrade or CONNECT not supported", close: true)
             return
         }
-        let index = core.policy.index
+        let config = core.policy.inForce
+        if let frontend = config.routes.frontend(for: destination) {
+            beginRouted(head, frontend: frontend, resilience: config.routes.resilience)
+            return
+        }
+        let index = config.index
         let verdict = index.decide(head.l7Request, source: client.ip, destination: destination.ip, port: destination.port)
         exchange?.record.ruleID = verdict.ruleID
         exchange?.record.rule = verdict.rule
@@ -82,27 +104,48 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
             return
         }
         exchange?.forwarding = true
-        let link = upstream ?? connect(transparent: index.endpoint(destination.ip) != nil, context: context)
+        let link = use(idle.take(destination)) ?? connect(
+            to: destinationAddress, target: destination,
+            from: index.endpoint(destination.ip) != nil ? .clientAddressAndPort(clientAddress) : .proxy, context: context)
         link.send(.head(head.forUpstream))
     }
 
     /// The upstream's time to answer runs from the end of the request, as a long upload
-    /// is not a slow upstream; connecting has its own timeout of the same length.
+    /// is not a slow upstream; connecting has its own timeout of the same length. A routed
+    /// attempt with its own limit (`timeouts.backendRequest`) is timed from its start
+    /// instead, and an attempt not yet under way (a retry's back-off) has no clock.
     private func startResponseTimer(context: ChannelHandlerContext) {
-        guard exchange?.responseStarted == false else { return }
-        let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
-        exchange?.responseTimer = context.eventLoop.scheduleTask(in: core.settings.upstreamTimeout) {
-            loopBoundSelf.value.upstreamFailed(.responseTimeout)
-        }
+        guard let current = exchange, !current.responseStarted else { return }
+        if let routed = current.routed, routed.rule.attemptTimeout != nil || routed.current == nil { return }
+        armResponseTimer(core.settings.upstreamTimeout)
     }
 
-    private func connect(transparent: Bool, context: ChannelHandlerContext) -> UpstreamHandler {
-        let handler = UpstreamHandler(delegate: self)
+    private func armResponseTimer(_ timeout: TimeAmount) {
+        exchange?.responseTimer?.cancel()
+        exchange?.responseTimer = schedule(in: timeout) { $0.upstreamFailed(.responseTimeout) }
+    }
+
+    private func schedule(in delay: TimeAmount, _ action: @escaping (DownstreamHandler) -> Void) -> Scheduled<Void>? {
+        guard let context else { return nil }
+        // Both run on this loop only, where the task is scheduled.
+        let bound = NIOLoopBound((self, action), eventLoop: context.eventLoop)
+        return context.eventLoop.scheduleTask(in: delay) { bound.value.1(bound.value.0) }
+    }
+
+    /// `idle` made the exchange's connection.
+    private func use(_ link: UpstreamHandler?) -> UpstreamHandler? {
+        if let link { upstream = link }
+        return link
+    }
+
+    private func connect(to address: SocketAddress, target: PeerAddress, from source: UpstreamConnector.Source,
+                         context: ChannelHandlerContext) -> UpstreamHandler {
+        let handler = UpstreamHandler(delegate: self, target: target)
         upstream = handler
         let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loopBoundHandler = NIOLoopBound(handler, eventLoop: context.eventLoop)
-        UpstreamConnector.connect(to: destinationAddress, transparentSource: transparent ? clientAddress : nil,
-                                  timeout: core.settings.upstreamTimeout, on: context.eventLoop, handler: handler)
+        UpstreamConnector.connect(to: address, from: source, timeout: core.settings.upstreamTimeout, on: context.eventLoop,
+                                  handler: handler)
             .whenFailure { error in
                 let this = loopBoundSelf.value
                 guard this.upstream === loopBoundHandler.value else { return }
@@ -110,6 +153,151 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
                 this.upstreamFailed(.connectFailed(error))
             }
         return handler
+    }
+
+    // MARK: routed requests
+
+    private func beginRouted(_ head: HTTPRequestHead, frontend: RoutedFrontend, resilience: ProxyResilience) {
+        exchange?.record.route = RoutedRecord(service: frontend.service)
+        guard let selected = frontend.select(RouteRequest(head)) else {
+            answer(.notFound, body: "No route matches this request\r\n", verdict: .error, error: "no route rule matches",
+                   close: false)
+            return
+        }
+        let rule = selected.rule
+        exchange?.record.route?.rule = rule.name
+        core.budgets.deposit(frontend.address, budget: frontend.budget)
+        exchange?.routed = RoutedRequest(frontend: frontend, rule: rule, resilience: resilience, head: head,
+                                         policyRequest: head.l7Request, matchedPrefix: selected.matchedPrefix)
+        exchange?.forwarding = true
+        if let timeout = rule.requestTimeout {
+            exchange?.routed?.requestTimer = schedule(in: timeout) { $0.requestTimedOut() }
+        }
+        dispatch()
+    }
+
+    /// Sends the routed request, as its first attempt or a retry, to the backend its rule
+    /// picks, if L7 policy lets the client reach that backend.
+    private func dispatch() {
+        guard let context, let current = exchange, current.forwarding, var routed = current.routed else { return }
+        routed.backoff = nil
+        let isRetry = routed.attempts > 0
+        let config = core.policy.inForce
+        var random = SystemRandomNumberGenerator()
+        let endpoint: ProxyBackendEndpoint
+        let group: [ProxyBackendEndpoint]
+        switch routed.rule.choose(health: core.health, avoiding: routed.tried, resilience: routed.resilience, using: &random) {
+        case .chosen(let chosen, let chosenGroup):
+            (endpoint, group) = (chosen, chosenGroup)
+        case .noBackends:
+            return isRetry ? answerLastFailure() : answer(.internalServerError, body: "The route rule has no backend\r\n",
+                                                           verdict: .error, error: "route rule has no backend", close: false)
+        case .noReadyEndpoint:
+            return isRetry ? answerLastFailure() : answer(.serviceUnavailable, body: "No backend is ready\r\n",
+                                                           verdict: .error, error: "no ready backend endpoint", close: false)
+        case .allAtPendingLimit:
+            core.metrics.routed(.pendingLimit, service: routed.frontend.service)
+            return isRetry ? answerLastFailure() : answer(.serviceUnavailable, body: "Every backend is at its request limit\r\n",
+                                                           verdict: .error, error: "every backend endpoint at its pending limit",
+                                                           close: false)
+        }
+        let peer = PeerAddress(endpoint)
+        let verdict = config.index.decide(routed.policyRequest, source: client.ip, destination: endpoint.ip, port: endpoint.port)
+        exchange?.record.ruleID = verdict.ruleID
+        exchange?.record.rule = verdict.rule
+        guard verdict.allowed else {
+            core.health.release(peer)
+            return isRetry ? answerLastFailure() : answer(.forbidden, body: "Access denied\r\n", verdict: .denied, error: nil,
+                                                           close: false)
+        }
+        routed.attempts += 1
+        routed.tried.insert(peer)
+        routed.current = (endpoint, group)
+        routed.attemptStarted = .now()
+        exchange?.routed = routed
+        exchange?.record.destination = peer
+        exchange?.record.route?.backend = endpoint
+        exchange?.record.route?.attempts = routed.attempts
+        // Set before connecting: a connect that fails at once reports to this attempt.
+        if let timeout = routed.rule.attemptTimeout {
+            armResponseTimer(timeout)
+        } else if current.requestEnded {
+            armResponseTimer(core.settings.upstreamTimeout)
+        }
+        let link = use(idle.take(peer)) ?? connect(
+            to: peer.socketAddress, target: peer,
+            from: config.index.endpoint(endpoint.ip) != nil ? .clientAddress(clientAddress) : .proxy, context: context)
+        guard link === upstream else { return }
+        link.send(.head(routed.head))
+        for part in routed.kept ?? [] { link.send(part) }
+    }
+
+    /// Whether a failed attempt may be tried again: the rule allows another, the body was
+    /// kept, and the frontend's retry budget agrees (counted either way).
+    private func mayRetry() -> Bool {
+        guard let routed = exchange?.routed, routed.mayRetry else { return false }
+        guard core.budgets.withdraw(routed.frontend.address, budget: routed.frontend.budget) else {
+            core.metrics.routed(.retryBudgetExhausted, service: routed.frontend.service)
+            return false
+        }
+        core.metrics.routed(.retry, service: routed.frontend.service)
+        return true
+    }
+
+    private func scheduleRetry() {
+        let backoff = exchange?.routed?.rule.retry?.backoffSeconds ?? 0
+        exchange?.routed?.backoff = schedule(in: .configured(seconds: backoff)) { $0.dispatch() }
+    }
+
+    /// The attempt in progress is over: its in-flight slot goes back, and when it `failed`
+    /// (no response: refused, reset, timed out) that counts against its endpoint.
+    private func endAttempt(failed: Bool) {
+        guard let routed = exchange?.routed, let attempt = routed.current else { return }
+        exchange?.routed?.current = nil
+        let peer = PeerAddress(attempt.endpoint)
+        core.health.release(peer)
+        if failed { noteEjection(core.health.failed(peer, group: attempt.group, resilience: routed.resilience), routed) }
+    }
+
+    private func noteEjection(_ ejection: EndpointHealth.Ejection?, _ routed: RoutedRequest) {
+        guard let ejection else { return }
+        core.metrics.routed(.ejection, service: routed.frontend.service)
+        core.logger.warning("backend endpoint ejected after failures in a row", metadata: [
+            "endpoint": "\(ejection.endpoint)", "service": "\(routed.frontend.service)",
+            "seconds": "\(ejection.seconds)", "timesInARow": "\(ejection.count)",
+        ])
+    }
+
+    /// The rule's `timeouts.request` ran out, retries included.
+    private func requestTimedOut() {
+        guard let context, let current = exchange, let routed = current.routed, !current.responseEnded else { return }
+        core.metrics.routed(.timeout(.request), service: routed.frontend.service)
+        upstream?.close()
+        upstream = nil
+        endAttempt(failed: false)
+        guard current.responseStarted else {
+            answer(.gatewayTimeout, body: "Request timed out\r\n", verdict: .error, error: "route request timeout", close: false)
+            return
+        }
+        // Part of the response is with the client: only closing tells it the rest is not coming.
+        exchange?.record.error = "route request timeout in the middle of the response"
+        exchange?.requestEnded = true
+        exchange?.responseEnded = true
+        finishIfDone(context: context)
+        context.close(promise: nil)
+    }
+
+    /// No retry follows a failed attempt: the client gets that failure.
+    private func answerLastFailure() {
+        switch exchange?.routed?.lastFailure {
+        case .noResponse(let failure)?:
+            answer(failure.status, body: failure.body, verdict: .error, error: failure.message, close: false)
+        case .status(let code)?:
+            answer(HTTPResponseStatus(statusCode: code), body: "Upstream failed and could not be retried\r\n", verdict: .error,
+                   error: "upstream answered \(code) and the retry could not be sent", close: false)
+        case nil:
+            answer(.badGateway, body: "Upstream unavailable\r\n", verdict: .error, error: "no attempt could be made", close: false)
+        }
     }
 
     // MARK: answers the proxy gives itself
@@ -127,6 +315,10 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         current.record.error = error
         let closeAfter = close || !current.keepAlive
         exchange = current
+        // Whatever an upstream might still send for this request is not wanted.
+        upstream?.close()
+        upstream = nil
+        endAttempt(failed: false)
         var headers = HTTPHeaders([("content-type", "text/plain; charset=utf-8"), ("content-length", String(body.utf8.count))])
         if closeAfter { headers.add(name: "connection", value: "close") }
         context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: current.version, status: status, headers: headers))),
@@ -151,15 +343,31 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     private func upstreamFailed(_ failure: UpstreamFailure) {
         guard let current = exchange, current.forwarding, !current.responseStarted else { return }
         core.metrics.upstreamError(failure.reason)
+        exchange?.responseTimer?.cancel()
+        exchange?.responseTimer = nil
         // Whatever it might still send belongs to this request, not to the next one.
         upstream?.close()
         upstream = nil
+        if let routed = current.routed {
+            if case .responseTimeout = failure { core.metrics.routed(.timeout(.backendRequest), service: routed.frontend.service) }
+            endAttempt(failed: true)
+            exchange?.routed?.lastFailure = .noResponse(failure)
+            if mayRetry() {
+                scheduleRetry()
+                return
+            }
+        }
         answer(failure.status, body: failure.body, verdict: .error, error: failure.message, close: false)
     }
 
     private func finishIfDone(context: ChannelHandlerContext) {
         guard var done = exchange, done.requestEnded, done.responseEnded else { return }
         exchange = nil
+        done.routed?.stopTimers()
+        if let link = upstream {
+            upstream = nil
+            idle.put(link)
+        }
         done.record.duration = .now - done.record.started
         core.reporter.report(done.record)
         context.triggerUserOutboundEvent(ExchangeActivity.exchangeComplete, promise: nil)
@@ -167,17 +375,22 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
 
     // MARK: responses from upstream
 
-    func upstreamConnected(_ upstream: UpstreamHandler) { resumeReadingIfPossible() }
+    func upstreamConnected(_ upstream: UpstreamHandler) {
+        if upstream === self.upstream, exchange?.routed?.current != nil { exchange?.routed?.attemptStarted = .now() }
+        resumeReadingIfPossible()
+    }
 
     func upstreamReceived(_ part: HTTPClientResponsePart, from upstream: UpstreamHandler) {
-        guard let context, let current = exchange, current.forwarding, !current.responseEnded else {
+        guard let context, let current = exchange, current.forwarding, !current.responseEnded, upstream === self.upstream else {
             // Nothing is waiting for it: an upstream talking out of turn cannot be trusted.
             upstream.close()
             if self.upstream === upstream { self.upstream = nil }
+            _ = idle.remove(upstream)
             return
         }
         switch part {
         case .head(let head):
+            if current.routed != nil, !routedResponseBegins(head, from: upstream) { return }
             current.responseTimer?.cancel()
             let closeAfter = !current.keepAlive || (current.version == .http1_0 && !head.headers.contains(name: "content-length"))
             exchange?.responseTimer = nil
@@ -186,6 +399,7 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
             exchange?.closeAfterResponse = closeAfter
             exchange?.record.status = Int(head.status.code)
             var headers = HopByHop.stripped(head.headers)
+            current.routed?.rule.filters.apply(toResponse: &headers)
             if closeAfter { headers.add(name: "connection", value: "close") }
             else if current.version == .http1_0 { headers.add(name: "connection", value: "keep-alive") }
             context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: current.version, status: head.status,
@@ -195,13 +409,33 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
             context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         case .end(let trailers):
             exchange?.responseEnded = true
+            endAttempt(failed: false)
             if !current.upstreamKeepsAlive {
                 upstream.close()
-                if self.upstream === upstream { self.upstream = nil }
+                self.upstream = nil
             }
             finishIfDone(context: context)
             writeEnd(trailers, closeAfter: current.closeAfterResponse, context: context)
         }
+    }
+
+    /// Tells the endpoint's health what its response said; false when the response is a
+    /// failure the rule retries (it is dropped with its connection, and the retry scheduled).
+    private func routedResponseBegins(_ head: HTTPResponseHead, from upstream: UpstreamHandler) -> Bool {
+        guard let routed = exchange?.routed, let attempt = routed.current else { return true }
+        let status = Int(head.status.code)
+        noteEjection(core.health.responded(PeerAddress(attempt.endpoint), latency: .now() - routed.attemptStarted,
+                                           status: status, group: attempt.group, resilience: routed.resilience), routed)
+        guard routed.rule.retryCodes.contains(status), mayRetry() else { return true }
+        exchange?.responseTimer?.cancel()
+        exchange?.responseTimer = nil
+        // Closing is simpler and as safe as draining: the failed response's body may be long.
+        upstream.close()
+        self.upstream = nil
+        endAttempt(failed: false)
+        exchange?.routed?.lastFailure = .status(status)
+        scheduleRetry()
+        return false
     }
 
     func upstreamReadComplete() { context?.flush() }
@@ -209,6 +443,7 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     func upstreamWritabilityChanged(_ upstream: UpstreamHandler) { resumeReadingIfPossible() }
 
     func upstreamClosed(_ upstream: UpstreamHandler, error: (any Error)?) {
+        if idle.remove(upstream) { return }
         guard self.upstream === upstream else { return }
         self.upstream = nil
         guard let current = exchange, current.forwarding, !current.responseEnded else { return }
@@ -219,6 +454,7 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         // Part of the response is already with the client: closing is the only way left to
         // tell it the response is cut short.
         core.metrics.upstreamError(.reset)
+        endAttempt(failed: true)
         exchange?.record.error = "upstream closed in the middle of the response"
         exchange?.requestEnded = true
         exchange?.responseEnded = true
@@ -238,10 +474,10 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         context.read()
     }
 
-    /// Request bytes would go upstream, which cannot take them now (connecting, or its
-    /// socket buffer is full).
+    /// Request bytes would go upstream, which cannot take them now (connecting, its socket
+    /// buffer full, or a retry waiting out its back-off).
     private var mustHoldReads: Bool {
-        guard let current = exchange, current.forwarding, !current.requestEnded else { return false }
+        guard let current = exchange, current.forwarding, !current.requestEnded, !current.responseEnded else { return false }
         return upstream?.canTakeBytes != true
     }
 
@@ -252,15 +488,21 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { upstream?.resumeReading() }
+        if context.channel.isWritable {
+            upstream?.resumeReading()
+            idle.resumeReading()
+        }
         context.fireChannelWritabilityChanged()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         exchange?.responseTimer?.cancel()
+        exchange?.routed?.stopTimers()
+        endAttempt(failed: false)
         exchange = nil
         upstream?.close()
         upstream = nil
+        idle.closeAll()
         context.fireChannelInactive()
     }
 
@@ -284,6 +526,8 @@ private struct Exchange {
     var closeAfterResponse = false
     var upstreamKeepsAlive = true
     var responseTimer: Scheduled<Void>?
+    /// Set when the request is routed.
+    var routed: RoutedRequest?
 
     init(record: ExchangeRecord, version: HTTPVersion, keepAlive: Bool) {
         self.record = record

@@ -1,5 +1,8 @@
 import MeshModel
 import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What the proxy learnt about one request while handling it; reported once it is over.
 struct ExchangeRecord: Sendable {
@@ -18,10 +21,23 @@ struct ExchangeRecord: Sendable {
     var requestBodyBytes = 0
     var responseBodyBytes = 0
     var duration: Duration = .zero
+    /// Set when the request was routed; `destination` is then the last backend tried (or
+    /// the frontend, when none was).
+    var route: RoutedRecord?
+}
+
+/// How a routed request went.
+struct RoutedRecord: Sendable {
+    /// The frontend's Service, `namespace/name`.
+    var service: String
+    var rule: String?
+    /// The endpoint of the last attempt.
+    var backend: ProxyBackendEndpoint?
+    var attempts = 0
 }
 
 /// An IPv4 address and port as policy and events see them.
-struct PeerAddress: Sendable, Equatable, CustomStringConvertible {
+struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
     var ip: IPv4Address
     var port: UInt16
 
@@ -37,4 +53,15 @@ struct PeerAddress: Sendable, Equatable, CustomStringConvertible {
     }
 
     var description: String { "\(ip):\(port)" }
+}
+
+extension PeerAddress {
+    /// The address to connect to.
+    var socketAddress: SocketAddress {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = ip.networkOrder
+        return SocketAddress(address, host: ip.description)
+    }
 }

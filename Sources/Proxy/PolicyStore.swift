@@ -1,9 +1,16 @@
 import MeshModel
 import NIOConcurrencyHelpers
 
-/// The L7 policy in force, replaced whole and atomically when meshd sends a configuration:
-/// a request is judged entirely by the old index or entirely by the new one.
+/// The L7 policy and the routes in force, replaced whole and atomically when meshd sends a
+/// configuration: a request is judged and routed entirely by the old configuration or
+/// entirely by the new one.
 final class PolicyStore: Sendable {
+    /// One configuration, compiled.
+    struct InForce: Sendable {
+        var index: L7PolicyIndex
+        var routes: RouteTable
+    }
+
     enum Outcome: Equatable {
         case applied(UInt64)
         /// Older than the configuration in force, which stays; carries the current generation.
@@ -11,28 +18,30 @@ final class PolicyStore: Sendable {
         case rejected(ProxyConfigRejection)
     }
 
-    private let current: NIOLockedValueBox<L7PolicyIndex>
+    private let current: NIOLockedValueBox<InForce>
 
     init() {
         // The empty configuration has no rule to compile, so it cannot fail.
-        current = NIOLockedValueBox(try! L7PolicyIndex(.empty))
+        current = NIOLockedValueBox(InForce(index: try! L7PolicyIndex(.empty), routes: .empty))
     }
 
-    var index: L7PolicyIndex { current.withLockedValue { $0 } }
+    var index: L7PolicyIndex { current.withLockedValue { $0.index } }
+
+    var inForce: InForce { current.withLockedValue { $0 } }
 
     /// Compiles `config` (slow for big ones: call it off the event loops) and swaps it in
     /// unless a newer one is already in force.
     func apply(_ config: ProxyConfig) -> Outcome {
-        let index: L7PolicyIndex
+        let compiled: InForce
         do {
-            index = try L7PolicyIndex(config)
+            compiled = InForce(index: try L7PolicyIndex(config), routes: try RouteTable(config))
         } catch {
             return .rejected(ProxyConfigRejection(generation: config.generation, reason: error.description))
         }
         return current.withLockedValue { inForce in
             // Compared under the lock so that two configs applied at once cannot both win.
-            guard config.generation >= inForce.generation else { return .stale(inForce.generation) }
-            inForce = index
+            guard config.generation >= inForce.index.generation else { return .stale(inForce.index.generation) }
+            inForce = compiled
             return .applied(config.generation)
         }
     }

@@ -4,12 +4,15 @@ import MeshModel
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// What every connection of one proxy shares: its settings, the policy in force, metrics,
-/// the event stream and the count of open connections.
+/// What every connection of one proxy shares: its settings, the policy and routes in force,
+/// what is known of each backend endpoint, the retry budgets, metrics, the event stream and
+/// the count of open connections.
 final class ProxyCore: Sendable {
     let settings: ProxySettings
     let logger: Logger
     let policy = PolicyStore()
+    let health = EndpointHealth()
+    let budgets = RetryBudgets()
     let metrics = ProxyMetrics()
     let events: EventStream
     let reporter: ExchangeReporter

@@ -74,12 +74,61 @@ final class ProxyMetrics: Sendable {
                              labels: [("reason", reason.rawValue)]).increment()
     }
 
+    /// Why a routed request or attempt ran out of time.
+    enum TimeoutKind: String, Sendable {
+        /// The rule's `timeouts.request`, retries included.
+        case request
+        /// One attempt's limit: `timeouts.backendRequest`, else the upstream timeout.
+        case backendRequest = "backend_request"
+    }
+
+    /// What happens to routed requests, counted per frontend Service.
+    enum RoutedEvent: Sendable {
+        case retry
+        case retryBudgetExhausted
+        case timeout(TimeoutKind)
+        case ejection
+        case pendingLimit
+    }
+
+    private struct RoutedKey: Hashable {
+        var service: String
+        var event: String
+    }
+
+    private let routedCounters = NIOLockedValueBox<[RoutedKey: Counter]>([:])
+
+    /// Counts `event` for the frontend Service `service` (`namespace/name`, from the
+    /// configuration, so the series are as many as the routed Services).
+    func routed(_ event: RoutedEvent, service: String) {
+        let (name, help, kind): (String, String, TimeoutKind?) = switch event {
+        case .retry: ("mesh_proxy_retries_total", "Retries of routed requests.", nil)
+        case .retryBudgetExhausted: ("mesh_proxy_retry_budget_exhausted_total",
+                                     "Failed routed attempts not retried because the retry budget was spent.", nil)
+        case .timeout(let kind): ("mesh_proxy_timeouts_total", "Routed requests or attempts that ran out of time.", kind)
+        case .ejection: ("mesh_proxy_ejections_total", "Backend endpoints ejected after failures in a row.", nil)
+        case .pendingLimit: ("mesh_proxy_pending_limit_total",
+                             "Routed requests answered 503 because every endpoint was at its pending limit.", nil)
+        }
+        let key = RoutedKey(service: service, event: name + (kind.map { "/" + $0.rawValue } ?? ""))
+        let counter = routedCounters.withLockedValue { table in
+            if let counter = table[key] { return counter }
+            var labels = [("destination_service", service)]
+            if let kind { labels.append(("kind", kind.rawValue)) }
+            let made = registry.makeCounter(descriptor: Self.name(name, help), labels: labels)
+            table[key] = made
+            return made
+        }
+        counter.increment()
+    }
+
     /// The series of one (source, destination, method, code, verdict), made once: the
     /// registry validates names and labels on every make, which per request cost more than
     /// the policy decision (perf, tools/bench-proxy).
     private struct SeriesKey: Hashable {
         var source: WorkloadName
         var destination: WorkloadName
+        var service: String?
         var method: String
         var status: Int
         var verdict: L7Event.Verdict
@@ -94,19 +143,24 @@ final class ProxyMetrics: Sendable {
 
     private let series = NIOLockedValueBox<[SeriesKey: Series]>([:])
 
-    /// Counts one finished request.
+    /// Counts one finished request. A routed request's series also carry
+    /// `destination_service` (the frontend's Service; `destination_workload` is then the
+    /// backend endpoint that answered); other requests' series leave it out, which PromQL
+    /// reads as the empty value, so the family stays one.
     func request(_ record: ExchangeRecord, source: WorkloadName, destination: WorkloadName) {
         let method = Self.knownMethods.contains(record.method) ? record.method : "other"
-        let key = SeriesKey(source: source, destination: destination, method: method, status: record.status, verdict: record.verdict)
+        let key = SeriesKey(source: source, destination: destination, service: record.route?.service, method: method,
+                            status: record.status, verdict: record.verdict)
         let s = series.withLockedValue { table -> Series in
             if let s = table[key] { return s }
-            let pair = [("source_workload", source.workload), ("destination_workload", destination.workload)]
+            let service = key.service.map { [("destination_service", $0)] } ?? []
+            let pair = [("source_workload", source.workload), ("destination_workload", destination.workload)] + service
             let made = Series(
                 requests: registry.makeCounter(
                     descriptor: Self.name("mesh_proxy_http_requests_total", "HTTP requests the proxy handled."),
                     labels: [("source_namespace", source.namespace), ("source_workload", source.workload),
-                             ("destination_namespace", destination.namespace), ("destination_workload", destination.workload),
-                             ("method", method), ("code", String(record.status)), ("verdict", record.verdict.rawValue)]),
+                             ("destination_namespace", destination.namespace), ("destination_workload", destination.workload)]
+                        + service + [("method", method), ("code", String(record.status)), ("verdict", record.verdict.rawValue)]),
                 duration: registry.makeDurationHistogram(
                     descriptor: Self.name("mesh_proxy_http_request_duration_seconds", "Time from request head to response end."),
                     labels: pair, buckets: Self.durationBuckets),

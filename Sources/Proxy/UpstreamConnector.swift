@@ -2,13 +2,24 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// Opens the proxy's connection to a request's original destination.
+/// Opens the proxy's connections upstream.
 enum UpstreamConnector {
+    /// Where an upstream connection leaves from.
+    enum Source {
+        /// Wherever the kernel picks: the destination is not a node endpoint.
+        case proxy
+        /// The client's own address and port (a forwarded connection to a node endpoint),
+        /// so the receiver sees, and its policy judges, the original client.
+        case clientAddressAndPort(SocketAddress)
+        /// The client's address with a port of the kernel's choosing: a routed request to a
+        /// node endpoint. The client's own port cannot be reused, since one client
+        /// connection may have connections open to several backends at once.
+        case clientAddress(SocketAddress)
+    }
+
     /// Connects `handler` to `destination`, carrying the from-proxy mark so the datapath
-    /// does not redirect it back here. With `transparentSource` (the destination is a node
-    /// endpoint) the socket binds to the client's own address and port first, so the
-    /// receiver sees, and its policy judges, the original client.
-    static func connect(to destination: SocketAddress, transparentSource: SocketAddress?, timeout: TimeAmount,
+    /// does not redirect it back here.
+    static func connect(to destination: SocketAddress, from source: Source, timeout: TimeAmount,
                         on loop: any EventLoop, handler: UpstreamHandler) -> EventLoopFuture<any Channel> {
         // The initializer runs on `loop`, the loop the handler was made on.
         let boundHandler = NIOLoopBound(handler, eventLoop: loop)
@@ -16,11 +27,22 @@ enum UpstreamConnector {
             .connectTimeout(timeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(TransparentSocket.soMark, value: TransparentSocket.fromProxyMark)
-        if let transparentSource {
+        switch source {
+        case .proxy:
+            break
+        case .clientAddressAndPort(let client):
             bootstrap = bootstrap
                 .channelOption(TransparentSocket.ipTransparent, value: 1)
                 .channelOption(.socketOption(.so_reuseaddr), value: 1)
-                .bind(to: transparentSource)
+                .bind(to: client)
+        case .clientAddress(var client):
+            client.port = 0
+            bootstrap = bootstrap
+                .channelOption(TransparentSocket.ipTransparent, value: 1)
+                // The port is then picked at connect(), where the 4-tuple is known, rather
+                // than at bind(), which would hold a port per client address.
+                .channelOption(TransparentSocket.bindAddressNoPort, value: 1)
+                .bind(to: client)
         }
         return bootstrap.channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {

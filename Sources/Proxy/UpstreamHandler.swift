@@ -21,6 +21,8 @@ final class UpstreamHandler: ChannelDuplexHandler {
     typealias OutboundOut = HTTPClientRequestPart
 
     weak var delegate: (any UpstreamDelegate)?
+    /// Where the connection goes: which requests may reuse it.
+    let target: PeerAddress
     private var context: ChannelHandlerContext?
     /// Parts sent before the connection was up; at most what one downstream read decoded,
     /// since the downstream stops reading until the connection is writable.
@@ -28,10 +30,16 @@ final class UpstreamHandler: ChannelDuplexHandler {
     private var readPending = false
     private var firstError: (any Error)?
 
-    init(delegate: any UpstreamDelegate) { self.delegate = delegate }
+    init(delegate: any UpstreamDelegate, target: PeerAddress) {
+        self.delegate = delegate
+        self.target = target
+    }
 
     /// Connected, and the socket buffer has room.
     var canTakeBytes: Bool { context.map { $0.channel.isActive && $0.channel.isWritable } ?? false }
+
+    /// Connected and not closing: worth keeping for another request.
+    var isOpen: Bool { delegate != nil && (context?.channel.isActive ?? false) }
 
     func send(_ part: HTTPClientRequestPart) {
         guard let context, context.channel.isActive else {

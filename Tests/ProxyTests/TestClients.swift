@@ -32,11 +32,14 @@ struct HTTPTestConnection {
     var localPort = 0
 
     /// `reuseAddress` lets a transparent upstream socket bind the same address and port
-    /// on loopback, where client and proxy share one network namespace.
-    static func with<R>(port: Int, reuseAddress: Bool = false,
+    /// on loopback, where client and proxy share one network namespace; `from` is a
+    /// loopback address for the client's end.
+    static func with<R>(port: Int, reuseAddress: Bool = false, from: String? = nil,
                         _ body: (inout HTTPTestConnection) async throws -> R) async throws -> R {
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.so_reuseaddr), value: reuseAddress ? 1 : 0)
+        if let from { bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: from, port: 0)) }
+        let channel = try await bootstrap
             .connect(host: "127.0.0.1", port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()

@@ -18,8 +18,10 @@ final class EndpointHealth: Sendable {
     struct Tuning: Sendable {
         /// τ, seconds (Linkerd: 10 s).
         var decaySeconds = 10.0
-        /// The estimate of an endpoint with no response yet (Linkerd: 30 ms).
-        var defaultLatencySeconds = 0.030
+        /// What each request in flight costs on an endpoint with no response yet (tower's
+        /// penalty; Linkerd's default RTT is 30 ms). Idle and unmeasured, it costs nothing,
+        /// so a new endpoint is tried at once rather than left out behind measured ones.
+        var unmeasuredPenaltySeconds = 0.030
     }
 
     enum Choice: Equatable {
@@ -61,7 +63,7 @@ final class EndpointHealth: Sendable {
                                           maxPending: Int, using random: inout R, now: NIODeadline = .now()) -> Choice {
         precondition(!endpoints.isEmpty, "a group without endpoints has nothing to choose from")
         return table.withLockedValue { table in
-            let fresh = State(estimate: tuning.defaultLatencySeconds, updated: now)
+            let fresh = State(estimate: 0, updated: now)
             let belowLimit = endpoints.filter { (table[PeerAddress($0)]?.inFlight ?? 0) < maxPending }
             guard !belowLimit.isEmpty else { return .allAtPendingLimit }
             var usable = belowLimit.filter { !(table[PeerAddress($0)]?.isEjected(at: now) ?? false) }
@@ -85,10 +87,9 @@ final class EndpointHealth: Sendable {
     }
 
     private func cost(_ state: inout State, now: NIODeadline) -> Double {
-        if state.sampled {
-            state.estimate *= weight(since: state.updated, now: now)
-            state.updated = now
-        }
+        guard state.sampled else { return tuning.unmeasuredPenaltySeconds * Double(state.inFlight) }
+        state.estimate *= weight(since: state.updated, now: now)
+        state.updated = now
         return state.estimate * Double(state.inFlight + 1)
     }
 

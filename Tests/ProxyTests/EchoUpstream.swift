@@ -27,8 +27,9 @@ final class EchoUpstream: Sendable {
     private let accepted = NIOLockedValueBox(0)
     private let requests = NIOLockedValueBox(0)
 
-    var port: Int { channel.localAddress?.port ?? 0 }
-    var address: SocketAddress { channel.localAddress! }
+    /// Kept after `stop`, for a backend that refuses connections.
+    let address: SocketAddress
+    var port: Int { address.port ?? 0 }
     var name: String { behaviour.name }
     /// Connections the proxy opened to this server so far.
     var connectionCount: Int { accepted.withLockedValue { $0 } }
@@ -49,6 +50,7 @@ final class EchoUpstream: Sendable {
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
+        address = channel.localAddress!
     }
 
     func stop() async { try? await channel.close() }

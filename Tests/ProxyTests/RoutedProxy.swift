@@ -83,6 +83,12 @@ final class RoutedProxy {
         guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(prefix) }) else { return 0 }
         return Double(line.dropFirst(prefix.count)) ?? .nan
     }
+
+    func expect(_ name: String, _ labels: String, _ value: Double, _ message: String = "",
+                file: StaticString = #filePath, line: UInt = #line) async throws {
+        let got = try await metric(name, labels)
+        XCTAssertEqual(got, value, "\(name){\(labels)} \(message)", file: file, line: line)
+    }
 }
 
 /// Starts `count` backends with names `prefix0`, `prefix1`, …

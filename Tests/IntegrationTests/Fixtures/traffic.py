@@ -727,6 +727,9 @@ def http_server(args):
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: with Nagle on, the body would wait for the
+        # peer's delayed ACK (40 ms) on every keep-alive request.
+        disable_nagle_algorithm = True
 
         def log_message(self, *a):
             pass
@@ -738,6 +741,8 @@ def http_server(args):
                 counter["n"] += 1
                 n = counter["n"]
             status = 503 if args.fail_every and n % args.fail_every == 0 else 200
+            if args.delay:
+                time.sleep(args.delay / 1000)
             body = json.dumps({"server": args.name, "method": self.command, "path": self.path,
                                "peer": "%s:%d" % self.client_address, "body_bytes": len(body_in),
                                "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
@@ -941,7 +946,8 @@ def main():
 
     p = command("http-server", http_server, sink=True)
     p.add_argument("--name", default="server")
-    p.add_argument("--fail-every", type=int, default=0)
+    p.add_argument("--fail-every", type=int, default=0, help="answer every Nth request with 503")
+    p.add_argument("--delay", type=float, default=0.0, help="milliseconds to wait before answering")
     p = sub.add_parser("http-client")
     p.set_defaults(func=http_client)
     p.add_argument("--url", required=True)

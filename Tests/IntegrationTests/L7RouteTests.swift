@@ -1,0 +1,208 @@
+import Foundation
+import XCTest
+
+/// HTTPRoutes bound to Services (GAMMA) on real traffic: connect() keeps a routed VIP,
+/// the tc programs hand its flows to the proxy, and the proxy spreads each request over
+/// the backend Services' ready endpoints by weight and match, retries under a budget,
+/// answers 504 on time, and keeps the client's egress policy on its upstream.
+final class L7RouteTests: XCTestCase {
+    var node: TestNode!
+    var traffic: Traffic { Traffic(node: node) }
+    var background: [Traffic.Background] = []
+
+    override func tearDown() {
+        for b in background { kill(b.pid, SIGKILL) }
+        node?.destroy()
+    }
+
+    func clusterIP(_ service: String) throws -> String {
+        try XCTUnwrap(try node.json("get", "service", service, "-o", "json")["clusterIP"] as? String)
+    }
+
+    func ip(_ ep: String) throws -> String {
+        try XCTUnwrap(try node.json("endpoint", "get", ep, "-o", "json")["ipv4"] as? String)
+    }
+
+    /// Sum of every sample of `name` whose labels include `labels`.
+    func metricSum(_ name: String, _ labels: [String: String] = [:]) throws -> Double {
+        var sum = 0.0
+        for line in try node.scrape().split(separator: "\n") where line.hasPrefix(name + "{") || line.hasPrefix(name + " ") {
+            let fits = labels.allSatisfy { line.contains("\($0.key)=\"\($0.value)\"") }
+            if fits, let v = line.split(separator: " ").last.flatMap({ Double($0) }) { sum += v }
+        }
+        return sum
+    }
+
+    struct Responses {
+        var statuses: [Int]
+        var connections: Int
+        var servers: [String]
+        var bodies: [String]
+        var errors: [String]
+        var seconds: Double
+
+        func count(_ server: String) -> Int { servers.filter { $0 == server }.count }
+    }
+
+    /// `count` requests from `ep` over keep-alive connections; which server answered each.
+    func requests(from ep: String, _ url: String, count: Int, method: String = "GET", headers: [String] = [],
+                  timeout: Double = 5) throws -> Responses {
+        var args = ["http-client", "--url", url, "--method", method, "--count", "\(count)", "--timeout", "\(timeout)"]
+        for h in headers { args += ["--header", h] }
+        let started = Date()
+        let r = try traffic.run(in: ep, args)
+        let bodies = (r["bodies"] as? [String]) ?? []
+        let servers = bodies.map { body in
+            ((try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any])?["server"] as? String ?? ""
+        }
+        return Responses(statuses: (r["statuses"] as? [Int]) ?? [], connections: (r["connections"] as? Int) ?? 0,
+                         servers: servers, bodies: bodies, errors: (r["errors"] as? [String]) ?? [],
+                         seconds: Date().timeIntervalSince(started))
+    }
+
+    /// An endpoint with `labels` serving HTTP on its port `http` (8080) under its own name.
+    func backend(_ name: String, _ labels: String, extra: [String] = []) throws {
+        try node.ctlOK("endpoint", "create", name, "--labels", labels, "--ports", "http=8080")
+        background.append(try traffic.start(in: name, ["http-server", "--port", "8080", "--name", name] + extra, waitReady: true))
+    }
+
+    static func service(_ name: String, selector: String) -> String {
+        """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: \(name)}
+        spec:
+          selector: {\(selector)}
+          ports:
+          - {name: http, port: 80, targetPort: http}
+        """
+    }
+
+    /// The node, a client and the proxy connected.
+    func startNode() throws {
+        node = try TestNode(podCIDR: "10.204.0.0/27")
+        try node.start()
+        try node.ctlOK("endpoint", "create", "client", "--labels", "app=client")
+        try node.waitFor("the proxy to be connected") { try node.metric("mesh_proxy_up") == 1 }
+    }
+
+    static let canary = """
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {name: web-canary}
+    spec:
+      parentRefs:
+      - {group: "", kind: Service, name: web, port: 80}
+      rules:
+      - matches:
+        - headers: [{name: x-canary, value: "yes"}]
+        backendRefs:
+        - {name: web-v2, port: 80}
+        timeouts: {request: 2s}
+      - backendRefs:
+        - {name: web-v1, port: 80, weight: 90}
+        - {name: web-v2, port: 80, weight: 10}
+    """
+
+    func testA90To10CanaryAndAHeaderMatchSplitRequestsOnOneConnection() throws {
+        try startNode()
+        try backend("web-v1", "app=web,version=v1")
+        try backend("web-v2", "app=web,version=v2")
+        try node.apply([Self.service("web", selector: "app: web"), Self.service("web-v1", selector: "app: web, version: v1"),
+                   Self.service("web-v2", selector: "app: web, version: v2"), Self.canary].joined(separator: "\n---\n"))
+        let vip = try clusterIP("web")
+
+        // 2,000 requests over one keep-alive connection: per request, not per connection.
+        let n = 2000
+        let split = try requests(from: "client", "http://\(vip)/", count: n)
+        XCTAssertEqual(Set(split.statuses), [200], "\(split.errors.prefix(5))")
+        XCTAssertEqual(split.connections, 1)
+        XCTAssertEqual(split.count("web-v1") + split.count("web-v2"), n)
+        // Binomial(2000, 0.1): standard deviation 13.4; 3.5 of them either side.
+        let canaryShare = Double(split.count("web-v2")) / Double(n)
+        XCTAssertEqual(canaryShare, 0.10, accuracy: 0.0235, "web-v2 got \(split.count("web-v2")) of \(n)")
+
+        // The header match sends every matching request to the canary, and only those.
+        let flagged = try requests(from: "client", "http://\(vip)/", count: 200, headers: ["x-canary: yes"])
+        XCTAssertEqual(flagged.count("web-v2"), 200, "\(flagged.errors.prefix(5))")
+
+        // The backend saw the client's own address: policy and logs there see the client.
+        let peer = ((try JSONSerialization.jsonObject(with: Data(split.bodies[0].utf8)) as? [String: Any])?["peer"] as? String)
+        XCTAssertEqual(peer?.split(separator: ":").first.map(String.init), try ip("client"))
+
+        // The golden metrics count these requests under the routed service.
+        XCTAssertEqual(try metricSum("mesh_proxy_http_requests_total", ["destination_service": "default/web", "code": "200"]),
+                       Double(n + 200))
+
+        // The client's egress policy holds on the proxy's upstream: allowed to web-v1 only,
+        // its canary requests never reach web-v2 (the SYN is dropped at web-v2's veth), while
+        // the rest still flow.
+        try node.apply("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: client-to-v1}
+        spec:
+          endpointSelector: {matchLabels: {app: client}}
+          egress:
+          - toEndpoints: [{matchLabels: {app: web, version: v1}}]
+            toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+        """)
+        let denied = try metricSum("mesh_drops_total", ["reason": "policy_default_deny", "direction": "egress"])
+        let blocked = try requests(from: "client", "http://\(vip)/", count: 1, headers: ["x-canary: yes"])
+        // The proxy never connects: its own answer (a gateway error), within the route's 2 s.
+        XCTAssertTrue([502, 503, 504].contains(blocked.statuses.first ?? 0), "\(blocked.statuses) \(blocked.bodies)")
+        XCTAssertLessThan(blocked.seconds, 4)
+        XCTAssertGreaterThan(try metricSum("mesh_drops_total", ["reason": "policy_default_deny", "direction": "egress"]), denied)
+        let v1Only = try requests(from: "client", "http://\(vip)/", count: 50)
+        XCTAssertEqual(v1Only.count("web-v1"), 50 - v1Only.statuses.filter { $0 != 200 }.count)
+        XCTAssertGreaterThanOrEqual(v1Only.count("web-v1"), 40, "\(v1Only.statuses)")
+    }
+
+    func testRetriesHideAFlakyBackendABudgetCapsThemAndASlowBackendGets504OnTime() throws {
+        try startNode()
+        try backend("flaky", "app=flaky", extra: ["--fail-every", "3"])
+        try backend("broken", "app=broken", extra: ["--fail-every", "1"])
+        try backend("slow", "app=slow", extra: ["--delay", "3000"])
+        func route(_ name: String, _ rule: String) -> String {
+            """
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: HTTPRoute
+            metadata: {name: \(name)}
+            spec:
+              parentRefs: [{kind: Service, name: \(name)}]
+              rules:
+              - backendRefs: [{name: \(name), port: 80}]
+            \(rule)
+            """
+        }
+        let retry = "    retry: {attempts: 2, backoff: 5ms, codes: [503]}"
+        try node.apply([Self.service("flaky", selector: "app: flaky"), Self.service("broken", selector: "app: broken"),
+                   Self.service("slow", selector: "app: slow"), route("flaky", retry), route("broken", retry),
+                   route("slow", "    timeouts: {request: 500ms}")].joined(separator: "\n---\n"))
+
+        // One answer in three is a 503; two retries hide every one of them.
+        let n = 300
+        let flaky = try requests(from: "client", "http://\(try clusterIP("flaky"))/", count: n)
+        XCTAssertEqual(flaky.statuses, Array(repeating: 200, count: n), "\(flaky.errors.prefix(5))")
+        XCTAssertGreaterThanOrEqual(try metricSum("mesh_proxy_retries_total", ["destination_service": "default/flaky"]),
+                                    Double(n / 3 - 5))
+
+        // A backend that always fails: retries stop at the budget (20% of requests plus 10
+        // a second over 10 s), and the failures reach the client.
+        let broken = try requests(from: "client", "http://\(try clusterIP("broken"))/", count: n)
+        XCTAssertEqual(Set(broken.statuses), [503], "\(broken.errors.prefix(5))")
+        let retries = try metricSum("mesh_proxy_retries_total", ["destination_service": "default/broken"])
+        // In any 10 s the budget allows 20% of the requests plus 100; should the run take
+        // longer than one window, each further window adds its floor.
+        let windows = (broken.seconds / 10).rounded(.up)
+        XCTAssertLessThanOrEqual(retries, 0.2 * Double(n) + 100 * windows + 1, "the budget caps retries (\(broken.seconds) s)")
+        XCTAssertGreaterThanOrEqual(retries, 100, "the budget's floor of 10 a second is spent")
+        XCTAssertGreaterThan(try metricSum("mesh_proxy_retry_budget_exhausted_total", ["destination_service": "default/broken"]), 0)
+
+        // Slower than timeouts.request: 504 at the timeout, not when the backend answers.
+        let slow = try requests(from: "client", "http://\(try clusterIP("slow"))/", count: 1)
+        XCTAssertEqual(slow.statuses, [504], "\(slow.bodies)")
+        XCTAssertLessThan(slow.seconds, 2.5, "answered at the 0.5 s timeout, not at the backend's 3 s")
+        XCTAssertEqual(try metricSum("mesh_proxy_timeouts_total", ["destination_service": "default/slow"]), 1)
+    }
+}

@@ -1,8 +1,9 @@
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 
-/// The handlers of one accepted client connection, raw bytes first:
-/// deadlines → HTTP codec → pipelining → protocol errors → the proxying handler.
+/// The handlers of one accepted client connection: the protocol sniffer first, then those
+/// of HTTP/1.1 or of HTTP/2, whichever the client's first bytes speak.
 enum ConnectionPipeline {
     static func configure(_ channel: any Channel, core: ProxyCore) throws {
         let settings = core.settings
@@ -20,18 +21,53 @@ enum ConnectionPipeline {
             core.logger.debug("connection addressed to the proxy itself refused", metadata: ["client": "\(client)"])
             throw ChannelError.inappropriateOperationForState
         }
+        let http1 = { () throws in try configureHTTP1(channel, core: core, client: client, destination: destination) }
+        let http2 = { () throws in try configureHTTP2(channel, core: core, client: client, destination: destination) }
+        try channel.pipeline.syncOperations.addHandler(ProtocolSniffer(timeout: core.settings.headerTimeout) { proto, _ in
+            switch proto {
+            case .http1: try http1()
+            case .http2: try http2()
+            }
+        })
+    }
+
+    /// HTTP/1.1: deadlines → codec → pipelining → protocol errors → the proxying handler.
+    static func configureHTTP1(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress) throws {
+        let settings = core.settings
         var limits = NIOHTTPDecoderLimitConfiguration()
         // NIO counts the request line and every header name and value toward these.
         limits.maxHeaderListSize = settings.maxHeadBytes
         limits.maxHeaderFieldSize = settings.maxHeadBytes
         let sync = channel.pipeline.syncOperations
-        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false,
-                                             withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
         let metrics = core.metrics
         try sync.addHandler(ConnectionDeadlines(headerTimeout: settings.headerTimeout, idleTimeout: settings.idleTimeout,
-                                                onHeaderTimeout: { metrics.hostile(.headerTimeout) }),
-                            position: .first)
+                                                onHeaderTimeout: { metrics.hostile(.headerTimeout) }))
+        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false,
+                                             withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
         try sync.addHandler(ProtocolErrorResponder(metrics: metrics))
         try sync.addHandler(DownstreamHandler(core: core, client: client, destination: destination))
+    }
+
+    /// HTTP/2 with prior knowledge (h2c, gRPC): each request stream gets its own proxying
+    /// handler, and they share the connection's HTTP/2 connections upstream. NIOHTTP2 bounds
+    /// what one connection may hold (concurrent streams, header list size, flow control).
+    static func configureHTTP2(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress) throws {
+        let upstreams = NIOLoopBound(HTTP2Upstreams(loop: channel.eventLoop), eventLoop: channel.eventLoop)
+        channel.closeFuture.whenComplete { _ in upstreams.value.closeAll() }
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        connection.maximumRecentlyResetStreams = 32
+        connection.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: 100),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: core.settings.maxHeadBytes),
+        ]
+        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+            mode: .server, connectionConfiguration: connection, streamConfiguration: .init()
+        ) { stream in
+            stream.eventLoop.makeCompletedFuture {
+                try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
+                try stream.pipeline.syncOperations.addHandler(
+                    DownstreamHandler(core: core, client: client, destination: destination, http2: upstreams.value))
+            }
+        }
     }
 }

@@ -30,7 +30,12 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     /// A read the downstream asked for while upstream could take no more bytes.
     private var readPending = false
 
-    init(core: ProxyCore, client: SocketAddress, destination: SocketAddress) throws {
+    /// Set when this handler serves one stream of an HTTP/2 client connection: requests go
+    /// upstream as streams of that connection's HTTP/2 connections, not over HTTP/1.1.
+    private let http2: HTTP2Upstreams?
+
+    init(core: ProxyCore, client: SocketAddress, destination: SocketAddress, http2: HTTP2Upstreams? = nil) throws {
+        self.http2 = http2
         guard let clientPeer = PeerAddress(client), let destinationPeer = PeerAddress(destination) else {
             throw ChannelError.badInterfaceAddressFamily
         }
@@ -83,7 +88,8 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         exchange = Exchange(record: ExchangeRecord(started: .now, method: head.method.rawValue, target: head.uri,
                                                    host: head.headers.first(name: "host") ?? "",
                                                    source: client, destination: destination),
-                            version: head.version, keepAlive: head.isKeepAlive)
+                            version: head.version, keepAlive: http2 != nil || head.isKeepAlive)
+        exchange?.acceptsTrailers = head.acceptsTrailers
         if head.asksForAnotherProtocol {
             // The decoder stops parsing after such a request, so the connection cannot go on.
             answer(.notImplemented, body: "Upgrade and CONNECT are not supported\r\n", verdict: .error,
@@ -107,7 +113,7 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         let link = use(idle.take(destination)) ?? connect(
             to: destinationAddress, target: destination,
             from: index.endpoint(destination.ip) != nil ? .clientAddressAndPort(clientAddress) : .proxy, context: context)
-        link.send(.head(head.forUpstream))
+        link.send(.head(upstreamHead(head.forUpstream)))
     }
 
     /// The upstream's time to answer runs from the end of the request, as a long upload
@@ -132,6 +138,14 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         return context.eventLoop.scheduleTask(in: delay) { bound.value.1(bound.value.0) }
     }
 
+    /// `head` as sent upstream: over HTTP/2, with the client's `te: trailers` (gRPC).
+    private func upstreamHead(_ head: HTTPRequestHead) -> HTTPRequestHead {
+        guard http2 != nil, exchange?.acceptsTrailers == true else { return head }
+        var out = head
+        out.headers.replaceOrAdd(name: "te", value: "trailers")
+        return out
+    }
+
     /// `idle` made the exchange's connection.
     private func use(_ link: UpstreamHandler?) -> UpstreamHandler? {
         if let link { upstream = link }
@@ -144,9 +158,10 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         upstream = handler
         let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loopBoundHandler = NIOLoopBound(handler, eventLoop: context.eventLoop)
-        UpstreamConnector.connect(to: address, from: source, timeout: core.settings.upstreamTimeout, on: context.eventLoop,
-                                  handler: handler)
-            .whenFailure { error in
+        let timeout = core.settings.upstreamTimeout
+        let connecting = http2?.openStream(to: target, from: source, timeout: timeout, handler: handler)
+            ?? UpstreamConnector.connect(to: address, from: source, timeout: timeout, on: context.eventLoop, handler: handler)
+        connecting.whenFailure { error in
                 let this = loopBoundSelf.value
                 guard this.upstream === loopBoundHandler.value else { return }
                 this.upstream = nil
@@ -228,7 +243,7 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
             to: peer.socketAddress, target: peer,
             from: config.index.endpoint(endpoint.ip) != nil ? .clientAddress(clientAddress) : .proxy, context: context)
         guard link === upstream else { return }
-        link.send(.head(routed.head))
+        link.send(.head(upstreamHead(routed.head)))
         for part in routed.kept ?? [] { link.send(part) }
     }
 
@@ -518,6 +533,8 @@ private struct Exchange {
     var version: HTTPVersion
     /// Whether the client wants the connection kept after this exchange.
     var keepAlive: Bool
+    /// The client sent `te: trailers`.
+    var acceptsTrailers = false
     /// Request parts go upstream; false once the proxy answers itself (they are discarded).
     var forwarding = false
     var requestEnded = false

@@ -36,4 +36,8 @@ extension HTTPRequestHead {
     var forUpstream: HTTPRequestHead {
         HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: HopByHop.stripped(headers))
     }
+
+    /// Whether the client said it takes trailers (`te: trailers`), which gRPC needs end to
+    /// end: over HTTP/2 upstream it is sent on (it asks nothing of a hop there).
+    var acceptsTrailers: Bool { headers[canonicalForm: "te"].contains { $0.lowercased() == "trailers" } }
 }

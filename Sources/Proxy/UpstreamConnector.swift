@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import NIOPosix
 
 /// Opens the proxy's connections upstream.
@@ -23,6 +24,33 @@ enum UpstreamConnector {
                         on loop: any EventLoop, handler: UpstreamHandler) -> EventLoopFuture<any Channel> {
         // The initializer runs on `loop`, the loop the handler was made on.
         let boundHandler = NIOLoopBound(handler, eventLoop: loop)
+        return bootstrap(from: source, timeout: timeout, on: loop).channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                try channel.pipeline.syncOperations.addHandler(boundHandler.value)
+            }
+        }.connect(to: destination)
+    }
+
+    /// An HTTP/2 connection (h2c, prior knowledge) to `destination`, for the request
+    /// streams of an HTTP/2 client: its stream multiplexer once connected.
+    static func connectHTTP2(to destination: SocketAddress, from source: Source, timeout: TimeAmount,
+                             on loop: any EventLoop) -> EventLoopFuture<(any Channel, NIOHTTP2Handler.StreamMultiplexer)> {
+        let multiplexer = loop.makePromise(of: NIOHTTP2Handler.StreamMultiplexer.self)
+        let connected = bootstrap(from: source, timeout: timeout, on: loop).channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                // A backend never opens streams towards the proxy (no server push).
+                multiplexer.succeed(try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+                    mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
+                ) { stream in stream.close() })
+            }
+        }.connect(to: destination)
+        // A connection that never got as far as its initializer still settles the promise.
+        connected.whenFailure { multiplexer.fail($0) }
+        return connected.flatMap { channel in multiplexer.futureResult.map { (channel, $0) } }
+    }
+
+    private static func bootstrap(from source: Source, timeout: TimeAmount, on loop: any EventLoop) -> ClientBootstrap {
         var bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(timeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -44,11 +72,6 @@ enum UpstreamConnector {
                 .channelOption(TransparentSocket.bindAddressNoPort, value: 1)
                 .bind(to: client)
         }
-        return bootstrap.channelInitializer { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                try channel.pipeline.syncOperations.addHandler(boundHandler.value)
-            }
-        }.connect(to: destination)
+        return bootstrap
     }
 }

@@ -205,4 +205,50 @@ final class L7RouteTests: XCTestCase {
         XCTAssertLessThan(slow.seconds, 2.5, "answered at the 0.5 s timeout, not at the backend's 3 s")
         XCTAssertEqual(try metricSum("mesh_proxy_timeouts_total", ["destination_service": "default/slow"]), 1)
     }
+
+    /// HTTP/2 with prior knowledge (as gRPC speaks it): one client connection's requests,
+    /// sent as concurrent streams, spread over three backends; at connect() they would all
+    /// have gone to one.
+    func testHTTP2RequestsOnOneConnectionSpreadOverThreeBackends() throws {
+        try startNode()
+        var servers: [pid_t] = []
+        defer { for pid in servers { kill(pid, SIGKILL) } }
+        for name in ["h2a", "h2b", "h2c"] {
+            try node.ctlOK("endpoint", "create", name, "--labels", "app=h2", "--ports", "http=8080")
+            // nghttpd serves files: each backend's index says its name.
+            let docs = node.dir + "/docs-\(name)"
+            try FileManager.default.createDirectory(atPath: docs, withIntermediateDirectories: true)
+            try "\(name)\n".write(toFile: docs + "/index.html", atomically: true, encoding: .utf8)
+            servers.append(try Run.spawn(TestNode.products + "/meshctl",
+                                         ["endpoint", "exec", name, "--", "nghttpd", "--no-tls", "-d", docs, "8080"],
+                                         output: node.dir + "/nghttpd-\(name).log", environment: ["SWIFTMESH_API_SOCKET": node.socket]))
+        }
+        try node.apply([Self.service("h2", selector: "app: h2"), """
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: HTTPRoute
+            metadata: {name: h2}
+            spec:
+              parentRefs: [{kind: Service, name: h2}]
+              rules:
+              - backendRefs: [{name: h2, port: 80}]
+            """].joined(separator: "\n---\n"))
+        let vip = try clusterIP("h2")
+        // Every backend answers a direct request before the real one starts.
+        for name in ["h2a", "h2b", "h2c"] {
+            let ip = try ip(name)
+            try node.waitFor("\(name)'s nghttpd") { node.ctl(["endpoint", "exec", "client", "--", "nghttp", "http://\(ip):8080/"]).stdout.contains(name) }
+        }
+
+        // 90 requests as concurrent streams of ONE connection (nghttp opens one per authority).
+        let urls = (1...90).map { "http://\(vip)/?\($0)" }
+        let r = node.ctl(["endpoint", "exec", "client", "--", "nghttp", "--no-dep", "-s"] + urls)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let answers = r.stdout.split(separator: "\n").filter { ["h2a", "h2b", "h2c"].contains(String($0)) }
+        XCTAssertEqual(answers.count, 90, r.stdout.suffix(2000) + r.stderr)
+        for name in ["h2a", "h2b", "h2c"] {
+            XCTAssertGreaterThanOrEqual(answers.filter { $0 == name }.count, 10, "\(name): \(Dictionary(grouping: answers, by: { $0 }).mapValues(\.count))")
+        }
+        XCTAssertEqual(r.stdout.components(separatedBy: " 200 ").count - 1, 90, "nghttp's table: every stream answered 200")
+        XCTAssertEqual(try metricSum("mesh_proxy_http_requests_total", ["destination_service": "default/h2", "code": "200"]), 90)
+    }
 }

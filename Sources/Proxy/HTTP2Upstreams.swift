@@ -1,0 +1,61 @@
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+
+/// The HTTP/2 connections upstream of one HTTP/2 client connection: one per backend
+/// address, each carrying every request stream the client's requests send there, so a
+/// gRPC client's calls on its one connection spread over the backends per call and reuse
+/// a connection to each. Lives on the client connection's event loop; its streams'
+/// handlers (one DownstreamHandler per client stream) share it.
+final class HTTP2Upstreams {
+    private let loop: any EventLoop
+    private var connections: [PeerAddress: EventLoopFuture<(any Channel, NIOHTTP2Handler.StreamMultiplexer)>] = [:]
+    private var closed = false
+
+    init(loop: any EventLoop) { self.loop = loop }
+
+    /// Opens a request stream to `target` for `handler`, on the connection there (made now
+    /// if there is none, or the last one closed).
+    func openStream(to target: PeerAddress, from source: UpstreamConnector.Source, timeout: TimeAmount,
+                    handler: UpstreamHandler) -> EventLoopFuture<any Channel> {
+        guard !closed else { return loop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
+        let connection = connections[target] ?? connect(to: target, from: source, timeout: timeout)
+        let boundHandler = NIOLoopBound(handler, eventLoop: loop)
+        return connection.flatMap { _, multiplexer in
+            let stream = self.loop.makePromise(of: (any Channel).self)
+            multiplexer.createStreamChannel(promise: stream) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
+                    try channel.pipeline.syncOperations.addHandler(boundHandler.value)
+                }
+            }
+            return stream.futureResult
+        }
+    }
+
+    private func connect(to target: PeerAddress, from source: UpstreamConnector.Source,
+                         timeout: TimeAmount) -> EventLoopFuture<(any Channel, NIOHTTP2Handler.StreamMultiplexer)> {
+        let future = UpstreamConnector.connectHTTP2(to: target.socketAddress, from: source, timeout: timeout, on: loop)
+        connections[target] = future
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        future.whenComplete { result in
+            switch result {
+            case .failure:
+                // The next request tries a new connection (the attempt itself reports the failure).
+                if bound.value.connections[target] == future { bound.value.connections[target] = nil }
+            case .success(let (channel, _)):
+                channel.closeFuture.whenComplete { _ in
+                    if bound.value.connections[target] == future { bound.value.connections[target] = nil }
+                }
+            }
+        }
+        return future
+    }
+
+    /// The client connection closed: so do the connections that served it.
+    func closeAll() {
+        closed = true
+        for future in connections.values { future.whenSuccess { channel, _ in channel.close(promise: nil) } }
+        connections = [:]
+    }
+}

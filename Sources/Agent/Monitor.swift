@@ -87,6 +87,9 @@ struct EventResolver: Sendable {
             verdict: e.verdict.rawValue, reason: e.error ?? "", rule: e.rule, revision: 0)
         m.http = .init(method: e.method, path: e.path, host: e.host, status: e.status, latencySeconds: e.latencySeconds,
                        destinationEndpoint: name(e.destinationEndpoint))
+        m.http?.service = e.service
+        m.http?.routeRule = e.routeRule
+        m.http?.attempts = e.attempts
         return m
     }
 

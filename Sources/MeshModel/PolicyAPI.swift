@@ -192,6 +192,11 @@ public struct MonitorEvent: Codable, Sendable {
         public var status: Int
         public var latencySeconds: Double
         public var destinationEndpoint: String?
+        /// A routed request: the Service it was sent to (`namespace/name`), the route rule
+        /// that matched, and how many attempts it took.
+        public var service: String?
+        public var routeRule: String?
+        public var attempts: Int?
 
         public init(method: String, path: String, host: String, status: Int, latencySeconds: Double, destinationEndpoint: String?) {
             self.method = method

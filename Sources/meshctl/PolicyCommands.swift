@@ -168,6 +168,13 @@ struct Monitor: AsyncParsableCommand {
     @Option(name: [.short, .long], help: "text or json (one object per line).") var output: OutputFormat = .text
     @Option(help: "Stop after this many events.") var count: Int?
 
+    /// ` route=RULE attempts=N` for a routed request (attempts only when retried).
+    static func routeNote(_ h: MonitorEvent.HTTPInfo) -> String {
+        let route = h.routeRule.map { " route=\($0)" } ?? ""
+        guard let attempts = h.attempts, attempts > 1 else { return route }
+        return route + " attempts=\(attempts)"
+    }
+
     func run() async throws {
         try await running {
             var seen = 0
@@ -182,10 +189,10 @@ struct Monitor: AsyncParsableCommand {
                     print("LB     \(e.endpoint) -> \(e.destination):\(e.destinationPort) \(e.proto) \(e.service ?? "")"
                           + (e.verdict == "refused" ? " REFUSED (no ready backend)" : " => \(e.backend ?? "") \(e.rule) (\(e.reason))"))
                 } else if e.type == "l7", let h = e.http {
-                    let to = h.destinationEndpoint.map { " (\($0))" } ?? ""
+                    let to = (h.service.map { " [\($0)]" } ?? "") + (h.destinationEndpoint.map { " (\($0))" } ?? "")
                     print("HTTP   \(e.endpoint) \(e.source):\(e.sourcePort) -> \(e.destination):\(e.destinationPort)\(to) \(h.method) \(h.path)"
                           + " => \(h.status) \(e.verdict.uppercased()) \(String(format: "%.1fms", h.latencySeconds * 1000))"
-                          + (e.rule.isEmpty ? "" : " rule=\(e.rule)") + (e.reason.isEmpty ? "" : " (\(e.reason))"))
+                          + Self.routeNote(h) + (e.rule.isEmpty ? "" : " rule=\(e.rule)") + (e.reason.isEmpty ? "" : " (\(e.reason))"))
                 } else {
                     let ports = e.proto == "ICMP" ? "" : ":\(e.destinationPort)"
                     let src = e.proto == "ICMP" ? e.source : "\(e.source):\(e.sourcePort)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Driver of tools/bench-proxy: HTTP through SwiftMesh's L7 proxy, through HAProxy configured
-as the same L7 proxy, and direct, side by side in one run.
+"""Driver of tools/bench-proxy: HTTP/1.1 and HTTP/2 (h2c) through SwiftMesh's L7 proxy,
+through HAProxy configured as the same L7 proxy, and direct, side by side in one run.
 
 Node smbenchp: meshd (its mesh-proxy pinned to CPU 1), endpoints `srv` (nginx, one worker,
 a 2-byte answer on ports 80 and 8080) and `cli` (the load). Ways:
@@ -23,8 +23,9 @@ NODE = "smbenchp"
 RUN = f"/run/{NODE}"
 SOCK = f"{RUN}/meshd.sock"
 POD_CIDR = "10.252.0.0/24"
-HAPROXY_ADDR, HAPROXY_PORT = "169.254.1.1", 8081
+HAPROXY_ADDR, HAPROXY_PORT, HAPROXY_H2_PORT = "169.254.1.1", 8081, 8083
 PROCS = []
+H2_CONNS, H2_STREAMS = 10, 10
 T0 = time.monotonic()
 
 
@@ -133,12 +134,12 @@ spec:
   ingress:
   - fromEndpoints: [{matchLabels: {app: cli}}]
     toPorts:
-    - ports: [{port: "80", protocol: TCP}]
+    - ports: [{port: "80", protocol: TCP}, {port: "81", protocol: TCP}]
       rules: {http: [{method: GET, path: "/.*"}]}
   - fromEndpoints: [{matchLabels: {app: cli}}]
-    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}, {port: "8082", protocol: TCP}]}]
   - fromEntities: [host]
-    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}, {port: "8082", protocol: TCP}]}]
 """
 
 NGINX = """worker_processes 1;
@@ -151,6 +152,7 @@ http {{
   keepalive_requests 1000000;
   keepalive_timeout 300s;
   server {{ listen 80 reuseport backlog=4096; listen 8080 reuseport backlog=4096; location / {{ return 200 "ok"; }} }}
+  server {{ listen 81 http2 reuseport backlog=4096; listen 8082 http2 reuseport backlog=4096; location / {{ return 200 "ok"; }} }}
 }}
 """
 
@@ -170,6 +172,11 @@ frontend mesh
 backend srv
   http-reuse safe
   server srv {srv}:8080
+frontend mesh_h2
+  bind {addr}:{h2port} proto h2
+  default_backend srv_h2
+backend srv_h2
+  server srv {srv}:8082 proto h2
 """
 
 # The load and the fixed-rate latency client, run inside the client endpoint.
@@ -227,6 +234,22 @@ def wrk(node, url, seconds, conns):
             non2xx = [l for l in text.splitlines() if "Non-2xx" in l or "Socket errors" in l]
             return float(line.split()[1]), non2xx
     die(f"wrk printed no rate for {url}:\n{text}")
+
+
+def h2load(node, url, seconds, conns, streams):
+    out = node.exec("cli", ["taskset", "-c", "0", "h2load", f"-c{conns}", f"-m{streams}", f"-D{seconds}", url],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    text, _ = out.communicate(timeout=seconds + 30)
+    rate, failed = None, None
+    for line in text.splitlines():
+        if line.startswith("finished in") and "req/s" in line:
+            rate = float(line.split(",")[1].split()[0])
+        if line.startswith("requests:"):
+            fields = dict(p.strip().split(" ", 1)[::-1] for p in line.split(":", 1)[1].split(","))
+            failed = int(fields.get("failed", "0")) + int(fields.get("errored", "0"))
+    if rate is None:
+        die(f"h2load printed no rate for {url}:\n{text}")
+    return rate, failed
 
 
 def latency(node, host, port, path, rate, seconds):
@@ -288,7 +311,7 @@ def main():
         f.write(NGINX.format(run=RUN))
     node.exec("srv", ["taskset", "-c", "0", "nginx", "-c", f"{RUN}/nginx.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(f"{RUN}/haproxy.cfg", "w") as f:
-        f.write(HAPROXY.format(addr=HAPROXY_ADDR, port=HAPROXY_PORT, srv=srv))
+        f.write(HAPROXY.format(addr=HAPROXY_ADDR, port=HAPROXY_PORT, h2port=HAPROXY_H2_PORT, srv=srv))
     hap = subprocess.Popen(["nsenter", f"--net=/run/netns/{NODE}", "taskset", "-c", "1", "haproxy", "-db", "-f", f"{RUN}/haproxy.cfg"],
                            stdout=open(f"{RUN}/haproxy.log", "w"), stderr=subprocess.STDOUT)
     PROCS.append(hap)
@@ -316,6 +339,26 @@ def main():
             rates[w].append(rate)
         log(f"round {r + 1}: " + ", ".join(f"{w} {rates[w][-1]:,.0f}/s" for w in ways))
     med = {w: statistics.median(v) for w, v in rates.items()}
+
+    # HTTP/2 with prior knowledge, as gRPC clients speak it: h2load, streams multiplexed on
+    # few connections; mesh-proxy then speaks h2c upstream too (one connection per client
+    # connection and backend), HAProxy likewise (proto h2 on both sides).
+    h2ways = {"direct": f"http://{srv}:8082/", "mesh-proxy": f"http://{srv}:81/",
+              "haproxy": f"http://{HAPROXY_ADDR}:{HAPROXY_H2_PORT}/"}
+    h2rates = {w: [] for w in h2ways}
+    for name, url in h2ways.items():
+        rate, failed = h2load(node, url, 1, H2_CONNS, H2_STREAMS)
+        if failed:
+            die(f"h2 {name} ({url}): {failed} requests failed")
+    for r in range(a.rounds):
+        order = list(h2ways) if r % 2 == 0 else list(reversed(h2ways))
+        for w in order:
+            rate, failed = h2load(node, h2ways[w], a.duration, H2_CONNS, H2_STREAMS)
+            if failed:
+                die(f"h2 {w}: {failed} requests failed")
+            h2rates[w].append(rate)
+        log(f"h2 round {r + 1}: " + ", ".join(f"{w} {h2rates[w][-1]:,.0f}/s" for w in h2ways))
+    h2med = {w: statistics.median(v) for w, v in h2rates.items()}
 
     lat = {}
     for w, (host, port) in {"direct": (srv, 8080), "mesh-proxy": (srv, 80), "haproxy": (HAPROXY_ADDR, HAPROXY_PORT)}.items():
@@ -364,7 +407,11 @@ def main():
         print(f"{w:<12} {before:7.1f} MiB before, {after:7.1f} MiB with {opened} connections open "
               f"({(after - before) * 1024 / max(opened, 1):.1f} KiB each)")
     print(f"target: mesh-proxy under 64 MiB: {mem['mesh-proxy'][1]:.1f} MiB")
-    print("\nHTTP/2 (h2load): not measured: mesh-proxy does not speak h2c yet.")
+    print(f"\nHTTP/2 with prior knowledge: h2load -c{H2_CONNS} -m{H2_STREAMS} -D{a.duration}, {a.rounds} rounds, medians:")
+    print(f"{'way':<12}{'requests/s':>12}{'vs direct':>11}   rounds")
+    for w in h2ways:
+        print(f"{w:<12}{h2med[w]:>12,.0f}{h2med[w] / h2med['direct']:>10.2f}x   " + ", ".join(f"{x:,.0f}" for x in h2rates[w]))
+    print(f"mesh-proxy / haproxy, HTTP/2 requests/s on one core: {h2med['mesh-proxy'] / h2med['haproxy']:.2f}x (target >= 0.80)")
 
 
 if __name__ == "__main__":

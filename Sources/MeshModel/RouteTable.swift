@@ -80,10 +80,11 @@ public enum RouteTable {
         return (out, problems)
     }
 
-    /// The Gateway API's order among matches: an Exact path, then the longest prefix (a
-    /// regular expression after any prefix: the API leaves it to the implementation), then
+    /// The Gateway API's order among matches: an Exact path, then the longest prefix, then
     /// a method match, then more header matches, then more query matches; then the older
-    /// route, then rule and match order.
+    /// route, then rule and match order. The API leaves regular expressions to the
+    /// implementation: they go between Exact and PathPrefix (longer first), since after the
+    /// prefixes a catch-all `/` would hide every one of them.
     struct PrecedenceKey: Comparable {
         var pathKind: Int
         var negativePathLength: Int
@@ -97,10 +98,10 @@ public enum RouteTable {
         init(_ m: HTTPRoute.Match, route: Int, rule: Int, index: Int) {
             pathKind = switch m.path.type {
             case .exact: 0
-            case .pathPrefix: 1
-            case .regularExpression: 2
+            case .regularExpression: 1
+            case .pathPrefix: 2
             }
-            negativePathLength = m.path.type == .pathPrefix ? -m.path.value.utf8.count : 0
+            negativePathLength = m.path.type == .exact ? 0 : -m.path.value.utf8.count
             noMethod = m.method == nil ? 1 : 0
             negativeHeaders = -m.headers.count
             negativeQueries = -m.queryParams.count

@@ -107,7 +107,8 @@ final class HTTPRouteTests: XCTestCase {
             .init(matches: [.init()], backends: [.init(name: "v1", namespace: "default", port: 80)]),
         ])
         let newer = HTTPRoute(name: "b", namespace: "default", parents: [.init(name: "web", namespace: "default", port: 80)], rules: [
-            .init(matches: [.init(path: .init(type: .pathPrefix, value: "/api/v2")),
+            .init(matches: [.init(path: .init(type: .regularExpression, value: "/v[0-9]+/.*")),
+                            .init(path: .init(type: .pathPrefix, value: "/api/v2")),
                             .init(path: .init(type: .exact, value: "/"), method: "GET"),
                             .init(path: .init(type: .pathPrefix, value: "/api"), headers: [.init(type: .exact, name: "x", value: "1")])],
                   backends: [.init(name: "v2", namespace: "default", port: 80, weight: 10), .init(name: "gone", namespace: "default", port: 80)]),
@@ -126,6 +127,7 @@ final class HTTPRouteTests: XCTestCase {
         let order = on80.matches.map { "\(on80.rules[$0.rule].name) \($0.match.path.type.rawValue) \($0.match.path.value)" }
         XCTAssertEqual(order, [
             "default/b rules[0] Exact /",                 // exact first
+            "default/b rules[0] RegularExpression /v[0-9]+/.*", // then expressions, before any prefix
             "default/b rules[0] PathPrefix /api/v2",      // then the longest prefix
             "default/b rules[0] PathPrefix /api",         // same prefix: more header matches first
             "default/a rules[0] PathPrefix /api",         // then the older route

@@ -74,6 +74,21 @@ final class ServiceLBTests: BPFTestCase {
         XCTAssertEqual(second.mapStats().first { $0.name == MESH_MAP_LB_SLOTS }?.entries, 1)
     }
 
+    func testARoutedFrontendIsWrittenReadBackAndClearedInPlace() throws {
+        let lb = try open()
+        var f = Self.frontend(257)
+        f.routed = true
+        _ = try lb.sync([f: [1, 2].map(Self.backend)])
+        XCTAssertEqual(try lb.kernelEntries().first?.frontend.routed, true, "MESH_LB_ROUTED in the kernel's flags")
+        XCTAssertEqual(try open().kernelEntries().first?.frontend, f, "a new meshd reads the flag back")
+        // The route goes: only the frontend's value is rewritten, its backends stay.
+        f.routed = false
+        let st = try lb.sync([f: [1, 2].map(Self.backend)])
+        XCTAssertEqual(st.written, 1)
+        XCTAssertEqual(st.deleted, 0)
+        XCTAssertEqual(try lb.kernelEntries().first?.frontend.routed, false)
+    }
+
     func testSlotOrderKeepsSurvivorsInPlace() {
         XCTAssertEqual(ServiceLB.slotOrder(old: [], new: [3, 1]), [1, 3])
         XCTAssertEqual(ServiceLB.slotOrder(old: [1, 2, 3], new: [1, 2, 3, 4]), [1, 2, 3, 4])

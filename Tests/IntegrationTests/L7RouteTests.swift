@@ -204,6 +204,18 @@ final class L7RouteTests: XCTestCase {
         XCTAssertEqual(slow.statuses, [504], "\(slow.bodies)")
         XCTAssertLessThan(slow.seconds, 2.5, "answered at the 0.5 s timeout, not at the backend's 3 s")
         XCTAssertEqual(try metricSum("mesh_proxy_timeouts_total", ["destination_service": "default/slow"]), 1)
+
+        // The golden metrics, routed series included, are valid Prometheus text, and count
+        // every request the clients sent.
+        let file = node.dir + "/metrics.txt"
+        try node.scrape().write(toFile: file, atomically: true, encoding: .utf8)
+        let check = Run.run("/bin/sh", ["-c", "promtool check metrics < \(file)"])
+        XCTAssertEqual(check.status, 0, "promtool: \(check.stdout)\(check.stderr)")
+        for service in ["flaky", "broken", "slow"] {
+            let sent = service == "slow" ? 1 : n
+            XCTAssertEqual(try metricSum("mesh_proxy_http_requests_total", ["destination_service": "default/\(service)"]), Double(sent),
+                           service)
+        }
     }
 
     /// HTTP/2 with prior knowledge (as gRPC speaks it): one client connection's requests,

@@ -43,8 +43,10 @@ public actor ServiceManager {
     private var routes: [String: RouteRecord] = [:]
     private var routeProblems: RouteTable.Problems = [:]
     private var routeFrontends: [String: [String]] = [:]
-    /// Receives the routed frontends whenever they change (the proxy supervisor); nil when
-    /// the proxy is off, and then no frontend is routed: the L4 balancer keeps serving.
+    /// Receives the routed frontends whenever they change (the proxy supervisor). With the
+    /// proxy off no frontend is routed: the L4 balancer keeps serving. Frontends are routed
+    /// from the first sync on (a restarted meshd never unroutes them while it starts), and
+    /// the table waits here until the supervisor is set.
     private var onRoutes: (@Sendable ([ProxyRoute]) -> Void)?
     private var lastRoutes: [ProxyRoute]?
     /// What a prober checks: it is replaced when any of it changes.
@@ -96,8 +98,7 @@ public actor ServiceManager {
     /// Hands the routed frontends to the L7 proxy from now on (and at once).
     public func setOnRoutes(_ f: @escaping @Sendable ([ProxyRoute]) -> Void) {
         onRoutes = f
-        lastRoutes = nil
-        do { try sync() } catch { logger.error("programming routes failed", metadata: ["error": "\(error.message)"]) }
+        if let lastRoutes { f(lastRoutes) }
     }
 
     /// Labels of every namespace that has a Namespace document (for identities and policy).
@@ -475,7 +476,8 @@ public actor ServiceManager {
         var byRoute: [String: [String]] = [:]
         for t in table { for key in t.routes { byRoute[key, default: []].append("\(t.vip):\(t.port)") } }
         var problemsNow = problems
-        if onRoutes == nil {
+        let proxyOn = settings.proxy != nil
+        if !proxyOn {
             for key in routes.keys { problemsNow[key, default: []].append("not programmed: the L7 proxy is off (proxy: on)") }
         }
         if problemsNow != routeProblems {
@@ -484,14 +486,14 @@ public actor ServiceManager {
             }
         }
         routeProblems = problemsNow
-        guard let onRoutes else {
+        guard proxyOn else {
             routeFrontends = [:]
             return []
         }
         routeFrontends = byRoute
         if table != lastRoutes {
             lastRoutes = table
-            onRoutes(table)
+            onRoutes?(table)
             logger.info("routes programmed", metadata: ["frontends": "\(table.count)", "routes": "\(routes.count)"])
         }
         return Set(table.map { "\($0.vip):\($0.port)" })
@@ -562,7 +564,8 @@ public actor ServiceManager {
             return BPFLBRow(frontend: Int(e.frontend.id), service: n.map { "\($0.service):\($0.port)" } ?? "?",
                             vip: "\(IPv4Address(e.frontend.vip)):\(e.frontend.port)", proto: ProtocolName.name(e.frontend.proto),
                             affinitySeconds: e.frontend.affinityTimeout.map(Int.init),
-                            backends: e.backends.map { "\(names.endpoint($0.id)) \(IPv4Address($0.address)):\($0.port)" })
+                            backends: e.backends.map { "\(names.endpoint($0.id)) \(IPv4Address($0.address)):\($0.port)" },
+                            routed: e.frontend.routed)
         }
     }
 

@@ -93,7 +93,11 @@ public struct BPFLBRow: Codable, Sendable {
     public var affinitySeconds: Int?
     /// `endpoint address:port` per slot, in slot order.
     public var backends: [String]
-    public init(frontend: Int, service: String, vip: String, proto: String, affinitySeconds: Int?, backends: [String]) {
+    /// An HTTPRoute binds it: connect() keeps the VIP and mesh-proxy picks per request.
+    public var routed: Bool?
+    public init(frontend: Int, service: String, vip: String, proto: String, affinitySeconds: Int?, backends: [String],
+                routed: Bool? = nil) {
+        self.routed = routed
         self.frontend = frontend
         self.service = service
         self.vip = vip

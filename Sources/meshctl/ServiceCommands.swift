@@ -305,7 +305,7 @@ extension BPFCommand {
                     let rows = try await global.client.call(.GET, APIPath.bpfLB, as: [BPFLBRow].self)
                     if output == .json { return try printJSON(rows) }
                     printTable(["FRONTEND", "SERVICE", "VIP", "PROTO", "AFFINITY", "BACKENDS"], rows.map {
-                        [String($0.frontend), $0.service, $0.vip, $0.proto, $0.affinitySeconds.map { "\($0)s" } ?? "-",
+                        [String($0.frontend), $0.service, $0.vip + ($0.routed == true ? " (routed: mesh-proxy)" : ""), $0.proto, $0.affinitySeconds.map { "\($0)s" } ?? "-",
                          $0.backends.isEmpty ? "(none: refused)" : $0.backends.joined(separator: ", ")]
                     })
                 }

@@ -263,4 +263,36 @@ final class L7RouteTests: XCTestCase {
         XCTAssertEqual(r.stdout.components(separatedBy: " 200 ").count - 1, 90, "nghttp's table: every stream answered 200")
         XCTAssertEqual(try metricSum("mesh_proxy_http_requests_total", ["destination_service": "default/h2", "code": "200"]), 90)
     }
+
+    /// meshd dead: the kernel keeps the routed VIP going to the proxy and the proxy keeps its
+    /// routes, so requests still split; after the restart the frontend was never unrouted.
+    func testARoutedServiceKeepsRoutingWhileMeshdIsDeadAndAfterItsRestart() throws {
+        try startNode()
+        try backend("web-v1", "app=web,version=v1")
+        try backend("web-v2", "app=web,version=v2")
+        try node.apply([Self.service("web", selector: "app: web"), Self.service("web-v1", selector: "app: web, version: v1"),
+                        Self.service("web-v2", selector: "app: web, version: v2"), Self.canary].joined(separator: "\n---\n"))
+        let vip = try clusterIP("web")
+        let cgroup = try XCTUnwrap(try node.json("endpoint", "get", "client", "-o", "json")["cgroup"] as? String)
+        let lbBefore = try node.ctlOK("bpf", "lb", "list", "-o", "json")
+        XCTAssertTrue(lbBefore.contains("\"routed\" : true") || lbBefore.contains("\"routed\":true"), lbBefore)
+
+        node.stop(SIGKILL)
+        // No meshd, so no meshctl: join the client's cgroup and netns by hand.
+        let out = node.dir + "/dead.out"
+        let pid = try Run.spawn("/bin/sh", ["-c", "echo $$ > \(cgroup)/cgroup.procs && exec ip netns exec \(node.name)-ep-client python3 \(Traffic.script) http-client --url http://\(vip)/ --count 50 --header 'x-canary: yes'"],
+                                output: out)
+        let dead = try Traffic.Background(pid: pid, output: out).result()
+        XCTAssertEqual(dead["statuses"] as? [Int], Array(repeating: 200, count: 50), "\(dead)")
+        let servers = ((dead["bodies"] as? [String]) ?? []).compactMap {
+            ((try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any])?["server"] as? String
+        }
+        XCTAssertEqual(Set(servers), ["web-v2"], "the header match still holds while meshd is dead")
+
+        try node.start()
+        XCTAssertEqual(try node.ctlOK("bpf", "lb", "list", "-o", "json"), lbBefore, "the same frontends, still routed")
+        let after = try requests(from: "client", "http://\(vip)/", count: 300)
+        XCTAssertEqual(Set(after.statuses), [200])
+        XCTAssertEqual(Set(after.servers), ["web-v1", "web-v2"], "split per request after the restart")
+    }
 }

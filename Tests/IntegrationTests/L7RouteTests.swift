@@ -104,13 +104,19 @@ final class L7RouteTests: XCTestCase {
         - {name: web-v2, port: 80, weight: 10}
     """
 
-    func testA90To10CanaryAndAHeaderMatchSplitRequestsOnOneConnection() throws {
+    /// The node with web-v1 and web-v2 serving, the three Services and the canary route;
+    /// returns web's VIP.
+    func canaryNode() throws -> String {
         try startNode()
         try backend("web-v1", "app=web,version=v1")
         try backend("web-v2", "app=web,version=v2")
         try node.apply([Self.service("web", selector: "app: web"), Self.service("web-v1", selector: "app: web, version: v1"),
-                   Self.service("web-v2", selector: "app: web, version: v2"), Self.canary].joined(separator: "\n---\n"))
-        let vip = try clusterIP("web")
+                        Self.service("web-v2", selector: "app: web, version: v2"), Self.canary].joined(separator: "\n---\n"))
+        return try clusterIP("web")
+    }
+
+    func testA90To10CanaryAndAHeaderMatchSplitRequestsOnOneConnection() throws {
+        let vip = try canaryNode()
 
         // 2,000 requests over one keep-alive connection: per request, not per connection.
         let n = 2000
@@ -267,12 +273,7 @@ final class L7RouteTests: XCTestCase {
     /// meshd dead: the kernel keeps the routed VIP going to the proxy and the proxy keeps its
     /// routes, so requests still split; after the restart the frontend was never unrouted.
     func testARoutedServiceKeepsRoutingWhileMeshdIsDeadAndAfterItsRestart() throws {
-        try startNode()
-        try backend("web-v1", "app=web,version=v1")
-        try backend("web-v2", "app=web,version=v2")
-        try node.apply([Self.service("web", selector: "app: web"), Self.service("web-v1", selector: "app: web, version: v1"),
-                        Self.service("web-v2", selector: "app: web, version: v2"), Self.canary].joined(separator: "\n---\n"))
-        let vip = try clusterIP("web")
+        let vip = try canaryNode()
         let cgroup = try XCTUnwrap(try node.json("endpoint", "get", "client", "-o", "json")["cgroup"] as? String)
         let lbBefore = try node.ctlOK("bpf", "lb", "list", "-o", "json")
         XCTAssertTrue(lbBefore.contains("\"routed\" : true") || lbBefore.contains("\"routed\":true"), lbBefore)

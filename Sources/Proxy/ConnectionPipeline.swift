@@ -69,5 +69,22 @@ enum ConnectionPipeline {
                     DownstreamHandler(core: core, client: client, destination: destination, http2: upstreams.value))
             }
         }
+        try channel.pipeline.syncOperations.addHandler(CloseOnConnectionError(metrics: core.metrics))
+    }
+
+    /// NIOHTTP2 answers a connection-level protocol error with GOAWAY and reports it, but
+    /// leaves the socket open: the connection is of no further use, so it is closed here
+    /// (and counted as bad input).
+    final class CloseOnConnectionError: ChannelInboundHandler {
+        typealias InboundIn = Never
+        let metrics: ProxyMetrics
+        init(metrics: ProxyMetrics) { self.metrics = metrics }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            // One stream's error resets that stream only; the connection goes on.
+            if error is NIOHTTP2Errors.StreamError { return }
+            metrics.hostile(.badRequest)
+            context.close(promise: nil)
+        }
     }
 }

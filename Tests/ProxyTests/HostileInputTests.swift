@@ -100,4 +100,33 @@ final class HostileInputTests: XCTestCase {
         XCTAssertTrue(count.hasSuffix(" 1"), count)
         await h.stop()
     }
+
+    /// HTTP/2 that is not: the preface, then bytes that are no frame. NIOHTTP2 ends the
+    /// connection (GOAWAY), nothing reaches the upstream, and the next client is served.
+    func testGarbageAfterTheHTTP2PrefaceEndsTheConnection() async throws {
+        let h = try await ProxyHarness.start()
+        try await h.allow(nil)
+        let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        let started = ContinuousClock.now
+        let answer = try await RawClient.exchange(port: h.port, [preface, String(repeating: "\u{7f}garbage", count: 64)])
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(5), "closed by the proxy, not by the test's watchdog")
+        let count = try await hostileCount(h, "bad_request")
+        XCTAssertTrue(count.hasSuffix(" 1"), count)
+        XCTAssertFalse(answer.contains("HTTP/1.1"), "an HTTP/2 connection was answered as HTTP/1.1: \(answer.prefix(80))")
+        XCTAssertEqual(h.upstream.connectionCount, 0)
+        try await assertStillServing(h)
+        await h.stop()
+    }
+
+    /// A preface that stops half-way is as slow as a slow head: closed at the header timeout.
+    func testAHalfPrefaceIsCutOffByTheHeaderTimeout() async throws {
+        let h = try await ProxyHarness.start { $0.headerTimeout = .milliseconds(300) }
+        try await h.allow(nil)
+        let started = ContinuousClock.now
+        let answer = try await RawClient.exchange(port: h.port, "PRI * HTTP/2.0\r\n")
+        XCTAssertEqual(answer, "")
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(5), "closed by the proxy, not by the test's watchdog")
+        try await assertStillServing(h)
+        await h.stop()
+    }
 }

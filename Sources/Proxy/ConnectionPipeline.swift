@@ -61,7 +61,8 @@ enum ConnectionPipeline {
             HTTP2Setting(parameter: .maxHeaderListSize, value: core.settings.maxHeadBytes),
         ]
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-            mode: .server, connectionConfiguration: connection, streamConfiguration: .init()
+            mode: .server, connectionConfiguration: connection, streamConfiguration: .init(),
+            streamDelegate: HTTP2IdleClose(channel: channel, timeout: core.settings.idleTimeout)
         ) { stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
@@ -86,5 +87,40 @@ enum ConnectionPipeline {
             metrics.hostile(.badRequest)
             context.close(promise: nil)
         }
+    }
+}
+
+/// Closes an HTTP/2 client connection that has had no open stream for `timeout`, as an
+/// idle HTTP/1.1 keep-alive connection is closed: a connection that opens and then sends
+/// nothing would otherwise hold its slot for good. A stream in progress, however quiet (a
+/// gRPC stream), keeps the connection.
+final class HTTP2IdleClose: NIOHTTP2StreamDelegate, @unchecked Sendable {
+    // Touched only on the connection's event loop, where NIOHTTP2 calls the delegate.
+    private let channel: any Channel
+    private let timeout: TimeAmount
+    private var open = 0
+    private var timer: Scheduled<Void>?
+
+    init(channel: any Channel, timeout: TimeAmount) {
+        self.channel = channel
+        self.timeout = timeout
+        arm()
+    }
+
+    func streamCreated(_ id: HTTP2StreamID, channel: any Channel) {
+        open += 1
+        timer?.cancel()
+        timer = nil
+    }
+
+    func streamClosed(_ id: HTTP2StreamID, channel: any Channel) {
+        open -= 1
+        if open == 0 { arm() }
+    }
+
+    private func arm() {
+        timer?.cancel()
+        let connection = channel
+        timer = channel.eventLoop.scheduleTask(in: timeout) { connection.close(promise: nil) }
     }
 }

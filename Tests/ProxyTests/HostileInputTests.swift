@@ -129,4 +129,20 @@ final class HostileInputTests: XCTestCase {
         try await assertStillServing(h)
         await h.stop()
     }
+
+    /// An HTTP/2 connection with no stream open is closed at the idle timeout, as an idle
+    /// HTTP/1.1 keep-alive connection is: opening connections and sending nothing holds no
+    /// slot for good.
+    func testAnHTTP2ConnectionWithNoStreamIsClosedWhenIdle() async throws {
+        let h = try await ProxyHarness.start { $0.idleTimeout = .milliseconds(300) }
+        try await h.allow(nil)
+        // The preface and an empty SETTINGS frame (length 0, type 4, flags 0, stream 0).
+        let settings = String(decoding: [0, 0, 0, 4, 0, 0, 0, 0, 0] as [UInt8], as: UTF8.self)
+        let started = ContinuousClock.now
+        let answer = try await RawClient.exchange(port: h.port, ["PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", settings])
+        XCTAssertFalse(answer.isEmpty, "the proxy spoke HTTP/2 (its SETTINGS) before closing")
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(5), "closed by the proxy, not by the test's watchdog")
+        try await assertStillServing(h)
+        await h.stop()
+    }
 }

@@ -125,6 +125,13 @@ public struct HTTPRoute: Codable, Sendable, Equatable {
         }
     }
 
+    /// Whether `s` may be a header name: an RFC 9110 token.
+    public static func isHeaderName(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || "!#$%&'*+-.^_`|~".utf8.contains(c)
+        }
+    }
+
     public struct Header: Codable, Sendable, Equatable, Hashable {
         public var name: String
         public var value: String

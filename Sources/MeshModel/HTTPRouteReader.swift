@@ -259,16 +259,11 @@ enum HTTPRouteReader {
     }
 
     static func compiles(_ pattern: String, at node: PolicyNode) throws(PolicyFieldError) {
-        do { _ = try Regex(pattern) } catch {
-            throw node.error("\"\(pattern)\" is not a valid regular expression: \(error)")
-        }
+        do { _ = try compileRegex(pattern) } catch { throw node.error(error) }
     }
 
-    static func isHeaderName(_ s: String) -> Bool {
-        !s.isEmpty && s.utf8.count <= 256 && s.utf8.allSatisfy { c in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || "!#$%&'*+-.^_`|~".utf8.contains(c)
-        }
-    }
+    /// A token, and no longer than the Gateway API allows.
+    static func isHeaderName(_ s: String) -> Bool { s.utf8.count <= 256 && HTTPRoute.isHeaderName(s) }
 
     /// A Gateway API duration (GEP-2257): one or more number-and-unit parts, units h, m, s
     /// and ms, e.g. `10s`, `500ms`, `1h30m`. `0s` means no timeout (nil).

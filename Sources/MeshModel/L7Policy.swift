@@ -33,13 +33,18 @@ public struct HTTPRule: Codable, Sendable, Equatable, Hashable {
     /// Checks that each regular expression compiles; the error names the field.
     public func validate() throws(MeshError) {
         for (field, pattern) in [("method", method), ("path", path), ("host", host)] {
-            guard let pattern else { continue }
-            do {
-                _ = try Regex(pattern)
-            } catch {
-                throw MeshError.invalid("\(field): \"\(pattern)\" is not a valid regular expression: \(error)")
-            }
+            if let pattern { _ = try compileRegex(pattern, at: field) }
         }
+    }
+}
+
+/// A regular expression of a policy or a route, compiled; the error quotes the pattern and
+/// Swift's reason, after `place` when given (`path: "(" is not a valid regular expression: …`).
+public func compileRegex(_ pattern: String, at place: String? = nil) throws(MeshError) -> Regex<AnyRegexOutput> {
+    do {
+        return try Regex(pattern)
+    } catch {
+        throw MeshError.invalid((place.map { "\($0): " } ?? "") + "\"\(pattern)\" is not a valid regular expression: \(error)")
     }
 }
 
@@ -197,10 +202,14 @@ public final class L7PolicyIndex: Sendable {
         var headers: [HTTPRule.HeaderRequirement]
 
         init(_ r: HTTPRule) throws(MeshError) {
-            try r.validate()
-            method = try? r.method.map { try Regex($0) }
-            path = try? r.path.map { try Regex($0) }
-            host = try? r.host.map { try Regex($0) }
+            // Each expression compiled once, the error naming its field (as validate() does).
+            func compiled(_ pattern: String?, _ field: String) throws(MeshError) -> Regex<AnyRegexOutput>? {
+                guard let pattern else { return nil }
+                return try compileRegex(pattern, at: field)
+            }
+            method = try compiled(r.method, "method")
+            path = try compiled(r.path, "path")
+            host = try compiled(r.host, "host")
             headers = r.headers
         }
 

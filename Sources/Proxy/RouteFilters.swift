@@ -92,11 +92,7 @@ enum HeaderFilters {
 
     /// RFC 9110 token characters only.
     static func checkName(_ name: String, _ place: String) throws(MeshError) {
-        let extra = Set("!#$%&'*+-.^_`|~".utf8)
-        let isToken = { (c: UInt8) in
-            (0x30...0x39).contains(c) || (0x61...0x7a).contains(c | 0x20) || extra.contains(c)
-        }
-        guard !name.isEmpty, name.utf8.allSatisfy(isToken) else {
+        guard HTTPRoute.isHeaderName(name) else {
             throw MeshError.invalid("\(place): \"\(name)\" is not a header name")
         }
     }

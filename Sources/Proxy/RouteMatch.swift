@@ -110,7 +110,7 @@ struct CompiledRouteMatch: @unchecked Sendable {
             while prefix.hasSuffix("/") { prefix.removeLast() }
             path = .prefix(prefix)
         case .regularExpression:
-            path = .regex(try Self.regex(m.match.path.value, "\(place).path"))
+            path = .regex(try compileRegex(m.match.path.value, at: "\(place).path"))
         }
         headers = try m.match.headers.enumerated().map { (i, h) throws(MeshError) in
             try HeaderFilters.checkName(h.name, "\(place).headers[\(i)].name")
@@ -129,15 +129,7 @@ struct CompiledRouteMatch: @unchecked Sendable {
     private static func test(_ v: HTTPRoute.ValueMatch, _ place: String) throws(MeshError) -> ValueTest {
         switch v.type {
         case .exact: return .exact(v.value)
-        case .regularExpression: return .regex(try regex(v.value, "\(place).value"))
-        }
-    }
-
-    private static func regex(_ pattern: String, _ place: String) throws(MeshError) -> Regex<AnyRegexOutput> {
-        do {
-            return try Regex(pattern)
-        } catch {
-            throw MeshError.invalid("\(place): \"\(pattern)\" is not a valid regular expression: \(error)")
+        case .regularExpression: return .regex(try compileRegex(v.value, at: "\(place).value"))
         }
     }
 

@@ -8,7 +8,7 @@ final class PolicyStore: Sendable {
     /// One configuration, compiled.
     struct InForce: Sendable {
         var index: L7PolicyIndex
-        var routes: RouteTable
+        var routes: RoutedFrontends
     }
 
     enum Outcome: Equatable {
@@ -34,7 +34,7 @@ final class PolicyStore: Sendable {
     func apply(_ config: ProxyConfig) -> Outcome {
         let compiled: InForce
         do {
-            compiled = InForce(index: try L7PolicyIndex(config), routes: try RouteTable(config))
+            compiled = InForce(index: try L7PolicyIndex(config), routes: try RoutedFrontends(config))
         } catch {
             return .rejected(ProxyConfigRejection(generation: config.generation, reason: error.description))
         }

@@ -4,11 +4,11 @@ import NIOCore
 /// The routed frontends of one configuration, compiled and checked once, immutable and
 /// shared by every connection until the next configuration replaces it (with the L7
 /// policy of the same configuration: see PolicyStore).
-final class RouteTable: Sendable {
+final class RoutedFrontends: Sendable {
     let resilience: ProxyResilience
     private let frontends: [PeerAddress: RoutedFrontend]
 
-    static let empty = RouteTable()
+    static let empty = RoutedFrontends()
 
     private init() {
         resilience = .default

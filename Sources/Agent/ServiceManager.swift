@@ -237,19 +237,16 @@ public actor ServiceManager {
         for r in planned { undo.services[r.service.key] = .some(services[r.service.key]) }
         for ns in nsIncoming { undo.namespaces[ns.name] = .some(namespaces[ns.name]) }
         for r in routesIncoming { undo.routes[r.key] = .some(routes[r.key]) }
-        let rows = try store.writeServices(
+        let (rows, routeRows) = try store.writeServices(
             planned.map { Store.ServiceRow(id: $0.id == 0 ? nil : Int64($0.id), key: $0.service.key, spec: Self.json($0.service),
                                            clusterIP: $0.clusterIP.description, appliedAt: $0.appliedAt) },
             namespaces: nsIncoming.map { Store.NamespaceRow(name: $0.name, labels: Self.json($0.labels.values), appliedAt: Date()) },
             routes: routesIncoming.map { Store.RouteRow(id: nil, key: $0.key, spec: Self.json($0), appliedAt: Date()) })
-        if !routesIncoming.isEmpty {
-            // The ids the store gave (or kept): they order precedence ties.
-            let ids = Dictionary(((try? store.routeRows()) ?? []).map { ($0.key, Int($0.id ?? 0)) }, uniquingKeysWith: { a, _ in a })
-            for r in routesIncoming {
-                let rec = RouteRecord(id: ids[r.key] ?? Int.max, route: r, appliedAt: routes[r.key]?.route == r ? routes[r.key]!.appliedAt : Date())
-                routes[r.key] = rec
-                undo.appliedRoutes[r.key] = r
-            }
+        // The ids the store gave (or kept) order precedence ties.
+        for (r, row) in zip(routesIncoming, routeRows) {
+            let appliedAt = routes[r.key]?.route == r ? routes[r.key]!.appliedAt : Date()
+            routes[r.key] = RouteRecord(id: Int(row.id ?? 0), route: r, appliedAt: appliedAt)
+            undo.appliedRoutes[r.key] = r
         }
         for (r, row) in zip(planned, rows) {
             var rec = r
@@ -305,7 +302,7 @@ public actor ServiceManager {
             }
         }
         do {
-            _ = try store.writeServices(restoreServices, namespaces: restoreNamespaces, routes: restoreRoutes, deleteServices: deleteServices,
+            try store.writeServices(restoreServices, namespaces: restoreNamespaces, routes: restoreRoutes, deleteServices: deleteServices,
                                         deleteNamespaces: deleteNamespaces, deleteRoutes: deleteRoutes)
             try sync()
             if !undo.namespaces.isEmpty { try await policy.publish() }
@@ -322,7 +319,7 @@ public actor ServiceManager {
         guard services[key] != nil else {
             throw MeshError(.notFound, "service \"\(key)\" does not exist", hint: "meshctl get services lists them")
         }
-        _ = try store.writeServices([], namespaces: [], deleteServices: [key])
+        try store.writeServices([], namespaces: [], deleteServices: [key])
         services[key] = nil
         try sync()
         logger.info("service deleted", metadata: ["service": "\(key)"])
@@ -333,7 +330,7 @@ public actor ServiceManager {
         guard routes[key] != nil else {
             throw MeshError(.notFound, "HTTPRoute \"\(key)\" does not exist", hint: "meshctl get httproutes lists them")
         }
-        _ = try store.writeServices([], namespaces: [], deleteRoutes: [key])
+        try store.writeServices([], namespaces: [], deleteRoutes: [key])
         routes[key] = nil
         try sync()
         logger.info("HTTPRoute deleted", metadata: ["route": "\(key)"])
@@ -344,7 +341,7 @@ public actor ServiceManager {
         guard let old = namespaces[name] else {
             throw MeshError(.notFound, "namespace \"\(name)\" does not exist", hint: "meshctl get namespaces lists them")
         }
-        _ = try store.writeServices([], namespaces: [], deleteNamespaces: [name])
+        try store.writeServices([], namespaces: [], deleteNamespaces: [name])
         namespaces[name] = nil
         do { try await policy.publish() } catch {
             if namespaces[name] == nil {

@@ -275,17 +275,20 @@ public final class Store: Sendable {
         try wrap("list namespaces") { try db.read { try NamespaceRow.order(Column("name")).fetchAll($0) } }
     }
 
-    /// Writes services (new ones get their id) and namespaces, and deletes the services
-    /// and namespaces named, all in one transaction; returns the services as written.
+    /// Writes services and HTTPRoutes (new ones get their id; an updated route keeps its
+    /// own) and namespaces, and deletes those named, all in one transaction; returns the
+    /// services and routes as written.
+    @discardableResult
     public func writeServices(_ services: [ServiceRow], namespaces: [NamespaceRow], routes: [RouteRow] = [],
                               deleteServices: [String] = [], deleteNamespaces: [String] = [],
-                              deleteRoutes: [String] = []) throws(MeshError) -> [ServiceRow] {
+                              deleteRoutes: [String] = []) throws(MeshError) -> (services: [ServiceRow], routes: [RouteRow]) {
         try wrap("write services") {
             try db.write { db in
                 for key in deleteServices { _ = try ServiceRow.filter(Column("key") == key).deleteAll(db) }
                 for name in deleteNamespaces { _ = try NamespaceRow.deleteOne(db, key: name) }
                 for key in deleteRoutes { _ = try RouteRow.filter(Column("key") == key).deleteAll(db) }
                 for n in namespaces { try n.save(db) }
+                var routesOut: [RouteRow] = []
                 for var r in routes {
                     // An update keeps the route's place in precedence order.
                     if let existing = try RouteRow.filter(Column("key") == r.key).fetchOne(db) {
@@ -293,7 +296,9 @@ public final class Store: Sendable {
                         try r.update(db)
                     } else {
                         try r.insert(db)
+                        r.id = db.lastInsertedRowID
                     }
+                    routesOut.append(r)
                 }
                 var out: [ServiceRow] = []
                 for var r in services {
@@ -301,7 +306,7 @@ public final class Store: Sendable {
                     if r.id == nil { try r.insert(db); r.id = db.lastInsertedRowID } else { try r.update(db) }
                     out.append(r)
                 }
-                return out
+                return (out, routesOut)
             }
         }
     }

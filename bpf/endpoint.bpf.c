@@ -238,12 +238,11 @@ new_flow:
 			struct mesh_local_endpoint *from = bpf_map_lookup_elem(&mesh_local_ep, &f->saddr);
 
 			if (from) {
-				struct verdict ev = policy_decide(slot, MESH_DIR_EGRESS, from->endpoint_id,
-								  identity_of(slot, f->daddr), f->proto, f->dport);
+				__u32 to = identity_of(slot, f->daddr);
+				struct verdict ev = policy_decide(slot, MESH_DIR_EGRESS, from->endpoint_id, to, f->proto, f->dport);
 
 				if (ev.action == MESH_ACTION_DENY) {
-					report_flow(MESH_EVENT_DROP, from->endpoint_id, identity_of(slot, f->daddr), f,
-						    MESH_DIR_EGRESS, &ev, revision);
+					report_flow(MESH_EVENT_DROP, from->endpoint_id, to, f, MESH_DIR_EGRESS, &ev, revision);
 					return drop(skb, ev.reason, MESH_DIR_EGRESS);
 				}
 			}

@@ -1,3 +1,4 @@
+import MeshModel
 import NIOCore
 import NIOPosix
 
@@ -17,4 +18,15 @@ enum ControlThread {
         }
         return loop
     }()
+
+    /// Runs blocking work (netlink, map walks) on the control thread and waits for it.
+    static func run<T: Sendable>(_ body: @escaping @Sendable () throws(MeshError) -> T) async throws(MeshError) -> T {
+        do {
+            return try await group.next().submit { () throws -> T in try body() }.get()
+        } catch let error as MeshError {
+            throw error
+        } catch {
+            throw MeshError(.internalError, "\(error)")
+        }
+    }
 }

@@ -72,6 +72,41 @@ enum Netlink {
         }
     }
 
+    /// A route to another node's pod CIDR via its node IP, tagged as SwiftMesh's own
+    /// (replacing whatever route to that CIDR was there).
+    static func setNodeRoute(_ destination: IPv4CIDR, via gateway: IPv4Address) throws(MeshError) {
+        _ = try call {
+            sm_route_add_proto(-1, destination.network.networkOrder, UInt8(destination.prefixLength), gateway.networkOrder, nil,
+                               UInt8(SM_SCOPE_UNIVERSE), UInt8(SM_RTN_UNICAST), 1, UInt8(SM_RTPROT_SWIFTMESH), $0)
+        }
+    }
+
+    static func deleteRoute(_ destination: IPv4CIDR) throws(MeshError) {
+        _ = try call { sm_route_del(-1, destination.network.networkOrder, UInt8(destination.prefixLength), $0) }
+    }
+
+    /// The routes `setNodeRoute` made (this netns, main table): destination and gateway.
+    static func nodeRoutes() throws(MeshError) -> [(IPv4CIDR, IPv4Address)] {
+        var cap = 64
+        while true {
+            var dst = [UInt32](repeating: 0, count: cap), len = [UInt8](repeating: 0, count: cap), gw = [UInt32](repeating: 0, count: cap)
+            let n = Int(try call { err in
+                dst.withUnsafeMutableBufferPointer { d in
+                    len.withUnsafeMutableBufferPointer { l in
+                        gw.withUnsafeMutableBufferPointer { g in
+                            sm_route_list(-1, UInt8(SM_RTPROT_SWIFTMESH), d.baseAddress, l.baseAddress, g.baseAddress, Int32(cap), err)
+                        }
+                    }
+                }
+            })
+            if n > cap { cap = n + 16; continue }
+            return (0..<n).compactMap { i in
+                guard let cidr = try? IPv4CIDR(parsing: "\(IPv4Address(UInt32(bigEndian: dst[i])))/\(len[i])") else { return nil }
+                return (cidr, IPv4Address(UInt32(bigEndian: gw[i])))
+            }
+        }
+    }
+
     /// Packets marked `mark` (under `mask`) are delivered to this node, whatever their
     /// destination: the L7 proxy's transparent redirect (mesh_abi.h).
     static func routeMarkedLocally(mark: UInt32, mask: UInt32, table: UInt32, priority: UInt32) throws(MeshError) {

@@ -417,6 +417,12 @@ int sm_addr_add(int netns_fd, const char *ifname, uint32_t addr, uint8_t prefixl
 int sm_route_add(int netns_fd, uint32_t dst, uint8_t prefixlen, uint32_t gateway, const char *ifname,
 		 uint8_t scope, uint8_t type, int replace, sm_nl_err *err)
 {
+	return sm_route_add_proto(netns_fd, dst, prefixlen, gateway, ifname, scope, type, replace, RTPROT_BOOT, err);
+}
+
+int sm_route_add_proto(int netns_fd, uint32_t dst, uint8_t prefixlen, uint32_t gateway, const char *ifname,
+		       uint8_t scope, uint8_t type, int replace, uint8_t protocol, sm_nl_err *err)
+{
 	char buf[MNL_SOCKET_BUFFER_SIZE];
 	struct link_info li = { 0 };
 	struct nl nl;
@@ -432,7 +438,7 @@ int sm_route_add(int netns_fd, uint32_t dst, uint8_t prefixlen, uint32_t gateway
 	rtm->rtm_family = AF_INET;
 	rtm->rtm_dst_len = prefixlen;
 	rtm->rtm_table = RT_TABLE_MAIN;
-	rtm->rtm_protocol = RTPROT_BOOT;
+	rtm->rtm_protocol = protocol;
 	rtm->rtm_scope = scope;
 	rtm->rtm_type = type;
 	if (prefixlen)
@@ -531,6 +537,93 @@ int sm_route_oif(int netns_fd, uint32_t dst, sm_nl_err *err)
 	rc = nl_talk(&nl, nlh, route_reply, &oif, err, "get route to", inet_ntoa(in));
 	nl_close(&nl);
 	return rc < 0 ? rc : oif;
+}
+
+int sm_route_del(int netns_fd, uint32_t dst, uint8_t prefixlen, sm_nl_err *err)
+{
+	char buf[MNL_SOCKET_BUFFER_SIZE], what[64];
+	struct nl nl;
+	int rc = nl_open(&nl, netns_fd, err);
+	if (rc < 0)
+		return rc;
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+	nlh->nlmsg_type = RTM_DELROUTE;
+	nlh->nlmsg_flags = NLM_F_REQUEST;
+	struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof(*rtm));
+	rtm->rtm_family = AF_INET;
+	rtm->rtm_dst_len = prefixlen;
+	rtm->rtm_table = RT_TABLE_MAIN;
+	rtm->rtm_scope = RT_SCOPE_NOWHERE;
+	if (prefixlen)
+		mnl_attr_put_u32(nlh, RTA_DST, dst);
+	struct in_addr in = { .s_addr = dst };
+	snprintf(what, sizeof(what), "%s/%u", inet_ntoa(in), prefixlen);
+	rc = nl_talk(&nl, nlh, NULL, NULL, err, "delete route", what);
+	nl_close(&nl);
+	return rc;
+}
+
+struct route_list {
+	uint8_t protocol;
+	uint32_t *dst, *gateway;
+	uint8_t *len;
+	int max, count;
+};
+
+struct route_attrs {
+	uint32_t dst, gateway, table;
+};
+
+static int route_list_attr(const struct nlattr *a, void *data)
+{
+	struct route_attrs *r = data;
+	if (mnl_attr_get_payload_len(a) != 4)
+		return MNL_CB_OK;
+	switch (mnl_attr_get_type(a)) {
+	case RTA_DST: r->dst = mnl_attr_get_u32(a); break;
+	case RTA_GATEWAY: r->gateway = mnl_attr_get_u32(a); break;
+	case RTA_TABLE: r->table = mnl_attr_get_u32(a); break;
+	}
+	return MNL_CB_OK;
+}
+
+static int route_list_reply(const struct nlmsghdr *nlh, void *data)
+{
+	struct route_list *l = data;
+	const struct rtmsg *rtm = mnl_nlmsg_get_payload(nlh);
+	struct route_attrs r = { 0 };
+	if (nlh->nlmsg_type != RTM_NEWROUTE || rtm->rtm_family != AF_INET || rtm->rtm_protocol != l->protocol)
+		return 0;
+	r.table = rtm->rtm_table;
+	mnl_attr_parse(nlh, sizeof(*rtm), route_list_attr, &r);
+	if (r.table != RT_TABLE_MAIN)
+		return 0;
+	if (l->count < l->max) {
+		l->dst[l->count] = r.dst;
+		l->len[l->count] = rtm->rtm_dst_len;
+		l->gateway[l->count] = r.gateway;
+	}
+	l->count++;
+	return 0;
+}
+
+int sm_route_list(int netns_fd, uint8_t protocol, uint32_t *dst, uint8_t *len, uint32_t *gateway, int max,
+		  sm_nl_err *err)
+{
+	char buf[MNL_SOCKET_BUFFER_SIZE];
+	struct route_list l = { .protocol = protocol, .dst = dst, .gateway = gateway, .len = len, .max = max };
+	struct nl nl;
+	int rc = nl_open(&nl, netns_fd, err);
+	if (rc < 0)
+		return rc;
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+	nlh->nlmsg_type = RTM_GETROUTE;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof(*rtm));
+	rtm->rtm_family = AF_INET;
+	rc = nl_talk(&nl, nlh, route_list_reply, &l, err, "list routes", "");
+	nl_close(&nl);
+	return rc < 0 ? rc : l.count;
 }
 
 int sm_spawn_close_from(void *file_actions, int lowfd)

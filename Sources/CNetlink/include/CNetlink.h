@@ -18,6 +18,11 @@ enum {
 	SM_SCOPE_LINK = 253,
 	SM_RTN_UNICAST = 1,
 	SM_RTN_UNREACHABLE = 7,
+	SM_RTPROT_BOOT = 3,
+	/* Routes to other nodes' pod CIDRs carry a routing protocol number of their own (197:
+	 * iproute2's rt_protos names no daemon with it), so a restarted meshd finds exactly
+	 * the routes it made, and nobody else's. */
+	SM_RTPROT_SWIFTMESH = 197,
 };
 
 typedef struct sm_nl_err {
@@ -44,6 +49,15 @@ int sm_addr_add(int netns_fd, const char *ifname, uint32_t addr, uint8_t prefixl
  * `replace`: NLM_F_REPLACE, else NLM_F_EXCL. */
 int sm_route_add(int netns_fd, uint32_t dst, uint8_t prefixlen, uint32_t gateway, const char *ifname,
 		 uint8_t scope, uint8_t type, int replace, sm_nl_err *err);
+/* As sm_route_add, the route tagged with `protocol` (RTPROT_*). */
+int sm_route_add_proto(int netns_fd, uint32_t dst, uint8_t prefixlen, uint32_t gateway, const char *ifname,
+		       uint8_t scope, uint8_t type, int replace, uint8_t protocol, sm_nl_err *err);
+/* Deletes the main table's route to dst/prefixlen (any type); -ESRCH when there is none. */
+int sm_route_del(int netns_fd, uint32_t dst, uint8_t prefixlen, sm_nl_err *err);
+/* The main table's IPv4 routes tagged `protocol`: up to `max` of them into dst, len and
+ * gateway (0: none). Returns how many there are (may exceed `max`), or -errno. */
+int sm_route_list(int netns_fd, uint8_t protocol, uint32_t *dst, uint8_t *len, uint32_t *gateway, int max,
+		  sm_nl_err *err);
 /* posix_spawn_file_actions_addclosefrom_np on a posix_spawn_file_actions_t: glibc declares
  * it only with _GNU_SOURCE, which Swift's Glibc module leaves out. */
 int sm_spawn_close_from(void *file_actions, int lowfd);

@@ -12,10 +12,20 @@ import ServiceLifecycle
 enum APIServer {
     static func make(settings: NodeSettings, manager: EndpointManager, policy: PolicyEngine, datapath: MeshDatapath,
                      redirect: RedirectControl, lb: ServiceLB, services: ServiceManager, store: Store, hub: EventHub, proxy: ProxySupervisor?,
-                     startedAt: Date, logger: Logger) -> some Service {
+                     cluster: ClusterAgent?, startedAt: Date, logger: Logger) -> some Service {
         let router = Router()
-        PolicyRoutes.add(to: router, manager: manager, policy: policy, datapath: datapath, store: store, hub: hub, services: services)
-        ServiceRoutes.add(to: router, policy: policy, services: services)
+        PolicyRoutes.add(to: router, manager: manager, policy: policy, datapath: datapath, store: store, hub: hub, services: services,
+                         cluster: cluster)
+        ServiceRoutes.add(to: router, policy: policy, services: services, cluster: cluster)
+        router.get(RouterPath(APIPath.nodes)) { _, _ in
+            try await respond { () throws(MeshError) -> [NodeView] in
+                guard let cluster else {
+                    throw MeshError(.notFound, "this node is a node on its own, not a cluster member",
+                                    hint: "start meshd with --cluster etcd://HOST:PORT --node-ip IP to join one")
+                }
+                return await cluster.nodeViews()
+            }
+        }
         RedirectRoutes.add(to: router, control: redirect, store: store)
         router.get(RouterPath(APIPath.status)) { _, _ in
             try await respondOffPool {
@@ -47,6 +57,7 @@ enum APIServer {
                                          restarts: p.restarts, generation: Int(p.generationApplied), lastRejection: p.lastRejection,
                                          routedFrontends: proxy.routedFrontends)
                 }
+                status.cluster = cluster?.status
                 return status
             }
         }
@@ -168,10 +179,12 @@ enum APIServer {
 /// `GET /metrics` in the Prometheus text format on `--metrics-address`.
 enum MetricsServer {
     /// `proxy`: the L7 proxy's own metrics follow meshd's in the same scrape.
-    static func make(settings: NodeSettings, metrics: MetricsCollector, proxy: ProxySupervisor?, logger: Logger) -> some Service {
+    static func make(settings: NodeSettings, metrics: MetricsCollector, proxy: ProxySupervisor?, cluster: ClusterAgent?,
+                     logger: Logger) -> some Service {
         let router = Router()
         router.get("/metrics") { _, _ -> Response in
             if let proxy { metrics.observeProxy(proxy.currentStatus) }
+            if let cluster { metrics.observeCluster(cluster.healthNow, requests: cluster.etcd.requestCounts) }
             var body = try await NIOThreadPool.singleton.runIfActive { try metrics.scrape() }
             if let text = await proxy?.metricsText() { body += Array(text.utf8) }
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],

@@ -45,12 +45,28 @@ public enum Daemon {
         let redirectControl = try RedirectControl(redirect: redirect, store: store, settings: settings, logger: logger)
         // Configured first: the programs never see an unwritten config map.
         do { try redirect.attach() } catch { throw MeshError(.datapath, "attaching socket redirection failed: \(error)") }
-        let policy = try PolicyEngine(store: store, datapath: datapath, identities: StoreIdentityAllocator(store: store), logger: logger)
+        // A cluster member allocates label sets' identities in etcd (one number on every
+        // node), and CIDRs' in its own store; a node on its own, everything in its store.
+        let cluster = settings.cluster.map { ClusterAgent(settings: $0, node: settings, store: store, logger: logger) }
+        let localIdentities = StoreIdentityAllocator(store: store, grace: settings.identityGrace)
+        let identities: any IdentityAllocator = if let cluster {
+            await cluster.makeAllocator(local: localIdentities, grace: settings.identityGrace)
+        } else {
+            localIdentities
+        }
+        let policy = try PolicyEngine(store: store, datapath: datapath, identities: identities, logger: logger)
         let dns: NodeDNS? = settings.dns ? NodeDNS(settings: settings, logger: logger) : nil
         try dns?.prepare()
         let services = try ServiceManager(settings: settings, store: store, lb: lb, policy: policy, dns: dns, logger: logger)
         let manager = EndpointManager(settings: settings, store: store, datapath: datapath, policy: policy, services: services,
                                       dns: dns, logger: logger)
+        if let cluster {
+            // The other nodes' endpoints are peers from the first publish on: a restart
+            // never drops them from the kernel's view, not even for one revision.
+            await cluster.attach(policy: policy, services: services)
+            try await cluster.join()
+            await services.setOnLocalChange { Task { await cluster.localEndpointsChanged() } }
+        }
         try await manager.reconcile()
         // After the reconcile wrote the backends: services never see a half-built node.
         do { try lb.attach() } catch { throw MeshError(.datapath, "attaching the service load balancer failed: \(error)") }
@@ -78,8 +94,8 @@ public enum Daemon {
         }
         var running: [any Service] = [
             APIServer.make(settings: settings, manager: manager, policy: policy, datapath: datapath, redirect: redirectControl,
-                           lb: lb, services: services, store: store, hub: hub, proxy: proxy, startedAt: startedAt, logger: logger),
-            MetricsServer.make(settings: settings, metrics: metrics, proxy: proxy, logger: logger),
+                           lb: lb, services: services, store: store, hub: hub, proxy: proxy, cluster: cluster, startedAt: startedAt, logger: logger),
+            MetricsServer.make(settings: settings, metrics: metrics, proxy: proxy, cluster: cluster, logger: logger),
             DatapathEventService(datapath: datapath, metrics: metrics, hub: hub, logger: logger),
         ]
         if let proxy {
@@ -89,6 +105,7 @@ public enum Daemon {
             running.append(proxy)
         }
         if let dns { running.append(dns) }
+        if let cluster { running.append(cluster) }
         logger.info("meshd ready", metadata: [
             "api": "\(settings.apiSocket)", "metrics": "http://\(settings.metricsHost):\(settings.metricsPort)/metrics",
             "pod_cidr": "\(settings.podCIDR)", "service_cidr": "\(settings.serviceCIDR)", "dns": "\(settings.dns ? "on" : "off")", "bpffs": "\(settings.bpffs)", "cgroup": "\(settings.cgroup)",

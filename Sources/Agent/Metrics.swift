@@ -75,6 +75,42 @@ public final class MetricsCollector: @unchecked Sendable {
 
     private var proxyGauges: (up: Gauge, restarts: Gauge, generation: Gauge)?
 
+    private struct ClusterMetrics {
+        var up, nodes, remote, lag, contactAge: Gauge
+        var requests, failures, resyncs, leasesLost: Counter
+        var seen: (requests: Int64, failures: Int64, resyncs: Int, leasesLost: Int) = (0, 0, 0, 0)
+    }
+    private var clusterMetrics: ClusterMetrics?
+
+    /// The cluster connection: etcd reachable, nodes and remote endpoints known, how far the
+    /// watch trails etcd, and the etcd client's request counts.
+    func observeCluster(_ h: ClusterAgent.Health, requests: (requests: Int64, failures: Int64)) {
+        lock.withLock {
+            var m = clusterMetrics ?? ClusterMetrics(
+                up: registry.makeGauge(name: "mesh_cluster_etcd_up", help: "1 while etcd answers this node, else 0 (the node then enforces what it last knew)."),
+                nodes: registry.makeGauge(name: "mesh_cluster_nodes", help: "Nodes of the cluster this node knows, itself included."),
+                remote: registry.makeGauge(name: "mesh_cluster_remote_endpoints", help: "Endpoints of other nodes this node enforces policy and balances services with."),
+                lag: registry.makeGauge(name: "mesh_cluster_watch_lag_revisions", help: "etcd revisions this node has seen but not yet applied."),
+                contactAge: registry.makeGauge(name: "mesh_cluster_etcd_last_contact_age_seconds", help: "Seconds since etcd last answered this node."),
+                requests: registry.makeCounter(name: "mesh_cluster_etcd_requests_total", help: "Requests this node sent to etcd (watches included)."),
+                failures: registry.makeCounter(name: "mesh_cluster_etcd_request_failures_total", help: "Requests to etcd that failed: member unreachable, timeout or error answer."),
+                resyncs: registry.makeCounter(name: "mesh_cluster_resyncs_total", help: "Full reads of the cluster state after a broken watch."),
+                leasesLost: registry.makeCounter(name: "mesh_cluster_leases_lost_total", help: "Times the node's lease lapsed (etcd away longer than its TTL) and the node registered again."))
+            m.up.set(to: h.connected ? 1.0 : 0.0)
+            m.nodes.set(to: Double(h.nodes.count))
+            m.remote.set(to: Double(h.remoteEndpoints))
+            m.lag.set(to: Double(max(0, h.etcdRevision - h.appliedRevision)))
+            m.contactAge.set(to: h.lastContact.map { Date().timeIntervalSince($0) } ?? -1)
+            if requests.requests > m.seen.requests { m.requests.increment(by: Double(requests.requests - m.seen.requests)) }
+            if requests.failures > m.seen.failures { m.failures.increment(by: Double(requests.failures - m.seen.failures)) }
+            if h.resyncs > m.seen.resyncs { m.resyncs.increment(by: Double(h.resyncs - m.seen.resyncs)) }
+            if h.leasesLost > m.seen.leasesLost { m.leasesLost.increment(by: Double(h.leasesLost - m.seen.leasesLost)) }
+            m.seen = (max(m.seen.requests, requests.requests), max(m.seen.failures, requests.failures),
+                      max(m.seen.resyncs, h.resyncs), max(m.seen.leasesLost, h.leasesLost))
+            clusterMetrics = m
+        }
+    }
+
     /// The supervisor's view of the L7 proxy (the proxy's own figures come with the scrape).
     func observeProxy(_ s: ProxySupervisor.Status) {
         lock.withLock {

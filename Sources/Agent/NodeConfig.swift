@@ -36,6 +36,15 @@ public struct NodeConfig: Sendable, Equatable {
     public var proxyPort = "\(MESH_PROXY_DEFAULT_PORT)"
     /// The `mesh-proxy` executable; nil: the one beside meshd's own.
     public var proxyBinary: String?
+    /// `etcd://HOST:PORT[,HOST:PORT…]`: join the cluster these etcd members hold; nil: a
+    /// node on its own (SQLite only).
+    public var cluster: String?
+    /// The node's address on the network between nodes (needed with `cluster`).
+    public var nodeIP: String?
+    /// Seconds the node's cluster lease lasts without renewal.
+    public var clusterLeaseTTL = "10"
+    /// Seconds an identity nothing uses any more keeps its number.
+    public var identityGrace = "300"
 
     public init() {}
 
@@ -64,7 +73,7 @@ public struct NodeConfig: Sendable, Equatable {
     /// The keys a config file may set, as on the command line without the dashes.
     public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address",
                                   "socket-redirect", "local-congestion-control", "conntrack-max", "api-group", "service-cidr", "dns",
-                                  "proxy", "proxy-port", "proxy-binary"]
+                                  "proxy", "proxy-port", "proxy-binary", "cluster", "node-ip", "cluster-lease-ttl", "identity-grace"]
 
     /// Applies a YAML mapping of `fileKeys` to strings. Unknown keys are an error.
     public mutating func apply(yaml text: String, source: String) throws(MeshError) {
@@ -106,6 +115,10 @@ public struct NodeConfig: Sendable, Equatable {
         case "proxy": proxy = value
         case "proxy-port": proxyPort = value
         case "proxy-binary": proxyBinary = value
+        case "cluster": cluster = value
+        case "node-ip": nodeIP = value
+        case "cluster-lease-ttl": clusterLeaseTTL = value
+        case "identity-grace": identityGrace = value
         default: break
         }
     }
@@ -171,6 +184,10 @@ public struct NodeConfig: Sendable, Equatable {
             }
             group = (apiGroup, gr.pointee.gr_gid)
         }
+        let clusterSettings = try resolveCluster()
+        guard let grace = Int(identityGrace), (0...86_400).contains(grace) else {
+            throw .invalid("identity-grace \"\(identityGrace)\" must be a number of seconds from 0 to 86400")
+        }
         let pin = bpffs ?? "/sys/fs/bpf/\(nodeName)"
         guard pin.hasPrefix("/sys/fs/bpf/"), pin.count > "/sys/fs/bpf/".count else {
             throw .invalid("bpffs folder \"\(pin)\" must be a folder under /sys/fs/bpf")
@@ -185,7 +202,34 @@ public struct NodeConfig: Sendable, Equatable {
                             socketRedirect: socketRedirect.flatMap(RuntimeConfig.parseSwitch),
                             localCongestionControl: localCongestionControl, conntrackMax: ctMax,
                             apiAccess: APIAccess(group: group), serviceCIDR: services, dns: dnsOn,
-                            proxy: proxyOn ? ProxySettings(port: proxyPortNumber, binary: proxyExecutable) : nil)
+                            proxy: proxyOn ? ProxySettings(port: proxyPortNumber, binary: proxyExecutable) : nil,
+                            cluster: clusterSettings, identityGrace: TimeInterval(grace))
+    }
+
+    /// `etcd://HOST:PORT[,HOST:PORT…]` and the node IP, or nil without `cluster`.
+    func resolveCluster() throws(MeshError) -> ClusterSettings? {
+        guard let cluster else {
+            if nodeIP != nil { throw .invalid("node-ip is for cluster members: give --cluster etcd://HOST:PORT too") }
+            return nil
+        }
+        guard cluster.hasPrefix("etcd://") else {
+            throw .invalid("cluster \"\(cluster)\" must be etcd://HOST:PORT[,HOST:PORT...]", hint: "for example etcd://10.99.0.1:2379")
+        }
+        var members: [String] = []
+        for member in cluster.dropFirst("etcd://".count).split(separator: ",", omittingEmptySubsequences: false) {
+            let parts = member.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 2, !parts[0].isEmpty, parts[0].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" }),
+                  let port = Int(parts[1]), (1...65535).contains(port) else {
+                throw .invalid("cluster member \"\(member)\" must be HOST:PORT", hint: "for example etcd://10.99.0.1:2379,10.99.0.2:2379")
+            }
+            members.append(String(member))
+        }
+        guard let nodeIP else { throw .invalid("a cluster member needs --node-ip: the address other nodes reach its pod CIDR through") }
+        guard let ip = IPv4Address(nodeIP) else { throw .invalid("node-ip \"\(nodeIP)\" is not an IPv4 address") }
+        guard let ttl = Int(clusterLeaseTTL), (2...3600).contains(ttl) else {
+            throw .invalid("cluster-lease-ttl \"\(clusterLeaseTTL)\" must be a number of seconds from 2 to 3600")
+        }
+        return ClusterSettings(etcd: members, nodeIP: ip, leaseTTL: ttl)
     }
 
     /// `name` in the folder of the running executable (meshd's own).
@@ -229,6 +273,10 @@ public struct NodeSettings: Sendable {
     public let dns: Bool
     /// The L7 proxy meshd runs; nil: none (flows that need it are dropped).
     public let proxy: ProxySettings?
+    /// The cluster the node is a member of; nil: a node on its own.
+    public let cluster: ClusterSettings?
+    /// How long an unused identity keeps its number.
+    public let identityGrace: TimeInterval
 
     /// The sizes the node's BPF maps load with (every object that declares them).
     public var mapSizes: MapSizes { MapSizes(conntrack: conntrackMax) }

@@ -91,12 +91,44 @@ public actor PolicyEngine {
         try publish(policies: policies)
     }
 
-    /// Endpoints as identity and policy see them: their labels and their namespace's.
+    /// Endpoints as identity and policy see them: their labels and their namespace's; then
+    /// the other nodes' endpoints (ids below zero), peers that rules may name.
     private func endpointInfos() throws(MeshError) -> [PolicyCompiler.EndpointInfo] {
         let nsLabels = ServiceManager.namespaceLabels(store)
-        return try store.endpoints().map {
+        let local: [PolicyCompiler.EndpointInfo] = try store.endpoints().map {
             .init(id: $0.id, name: $0.name, labels: $0.labels.withNamespaceLabels(nsLabels[$0.labels.namespace]), ipv4: $0.ipv4)
         }
+        return local + remoteEndpoints.enumerated().map { i, r in
+            .init(id: -1 - i, name: "\(r.node)/\(r.name)", labels: r.labels, ipv4: r.ip, local: false)
+        }
+    }
+
+    /// The other nodes' endpoints, as the cluster's store says (sorted by address).
+    private(set) var remoteEndpoints: [EndpointRecord] = []
+
+    /// Takes the other nodes' endpoints and publishes a revision with them, unless they
+    /// are what the last one had. A failed publish keeps the old ones (the caller retries).
+    public func setRemoteEndpoints(_ records: [EndpointRecord]) throws(MeshError) {
+        let sorted = records.sorted { $0.ip < $1.ip }
+        guard sorted != remoteEndpoints else { return }
+        let old = remoteEndpoints
+        remoteEndpoints = sorted
+        do { try publish() } catch {
+            remoteEndpoints = old
+            throw error
+        }
+    }
+
+    /// The labels identity and policy see for each of this node's endpoints (by name), and
+    /// their identity numbers in the revision in force.
+    public func localIdentities() throws(MeshError) -> [String: (labels: Labels, identity: UInt32)] {
+        let nsLabels = ServiceManager.namespaceLabels(store)
+        var out: [String: (labels: Labels, identity: UInt32)] = [:]
+        for ep in try store.endpoints() {
+            guard let id = compiled?.endpointIdentity[ep.id] else { continue }
+            out[ep.name] = (ep.labels.withNamespaceLabels(nsLabels[ep.labels.namespace]), id)
+        }
+        return out
     }
 
     /// `allocate`: take numbers for new label sets and CIDRs from the allocator (and mark

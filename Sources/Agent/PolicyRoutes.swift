@@ -8,7 +8,7 @@ import NIOPosix
 /// Policy, trace, monitor and BPF-dump routes of the API.
 enum PolicyRoutes {
     static func add(to router: Router<BasicRequestContext>, manager: EndpointManager, policy: PolicyEngine,
-                    datapath: MeshDatapath, store: Store, hub: EventHub, services: ServiceManager) {
+                    datapath: MeshDatapath, store: Store, hub: EventHub, services: ServiceManager, cluster: ClusterAgent?) {
         router.post(RouterPath(APIPath.policies)) { request, _ in
             try await APIServer.respond(status: .ok) {
                 let body = try await APIServer.body(of: request, limit: 64 << 20, what: "a policy file")
@@ -16,7 +16,10 @@ enum PolicyRoutes {
                 do { req = try MeshJSON.decoder().decode(PolicyApplyRequest.self, from: Data(buffer: body)) } catch {
                     throw MeshError.invalid("request body is not a policy apply request: \(APIServer.describe(error))")
                 }
-                return try await policy.apply(req)
+                if !req.dryRun { try cluster?.requireStore("apply \(req.source)") }
+                let result = try await policy.apply(req)
+                if let cluster, !req.dryRun { try await ServiceRoutes.shareApplied(req.yaml, cluster: cluster, services: services) }
+                return result
             }
         }
         router.get(RouterPath(APIPath.policies)) { _, _ in try await APIServer.respond { try await policy.list() } }
@@ -27,7 +30,10 @@ enum PolicyRoutes {
         }
         router.delete("/v1/policies/:namespace/:name") { _, ctx in
             try await APIServer.respond {
-                ["deleted": try await policy.delete("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")")]
+                try cluster?.requireStore("delete a policy")
+                let key = try await policy.delete("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")")
+                try await cluster?.documentDeleted(kind: "policy", key: key)
+                return ["deleted": key]
             }
         }
         router.post(RouterPath(APIPath.trace)) { request, _ in

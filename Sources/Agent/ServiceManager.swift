@@ -113,11 +113,40 @@ public actor ServiceManager {
     static func frontendID(service: Int, port: Int) -> UInt32 { UInt32(service) << 8 | UInt32(port + 1) }
     static let maxPorts = 255
 
-    static func targetPort(_ port: MeshService.Port, of ep: Endpoint) -> UInt16? {
+    static func targetPort(_ port: MeshService.Port, of ep: Endpoint) -> UInt16? { targetPort(port, ports: ep.ports) }
+
+    static func targetPort(_ port: MeshService.Port, ports: [String: UInt16]) -> UInt16? {
         switch port.targetPort {
         case .number(let n): n
-        case .name(let s): ep.ports[s]
+        case .name(let s): ports[s]
         }
+    }
+
+    // MARK: Other nodes' endpoints
+
+    /// The other nodes' endpoints (a cluster's): backends of the services that select
+    /// them while their own node reports them ready.
+    private var remoteEndpoints: [EndpointRecord] = []
+    /// Told after this node's endpoints or their readiness changed (the cluster agent).
+    private var onLocalChange: (@Sendable () -> Void)?
+
+    public func setOnLocalChange(_ f: @escaping @Sendable () -> Void) { onLocalChange = f }
+
+    public func setRemoteEndpoints(_ records: [EndpointRecord]) {
+        remoteEndpoints = records.sorted { ($0.node, $0.name) < ($1.node, $1.name) }
+        do { try sync() } catch { logger.error("re-registering backends failed", metadata: ["error": "\(error.message)"]) }
+    }
+
+    /// A remote backend's id in the kernel's maps and events: the high bit set (local
+    /// endpoint ids never reach it), the rest a hash of `node/name`.
+    static func remoteBackendID(_ r: EndpointRecord) -> UInt32 {
+        let h = "\(r.node)/\(r.name)".utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
+        return 0x8000_0000 | (h & 0x7fff_ffff)
+    }
+
+    /// Whether each of this node's endpoints is ready (probed, or without a probe).
+    public func readiness() throws(MeshError) -> [String: Bool] {
+        Dictionary(try store.endpoints().map { ($0.name, isReady($0)) }, uniquingKeysWith: { a, _ in a })
     }
 
     func isReady(_ ep: Endpoint) -> Bool {
@@ -395,6 +424,7 @@ public actor ServiceManager {
         } catch {
             logger.error("re-registering backends failed", metadata: ["error": "\(error.message)"])
         }
+        onLocalChange?()
     }
 
     /// One probe's result; a result of a prober since replaced (the endpoint was deleted and
@@ -413,6 +443,7 @@ public actor ServiceManager {
         guard st.ready != was else { return }
         logger.info(st.ready ? "endpoint ready" : "endpoint unready", metadata: ["endpoint": "\(name)", "probe": "\(probe)"])
         do { try sync() } catch { logger.error("re-registering backends failed", metadata: ["error": "\(error.message)"]) }
+        onLocalChange?()
     }
 
     /// Makes the kernel's frontends, the DNS names and the names table match the desired state.
@@ -433,6 +464,8 @@ public actor ServiceManager {
                                            routed: port.protocolNumber == 6 && routed.contains("\(r.clusterIP):\(port.port)"))
                 desired[f] = selected.compactMap { ep in
                     Self.targetPort(port, of: ep).map { ServiceLB.Backend(id: UInt32(ep.id), address: ep.ipv4.value, port: $0) }
+                } + remoteEndpoints.filter { $0.ready && r.service.selects($0.labels) }.compactMap { ep in
+                    Self.targetPort(port, ports: ep.ports).map { ServiceLB.Backend(id: Self.remoteBackendID(ep), address: ep.ip.value, port: $0) }
                 }
                 frontendNames[f.id] = .init(service: r.service.key, port: port.name ?? "\(port.port)")
             }
@@ -445,7 +478,9 @@ public actor ServiceManager {
         } catch {
             throw MeshError(.datapath, "writing the load balancer's maps failed: \(error)")
         }
-        names.set(frontends: frontendNames, endpoints: Dictionary(eps.map { (UInt32($0.id), $0.name) }, uniquingKeysWith: { a, _ in a }),
+        names.set(frontends: frontendNames,
+                  endpoints: Dictionary(eps.map { (UInt32($0.id), $0.name) } + remoteEndpoints.map { (Self.remoteBackendID($0), "\($0.node)/\($0.name)") },
+                                        uniquingKeysWith: { a, _ in a }),
                   cgroups: Dictionary(eps.compactMap { ep in Cgroup2.id(ep.cgroup).map { ($0, ep.name) } }, uniquingKeysWith: { a, _ in a }),
                   readiness: Dictionary(eps.filter { $0.readiness != nil }.map { ($0.name, isReady($0)) }, uniquingKeysWith: { a, _ in a }),
                   serviceBackends: services.values.map { r in
@@ -531,6 +566,10 @@ public actor ServiceManager {
             var ports: [String: Int] = [:]
             for p in r.service.ports { if let t = Self.targetPort(p, of: ep) { ports[p.name ?? "\(p.port)"] = Int(t) } }
             return ServiceView.Backend(endpoint: ep.name, address: ep.ipv4, state: isReady(ep) ? "ready" : "unready", ports: ports)
+        } + remoteEndpoints.filter { r.service.selects($0.labels) }.map { ep in
+            var ports: [String: Int] = [:]
+            for p in r.service.ports { if let t = Self.targetPort(p, ports: ep.ports) { ports[p.name ?? "\(p.port)"] = Int(t) } }
+            return ServiceView.Backend(endpoint: "\(ep.node)/\(ep.name)", address: ep.ip, state: ep.ready ? "ready" : "unready", ports: ports)
         }
         return ServiceView(service: r.service, clusterIP: r.clusterIP, backends: backends, appliedAt: r.appliedAt)
     }

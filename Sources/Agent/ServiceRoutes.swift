@@ -7,7 +7,7 @@ import NIOPosix
 
 /// `meshctl apply`, services, namespaces and the load balancer's maps.
 enum ServiceRoutes {
-    static func add(to router: Router<BasicRequestContext>, policy: PolicyEngine, services: ServiceManager) {
+    static func add(to router: Router<BasicRequestContext>, policy: PolicyEngine, services: ServiceManager, cluster: ClusterAgent?) {
         router.post(RouterPath(APIPath.apply)) { request, _ in
             try await APIServer.respond(status: .ok) {
                 let body = try await APIServer.body(of: request, limit: 64 << 20, what: "a file to apply")
@@ -15,7 +15,10 @@ enum ServiceRoutes {
                 do { req = try MeshJSON.decoder().decode(PolicyApplyRequest.self, from: Data(buffer: body)) } catch {
                     throw MeshError.invalid("request body is not an apply request: \(APIServer.describe(error))")
                 }
-                return try await apply(req, policy: policy, services: services)
+                if !req.dryRun { try cluster?.requireStore("apply \(req.source)") }
+                let result = try await apply(req, policy: policy, services: services)
+                if let cluster, !req.dryRun { try await shareApplied(req.yaml, cluster: cluster, services: services) }
+                return result
             }
         }
         router.get(RouterPath(APIPath.services)) { _, _ in try await APIServer.respond { try await services.views() } }
@@ -24,7 +27,10 @@ enum ServiceRoutes {
         }
         router.delete("/v1/services/:namespace/:name") { _, ctx in
             try await APIServer.respond {
-                ["deleted": try await services.deleteService("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")")]
+                try cluster?.requireStore("delete a service")
+                let key = try await services.deleteService("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")")
+                try await cluster?.documentDeleted(kind: "Service", key: key)
+                return ["deleted": key]
             }
         }
         router.get("/v1/httproutes") { _, _ in try await APIServer.respond { await services.routeViews() } }
@@ -33,7 +39,10 @@ enum ServiceRoutes {
         }
         router.delete("/v1/httproutes/:namespace/:name") { _, ctx in
             try await APIServer.respond {
-                ["deleted": try await services.deleteRoute("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")")]
+                try cluster?.requireStore("delete a route")
+                let key = try await services.deleteRoute("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")")
+                try await cluster?.documentDeleted(kind: "HTTPRoute", key: key)
+                return ["deleted": key]
             }
         }
         router.get(RouterPath(APIPath.namespaces)) { _, _ in try await APIServer.respond { try await services.namespaceViews() } }
@@ -41,10 +50,26 @@ enum ServiceRoutes {
             try await APIServer.respond { try await services.namespaceView(ctx.parameters.get("name") ?? "") }
         }
         router.delete("/v1/namespaces/:name") { _, ctx in
-            try await APIServer.respond { ["deleted": try await services.deleteNamespace(ctx.parameters.get("name") ?? "")] }
+            try await APIServer.respond {
+                try cluster?.requireStore("delete a namespace")
+                let name = try await services.deleteNamespace(ctx.parameters.get("name") ?? "")
+                try await cluster?.documentDeleted(kind: "Namespace", key: name)
+                return ["deleted": name]
+            }
         }
         router.get(RouterPath(APIPath.bpfLB)) { _, _ in
             try await APIServer.respondOffPool { try services.kernelRows() }
+        }
+    }
+
+    /// What a cluster member applied becomes the cluster's: each document in etcd, a
+    /// Service with the cluster IP this node gave it.
+    static func shareApplied(_ yaml: String, cluster: ClusterAgent, services: ServiceManager) async throws(MeshError) {
+        var ips: [String: String] = [:]
+        for v in (try? await services.views()) ?? [] { ips["\(v.namespace)/\(v.name)"] = v.clusterIP.description }
+        do { try await cluster.documentsApplied(yaml: yaml, clusterIPs: ips) } catch {
+            throw MeshError(.unavailable, "applied on this node, but not stored in the cluster: \(error.message)",
+                            hint: "apply it again once etcd answers; until then the next resync may undo it here")
         }
     }
 

@@ -8,6 +8,62 @@ public enum APIPath {
     public static func endpoint(_ name: String) -> String { "/v1/endpoints/\(name)" }
     public static func endpointLabels(_ name: String) -> String { "/v1/endpoints/\(name)/labels" }
     public static let identities = "/v1/identities"
+    public static let nodes = "/v1/nodes"
+}
+
+/// A cluster member's view of the cluster (`meshctl status`).
+public struct ClusterStatus: Codable, Sendable {
+    /// The etcd members (`host:port`).
+    public var etcd: [String]
+    public var connected: Bool
+    public var lastError: String?
+    public var lastContact: Date?
+    public var nodeIP: String
+    public var nodes: Int
+    public var remoteEndpoints: Int
+    public var leaseTTL: Int
+    /// etcd's revision as last seen, and the one this node has applied: the watch's lag.
+    public var etcdRevision: Int64
+    public var appliedRevision: Int64
+    public var resyncs: Int
+    public var leasesLost: Int
+    public init(etcd: [String], connected: Bool, lastError: String?, lastContact: Date?, nodeIP: String, nodes: Int, remoteEndpoints: Int,
+                leaseTTL: Int, etcdRevision: Int64, appliedRevision: Int64, resyncs: Int, leasesLost: Int) {
+        self.etcd = etcd
+        self.connected = connected
+        self.lastError = lastError
+        self.lastContact = lastContact
+        self.nodeIP = nodeIP
+        self.nodes = nodes
+        self.remoteEndpoints = remoteEndpoints
+        self.leaseTTL = leaseTTL
+        self.etcdRevision = etcdRevision
+        self.appliedRevision = appliedRevision
+        self.resyncs = resyncs
+        self.leasesLost = leasesLost
+    }
+}
+
+/// One node of the cluster (`meshctl node list`).
+public struct NodeView: Codable, Sendable {
+    public var name: String
+    public var ip: String
+    public var podCIDR: String
+    public var endpoints: Int
+    /// When the node last renewed its lease.
+    public var heartbeat: Date
+    public var version: String
+    /// The node answering.
+    public var local: Bool
+    public init(name: String, ip: String, podCIDR: String, endpoints: Int, heartbeat: Date, version: String, local: Bool) {
+        self.name = name
+        self.ip = ip
+        self.podCIDR = podCIDR
+        self.endpoints = endpoints
+        self.heartbeat = heartbeat
+        self.version = version
+        self.local = local
+    }
 }
 
 /// Body of `PATCH /v1/endpoints/NAME/labels`: labels to set (added or changed) and label
@@ -178,6 +234,8 @@ public struct NodeStatus: Codable, Sendable {
     public var lastPublish: PublishSummary?
     /// The L7 proxy, when this node runs one.
     public var proxy: ProxyStatus?
+    /// The cluster, when this node is a member of one.
+    public var cluster: ClusterStatus?
 
     public struct ProxyStatus: Codable, Sendable {
         public var port: Int

@@ -18,11 +18,16 @@ public enum PolicyCompiler {
         public var name: String
         public var labels: Labels
         public var ipv4: IPv4Address
-        public init(id: Int, name: String, labels: Labels, ipv4: IPv4Address) {
+        /// false: an endpoint of another node of the cluster. It is a peer that rules can
+        /// name and an ipcache entry, never a subject: its own node enforces its policy.
+        /// Its id is unique among the compile's endpoints but means nothing to the kernel.
+        public var local: Bool
+        public init(id: Int, name: String, labels: Labels, ipv4: IPv4Address, local: Bool = true) {
             self.id = id
             self.name = name
             self.labels = labels
             self.ipv4 = ipv4
+            self.local = local
         }
     }
 
@@ -201,7 +206,8 @@ public enum PolicyCompiler {
         let cidrIndex = cidrIdentity.sorted { ($0.key.network, $0.key.prefixLength) < ($1.key.network, $1.key.prefixLength) }
         var ipcache: [IPCacheEntry] = cidrs.map { IPCacheEntry(prefix: $0, identity: cidrIdentity[$0]!, endpointID: 0) }
         for ep in endpoints {
-            ipcache.append(IPCacheEntry(prefix: try! IPv4CIDR(parsing: "\(ep.ipv4)/32"), identity: endpointIdentity[ep.id]!, endpointID: ep.id))
+            ipcache.append(IPCacheEntry(prefix: try! IPv4CIDR(parsing: "\(ep.ipv4)/32"), identity: endpointIdentity[ep.id]!,
+                                        endpointID: ep.local ? ep.id : 0))
         }
         for h in Set(hostAddresses) {
             ipcache.append(IPCacheEntry(prefix: try! IPv4CIDR(parsing: "\(h)/32"), identity: hostIdentity, endpointID: 0))
@@ -223,16 +229,18 @@ public enum PolicyCompiler {
         // rules. Most policy sets have none, and then this costs nothing more.
         struct DirectionKey: Hashable { var ep: Int; var dir: TrafficDirection }
         var l7Directions = Set<DirectionKey>()
+        // Subjects are this node's endpoints; peers are every endpoint of the cluster.
+        let localEndpoints = endpoints.allSatisfy(\.local) ? endpoints : endpoints.filter(\.local)
         for p in sortedPolicies {
             for r in p.rules where r.action == .allow && r.ports.contains(where: { $0.http != nil }) {
-                for ep in endpoints where p.subject.matches(ep.labels) { l7Directions.insert(DirectionKey(ep: ep.id, dir: r.direction)) }
+                for ep in localEndpoints where p.subject.matches(ep.labels) { l7Directions.insert(DirectionKey(ep: ep.id, dir: r.direction)) }
             }
         }
         var l7Rules: [DirectionKey: [L7PortRule]] = [:]
         for p in sortedPolicies {
             let pid = policyID(p.key)
             policyIDs[pid] = p.key
-            let subjects = endpoints.filter { p.subject.matches($0.labels) }
+            let subjects = localEndpoints.filter { p.subject.matches($0.labels) }
             for ep in subjects {
                 if p.enforceIngress { selectedBy[ep.id, default: [:]][.ingress, default: []].append(p.key) }
                 if p.enforceEgress { selectedBy[ep.id, default: [:]][.egress, default: []].append(p.key) }
@@ -260,7 +268,7 @@ public enum PolicyCompiler {
         }
 
         var enforcement: [Enforcement] = []
-        for ep in endpoints.sorted(by: { $0.id < $1.id }) {
+        for ep in localEndpoints.sorted(by: { $0.id < $1.id }) {
             guard let sel = selectedBy[ep.id] else { continue }
             var e = Enforcement(endpointID: ep.id, ingress: sel[.ingress] != nil, egress: sel[.egress] != nil,
                                 ingressDefaultRule: 0, egressDefaultRule: 0)
@@ -284,7 +292,7 @@ public enum PolicyCompiler {
             }
         }
         var l7: [L7EndpointPolicy] = []
-        let addresses = Dictionary(endpoints.map { ($0.id, $0.ipv4) }, uniquingKeysWith: { a, _ in a })
+        let addresses = Dictionary(localEndpoints.map { ($0.id, $0.ipv4) }, uniquingKeysWith: { a, _ in a })
         let defaults = Dictionary(enforcement.map { ($0.endpointID, $0) }, uniquingKeysWith: { a, _ in a })
         for (key, list) in l7Rules.sorted(by: { ($0.key.ep, $0.key.dir.rawValue) < ($1.key.ep, $1.key.dir.rawValue) }) {
             guard let ip = addresses[key.ep], let e = defaults[key.ep] else { continue }

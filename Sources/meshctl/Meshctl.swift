@@ -11,7 +11,7 @@ struct Meshctl: AsyncParsableCommand {
         discussion: "meshctl talks to meshd over its unix socket (--api-socket, or SWIFTMESH_API_SOCKET).",
         version: MeshVersion.string,
         subcommands: [Status.self, ApplyCommand.self, GetCommand.self, DeleteCommand.self, EndpointCommand.self, PolicyCommand.self,
-                      IdentityCommand.self, Monitor.self, ConfigCommand.self, BPFCommand.self]
+                      IdentityCommand.self, NodeCommand.self, Monitor.self, ConfigCommand.self, BPFCommand.self]
     )
 }
 
@@ -74,6 +74,20 @@ struct Status: AsyncParsableCommand {
                       + (p.lastRejection.map { "; last configuration REJECTED: \($0)" } ?? ""))
             } else {
                 print("L7 proxy: off (flows that HTTP rules apply to are dropped)")
+            }
+            if let c = s.cluster {
+                var line = "cluster: etcd "
+                if c.connected {
+                    line += "connected"
+                } else {
+                    line += "UNREACHABLE" + (c.lastError.map { " (\($0))" } ?? "") + "; enforcing what the node last knew"
+                }
+                line += " (\(c.etcd.joined(separator: ","))), node IP \(c.nodeIP), \(c.nodes) node(s), "
+                line += "\(c.remoteEndpoints) remote endpoint(s), revision \(c.appliedRevision)"
+                if c.etcdRevision > c.appliedRevision { line += " (\(c.etcdRevision - c.appliedRevision) behind)" }
+                line += ", lease \(c.leaseTTL) s"
+                if c.leasesLost > 0 { line += ", lease lost \(c.leasesLost) time(s)" }
+                print(line)
             }
             print("")
             printTable(["PROGRAM", "ID", "ATTACHED"], s.programs.map {
@@ -261,6 +275,34 @@ struct IdentityCommand: AsyncParsableCommand {
                 printTable(["ID", "SCOPE", "LABELS", "ENDPOINTS", "UNUSED SINCE"], list.map {
                     [String($0.id), $0.scope, $0.labels, $0.endpoints.isEmpty ? "-" : $0.endpoints.joined(separator: ","),
                      $0.unusedSince.map { $0.formatted(.iso8601) } ?? "-"]
+                })
+            }
+        }
+    }
+}
+
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node",
+        abstract: "Inspect the nodes of the cluster this node is a member of.",
+        subcommands: [List.self]
+    )
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List the cluster's nodes: address, pod CIDR, endpoints and last heartbeat, as this node last read them from etcd.",
+            discussion: "A node whose lease lapses (it died, or lost etcd for longer than its lease) leaves the list, and its endpoints every node's view.")
+
+        @OptionGroup var global: GlobalOptions
+        @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
+
+        func run() async throws {
+            try await running {
+                let list = try await global.client.call(.GET, APIPath.nodes, as: [NodeView].self)
+                if output == .json { return try printJSON(list) }
+                printTable(["NAME", "NODE IP", "POD CIDR", "ENDPOINTS", "LAST HEARTBEAT", "VERSION"], list.map {
+                    [$0.name + ($0.local ? " (this node)" : ""), $0.ip, $0.podCIDR, String($0.endpoints),
+                     "\(Int(max(0, Date().timeIntervalSince($0.heartbeat))))s ago", $0.version]
                 })
             }
         }

@@ -70,6 +70,18 @@ struct Meshd: AsyncParsableCommand {
     @Option(help: "The mesh-proxy executable meshd starts. (default: mesh-proxy beside meshd)")
     var proxyBinary: String?
 
+    @Option(help: "etcd://HOST:PORT[,HOST:PORT...]: join the cluster these etcd members hold (nodes, endpoints, identities, services and policies shared). (default: a node on its own, state in SQLite only)")
+    var cluster: String?
+
+    @Option(help: "IPv4 address other nodes reach this node's pod CIDR through (needed with --cluster).")
+    var nodeIp: String?
+
+    @Option(help: "Seconds the node's cluster lease lasts unrenewed: a node that dies leaves the others' view this long after. (default: 10)")
+    var clusterLeaseTtl: String?
+
+    @Option(help: "Seconds an identity no endpoint or rule uses keeps its number, so a label set that comes back gets it again. (default: 300)")
+    var identityGrace: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -108,6 +120,10 @@ struct Meshd: AsyncParsableCommand {
             if let proxy { settings.proxy = proxy }
             if let proxyPort { settings.proxyPort = proxyPort }
             if let proxyBinary { settings.proxyBinary = proxyBinary }
+            if let cluster { settings.cluster = cluster }
+            if let nodeIp { settings.nodeIP = nodeIp }
+            if let clusterLeaseTtl { settings.clusterLeaseTTL = clusterLeaseTtl }
+            if let identityGrace { settings.identityGrace = identityGrace }
             try await Daemon.run(config: settings, logger: logger)
         } catch let e as MeshError {
             FileHandle.standardError.write(Data("meshd: error: \(e)\n".utf8))

@@ -1,0 +1,568 @@
+import Foundation
+import Logging
+import MeshModel
+import NIOConcurrencyHelpers
+import ServiceLifecycle
+
+/// How a node joins a cluster (`--cluster etcd://…`).
+public struct ClusterSettings: Sendable, Equatable {
+    /// `host:port` of each etcd member.
+    public var etcd: [String]
+    /// The node's address on the network between nodes: other nodes route its pod CIDR via it.
+    public var nodeIP: IPv4Address
+    /// Seconds a node's lease lasts without renewal: how long a node that died without
+    /// notice stays in the others' view.
+    public var leaseTTL: Int
+}
+
+/// The node's part in a cluster: registers the node under a lease and keeps it alive,
+/// claims its pod CIDR, writes its endpoints, and applies what the other nodes write —
+/// their pod CIDRs as routes, their endpoints as peers of policy and backends of services,
+/// documents applied anywhere as the cluster's desired state.
+///
+/// With etcd away, nothing is withdrawn: the node keeps enforcing and forwarding with what
+/// it last knew, says so (status, metric, log), and once etcd answers again reads the
+/// whole state anew and applies only the difference.
+public actor ClusterAgent: Service {
+    public let settings: ClusterSettings
+    let node: NodeSettings
+    let etcd: EtcdClient
+    let store: Store
+    let logger: Logger
+    private var policy: PolicyEngine?
+    private var services: ServiceManager?
+    private(set) var allocator: EtcdIdentityAllocator?
+    /// The node's lease, readable without the actor (the identity allocator's user keys).
+    nonisolated let leaseID = NIOLockedValueBox<Int64>(0)
+    nonisolated let health = NIOLockedValueBox(Health())
+
+    /// What status and metrics show about the cluster connection.
+    public struct Health: Sendable {
+        public var connected = false
+        public var lastError: String?
+        public var lastContact: Date?
+        /// The store's revision as last seen in any answer, and the one applied last.
+        public var etcdRevision: Int64 = 0
+        public var appliedRevision: Int64 = 0
+        public var nodes: [NodeRecord] = []
+        public var remoteEndpoints = 0
+        public var resyncs = 0
+        public var leaseRenewals = 0
+        public var leasesLost = 0
+    }
+
+    private var nodes: [String: NodeRecord] = [:]
+    private var remote: [String: EndpointRecord] = [:]
+    /// This node's endpoint records as last written to etcd.
+    private var written: [String: EndpointRecord] = [:]
+    /// Documents as last applied from (or written to) the store: key → text.
+    private var documents: [String: String] = [:]
+    private var revision: Int64 = 0
+    private var startedAt = Date()
+    private var localDirty = false
+    private var publishing = false
+
+    public init(settings: ClusterSettings, node: NodeSettings, store: Store, logger: Logger) {
+        self.settings = settings
+        self.node = node
+        self.etcd = EtcdClient(endpoints: settings.etcd)
+        self.store = store
+        var logger = logger
+        logger[metadataKey: "part"] = "cluster"
+        self.logger = logger
+    }
+
+    /// The identity allocator of a cluster node: global identities from etcd, CIDRs local.
+    public func makeAllocator(local: StoreIdentityAllocator, grace: TimeInterval) -> EtcdIdentityAllocator {
+        let box = leaseID
+        let a = EtcdIdentityAllocator(etcd: etcd, node: node.nodeName, local: local, grace: grace, lease: { box.withLockedValue { $0 } })
+        allocator = a
+        return a
+    }
+
+    public func attach(policy: PolicyEngine, services: ServiceManager) {
+        self.policy = policy
+        self.services = services
+    }
+
+    // MARK: joining
+
+    /// Joins the cluster before the node's first publish: a lease (the previous run's when
+    /// it is still alive, so a restart of meshd withdraws nothing), the pod CIDR claim, the
+    /// node's record, and the whole state read once. Waits for etcd as long as it takes:
+    /// meanwhile the datapath keeps enforcing what was pinned.
+    public func join() async throws(MeshError) {
+        var delay = 0.5
+        while true {
+            do {
+                try await joinOnce()
+                return
+            } catch let error where error.code == .unavailable {
+                setHealth(error: error.message)
+                logger.warning("waiting for etcd to join the cluster", metadata: ["etcd": "\(settings.etcd.joined(separator: ","))",
+                                                                                   "error": "\(error.message)"])
+                try? await Task.sleep(for: .seconds(delay))
+                delay = min(delay * 2, 5)
+            }
+        }
+    }
+
+    private func joinOnce() async throws(MeshError) {
+        let lease = try await obtainLease()
+        try await claimPodCIDR(lease: lease)
+        startedAt = Date()
+        try await writeNodeRecord(lease: lease)
+        try await resync(initial: true)
+        logger.info("joined the cluster", metadata: ["etcd": "\(settings.etcd.joined(separator: ","))", "node_ip": "\(settings.nodeIP)",
+                                                      "pod_cidr": "\(node.podCIDR)", "nodes": "\(nodes.count)", "lease": "\(lease)"])
+    }
+
+    private static let leaseSetting = "cluster.lease"
+
+    /// The lease this node's keys live under: the stored one while etcd still keeps it.
+    private func obtainLease() async throws(MeshError) -> Int64 {
+        if let text = try? store.setting(Self.leaseSetting), let old = Int64(text), old != 0 {
+            if (try? await etcd.keepAlive(old))?.ttl ?? 0 > 0 {
+                leaseID.withLockedValue { $0 = old }
+                return old
+            }
+        }
+        let lease = try await etcd.grantLease(ttl: settings.leaseTTL)
+        try store.setSetting(Self.leaseSetting, String(lease))
+        leaseID.withLockedValue { $0 = lease }
+        return lease
+    }
+
+    /// Claims the node's pod CIDR: refused while a live node holds one that overlaps it.
+    /// The check and the claim are one transaction (no claim may appear in between).
+    private func claimPodCIDR(lease: Int64) async throws(MeshError) {
+        let mine = node.podCIDR
+        for _ in 0..<8 {
+            let (claims, revision) = try await etcd.range(ClusterKeys.podCIDRs, prefix: true)
+            for kv in claims where kv.string != node.nodeName {
+                let text = String(kv.key.dropFirst(ClusterKeys.podCIDRs.count)).replacingOccurrences(of: "-", with: "/")
+                guard let other = try? IPv4CIDR(parsing: text) else { continue }
+                if other.contains(mine.network) || mine.contains(other.network) {
+                    throw MeshError(.alreadyExists, "pod CIDR \(mine) overlaps \(other) of node \(kv.string) in the cluster",
+                                    hint: "give this node a pod CIDR of its own with --pod-cidr")
+                }
+            }
+            let r = try await etcd.txn([.unchangedSince(prefix: ClusterKeys.podCIDRs, revision: revision)],
+                                       success: [.put(ClusterKeys.podCIDR(mine), Array(node.nodeName.utf8), lease: lease)])
+            if r.succeeded { return }
+        }
+        throw MeshError(.unavailable, "claiming pod CIDR \(mine) kept conflicting with other nodes' claims")
+    }
+
+    private func writeNodeRecord(lease: Int64) async throws(MeshError) {
+        let record = NodeRecord(name: node.nodeName, ip: settings.nodeIP, podCIDR: node.podCIDR, version: MeshVersion.string,
+                                startedAt: startedAt, heartbeat: Date(), endpoints: written.count)
+        try await etcd.put(ClusterKeys.node(node.nodeName), Self.encode(record), lease: lease)
+    }
+
+    // MARK: running
+
+    public func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.keepAliveLoop() }
+                group.addTask { await self.watchLoop() }
+                await group.waitForAll()
+            }
+        }
+        await etcd.shutdown()
+    }
+
+    /// Renews the lease three times per TTL, rewriting the node's record (its heartbeat).
+    /// A lease that lapsed (etcd away for longer than the TTL) is replaced, and everything
+    /// the node owns written again under the new one.
+    private func keepAliveLoop() async {
+        let interval = Double(settings.leaseTTL) / 3
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(interval))
+            guard !Task.isCancelled else { return }
+            do throws(MeshError) {
+                let lease = leaseID.withLockedValue { $0 }
+                let (ttl, seen) = try await etcd.keepAlive(lease)
+                health.withLockedValue { $0.etcdRevision = max($0.etcdRevision, seen) }
+                if ttl <= 0 {
+                    logger.warning("the node's lease lapsed while etcd was away; registering again", metadata: ["lease": "\(lease)"])
+                    health.withLockedValue { $0.leasesLost += 1 }
+                    try await reRegister()
+                } else {
+                    try await writeNodeRecord(lease: lease)
+                    health.withLockedValue { $0.leaseRenewals += 1 }
+                }
+                markContact()
+                if localDirty { await publishLocal() }
+            } catch {
+                setHealth(error: error.message)
+            }
+        }
+    }
+
+    private func reRegister() async throws(MeshError) {
+        let lease = try await etcd.grantLease(ttl: settings.leaseTTL)
+        try store.setSetting(Self.leaseSetting, String(lease))
+        leaseID.withLockedValue { $0 = lease }
+        try await claimPodCIDR(lease: lease)
+        try await writeNodeRecord(lease: lease)
+        written = [:]
+        localDirty = true
+        if let allocator, try await allocator.reclaim() {
+            try await policy?.publish()
+        }
+        await publishLocal()
+    }
+
+    /// Follows every change from the revision last applied; on any break (a member gone,
+    /// etcd down, compaction) reads the whole state again and carries on from there.
+    private func watchLoop() async {
+        var delay = 0.2
+        while !Task.isCancelled {
+            do {
+                for try await batch in etcd.watch(prefix: ClusterKeys.root, from: revision + 1) {
+                    delay = 0.2
+                    markContact()
+                    await apply(batch)
+                }
+            } catch {
+                if Task.isCancelled { return }
+                setHealth(error: "\(error)")
+                logger.warning("etcd watch broke; will read the state again", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .seconds(delay))
+            delay = min(delay * 2, 3)
+            do throws(MeshError) {
+                try await resync(initial: false)
+                health.withLockedValue { $0.resyncs += 1 }
+                if localDirty { await publishLocal() }
+            } catch {
+                setHealth(error: error.message)
+            }
+        }
+    }
+
+    /// Reads everything under the prefix at one revision and applies the difference.
+    private func resync(initial: Bool) async throws(MeshError) {
+        let (kvs, rev) = try await etcd.range(ClusterKeys.root, prefix: true)
+        markContact()
+        var newNodes: [String: NodeRecord] = [:], newRemote: [String: EndpointRecord] = [:], docs: [String: String] = [:]
+        var mine = Set<String>()
+        for kv in kvs {
+            switch Self.classify(kv.key) {
+            case .node(let name): if let r: NodeRecord = decode(kv) { newNodes[name] = r }
+            case .endpoint(let owner, _):
+                if owner == node.nodeName { mine.insert(kv.key) } else if let r: EndpointRecord = decode(kv) { newRemote[kv.key] = r }
+            case .document: docs[kv.key] = kv.string
+            case .other: break
+            }
+        }
+        revision = rev
+        await applyNodes(newNodes)
+        // Our own records as etcd holds them: any missing or stale one is written again.
+        if Set(written.keys.map { ClusterKeys.endpoint(node: node.nodeName, name: $0) }) != mine { localDirty = true }
+        let removedDocs = documents.keys.filter { docs[$0] == nil }
+        for (key, text) in docs.sorted(by: { Self.documentOrder($0.key) < Self.documentOrder($1.key) }) where documents[key] != text {
+            await applyDocument(key: key, text: text)
+        }
+        for key in removedDocs { await deleteDocument(key: key) }
+        await applyRemote(newRemote, initial: initial)
+        health.withLockedValue { $0.appliedRevision = rev; $0.etcdRevision = max($0.etcdRevision, rev) }
+    }
+
+    private func apply(_ batch: EtcdClient.WatchBatch) async {
+        var nodesChanged = false, remoteChanged = false
+        var newNodes = nodes, newRemote = remote
+        for event in batch.events {
+            switch Self.classify(event.key) {
+            case .node(let name):
+                nodesChanged = true
+                if case .put(let kv) = event, let r: NodeRecord = decode(kv) { newNodes[name] = r } else { newNodes[name] = nil }
+            case .endpoint(let owner, _):
+                if owner == node.nodeName {
+                    // Someone else changed (or etcd expired) our record: write ours again.
+                    if case .delete = event { localDirty = true }
+                    continue
+                }
+                remoteChanged = true
+                if case .put(let kv) = event, let r: EndpointRecord = decode(kv) { newRemote[event.key] = r } else { newRemote[event.key] = nil }
+            case .document:
+                switch event {
+                case .put(let kv): if documents[kv.key] != kv.string { await applyDocument(key: kv.key, text: kv.string) }
+                case .delete(let key, _): if documents[key] != nil { await deleteDocument(key: key) }
+                }
+            case .other:
+                if case .delete(let key, _) = event, key.hasPrefix(ClusterKeys.identityUsers) { await collectIfOrphaned(userKey: key) }
+            }
+        }
+        revision = max(revision, batch.revision)
+        if nodesChanged { await applyNodes(newNodes) }
+        if remoteChanged { await applyRemote(newRemote, initial: false) }
+        if localDirty { await publishLocal() }
+        health.withLockedValue { $0.appliedRevision = batch.revision; $0.etcdRevision = max($0.etcdRevision, batch.revision) }
+    }
+
+    // MARK: applying what others wrote
+
+    /// Routes to every other node's pod CIDR via its node IP; routes of departed nodes go.
+    private func applyNodes(_ new: [String: NodeRecord]) async {
+        let old = nodes
+        nodes = new
+        let others = new.values.filter { $0.name != node.nodeName }
+        let wanted = Dictionary(others.map { ($0.podCIDR, $0.ip) }, uniquingKeysWith: { a, _ in a })
+        do {
+            try await ControlThread.run { () throws(MeshError) in
+                let present = try Netlink.nodeRoutes()
+                for (cidr, gw) in present where wanted[cidr] != gw { try? Netlink.deleteRoute(cidr) }
+                for (cidr, gw) in wanted where !present.contains(where: { $0.0 == cidr && $0.1 == gw }) {
+                    try Netlink.setNodeRoute(cidr, via: gw)
+                }
+            }
+        } catch {
+            logger.error("cannot route to other nodes' pod CIDRs", metadata: ["error": "\(error.message)"])
+        }
+        for (name, r) in new where name != node.nodeName && old[name]?.podCIDR != r.podCIDR {
+            logger.info("node joined", metadata: ["peer": "\(name)", "ip": "\(r.ip)", "pod_cidr": "\(r.podCIDR)"])
+        }
+        for name in old.keys where new[name] == nil && name != node.nodeName {
+            logger.info("node left (lease ended or deregistered)", metadata: ["peer": "\(name)"])
+        }
+        health.withLockedValue { $0.nodes = new.values.sorted { $0.name < $1.name } }
+    }
+
+    /// Other nodes' endpoints into policy (peers) and services (backends). A publish that
+    /// fails is tried again with the next change or resync.
+    private func applyRemote(_ new: [String: EndpointRecord], initial: Bool) async {
+        guard new != remote || initial else { return }
+        let records = Array(new.values)
+        do {
+            try await policy?.setRemoteEndpoints(records)
+            await services?.setRemoteEndpoints(records)
+            remote = new
+            health.withLockedValue { $0.remoteEndpoints = new.count }
+        } catch {
+            logger.error("cannot publish the other nodes' endpoints", metadata: ["error": "\(error.message)"])
+        }
+    }
+
+    /// A node that died lost its user keys with its lease: release the numbers only it
+    /// used. (A live node releases its own when it stops using them.)
+    private func collectIfOrphaned(userKey: String) async {
+        let rest = userKey.dropFirst(ClusterKeys.identityUsers.count).split(separator: "/")
+        guard rest.count == 2, let id = UInt32(rest[0]), nodes[String(rest[1])] == nil else { return }
+        do {
+            let (kvs, _) = try await etcd.range(ClusterKeys.identityID(id))
+            guard let labels = kvs.first?.string else { return }
+            if try await EtcdIdentityAllocator.collect(etcd, labels: labels, id: id) {
+                logger.info("identity released: its last user node is gone", metadata: ["identity": "\(id)", "labels": "\(labels)"])
+            }
+        } catch {
+            logger.debug("identity collection deferred", metadata: ["identity": "\(id)", "error": "\(error.message)"])
+        }
+    }
+
+    // MARK: documents
+
+    /// Namespaces first, then services, routes and policies: each may refer to the ones before.
+    static func documentOrder(_ key: String) -> (Int, String) {
+        let kind = key.dropFirst(ClusterKeys.docs.count).split(separator: "/").first.map(String.init) ?? ""
+        return (["Namespace": 0, "Service": 1, "HTTPRoute": 2][kind] ?? 3, key)
+    }
+
+    private func applyDocument(key: String, text: String) async {
+        guard let policy, let services else { return }
+        documents[key] = text
+        do {
+            let result = try await ServiceRoutes.apply(PolicyApplyRequest(yaml: text, source: "cluster \(key)", dryRun: false),
+                                                       policy: policy, services: services)
+            logger.info("applied a document from the cluster", metadata: ["document": "\(key)", "changes": "\(result.changes)"])
+        } catch {
+            logger.error("a document from the cluster does not apply on this node", metadata: ["document": "\(key)", "error": "\(error)"])
+        }
+    }
+
+    private func deleteDocument(key: String) async {
+        guard let policy, let services else { return }
+        documents[key] = nil
+        let parts = key.dropFirst(ClusterKeys.docs.count).split(separator: "/", maxSplits: 1).map(String.init)
+        guard parts.count == 2 else { return }
+        do {
+            switch parts[0] {
+            case "Service": _ = try await services.deleteService(parts[1])
+            case "HTTPRoute": _ = try await services.deleteRoute(parts[1])
+            case "Namespace": _ = try await services.deleteNamespace(parts[1])
+            default: _ = try await policy.delete(parts[1])
+            }
+            logger.info("deleted a document the cluster deleted", metadata: ["document": "\(key)"])
+        } catch let error where error.code == .notFound {
+            // Deleted here first: nothing to do.
+        } catch {
+            logger.error("cannot delete a document the cluster deleted", metadata: ["document": "\(key)", "error": "\(error.message)"])
+        }
+    }
+
+    /// Refuses a change of desired state while etcd is away: the cluster's state is etcd's,
+    /// and a change only this node knew would be undone by the next resync.
+    public nonisolated func requireStore(_ what: String) throws(MeshError) {
+        guard health.withLockedValue({ $0.connected }) else {
+            throw MeshError(.unavailable, "cannot \(what): the cluster's store (etcd) is unreachable",
+                            hint: "the node keeps enforcing what it knows; try again once `meshctl status` shows etcd connected")
+        }
+    }
+
+    /// After a local apply: the documents become the cluster's (one transaction), each as
+    /// its own YAML; a Service carries the cluster IP this node chose, so every node
+    /// serves it at the same address.
+    public func documentsApplied(yaml: String, clusterIPs: [String: String]) async throws(MeshError) {
+        let trees = try YAMLTree.documents(yaml, source: "apply").filter { $0 != .null }
+        var ops: [EtcdClient.Op] = []
+        for var tree in trees {
+            guard let kind = tree["kind"].flatMap({ if case .string(let s) = $0 { s } else { nil } }) else { continue }
+            let name = tree["metadata"]?["name"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? ""
+            let ns = tree["metadata"]?["namespace"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? "default"
+            let key = kind == "Namespace" ? name : "\(ns)/\(name)"
+            if kind == "Service", let ip = clusterIPs[key] { tree = Self.withClusterIP(tree, ip) }
+            let text = YAMLTree.text(tree)
+            // Policies of every kind share one name space (namespace/name), as on a node.
+            let etcdKey = ClusterKeys.doc(kind: ["Namespace", "Service", "HTTPRoute"].contains(kind) ? kind : "policy", key: key)
+            documents[etcdKey] = text
+            ops.append(.put(etcdKey, Array(text.utf8), lease: 0))
+        }
+        guard !ops.isEmpty else { return }
+        _ = try await etcd.txn([], success: ops)
+    }
+
+    public func documentDeleted(kind: String, key: String) async throws(MeshError) {
+        let etcdKey = ClusterKeys.doc(kind: kind, key: key)
+        documents[etcdKey] = nil
+        try await etcd.delete(etcdKey)
+    }
+
+    static func withClusterIP(_ tree: PolicyTree, _ ip: String) -> PolicyTree {
+        guard case .map(var pairs) = tree, let i = pairs.firstIndex(where: { $0.0 == "spec" }), case .map(var spec) = pairs[i].1 else { return tree }
+        if let j = spec.firstIndex(where: { $0.0 == "clusterIP" }) { spec[j].1 = .string(ip) } else { spec.append(("clusterIP", .string(ip))) }
+        pairs[i].1 = .map(spec)
+        return .map(pairs)
+    }
+
+    // MARK: this node's endpoints
+
+    /// Called after any change of this node's endpoints or their readiness.
+    public func localEndpointsChanged() async {
+        localDirty = true
+        await publishLocal()
+    }
+
+    /// Writes this node's endpoints as they are now (changed records only; vanished ones
+    /// deleted). While etcd is away the work waits for the next contact.
+    private func publishLocal() async {
+        guard !publishing, let policy, let services else { return }
+        publishing = true
+        defer { publishing = false }
+        while localDirty {
+            localDirty = false
+            do throws(MeshError) {
+                let identities = try await policy.localIdentities()
+                let readiness = try await services.readiness()
+                var desired: [String: EndpointRecord] = [:]
+                for ep in try store.endpoints() {
+                    guard let (labels, identity) = identities[ep.name] else { continue }
+                    desired[ep.name] = EndpointRecord(name: ep.name, node: node.nodeName, ip: ep.ipv4, labels: labels, identity: identity,
+                                                      ports: ep.ports, ready: readiness[ep.name] ?? true)
+                }
+                let lease = leaseID.withLockedValue { $0 }
+                var ops: [EtcdClient.Op] = []
+                for (name, r) in desired where written[name] != r {
+                    ops.append(.put(ClusterKeys.endpoint(node: node.nodeName, name: name), Self.encode(r), lease: lease))
+                }
+                for name in written.keys where desired[name] == nil {
+                    ops.append(.delete(ClusterKeys.endpoint(node: node.nodeName, name: name)))
+                }
+                // etcd takes at most 128 operations a transaction by default.
+                for chunk in stride(from: 0, to: ops.count, by: 100) {
+                    _ = try await etcd.txn([], success: Array(ops[chunk..<min(chunk + 100, ops.count)]))
+                }
+                written = desired
+                if !ops.isEmpty { logger.debug("endpoints written to the cluster", metadata: ["operations": "\(ops.count)"]) }
+            } catch {
+                localDirty = true
+                setHealth(error: error.message)
+                return
+            }
+        }
+    }
+
+    // MARK: views
+
+    public nonisolated var healthNow: Health { health.withLockedValue { $0 } }
+
+    public nonisolated var status: ClusterStatus {
+        let h = healthNow
+        return ClusterStatus(etcd: settings.etcd, connected: h.connected, lastError: h.lastError, lastContact: h.lastContact,
+                             nodeIP: settings.nodeIP.description, nodes: h.nodes.count, remoteEndpoints: h.remoteEndpoints,
+                             leaseTTL: settings.leaseTTL, etcdRevision: h.etcdRevision, appliedRevision: h.appliedRevision,
+                             resyncs: h.resyncs, leasesLost: h.leasesLost)
+    }
+
+    /// The nodes as this node last read them, with the endpoints each holds.
+    public func nodeViews() -> [NodeView] {
+        let counts = endpointCounts()
+        return nodes.values.sorted { $0.name < $1.name }.map {
+            NodeView(name: $0.name, ip: $0.ip.description, podCIDR: $0.podCIDR.description, endpoints: counts[$0.name] ?? 0,
+                     heartbeat: $0.heartbeat, version: $0.version, local: $0.name == node.nodeName)
+        }
+    }
+
+    public func endpointCounts() -> [String: Int] {
+        var out: [String: Int] = [:]
+        for r in remote.values { out[r.node, default: 0] += 1 }
+        out[node.nodeName] = written.count
+        return out
+    }
+
+    // MARK: helpers
+
+    private func markContact() {
+        health.withLockedValue {
+            if !$0.connected { logger.info("etcd connected", metadata: ["etcd": "\(settings.etcd.joined(separator: ","))"]) }
+            $0.connected = true
+            $0.lastError = nil
+            $0.lastContact = Date()
+        }
+    }
+
+    private func setHealth(error: String) {
+        health.withLockedValue {
+            if $0.connected { logger.warning("etcd unreachable; enforcing what the node last knew", metadata: ["error": "\(error)"]) }
+            $0.connected = false
+            $0.lastError = error
+        }
+    }
+
+    enum KeyKind {
+        case node(String)
+        case endpoint(owner: String, name: String)
+        case document
+        case other
+    }
+
+    static func classify(_ key: String) -> KeyKind {
+        if key.hasPrefix(ClusterKeys.nodes) { return .node(String(key.dropFirst(ClusterKeys.nodes.count))) }
+        if key.hasPrefix(ClusterKeys.endpoints) {
+            let parts = key.dropFirst(ClusterKeys.endpoints.count).split(separator: "/", maxSplits: 1)
+            if parts.count == 2 { return .endpoint(owner: String(parts[0]), name: String(parts[1])) }
+        }
+        if key.hasPrefix(ClusterKeys.docs) { return .document }
+        return .other
+    }
+
+    static func encode<T: Encodable>(_ value: T) -> [UInt8] { Array((try? JSONEncoder.cluster.encode(value)) ?? Data()) }
+
+    private func decode<T: Decodable>(_ kv: EtcdClient.KeyValue) -> T? {
+        do { return try JSONDecoder.cluster.decode(T.self, from: Data(kv.value)) } catch {
+            logger.warning("ignoring a cluster record that does not decode", metadata: ["key": "\(kv.key)", "error": "\(error)"])
+            return nil
+        }
+    }
+}

@@ -367,6 +367,16 @@ public actor PolicyEngine {
         }
     }
 
+    /// Releases the identities whose grace period has passed since the revision in force
+    /// stopped using them: called on a timer, so a number goes back to the pool without
+    /// waiting for the next change.
+    public func releaseUnusedIdentities() {
+        guard compiled != nil else { return }
+        do { try identityAllocator.retainOnly(compiledKeys) } catch {
+            logger.warning("cannot release unused identities; trying again later", metadata: ["error": "\(error.message)"])
+        }
+    }
+
     /// Every allocated identity with the endpoints that hold it.
     public func identityViews() throws(MeshError) -> [IdentityView] {
         let eps = try endpointInfos()

@@ -106,4 +106,144 @@ final class ClusterTests: XCTestCase {
         for i in list where i["scope"] as? String == "global" { ids[i["id"] as? Int ?? -1] = i["labels"] as? String ?? "" }
         return ids
     }
+
+    func serveName(_ node: TestNode, _ ep: String, tcp: String = "8080") throws {
+        servers.append(try Traffic(node: node).start(in: ep, ["name-server", "--name", ep, "--tcp", tcp, "--udp", "", "--seconds", "300"],
+                                                     waitReady: true))
+    }
+
+    /// `count` new connections from `ep` to host:port: which backend answered how often,
+    /// and errors by name.
+    func spread(_ node: TestNode, from ep: String, to host: String, port: Int, count: Int) throws -> (counts: [String: Int], errors: [String: Int]) {
+        let r = try Traffic(node: node).run(in: ep, ["lb-client", "--host", host, "--port", "\(port)", "--count", "\(count)",
+                                                     "--proto", "tcp", "--timeout", "2"])
+        return ((r["counts"] as? [String: Int]) ?? [:], (r["errors"] as? [String: Int]) ?? [:])
+    }
+
+    func service(_ node: TestNode, _ name: String) throws -> [String: Any] { try node.json("get", "service", name, "-o", "json") }
+
+    func readyBackends(_ node: TestNode, _ name: String) throws -> Set<String> {
+        let backends = try service(node, name)["backends"] as? [[String: Any]] ?? []
+        return Set(backends.filter { $0["state"] as? String == "ready" }.compactMap { $0["endpoint"] as? String })
+    }
+
+    static let apiService = """
+    apiVersion: v1
+    kind: Service
+    metadata: {name: api}
+    spec:
+      selector: {app: api}
+      ports: [{name: http, port: 80, targetPort: http}]
+    """
+
+    // A Service whose backends run on two nodes, called from a third: every node serves
+    // it at the same cluster IP, new connections spread over both nodes' backends, and a
+    // backend deleted on its node takes no new connection a second later.
+    func testServiceBackendsOnTwoNodesCalledFromAThird() throws {
+        fabric = try ClusterFabric()
+        let a = try fabric.addNode(podCIDR: "10.201.1.0/28")
+        let b = try fabric.addNode(podCIDR: "10.201.2.0/28")
+        let c = try fabric.addNode(podCIDR: "10.201.3.0/28")
+        try a.ctlOK("endpoint", "create", "api-a", "--labels", "app=api", "--ports", "http=8080")
+        try b.ctlOK("endpoint", "create", "api-b", "--labels", "app=api", "--ports", "http=8080")
+        try c.ctlOK("endpoint", "create", "client", "--labels", "app=client")
+        try serveName(a, "api-a")
+        try serveName(b, "api-b")
+        try b.apply(Self.apiService)
+        try c.waitFor("both nodes' backends of api on node C") {
+            (try? readyBackends(c, "api")) == ["\(a.name)/api-a", "\(b.name)/api-b"]
+        }
+        let vip = try XCTUnwrap(try service(b, "api")["clusterIP"] as? String)
+        XCTAssertEqual(try service(c, "api")["clusterIP"] as? String, vip, "every node serves the service at the cluster IP its node chose")
+        XCTAssertEqual(try service(a, "api")["clusterIP"] as? String, vip)
+
+        let spread = try self.spread(c, from: "client", to: vip, port: 80, count: 200)
+        XCTAssertEqual(spread.errors, [:])
+        XCTAssertEqual(Set(spread.counts.keys), ["api-a", "api-b"], "\(spread.counts)")
+        // Random choice of 2 at p = 0.5: fewer than 60 of 200 for either is below 1 in 10^8.
+        XCTAssertGreaterThan(spread.counts["api-a"] ?? 0, 60, "\(spread.counts)")
+        XCTAssertGreaterThan(spread.counts["api-b"] ?? 0, 60, "\(spread.counts)")
+
+        try b.ctlOK("endpoint", "delete", "api-b")
+        Thread.sleep(forTimeInterval: 1)
+        let after = try self.spread(c, from: "client", to: vip, port: 80, count: 50)
+        XCTAssertEqual(after.counts, ["api-a": 50], "a second after its deletion on node B, no connection goes to api-b: \(after)")
+    }
+
+    // A node killed without notice, its namespace gone with it: once its lease lapses,
+    // the others send no new connection to its endpoints, and the identities only its
+    // endpoints had are released once nobody uses them.
+    func testADeadNodeLeavesTheOthersWithinItsLease() throws {
+        fabric = try ClusterFabric()
+        let a = try fabric.addNode(podCIDR: "10.201.1.0/28", extra: ["--identity-grace", "1"])
+        let b = try fabric.addNode(podCIDR: "10.201.2.0/28", extra: ["--identity-grace", "1"])
+        try a.ctlOK("endpoint", "create", "api-a", "--labels", "app=api", "--ports", "http=8080")
+        try a.ctlOK("endpoint", "create", "client", "--labels", "app=client")
+        try b.ctlOK("endpoint", "create", "api-b", "--labels", "app=api,zone=b", "--ports", "http=8080")
+        try serveName(a, "api-a")
+        try serveName(b, "api-b")
+        try a.apply(Self.apiService)
+        try a.waitFor("api-b as a backend on node A") { (try? readyBackends(a, "api"))?.count == 2 }
+        let vip = try XCTUnwrap(try service(a, "api")["clusterIP"] as? String)
+        XCTAssertEqual(Set(try spread(a, from: "client", to: vip, port: 80, count: 60).counts.keys), ["api-a", "api-b"])
+        let zoneB = try XCTUnwrap(try identities(a).first { $0.value.contains("zone=b") }, "A knows B's label set")
+
+        // SIGKILL, and the node's netns (its uplink, its endpoints' veths) gone with it.
+        b.stop(SIGKILL)
+        let killed = Date()
+        _ = Run.run("/usr/sbin/ip", ["netns", "del", b.netns])
+        try a.waitFor("node B gone from node A's view", timeout: 10) {
+            (try? a.ctlOK("node", "list")).map { !$0.contains(b.name) } ?? false
+        }
+        let gone = Date().timeIntervalSince(killed)
+        XCTAssertLessThan(gone, 4 + 1.5, "lease of 4 s plus a second and the check's own interval")
+        XCTAssertEqual(try readyBackends(a, "api"), ["api-a"])
+        XCTAssertEqual(try spread(a, from: "client", to: vip, port: 80, count: 40).counts, ["api-a": 40])
+        try a.waitFor("identity \(zoneB.key) (\(zoneB.value)) released in etcd", timeout: 15) {
+            let r = fabric.etcdctl(["get", "--prefix", "--keys-only", "/swiftmesh/v1/identities/id/\(zoneB.key)"])
+            return r.status == 0 && r.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
+        }
+        XCTAssertNil(try identities(a)[zoneB.key], "node A no longer holds it")
+        XCTAssertNotNil(try identities(a).first { $0.value.contains("app=api") && !$0.value.contains("zone") }, "api-a's stays")
+    }
+
+    // Two nodes create endpoints with new label sets at the same moment, some the same on
+    // both, some different: a label set gets one number on both nodes, and no number ever
+    // stands for two label sets.
+    func testRacingNodesNeverShareAnIdentity() throws {
+        fabric = try ClusterFabric()
+        let a = try fabric.addNode(podCIDR: "10.201.1.0/27")
+        let b = try fabric.addNode(podCIDR: "10.201.2.0/27")
+        var jobs: [(TestNode, pid_t, String)] = []
+        for i in 0..<8 {
+            for (node, tag) in [(a, "a"), (b, "b")] {
+                let out = node.dir + "/race-\(tag)-\(i).out"
+                let both = try Run.spawn(TestNode.products + "/meshctl", ["endpoint", "create", "same\(i)-\(tag)", "--labels", "race=same-\(i)"],
+                                         output: out, environment: ["SWIFTMESH_API_SOCKET": node.socket])
+                let mine = try Run.spawn(TestNode.products + "/meshctl", ["endpoint", "create", "own\(i)-\(tag)", "--labels", "race=\(tag)-\(i)"],
+                                         output: out + "2", environment: ["SWIFTMESH_API_SOCKET": node.socket])
+                jobs += [(node, both, out), (node, mine, out + "2")]
+            }
+        }
+        for (_, pid, out) in jobs {
+            var st: Int32 = 0
+            waitpid(pid, &st, 0)
+            XCTAssertEqual(st, 0, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
+        }
+        // etcd's own view: every number one label set, every label set one number.
+        let r = fabric.etcdctl(["get", "--prefix", "/swiftmesh/v1/identities/id/"])
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        var byID: [String: String] = [:]
+        for i in stride(from: 0, to: lines.count - 1, by: 2) { byID[lines[i]] = lines[i + 1] }
+        let raceSets = byID.values.filter { $0.contains("race=") }
+        XCTAssertEqual(raceSets.count, 24, "8 shared + 8 of A's own + 8 of B's own label sets: \(byID)")
+        XCTAssertEqual(Set(raceSets).count, raceSets.count, "a label set with two numbers: \(byID)")
+        try waitRemote(a, 16)
+        try waitRemote(b, 16)
+        let idsA = try identities(a), idsB = try identities(b)
+        for (id, labels) in idsA where labels.contains("race=") {
+            XCTAssertEqual(idsB[id], labels, "number \(id): \(labels) on A, \(idsB[id] ?? "nothing") on B")
+            XCTAssertEqual(byID["/swiftmesh/v1/identities/id/\(id)"], labels.replacingOccurrences(of: "(no labels)", with: ""))
+        }
+    }
 }

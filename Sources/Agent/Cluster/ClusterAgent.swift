@@ -195,6 +195,7 @@ public actor ClusterAgent: Service {
                 }
                 markContact()
                 if localDirty { await publishLocal() }
+                await policy?.releaseUnusedIdentities()
             } catch {
                 setHealth(error: error.message)
             }

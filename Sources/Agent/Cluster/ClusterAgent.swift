@@ -51,8 +51,18 @@ public actor ClusterAgent: Service {
         public var leasesLost = 0
     }
 
+    /// Nodes and other nodes' endpoints as applied here, and as etcd holds them now.
     private var nodes: [String: NodeRecord] = [:]
     private var remote: [String: EndpointRecord] = [:]
+    private var etcdNodes: [String: NodeRecord] = [:]
+    private var etcdRemote: [String: EndpointRecord] = [:]
+    /// Until then, what vanishes from etcd is kept: the window after an etcd outage in
+    /// which every node's lease may have lapsed at once (etcd counts a lease down while its
+    /// holders cannot reach it) and the nodes are still registering again. Withdrawing
+    /// their endpoints meanwhile would be a window of wrong verdicts; a node that really
+    /// died is withdrawn when the window closes.
+    private var quietUntil = Date.distantPast
+    private var recheckScheduled = false
     /// This node's endpoint records as last written to etcd.
     private var written: [String: EndpointRecord] = [:]
     /// Documents as last applied from (or written to) the store: key → text.
@@ -260,7 +270,8 @@ public actor ClusterAgent: Service {
             }
         }
         revision = rev
-        await applyNodes(newNodes)
+        etcdNodes = newNodes
+        etcdRemote = newRemote
         // Our own records as etcd holds them: any missing or stale one is written again.
         if Set(written.keys.map { ClusterKeys.endpoint(node: node.nodeName, name: $0) }) != mine { localDirty = true }
         let removedDocs = documents.keys.filter { docs[$0] == nil }
@@ -268,13 +279,13 @@ public actor ClusterAgent: Service {
             await applyDocument(key: key, text: text)
         }
         for key in removedDocs { await deleteDocument(key: key) }
-        await applyRemote(newRemote, initial: initial)
+        await applyView(initial: initial)
         health.withLockedValue { $0.appliedRevision = rev; $0.etcdRevision = max($0.etcdRevision, rev) }
     }
 
     private func apply(_ batch: EtcdClient.WatchBatch) async {
         var nodesChanged = false, remoteChanged = false
-        var newNodes = nodes, newRemote = remote
+        var newNodes = etcdNodes, newRemote = etcdRemote
         for event in batch.events {
             switch Self.classify(event.key) {
             case .node(let name):
@@ -298,13 +309,47 @@ public actor ClusterAgent: Service {
             }
         }
         revision = max(revision, batch.revision)
-        if nodesChanged { await applyNodes(newNodes) }
-        if remoteChanged { await applyRemote(newRemote, initial: false) }
+        etcdNodes = newNodes
+        etcdRemote = newRemote
+        if nodesChanged || remoteChanged { await applyView(initial: false) }
         if localDirty { await publishLocal() }
         health.withLockedValue { $0.appliedRevision = batch.revision; $0.etcdRevision = max($0.etcdRevision, batch.revision) }
     }
 
     // MARK: applying what others wrote
+
+    /// Applies etcd's view, keeping what vanished from it while the quiet window after an
+    /// outage lasts (and looking again when it closes).
+    private func applyView(initial: Bool) async {
+        var wantNodes = etcdNodes, wantRemote = etcdRemote
+        if Date() < quietUntil {
+            var kept = 0
+            for (k, v) in nodes where wantNodes[k] == nil { wantNodes[k] = v; kept += 1 }
+            for (k, v) in remote where wantRemote[k] == nil { wantRemote[k] = v; kept += 1 }
+            if kept > 0 {
+                logger.info("keeping records etcd no longer holds until the nodes had time to register again",
+                            metadata: ["records": "\(kept)", "until": "\(quietUntil)"])
+                scheduleRecheck()
+            }
+        }
+        if wantNodes != nodes || initial { await applyNodes(wantNodes) }
+        await applyRemote(wantRemote, initial: initial)
+    }
+
+    private func scheduleRecheck() {
+        guard !recheckScheduled else { return }
+        recheckScheduled = true
+        let wait = max(0, quietUntil.timeIntervalSinceNow) + 0.05
+        Task {
+            try? await Task.sleep(for: .seconds(wait))
+            await self.recheck()
+        }
+    }
+
+    private func recheck() async {
+        recheckScheduled = false
+        await applyView(initial: false)
+    }
 
     /// Routes to every other node's pod CIDR via its node IP; routes of departed nodes go.
     private func applyNodes(_ new: [String: NodeRecord]) async {
@@ -351,7 +396,8 @@ public actor ClusterAgent: Service {
     /// used. (A live node releases its own when it stops using them.)
     private func collectIfOrphaned(userKey: String) async {
         let rest = userKey.dropFirst(ClusterKeys.identityUsers.count).split(separator: "/")
-        guard rest.count == 2, let id = UInt32(rest[0]), nodes[String(rest[1])] == nil else { return }
+        // Not in the quiet window after an outage: every lease may have lapsed at once.
+        guard rest.count == 2, let id = UInt32(rest[0]), etcdNodes[String(rest[1])] == nil, Date() >= quietUntil else { return }
         do {
             let (kvs, _) = try await etcd.range(ClusterKeys.identityID(id))
             guard let labels = kvs.first?.string else { return }
@@ -525,6 +571,11 @@ public actor ClusterAgent: Service {
     // MARK: helpers
 
     private func markContact() {
+        if !health.withLockedValue({ $0.connected }), health.withLockedValue({ $0.lastError != nil }) {
+            // Back after an outage: the nodes' leases may all have lapsed; give them a
+            // lease's time (and a margin for their next renewal) to register again.
+            quietUntil = Date().addingTimeInterval(Double(settings.leaseTTL) + 2)
+        }
         health.withLockedValue {
             if !$0.connected { logger.info("etcd connected", metadata: ["etcd": "\(settings.etcd.joined(separator: ","))"]) }
             $0.connected = true

@@ -83,7 +83,7 @@ public final class EtcdClient: Sendable {
     public init(endpoints: [String]) {
         self.endpoints = endpoints.map { "http://\($0)" }
         var config = HTTPClient.Configuration()
-        config.timeout = .init(connect: .seconds(1), read: nil)
+        config.timeout = .init(connect: .seconds(2), read: nil)
         config.connectionPool = .init(idleTimeout: .seconds(30))
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
     }

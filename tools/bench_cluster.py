@@ -96,7 +96,7 @@ def up(bin_dir, lease_ttl):
     os.makedirs(RUN)
     sh("ip", "netns", "add", FABRIC)
     sh("ip", "-n", FABRIC, "link", "set", "lo", "up")
-    sh("ip", "-n", FABRIC, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", FABRIC, "link", "add", "br0", "address", "02:00:0a:62:00:c8", "type", "bridge")
     sh("ip", "-n", FABRIC, "link", "set", "br0", "up")
     sh("ip", "-n", FABRIC, "addr", "add", f"{ETCD_IP}/24", "dev", "br0")
     etcd = subprocess.Popen(["nsenter", f"--net=/run/netns/{FABRIC}", "etcd", "--name", "m1", "--data-dir", f"{RUN}/etcd",

@@ -29,7 +29,9 @@ final class ClusterFabric {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try Run.checked("ip", "netns", "add", name)
         try Run.checked("ip", "-n", name, "link", "set", "lo", "up")
-        try Run.checked("ip", "-n", name, "link", "add", "br0", "type", "bridge")
+        // A fixed MAC: a bridge otherwise takes its lowest port's, and changes it (breaking
+        // every neighbour's ARP entry for etcd) when that port's node goes away.
+        try Run.checked("ip", "-n", name, "link", "add", "br0", "address", "02:00:0a:63:00:c8", "type", "bridge")
         try Run.checked("ip", "-n", name, "link", "set", "br0", "up")
         for i in 1...members {
             try Run.checked("ip", "-n", name, "addr", "add", "\(Self.memberIP(i))/24", "dev", "br0")

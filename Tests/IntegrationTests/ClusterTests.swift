@@ -10,7 +10,14 @@ final class ClusterTests: XCTestCase {
 
     override func tearDown() {
         for s in servers { kill(s.pid, SIGKILL) }
-        for n in fabric?.nodes ?? [] { try? n.meshdLog.write(toFile: "/tmp/clusterlogs-\(n.name).log", atomically: true, encoding: .utf8) }
+        // A failed run keeps its nodes' logs (the nodes' folders go with them).
+        if testRun?.hasSucceeded == false {
+            for n in fabric?.nodes ?? [] {
+                let path = NSTemporaryDirectory() + "\(n.name)-meshd.log"
+                try? n.meshdLog.write(toFile: path, atomically: true, encoding: .utf8)
+                print("meshd log of \(n.name): \(path)")
+            }
+        }
         fabric?.destroy()
     }
 

@@ -43,10 +43,11 @@ final class ClusterTests: XCTestCase {
         }
     }
 
-    // A policy applied on one node selects endpoints on another and names peers on a
-    // third party's node: CiliumNetworkPolicy one way, Kubernetes NetworkPolicy the other,
-    // each allowing exactly the labelled peers and no one else.
-    func testPolicyAcrossNodesBothWays() throws {
+    // A Kubernetes NetworkPolicy applied on one node selects pods on the other by labels
+    // of pods on the first, and one applied on the second does the same the other way:
+    // each allows exactly the labelled peers and no one else. (CiliumNetworkPolicy across
+    // nodes: the fault tests below.)
+    func testNetworkPolicyAcrossNodesBothWays() throws {
         fabric = try ClusterFabric()
         let a = try fabric.addNode(podCIDR: "10.201.1.0/28")
         let b = try fabric.addNode(podCIDR: "10.201.2.0/28")
@@ -61,14 +62,15 @@ final class ClusterTests: XCTestCase {
 
         // Applied on A, enforced on B (where db runs).
         try a.apply("""
-        apiVersion: cilium.io/v2
-        kind: CiliumNetworkPolicy
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
         metadata: {name: db-from-web}
         spec:
-          endpointSelector: {matchLabels: {app: db}}
+          podSelector: {matchLabels: {app: db}}
+          policyTypes: [Ingress]
           ingress:
-          - fromEndpoints: [{matchLabels: {app: web}}]
-            toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+          - from: [{podSelector: {matchLabels: {app: web}}}]
+            ports: [{port: 5432, protocol: TCP}]
         """)
         try b.waitFor("the policy from node A on node B") { (try? b.ctlOK("policy", "get", "db-from-web")) != nil }
         let dbIP = try ip(b, "db")
@@ -172,10 +174,21 @@ final class ClusterTests: XCTestCase {
         XCTAssertGreaterThan(spread.counts["api-a"] ?? 0, 60, "\(spread.counts)")
         XCTAssertGreaterThan(spread.counts["api-b"] ?? 0, 60, "\(spread.counts)")
 
+        // A backend whose readiness probe fails on its own node is no backend anywhere.
+        try b.ctlOK("endpoint", "create", "api-b2", "--labels", "app=api", "--ports", "http=8080", "--readiness", "tcp:http")
+        try c.waitFor("api-b2 known on node C, unready") {
+            let backends = try service(c, "api")["backends"] as? [[String: Any]] ?? []
+            return backends.contains { $0["endpoint"] as? String == "\(b.name)/api-b2" && $0["state"] as? String == "unready" }
+        }
+
         try b.ctlOK("endpoint", "delete", "api-b")
         Thread.sleep(forTimeInterval: 1)
         let after = try self.spread(c, from: "client", to: vip, port: 80, count: 50)
-        XCTAssertEqual(after.counts, ["api-a": 50], "a second after its deletion on node B, no connection goes to api-b: \(after)")
+        XCTAssertEqual(after.counts, ["api-a": 50], "a second after its deletion on node B, no connection goes to api-b (nor to unready api-b2): \(after)")
+        // Once it serves, its node finds it ready and every node takes it as a backend.
+        try serveName(b, "api-b2")
+        try c.waitFor("api-b2 ready on node C") { (try? readyBackends(c, "api"))?.contains("\(b.name)/api-b2") ?? false }
+        XCTAssertEqual(Set(try self.spread(c, from: "client", to: vip, port: 80, count: 60).counts.keys), ["api-a", "api-b2"])
     }
 
     // A node killed without notice, its namespace gone with it: once its lease lapses,
@@ -368,5 +381,38 @@ final class ClusterTests: XCTestCase {
         for node in [a, b] {
             XCTAssertEqual((try node.json("status", "-o", "json")["cluster"] as? [String: Any])?["connected"] as? Bool, true, node.name)
         }
+    }
+
+    // meshd restarted on a node (SIGKILL, then started again) under traffic: it takes
+    // its lease back, so the other node never sees it leave, and no flow notices.
+    func testMeshdRestartInAClusterWithdrawsNothing() throws {
+        fabric = try ClusterFabric()
+        let (a, b, db) = try twoNodesWithPolicy(fabric)
+        let stop = a.dir + "/stop-steady"
+        let runs = try steadyTraffic(a, db: db, seconds: 30, stop: stop)
+        Thread.sleep(forTimeInterval: 1)
+        let before = try a.metric("mesh_policy_revision")
+        b.stop(SIGKILL)
+        Thread.sleep(forTimeInterval: 1)
+        try b.start(fabric.clusterArgs(2))
+        try b.waitFor("node B's view of node A back", timeout: 10) {
+            ((try b.json("status", "-o", "json")["cluster"] as? [String: Any])?["remoteEndpoints"] as? Int) == 2
+        }
+        Thread.sleep(forTimeInterval: 2)
+        FileManager.default.createFile(atPath: stop, contents: nil)
+        try checkSteady(runs)
+        XCTAssertFalse(a.meshdLog.contains("node left"), "node A saw node B leave:\n\(a.meshdLog.suffix(2000))")
+        XCTAssertEqual(try a.metric("mesh_policy_revision"), before, "node A published nothing: B's records came back unchanged")
+    }
+
+    // A node whose pod CIDR overlaps a live node's claim does not start, and says whose.
+    func testAnOverlappingPodCIDRIsRefused() throws {
+        fabric = try ClusterFabric()
+        let a = try fabric.addNode(podCIDR: "10.201.1.0/24")
+        let b = try fabric.addNode(podCIDR: "10.201.1.128/25", start: false)
+        XCTAssertThrowsError(try b.start(fabric.clusterArgs(2))) { error in
+            XCTAssertTrue("\(error)".contains("overlaps 10.201.1.0/24 of node \(a.name)"), "\(error)")
+        }
+        XCTAssertEqual(try a.ctlOK("node", "list").components(separatedBy: "\n").filter { $0.contains("smt") }.count, 1)
     }
 }

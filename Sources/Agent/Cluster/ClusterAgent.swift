@@ -274,12 +274,14 @@ public actor ClusterAgent: Service {
         etcdRemote = newRemote
         // Our own records as etcd holds them: any missing or stale one is written again.
         if Set(written.keys.map { ClusterKeys.endpoint(node: node.nodeName, name: $0) }) != mine { localDirty = true }
+        // The other nodes' endpoints first: every revision a document's apply publishes
+        // (all of them, once, after a restart) must already know them as peers.
+        await applyView(initial: initial)
         let removedDocs = documents.keys.filter { docs[$0] == nil }
         for (key, text) in docs.sorted(by: { Self.documentOrder($0.key) < Self.documentOrder($1.key) }) where documents[key] != text {
             await applyDocument(key: key, text: text)
         }
         for key in removedDocs { await deleteDocument(key: key) }
-        await applyView(initial: initial)
         health.withLockedValue { $0.appliedRevision = rev; $0.etcdRevision = max($0.etcdRevision, rev) }
     }
 

@@ -77,6 +77,7 @@ public final class EtcdClient: Sendable {
         var current = 0
         var requests: Int64 = 0
         var failures: Int64 = 0
+        var shutDown = false
     }
 
     /// `endpoints`: `host:port` of each member.
@@ -88,7 +89,16 @@ public final class EtcdClient: Sendable {
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
     }
 
-    public func shutdown() async { try? await http.shutdown() }
+    public func shutdown() async {
+        state.withLockedValue { $0.shutDown = true }
+        try? await http.shutdown()
+    }
+
+    /// A client dropped without `shutdown()` (meshd leaving on an error) closes its
+    /// connections here: AsyncHTTPClient stops the process otherwise.
+    deinit {
+        if !state.withLockedValue({ $0.shutDown }) { try? http.syncShutdown() }
+    }
 
     /// Requests sent so far, and how many failed (member down, timeout, error answer).
     public var requestCounts: (requests: Int64, failures: Int64) { state.withLockedValue { ($0.requests, $0.failures) } }

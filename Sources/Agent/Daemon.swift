@@ -14,6 +14,11 @@ public enum Daemon {
         guard geteuid() == 0 else {
             throw MeshError(.permissionDenied, "meshd must run as root: it loads BPF programs and creates network namespaces")
         }
+        var config = config
+        if config.podCIDR == nil, let range = try config.clusterPodRange(), let cluster = try config.resolveCluster() {
+            config.podCIDR = try await PodCIDRAllocation.obtain(range: range.range, size: range.size, node: config.nodeName,
+                                                                stateDir: config.stateDir, cluster: cluster, logger: logger).description
+        }
         let settings = try config.resolve(cgroup2Root: try Cgroup2.mountPoint())
         // A congestion control this kernel lacks stops the start before anything changes.
         if let cc = settings.localCongestionControl { _ = try RedirectControl.checkedCC(cc) }

@@ -14,7 +14,9 @@ public struct NodeConfig: Sendable, Equatable {
     /// The node's cgroup v2 folder: absolute, or relative to the cgroup2 mount.
     /// Default: <cgroup2 mount>/<node-name>.
     public var cgroup: String?
-    public var podCIDR = "10.200.0.0/24"
+    /// nil: allocated from `clusterPodCIDR` in a cluster that has one, else the default.
+    public var podCIDR: String?
+    public static let defaultPodCIDR = "10.200.0.0/24"
     /// Where services' cluster IPs come from: a range of its own, routed nowhere (the
     /// addresses only ever exist inside connect()).
     public var serviceCIDR = "10.96.0.0/24"
@@ -43,6 +45,10 @@ public struct NodeConfig: Sendable, Equatable {
     public var nodeIP: String?
     /// Seconds the node's cluster lease lasts without renewal.
     public var clusterLeaseTTL = "10"
+    /// The range members without a `podCIDR` of their own get theirs from.
+    public var clusterPodCIDR: String?
+    /// Prefix length of the pod CIDRs allocated from `clusterPodCIDR`.
+    public var podCIDRSize = "24"
     /// Seconds an identity nothing uses any more keeps its number.
     public var identityGrace = "300"
 
@@ -73,7 +79,8 @@ public struct NodeConfig: Sendable, Equatable {
     /// The keys a config file may set, as on the command line without the dashes.
     public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address",
                                   "socket-redirect", "local-congestion-control", "conntrack-max", "api-group", "service-cidr", "dns",
-                                  "proxy", "proxy-port", "proxy-binary", "cluster", "node-ip", "cluster-lease-ttl", "identity-grace"]
+                                  "proxy", "proxy-port", "proxy-binary", "cluster", "node-ip", "cluster-lease-ttl", "identity-grace",
+                                  "cluster-pod-cidr", "pod-cidr-size"]
 
     /// Applies a YAML mapping of `fileKeys` to strings. Unknown keys are an error.
     public mutating func apply(yaml text: String, source: String) throws(MeshError) {
@@ -119,6 +126,8 @@ public struct NodeConfig: Sendable, Equatable {
         case "node-ip": nodeIP = value
         case "cluster-lease-ttl": clusterLeaseTTL = value
         case "identity-grace": identityGrace = value
+        case "cluster-pod-cidr": clusterPodCIDR = value
+        case "pod-cidr-size": podCIDRSize = value
         default: break
         }
     }
@@ -134,7 +143,12 @@ public struct NodeConfig: Sendable, Equatable {
             throw .invalid("node name \"\(nodeName)\" must not contain \"-ep-\" or end in \"-ep\": \"-ep-\" separates node and endpoint in netns names")
         }
         let cidr: IPv4CIDR
-        do { cidr = try IPv4CIDR(parsing: podCIDR) } catch { throw .invalid("pod CIDR: \(error.message)", hint: error.hint) }
+        do { cidr = try IPv4CIDR(parsing: podCIDR ?? Self.defaultPodCIDR) } catch { throw .invalid("pod CIDR: \(error.message)", hint: error.hint) }
+        if let range = try clusterPodRange() {
+            guard range.range.contains(cidr.network), cidr.prefixLength >= range.range.prefixLength else {
+                throw .invalid("pod CIDR \(cidr) is not inside cluster-pod-cidr \(range.range)", hint: "leave --pod-cidr out to get a block of the range")
+            }
+        }
         guard cidr.assignableCount > 0 else {
             throw .invalid("pod CIDR \(cidr) has no addresses to hand out; use a /30 or larger")
         }
@@ -204,6 +218,18 @@ public struct NodeConfig: Sendable, Equatable {
                             apiAccess: APIAccess(group: group), serviceCIDR: services, dns: dnsOn,
                             proxy: proxyOn ? ProxySettings(port: proxyPortNumber, binary: proxyExecutable) : nil,
                             cluster: clusterSettings, identityGrace: TimeInterval(grace))
+    }
+
+    /// `cluster-pod-cidr` and `pod-cidr-size`, validated; nil without a range.
+    public func clusterPodRange() throws(MeshError) -> (range: IPv4CIDR, size: Int)? {
+        guard let clusterPodCIDR else { return nil }
+        guard cluster != nil else { throw .invalid("cluster-pod-cidr is for cluster members: give --cluster etcd://HOST:PORT too") }
+        let range: IPv4CIDR
+        do { range = try IPv4CIDR(parsing: clusterPodCIDR) } catch { throw .invalid("cluster-pod-cidr: \(error.message)", hint: error.hint) }
+        guard let size = Int(podCIDRSize), (range.prefixLength...30).contains(size) else {
+            throw .invalid("pod-cidr-size \"\(podCIDRSize)\" must be a prefix length from \(range.prefixLength) (the range's) to 30")
+        }
+        return (range, size)
     }
 
     /// `etcd://HOST:PORT[,HOST:PORT…]` and the node IP, or nil without `cluster`.

@@ -34,7 +34,7 @@ struct Meshd: AsyncParsableCommand {
     @Option(help: "The node's cgroup v2 folder, absolute or relative to the cgroup2 mount. (default: <node-name>)")
     var cgroup: String?
 
-    @Option(help: "IPv4 CIDR endpoints get addresses from. (default: 10.200.0.0/24)")
+    @Option(help: "IPv4 CIDR endpoints get addresses from. (default: a block of --cluster-pod-cidr in a cluster that has one, else 10.200.0.0/24)")
     var podCidr: String?
 
     @Option(help: "Unix socket of the API that meshctl talks to. (default: /run/swiftmesh/meshd.sock)")
@@ -78,6 +78,12 @@ struct Meshd: AsyncParsableCommand {
 
     @Option(help: "Seconds the node's cluster lease lasts unrenewed: a node that dies leaves the others' view this long after. (default: 10)")
     var clusterLeaseTtl: String?
+
+    @Option(help: "IPv4 CIDR of the whole cluster's pods: a member without --pod-cidr gets a free block of it (claimed in etcd, kept across restarts).")
+    var clusterPodCidr: String?
+
+    @Option(help: "Prefix length of the blocks of --cluster-pod-cidr. (default: 24)")
+    var podCidrSize: String?
 
     @Option(help: "Seconds an identity no endpoint or rule uses keeps its number, so a label set that comes back gets it again. (default: 300)")
     var identityGrace: String?
@@ -123,6 +129,8 @@ struct Meshd: AsyncParsableCommand {
             if let cluster { settings.cluster = cluster }
             if let nodeIp { settings.nodeIP = nodeIp }
             if let clusterLeaseTtl { settings.clusterLeaseTTL = clusterLeaseTtl }
+            if let clusterPodCidr { settings.clusterPodCIDR = clusterPodCidr }
+            if let podCidrSize { settings.podCIDRSize = podCidrSize }
             if let identityGrace { settings.identityGrace = identityGrace }
             try await Daemon.run(config: settings, logger: logger)
         } catch let e as MeshError {

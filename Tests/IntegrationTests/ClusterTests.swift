@@ -415,4 +415,26 @@ final class ClusterTests: XCTestCase {
         }
         XCTAssertEqual(try a.ctlOK("node", "list").components(separatedBy: "\n").filter { $0.contains("smt") }.count, 1)
     }
+
+    // Members without a pod CIDR of their own get non-overlapping blocks of the cluster's
+    // range, keep them across a restart, and reach each other's endpoints through them.
+    func testPodCIDRsAreAllocatedFromTheClusterRange() throws {
+        fabric = try ClusterFabric()
+        let range = ["--cluster-pod-cidr", "10.202.0.0/16", "--pod-cidr-size", "26"]
+        let a = try fabric.addNode(podCIDR: "", extra: range)
+        let b = try fabric.addNode(podCIDR: "", extra: range)
+        let cidrA = try XCTUnwrap(try a.json("status", "-o", "json")["podCIDR"] as? String)
+        let cidrB = try XCTUnwrap(try b.json("status", "-o", "json")["podCIDR"] as? String)
+        XCTAssertTrue(cidrA.hasPrefix("10.202.") && cidrA.hasSuffix("/26"), cidrA)
+        XCTAssertTrue(cidrB.hasPrefix("10.202.") && cidrB.hasSuffix("/26"), cidrB)
+        XCTAssertNotEqual(cidrA, cidrB)
+        try a.ctlOK("endpoint", "create", "web", "--labels", "app=web")
+        try b.ctlOK("endpoint", "create", "db", "--labels", "app=db")
+        try waitRemote(a, 1)
+        try serve(b, "db", tcp: "5432")
+        XCTAssertTrue(try probe(a, from: "web", to: try ip(b, "db"), port: 5432))
+        a.stop()
+        try a.start(fabric.clusterArgs(1) + range)
+        XCTAssertEqual(try a.json("status", "-o", "json")["podCIDR"] as? String, cidrA, "a restart keeps the block")
+    }
 }

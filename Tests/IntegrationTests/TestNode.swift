@@ -59,9 +59,11 @@ final class TestNode {
     func start(_ extra: [String] = [], umask: String? = nil) throws {
         let log = dir + "/meshd.log"
         FileManager.default.createFile(atPath: log, contents: nil)
+        // An empty podCIDR: none given (a cluster member allocates one from its range).
         let args = ["--net=/run/netns/\(netns)", Self.products + "/meshd",
-                    "--node-name", name, "--state-dir", dir + "/state", "--api-socket", socket,
-                    "--pod-cidr", podCIDR, "--metrics-address", "127.0.0.1:\(metricsPort)", "--log-level", "debug"] + extra
+                    "--node-name", name, "--state-dir", dir + "/state", "--api-socket", socket] +
+                   (podCIDR.isEmpty ? [] : ["--pod-cidr", podCIDR]) +
+                   ["--metrics-address", "127.0.0.1:\(metricsPort)", "--log-level", "debug"] + extra
         if let umask {
             pid = try Run.spawn("/bin/sh", ["-c", "umask \(umask) && exec /usr/bin/nsenter \"$@\"", "sh"] + args, output: log)
         } else {

@@ -330,7 +330,9 @@ public final class EtcdClient: Sendable {
             throw MeshError(.unavailable, compacted > 0 ? "etcd watch: revision compacted (now from \(compacted))"
                                                         : "etcd watch cancelled: \(result["cancel_reason"] as? String ?? "no reason given")")
         }
-        let events = (result["events"] as? [[String: Any]] ?? []).compactMap { e -> Event? in
+        // The "created" answer and progress notices carry no events: nothing was applied.
+        guard let list = result["events"] as? [[String: Any]], !list.isEmpty else { return nil }
+        let events = list.compactMap { e -> Event? in
             guard let kvo = e["kv"] as? [String: Any] else { return nil }
             let kv = kv(kvo)
             return (e["type"] as? String) == "DELETE" ? .delete(key: kv.key, modRevision: kv.modRevision) : .put(kv)

@@ -12,8 +12,9 @@ import ServiceLifecycle
 enum APIServer {
     static func make(settings: NodeSettings, manager: EndpointManager, policy: PolicyEngine, datapath: MeshDatapath,
                      redirect: RedirectControl, lb: ServiceLB, services: ServiceManager, store: Store, hub: EventHub, proxy: ProxySupervisor?,
-                     cluster: ClusterAgent?, startedAt: Date, logger: Logger) -> some Service {
+                     cluster: ClusterAgent?, workloads: WorkloadIdentities, startedAt: Date, logger: Logger) -> some Service {
         let router = Router()
+        router.get(RouterPath(APIPath.svids)) { _, _ in try await respond { await workloads.views() } }
         PolicyRoutes.add(to: router, manager: manager, policy: policy, datapath: datapath, store: store, hub: hub, services: services,
                          cluster: cluster)
         ServiceRoutes.add(to: router, policy: policy, services: services, cluster: cluster)
@@ -180,9 +181,10 @@ enum APIServer {
 enum MetricsServer {
     /// `proxy`: the L7 proxy's own metrics follow meshd's in the same scrape.
     static func make(settings: NodeSettings, metrics: MetricsCollector, proxy: ProxySupervisor?, cluster: ClusterAgent?,
-                     logger: Logger) -> some Service {
+                     workloads: WorkloadIdentities, logger: Logger) -> some Service {
         let router = Router()
         router.get("/metrics") { _, _ -> Response in
+            metrics.observeTrust(await workloads.expiries(), counters: workloads.counters.withLockedValue { $0 })
             if let proxy { metrics.observeProxy(proxy.currentStatus) }
             if let cluster { metrics.observeCluster(cluster.healthNow, requests: cluster.etcd.requestCounts) }
             var body = try await NIOThreadPool.singleton.runIfActive { try metrics.scrape() }

@@ -65,12 +65,20 @@ public enum Daemon {
         let services = try ServiceManager(settings: settings, store: store, lb: lb, policy: policy, dns: dns, logger: logger)
         let manager = EndpointManager(settings: settings, store: store, datapath: datapath, policy: policy, services: services,
                                       dns: dns, logger: logger)
+        // Workload certificates: the node's CA (its root, or the operator's) and an SVID
+        // per endpoint, issued as endpoints come and rotated at half-life.
+        let ca = try CertificateAuthority(settings: settings.trust, stateDir: settings.stateDir, nodeName: settings.nodeName)
+        if settings.cluster != nil, settings.trust.rootCertFile == nil {
+            logger.warning("this cluster member made a root CA of its own: workloads on other nodes will not trust its certificates; give every node the same --trust-root-cert")
+        }
+        let workloads = try WorkloadIdentities(ca: ca, store: store, stateDir: settings.stateDir, nodeName: settings.nodeName, logger: logger)
+        await services.addOnLocalChange { Task { await workloads.sync() } }
         if let cluster {
             // The other nodes' endpoints are peers from the first publish on: a restart
             // never drops them from the kernel's view, not even for one revision.
             await cluster.attach(policy: policy, services: services)
             try await cluster.join()
-            await services.setOnLocalChange { Task { await cluster.localEndpointsChanged() } }
+            await services.addOnLocalChange { Task { await cluster.localEndpointsChanged() } }
         }
         try await manager.reconcile()
         // After the reconcile wrote the backends: services never see a half-built node.
@@ -99,8 +107,9 @@ public enum Daemon {
         }
         var running: [any Service] = [
             APIServer.make(settings: settings, manager: manager, policy: policy, datapath: datapath, redirect: redirectControl,
-                           lb: lb, services: services, store: store, hub: hub, proxy: proxy, cluster: cluster, startedAt: startedAt, logger: logger),
-            MetricsServer.make(settings: settings, metrics: metrics, proxy: proxy, cluster: cluster, logger: logger),
+                           lb: lb, services: services, store: store, hub: hub, proxy: proxy, cluster: cluster, workloads: workloads,
+                           startedAt: startedAt, logger: logger),
+            MetricsServer.make(settings: settings, metrics: metrics, proxy: proxy, cluster: cluster, workloads: workloads, logger: logger),
             DatapathEventService(datapath: datapath, metrics: metrics, hub: hub, logger: logger),
         ]
         if let proxy {
@@ -111,6 +120,7 @@ public enum Daemon {
         }
         if let dns { running.append(dns) }
         if let cluster { running.append(cluster) }
+        running.append(workloads)
         logger.info("meshd ready", metadata: [
             "api": "\(settings.apiSocket)", "metrics": "http://\(settings.metricsHost):\(settings.metricsPort)/metrics",
             "pod_cidr": "\(settings.podCIDR)", "service_cidr": "\(settings.serviceCIDR)", "dns": "\(settings.dns ? "on" : "off")", "bpffs": "\(settings.bpffs)", "cgroup": "\(settings.cgroup)",

@@ -47,6 +47,12 @@ public actor EndpointManager {
     public func create(_ request: EndpointCreateRequest) async throws(MeshError) -> Endpoint {
         try EndpointName.validate(request.name)
         let labels = try Labels(request.labels)
+        let serviceAccount = request.serviceAccount ?? Endpoint.defaultServiceAccount
+        // A DNS label, as Kubernetes names service accounts: it becomes a SPIFFE ID's last part.
+        guard (1...63).contains(serviceAccount.count), serviceAccount.first != "-", serviceAccount.last != "-",
+              serviceAccount.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }) else {
+            throw MeshError.invalid("service account \"\(serviceAccount)\" must be 1-63 lowercase letters, digits and '-', not starting or ending with '-'")
+        }
         let ports = request.ports ?? [:]
         for name in ports.keys { try EndpointPorts.validateName(name, what: "port") }
         if ports.values.contains(0) { throw MeshError.invalid("port 0 is not a port number (1-65535)") }
@@ -73,7 +79,8 @@ public actor EndpointManager {
         let ep = try store.insertEndpoint { (id: Int) throws(MeshError) -> Endpoint in
             Endpoint(id: id, name: request.name, labels: labels, ipv4: ip,
                      netns: settings.netnsName(request.name), interface: settings.interfaceName(id),
-                     cgroup: settings.cgroupPath(request.name), createdAt: Date(), ports: ports, readiness: request.readiness)
+                     cgroup: settings.cgroupPath(request.name), createdAt: Date(), ports: ports, readiness: request.readiness,
+                     serviceAccount: serviceAccount)
         }
         do {
             try Plumbing.create(ep)

@@ -75,6 +75,37 @@ public final class MetricsCollector: @unchecked Sendable {
 
     private var proxyGauges: (up: Gauge, restarts: Gauge, generation: Gauge)?
 
+    private var trustExpiry: [String: Gauge] = [:]
+    private var trustCounters: (rotations: Counter, failures: Counter, seen: (Int, Int))?
+
+    /// When each certificate the node holds expires (an alert fires well before), and how
+    /// many workload certificates were rotated or could not be issued.
+    func observeTrust(_ expiries: [(kind: String, endpoint: String, notAfter: Date)], counters: (rotations: Int, failures: Int)) {
+        lock.withLock {
+            var live = Set<String>()
+            for e in expiries {
+                let key = "\(e.kind)/\(e.endpoint)"
+                live.insert(key)
+                let g = trustExpiry[key] ?? registry.makeGauge(
+                    name: "mesh_trust_certificate_expiry_timestamp_seconds", labels: [("kind", e.kind), ("endpoint", e.endpoint)],
+                    help: "When a certificate the node holds expires (Unix seconds): kind root, intermediate or svid (one per endpoint).")
+                trustExpiry[key] = g
+                g.set(to: e.notAfter.timeIntervalSince1970)
+            }
+            for (key, g) in trustExpiry where !live.contains(key) {
+                registry.unregisterGauge(g)
+                trustExpiry[key] = nil
+            }
+            var t = trustCounters ?? (registry.makeCounter(name: "mesh_trust_svid_rotations_total", help: "Workload certificates replaced at half their life."),
+                                      registry.makeCounter(name: "mesh_trust_svid_issue_failures_total", help: "Workload certificates that could not be issued (retried at the next check)."),
+                                      (0, 0))
+            if counters.rotations > t.seen.0 { t.rotations.increment(by: Double(counters.rotations - t.seen.0)) }
+            if counters.failures > t.seen.1 { t.failures.increment(by: Double(counters.failures - t.seen.1)) }
+            t.seen = (max(t.seen.0, counters.rotations), max(t.seen.1, counters.failures))
+            trustCounters = t
+        }
+    }
+
     private struct ClusterMetrics {
         var up, nodes, remote, lag, contactAge: Gauge
         var requests, failures, resyncs, leasesLost: Counter

@@ -49,6 +49,13 @@ public struct NodeConfig: Sendable, Equatable {
     public var clusterPodCIDR: String?
     /// Prefix length of the pod CIDRs allocated from `clusterPodCIDR`.
     public var podCIDRSize = "24"
+    /// The trust domain of workloads' SPIFFE IDs.
+    public var trustDomain = "cluster.local"
+    /// Seconds a workload certificate lives (rotated at half-life).
+    public var svidTTL = "86400"
+    /// An operator's root CA (PEM certificate and ECDSA P-256 key); nil: made at first start.
+    public var trustRootCert: String?
+    public var trustRootKey: String?
     /// Seconds an identity nothing uses any more keeps its number.
     public var identityGrace = "300"
 
@@ -80,7 +87,7 @@ public struct NodeConfig: Sendable, Equatable {
     public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address",
                                   "socket-redirect", "local-congestion-control", "conntrack-max", "api-group", "service-cidr", "dns",
                                   "proxy", "proxy-port", "proxy-binary", "cluster", "node-ip", "cluster-lease-ttl", "identity-grace",
-                                  "cluster-pod-cidr", "pod-cidr-size"]
+                                  "cluster-pod-cidr", "pod-cidr-size", "trust-domain", "svid-ttl", "trust-root-cert", "trust-root-key"]
 
     /// Applies a YAML mapping of `fileKeys` to strings. Unknown keys are an error.
     public mutating func apply(yaml text: String, source: String) throws(MeshError) {
@@ -128,6 +135,10 @@ public struct NodeConfig: Sendable, Equatable {
         case "identity-grace": identityGrace = value
         case "cluster-pod-cidr": clusterPodCIDR = value
         case "pod-cidr-size": podCIDRSize = value
+        case "trust-domain": trustDomain = value
+        case "svid-ttl": svidTTL = value
+        case "trust-root-cert": trustRootCert = value
+        case "trust-root-key": trustRootKey = value
         default: break
         }
     }
@@ -202,6 +213,7 @@ public struct NodeConfig: Sendable, Equatable {
         guard let grace = Int(identityGrace), (0...86_400).contains(grace) else {
             throw .invalid("identity-grace \"\(identityGrace)\" must be a number of seconds from 0 to 86400")
         }
+        let trust = try resolveTrust()
         let pin = bpffs ?? "/sys/fs/bpf/\(nodeName)"
         guard pin.hasPrefix("/sys/fs/bpf/"), pin.count > "/sys/fs/bpf/".count else {
             throw .invalid("bpffs folder \"\(pin)\" must be a folder under /sys/fs/bpf")
@@ -217,7 +229,26 @@ public struct NodeConfig: Sendable, Equatable {
                             localCongestionControl: localCongestionControl, conntrackMax: ctMax,
                             apiAccess: APIAccess(group: group), serviceCIDR: services, dns: dnsOn,
                             proxy: proxyOn ? ProxySettings(port: proxyPortNumber, binary: proxyExecutable) : nil,
-                            cluster: clusterSettings, identityGrace: TimeInterval(grace))
+                            cluster: clusterSettings, identityGrace: TimeInterval(grace), trust: trust)
+    }
+
+    /// The trust domain (a DNS name, as SPIFFE requires), the certificates' lifetime and
+    /// the operator's root files, if any.
+    func resolveTrust() throws(MeshError) -> TrustSettings {
+        let labels = trustDomain.split(separator: ".", omittingEmptySubsequences: false)
+        guard !trustDomain.isEmpty, trustDomain.count <= 253, labels.allSatisfy({ l in
+            !l.isEmpty && l.count <= 63 && l.first != "-" && l.last != "-" && l.allSatisfy { $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }
+        }) else {
+            throw .invalid("trust-domain \"\(trustDomain)\" must be a lowercase DNS name, e.g. cluster.local")
+        }
+        guard let ttl = Int(svidTTL), (5...(90 * 86400)).contains(ttl) else {
+            throw .invalid("svid-ttl \"\(svidTTL)\" must be a number of seconds from 5 to 7776000 (90 days)")
+        }
+        if trustRootKey != nil, trustRootCert == nil { throw .invalid("trust-root-key needs trust-root-cert: the root's certificate") }
+        for (what, path) in [("trust-root-cert", trustRootCert), ("trust-root-key", trustRootKey)] {
+            if let path, !path.hasPrefix("/") { throw .invalid("\(what) \"\(path)\" must be an absolute path") }
+        }
+        return TrustSettings(trustDomain: trustDomain, svidTTL: TimeInterval(ttl), rootCertFile: trustRootCert, rootKeyFile: trustRootKey)
     }
 
     /// `cluster-pod-cidr` and `pod-cidr-size`, validated; nil without a range.
@@ -303,6 +334,8 @@ public struct NodeSettings: Sendable {
     public let cluster: ClusterSettings?
     /// How long an unused identity keeps its number.
     public let identityGrace: TimeInterval
+    /// Workload certificates: trust domain, lifetime, root.
+    public let trust: TrustSettings
 
     /// The sizes the node's BPF maps load with (every object that declares them).
     public var mapSizes: MapSizes { MapSizes(conntrack: conntrackMax) }

@@ -127,10 +127,11 @@ public actor ServiceManager {
     /// The other nodes' endpoints (a cluster's): backends of the services that select
     /// them while their own node reports them ready.
     private var remoteEndpoints: [EndpointRecord] = []
-    /// Told after this node's endpoints or their readiness changed (the cluster agent).
-    private var onLocalChange: (@Sendable () -> Void)?
+    /// Told after this node's endpoints or their readiness changed (the cluster agent, the
+    /// workload certificates).
+    private var onLocalChange: [@Sendable () -> Void] = []
 
-    public func setOnLocalChange(_ f: @escaping @Sendable () -> Void) { onLocalChange = f }
+    public func addOnLocalChange(_ f: @escaping @Sendable () -> Void) { onLocalChange.append(f) }
 
     public func setRemoteEndpoints(_ records: [EndpointRecord]) {
         remoteEndpoints = records.sorted { ($0.node, $0.name) < ($1.node, $1.name) }
@@ -424,7 +425,7 @@ public actor ServiceManager {
         } catch {
             logger.error("re-registering backends failed", metadata: ["error": "\(error.message)"])
         }
-        onLocalChange?()
+        onLocalChange.forEach { $0() }
     }
 
     /// One probe's result; a result of a prober since replaced (the endpoint was deleted and
@@ -443,7 +444,7 @@ public actor ServiceManager {
         guard st.ready != was else { return }
         logger.info(st.ready ? "endpoint ready" : "endpoint unready", metadata: ["endpoint": "\(name)", "probe": "\(probe)"])
         do { try sync() } catch { logger.error("re-registering backends failed", metadata: ["error": "\(error.message)"]) }
-        onLocalChange?()
+        onLocalChange.forEach { $0() }
     }
 
     /// Makes the kernel's frontends, the DNS names and the names table match the desired state.

@@ -97,6 +97,12 @@ public final class Store: Sendable {
                 t.column("appliedAt", .datetime).notNull()
             }
         }
+        m.registerMigration("v7-service-accounts") { db in
+            // The account an endpoint's workload certificate names; older rows: `default`.
+            try db.alter(table: "endpoint") { t in
+                t.add(column: "serviceAccount", .text).notNull().defaults(to: "default")
+            }
+        }
         return m
     }
 
@@ -112,6 +118,7 @@ public final class Store: Sendable {
         var createdAt: Date
         var ports: String
         var readiness: String?
+        var serviceAccount: String
 
         func endpoint() throws -> Endpoint {
             let dict = try JSONDecoder().decode([String: String].self, from: Data(labels.utf8))
@@ -119,7 +126,8 @@ public final class Store: Sendable {
             return Endpoint(id: Int(id ?? 0), name: name, labels: try Labels(dict), ipv4: ip, netns: netns,
                             interface: interface, cgroup: cgroup, createdAt: createdAt,
                             ports: try JSONDecoder().decode([String: UInt16].self, from: Data(ports.utf8)),
-                            readiness: try readiness.map { try JSONDecoder().decode(ReadinessProbe.self, from: Data($0.utf8)) })
+                            readiness: try readiness.map { try JSONDecoder().decode(ReadinessProbe.self, from: Data($0.utf8)) },
+                            serviceAccount: serviceAccount)
         }
     }
 
@@ -162,7 +170,8 @@ public final class Store: Sendable {
                                       ipv4: ep.ipv4.description, netns: ep.netns, interface: ep.interface,
                                       cgroup: ep.cgroup, createdAt: ep.createdAt,
                                       ports: String(decoding: try JSONEncoder().encode(ep.ports), as: UTF8.self),
-                                      readiness: try ep.readiness.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) })
+                                      readiness: try ep.readiness.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) },
+                                      serviceAccount: ep.serviceAccount)
                 try row.insert(db)
                 return ep
             }

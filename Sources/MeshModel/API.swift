@@ -9,6 +9,29 @@ public enum APIPath {
     public static func endpointLabels(_ name: String) -> String { "/v1/endpoints/\(name)/labels" }
     public static let identities = "/v1/identities"
     public static let nodes = "/v1/nodes"
+    public static let svids = "/v1/svids"
+}
+
+/// A workload certificate (X.509 SVID) the node holds for one of its endpoints.
+public struct SVIDView: Codable, Sendable {
+    public var endpoint: String
+    public var spiffeID: String
+    public var serial: String
+    public var notBefore: Date
+    public var notAfter: Date
+    /// When the node replaces it (half its life gone).
+    public var rotatesAt: Date
+    /// Times it was replaced since meshd started.
+    public var rotations: Int
+    public init(endpoint: String, spiffeID: String, serial: String, notBefore: Date, notAfter: Date, rotatesAt: Date, rotations: Int) {
+        self.endpoint = endpoint
+        self.spiffeID = spiffeID
+        self.serial = serial
+        self.notBefore = notBefore
+        self.notAfter = notAfter
+        self.rotatesAt = rotatesAt
+        self.rotations = rotations
+    }
 }
 
 /// A cluster member's view of the cluster (`meshctl status`).
@@ -127,7 +150,11 @@ public struct EndpointCreateRequest: Codable, Sendable {
     /// Named ports (`http: 8080`), for services' `targetPort: http`.
     public var ports: [String: UInt16]?
     public var readiness: ReadinessProbe?
-    public init(name: String, labels: [String: String], ports: [String: UInt16]? = nil, readiness: ReadinessProbe? = nil) {
+    /// Default `default`.
+    public var serviceAccount: String?
+    public init(name: String, labels: [String: String], ports: [String: UInt16]? = nil, readiness: ReadinessProbe? = nil,
+                serviceAccount: String? = nil) {
+        self.serviceAccount = serviceAccount
         self.name = name
         self.labels = labels
         self.ports = ports
@@ -151,13 +178,17 @@ public struct Endpoint: Codable, Sendable, Equatable {
     /// Named ports (`http: 8080`).
     public var ports: [String: UInt16]
     public var readiness: ReadinessProbe?
+    /// The service account its workload certificate names (`.../sa/ACCOUNT`).
+    public var serviceAccount: String
     /// `ready` or `unready` (its readiness probe fails or has not passed yet); set in
     /// answers, not stored.
     public var state: String?
 
     enum CodingKeys: String, CodingKey {
-        case id, name, labels, ipv4, netns, interface, cgroup, createdAt, ports, readiness, state
+        case id, name, labels, ipv4, netns, interface, cgroup, createdAt, ports, readiness, serviceAccount, state
     }
+
+    public static let defaultServiceAccount = "default"
 
     /// Endpoints written before named ports and probes existed decode with none.
     public init(from decoder: Decoder) throws {
@@ -172,12 +203,14 @@ public struct Endpoint: Codable, Sendable, Equatable {
         createdAt = try c.decode(Date.self, forKey: .createdAt)
         ports = try c.decodeIfPresent([String: UInt16].self, forKey: .ports) ?? [:]
         readiness = try c.decodeIfPresent(ReadinessProbe.self, forKey: .readiness)
+        serviceAccount = try c.decodeIfPresent(String.self, forKey: .serviceAccount) ?? Self.defaultServiceAccount
         state = try c.decodeIfPresent(String.self, forKey: .state)
     }
 
     public init(id: Int, name: String, labels: Labels, ipv4: IPv4Address, netns: String,
                 interface: String, cgroup: String, createdAt: Date, ports: [String: UInt16] = [:],
-                readiness: ReadinessProbe? = nil) {
+                readiness: ReadinessProbe? = nil, serviceAccount: String = Endpoint.defaultServiceAccount) {
+        self.serviceAccount = serviceAccount
         self.ports = ports
         self.readiness = readiness
         self.id = id

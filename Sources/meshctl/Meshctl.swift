@@ -144,6 +144,8 @@ struct EndpointCommand: AsyncParsableCommand {
         @Option(name: .customLong("readiness-timeout"), help: "Seconds a probe may take.") var readinessTimeout: Double = 1
         @Option(name: .customLong("readiness-failures"), help: "Consecutive failures that make a ready endpoint unready.") var readinessFailures: Int = 3
         @Option(name: .customLong("readiness-successes"), help: "Consecutive successes that make an unready endpoint ready.") var readinessSuccesses: Int = 1
+        @Option(help: "Service account its workload certificate names: spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT.")
+        var serviceAccount: String = Endpoint.defaultServiceAccount
         @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
 
         func run() async throws {
@@ -153,7 +155,8 @@ struct EndpointCommand: AsyncParsableCommand {
                     try ReadinessProbe(parsing: $0, intervalSeconds: readinessInterval, timeoutSeconds: readinessTimeout,
                                        failureThreshold: readinessFailures, successThreshold: readinessSuccesses)
                 }
-                let request = EndpointCreateRequest(name: name, labels: parsed.values, ports: try EndpointPorts.parse(ports), readiness: probe)
+                let request = EndpointCreateRequest(name: name, labels: parsed.values, ports: try EndpointPorts.parse(ports), readiness: probe,
+                                                    serviceAccount: serviceAccount)
                 let ep = try await global.client.call(.POST, APIPath.endpoints, body: request, as: Endpoint.self)
                 if output == .json { return try printJSON(ep) }
                 print("endpoint \(ep.name) created: id \(ep.id), \(ep.ipv4), netns \(ep.netns), interface \(ep.interface)")
@@ -190,7 +193,7 @@ struct EndpointCommand: AsyncParsableCommand {
                 let ep = try await global.client.call(.GET, APIPath.endpoint(name), as: Endpoint.self)
                 if output == .json { return try printJSON(ep) }
                 for (k, v) in [("name", ep.name), ("id", String(ep.id)), ("ipv4", ep.ipv4.description),
-                               ("labels", ep.labels.description), ("ports", ep.ports.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")),
+                               ("labels", ep.labels.description), ("account", ep.serviceAccount), ("ports", ep.ports.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")),
                                ("readiness", ep.readiness.map { "\($0) every \($0.intervalSeconds) s: \(ep.state ?? "?")" } ?? "-"),
                                ("netns", ep.netns), ("interface", ep.interface),
                                ("cgroup", ep.cgroup), ("created", ep.createdAt.formatted(.iso8601))] {
@@ -256,9 +259,29 @@ struct EndpointCommand: AsyncParsableCommand {
 struct IdentityCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "identity",
-        abstract: "Inspect the identities policy is enforced by.",
-        subcommands: [List.self]
+        abstract: "Inspect the identities policy is enforced by, and the workloads' certificates.",
+        subcommands: [List.self, SVIDs.self]
     )
+
+    struct SVIDs: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "svids",
+            abstract: "List the workload certificates (X.509 SVIDs) of the node's endpoints: SPIFFE ID, expiry and next rotation.",
+            discussion: "Files: <state-dir>/trust/svids/ENDPOINT.crt (the certificate, then the node's intermediate) and ENDPOINT.key (0600); the root is <state-dir>/trust/root.crt.")
+
+        @OptionGroup var global: GlobalOptions
+        @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
+
+        func run() async throws {
+            try await running {
+                let list = try await global.client.call(.GET, APIPath.svids, as: [SVIDView].self)
+                if output == .json { return try printJSON(list) }
+                printTable(["ENDPOINT", "SPIFFE ID", "EXPIRES", "ROTATES", "ROTATIONS"], list.map {
+                    [$0.endpoint, $0.spiffeID, $0.notAfter.formatted(.iso8601), $0.rotatesAt.formatted(.iso8601), String($0.rotations)]
+                })
+            }
+        }
+    }
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

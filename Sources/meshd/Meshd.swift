@@ -88,6 +88,18 @@ struct Meshd: AsyncParsableCommand {
     @Option(help: "Seconds an identity no endpoint or rule uses keeps its number, so a label set that comes back gets it again. (default: 300)")
     var identityGrace: String?
 
+    @Option(help: "Trust domain of workloads' SPIFFE IDs (spiffe://DOMAIN/ns/NAMESPACE/sa/ACCOUNT). (default: cluster.local)")
+    var trustDomain: String?
+
+    @Option(help: "Seconds a workload certificate lives; it is replaced at half its life. (default: 86400)")
+    var svidTtl: String?
+
+    @Option(help: "PEM certificate of the operator's root CA. (default: a root made at first start, in the state folder)")
+    var trustRootCert: String?
+
+    @Option(help: "PEM ECDSA P-256 key of --trust-root-cert; without it the node needs an intermediate signed by it already.")
+    var trustRootKey: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -131,6 +143,10 @@ struct Meshd: AsyncParsableCommand {
             if let clusterLeaseTtl { settings.clusterLeaseTTL = clusterLeaseTtl }
             if let clusterPodCidr { settings.clusterPodCIDR = clusterPodCidr }
             if let podCidrSize { settings.podCIDRSize = podCidrSize }
+            if let trustDomain { settings.trustDomain = trustDomain }
+            if let svidTtl { settings.svidTTL = svidTtl }
+            if let trustRootCert { settings.trustRootCert = trustRootCert }
+            if let trustRootKey { settings.trustRootKey = trustRootKey }
             if let identityGrace { settings.identityGrace = identityGrace }
             try await Daemon.run(config: settings, logger: logger)
         } catch let e as MeshError {

@@ -121,4 +121,29 @@ final class TrustTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("is not the key of trust-root-cert"), "\(error)")
         }
     }
+
+    // Two cluster members given the same operator root: each signs with an intermediate
+    // of its own, and a workload of either is vouched for by that one root.
+    func testClusterMembersWithOneOperatorRootVouchForEachOthersWorkloads() throws {
+        let fabric = try ClusterFabric()
+        defer { fabric.destroy() }
+        let keys = NSTemporaryDirectory() + "\(fabric.name)-root"
+        try FileManager.default.createDirectory(atPath: keys, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: keys) }
+        let (cert, key) = try opensslRoot(keys, "cluster")
+        let a = try fabric.addNode(podCIDR: "10.201.1.0/28", extra: ["--trust-root-cert", cert, "--trust-root-key", key])
+        let b = try fabric.addNode(podCIDR: "10.201.2.0/28", extra: ["--trust-root-cert", cert, "--trust-root-key", key])
+        for (n, ep) in [(a, "web"), (b, "db")] {
+            try n.ctlOK("endpoint", "create", ep, "--labels", "app=\(ep)")
+            let t = n.dir + "/state/trust"
+            try n.waitFor("\(ep)'s certificate") { FileManager.default.fileExists(atPath: "\(t)/svids/\(ep).crt") }
+            // Verified with the chain the file carries, as a peer would in a handshake.
+            let v = openssl("verify", "-CAfile", cert, "-untrusted", "\(t)/svids/\(ep).crt", "\(t)/svids/\(ep).crt")
+            XCTAssertEqual(v.status, 0, v.stdout + v.stderr)
+        }
+        XCTAssertNotEqual(openssl("x509", "-in", a.dir + "/state/trust/intermediate.crt", "-noout", "-fingerprint").stdout,
+                          openssl("x509", "-in", b.dir + "/state/trust/intermediate.crt", "-noout", "-fingerprint").stdout,
+                          "each node signs with an intermediate of its own")
+        XCTAssertFalse(a.meshdLog.contains("made a root CA of its own"))
+    }
 }

@@ -63,6 +63,8 @@ public actor ClusterAgent: Service {
     /// died is withdrawn when the window closes.
     private var quietUntil = Date.distantPast
     private var recheckScheduled = false
+    /// Whether the kernel's routes to other nodes matched `nodes` after the last change.
+    private var routesProgrammed = false
     /// This node's endpoint records as last written to etcd.
     private var written: [String: EndpointRecord] = [:]
     /// Documents as last applied from (or written to) the store: key → text.
@@ -334,7 +336,7 @@ public actor ClusterAgent: Service {
                 scheduleRecheck()
             }
         }
-        if wantNodes != nodes || initial { await applyNodes(wantNodes) }
+        if wantNodes != nodes || initial { await applyNodes(wantNodes, initial: initial) }
         await applyRemote(wantRemote, initial: initial)
     }
 
@@ -354,11 +356,17 @@ public actor ClusterAgent: Service {
     }
 
     /// Routes to every other node's pod CIDR via its node IP; routes of departed nodes go.
-    private func applyNodes(_ new: [String: NodeRecord]) async {
+    private func applyNodes(_ new: [String: NodeRecord], initial: Bool = false) async {
         let old = nodes
         nodes = new
         let others = new.values.filter { $0.name != node.nodeName }
         let wanted = Dictionary(others.map { ($0.podCIDR, $0.ip) }, uniquingKeysWith: { a, _ in a })
+        let had = Dictionary(old.values.filter { $0.name != node.nodeName }.map { ($0.podCIDR, $0.ip) }, uniquingKeysWith: { a, _ in a })
+        health.withLockedValue { $0.nodes = new.values.sorted { $0.name < $1.name } }
+        // A heartbeat changes no route: the kernel is asked only when one may have changed
+        // (or the last attempt failed).
+        guard initial || wanted != had || !routesProgrammed else { return }
+        routesProgrammed = false
         do {
             try await ControlThread.run { () throws(MeshError) in
                 let present = try Netlink.nodeRoutes()
@@ -367,6 +375,7 @@ public actor ClusterAgent: Service {
                     try Netlink.setNodeRoute(cidr, via: gw)
                 }
             }
+            routesProgrammed = true
         } catch {
             logger.error("cannot route to other nodes' pod CIDRs", metadata: ["error": "\(error.message)"])
         }
@@ -376,7 +385,6 @@ public actor ClusterAgent: Service {
         for name in old.keys where new[name] == nil && name != node.nodeName {
             logger.info("node left (lease ended or deregistered)", metadata: ["peer": "\(name)"])
         }
-        health.withLockedValue { $0.nodes = new.values.sorted { $0.name < $1.name } }
     }
 
     /// Other nodes' endpoints into policy (peers) and services (backends). A publish that

@@ -89,9 +89,6 @@ public final class EtcdIdentityAllocator: IdentityAllocator, @unchecked Sendable
         return (try local.allocated() + mine).sorted { $0.id < $1.id }
     }
 
-    /// Whether the node holds a user key for a global label set's number (release pending or not).
-    func holds(_ labels: String) -> UInt32? { lock.withLock { held[IdentityKey(scope: .global, name: labels)]?.id } }
-
     /// After a new lease (the old one lapsed while etcd was away, and other nodes may
     /// have released numbers only this node used): writes every user key again, keeping
     /// each number where etcd still agrees. Returns whether any label set's number changed

@@ -68,9 +68,6 @@ public enum Daemon {
         // Workload certificates: the node's CA (its root, or the operator's) and an SVID
         // per endpoint, issued as endpoints come and rotated at half-life.
         let ca = try CertificateAuthority(settings: settings.trust, stateDir: settings.stateDir, nodeName: settings.nodeName)
-        if settings.cluster != nil, settings.trust.rootCertFile == nil {
-            logger.warning("this cluster member made a root CA of its own: workloads on other nodes will not trust its certificates; give every node the same --trust-root-cert")
-        }
         let workloads = try WorkloadIdentities(ca: ca, store: store, stateDir: settings.stateDir, nodeName: settings.nodeName, logger: logger)
         await services.addOnLocalChange { Task { await workloads.sync() } }
         if let cluster {
@@ -79,6 +76,7 @@ public enum Daemon {
             await cluster.attach(policy: policy, services: services)
             try await cluster.join()
             await services.addOnLocalChange { Task { await cluster.localEndpointsChanged() } }
+            if settings.trust.rootCertFile == nil { await cluster.establishTrust(ca: ca, workloads: workloads) }
         }
         try await manager.reconcile()
         // After the reconcile wrote the backends: services never see a half-built node.

@@ -146,4 +146,32 @@ final class TrustTests: XCTestCase {
                           "each node signs with an intermediate of its own")
         XCTAssertFalse(a.meshdLog.contains("made a root CA of its own"))
     }
+
+    // Without an operator's root, the first member's root becomes the cluster's: the
+    // second member keeps its own keys and gets its intermediate signed by that root
+    // through etcd, and its workloads' certificates are re-issued under it.
+    func testTheFirstMembersRootSignsTheOtherMembersIntermediates() throws {
+        let fabric = try ClusterFabric()
+        defer { fabric.destroy() }
+        let a = try fabric.addNode(podCIDR: "10.201.1.0/28")
+        let b = try fabric.addNode(podCIDR: "10.201.2.0/28")
+        try b.ctlOK("endpoint", "create", "db", "--labels", "app=db")
+        let ta = a.dir + "/state/trust", tb = b.dir + "/state/trust"
+        try b.waitFor("node B's certificates under node A's root") {
+            openssl("verify", "-CAfile", "\(ta)/root.crt", "-untrusted", "\(tb)/svids/db.crt", "\(tb)/svids/db.crt").status == 0
+        }
+        XCTAssertEqual(openssl("x509", "-in", "\(tb)/root.crt", "-noout", "-fingerprint").stdout,
+                       openssl("x509", "-in", "\(ta)/root.crt", "-noout", "-fingerprint").stdout, "B keeps the cluster's root")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(tb)/root.key"), "B holds no root key")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(ta)/root.key"), "the root's key stays on A")
+        XCTAssertEqual(mode("\(tb)/intermediate.key"), 0o600)
+        XCTAssertTrue(b.meshdLog.contains("signed by the cluster root"), b.meshdLog.suffix(2000).description)
+        // A restart of B keeps all of it, without asking again.
+        b.stop()
+        try b.start(fabric.clusterArgs(2))
+        Thread.sleep(forTimeInterval: 1)
+        let v = openssl("verify", "-CAfile", "\(ta)/root.crt", "-untrusted", "\(tb)/svids/db.crt", "\(tb)/svids/db.crt")
+        XCTAssertEqual(v.status, 0, v.stdout + v.stderr)
+        XCTAssertFalse(b.meshdLog.contains("asked the cluster root's holder"), "the restarted node (a fresh log) asked again")
+    }
 }

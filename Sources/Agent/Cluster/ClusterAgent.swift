@@ -3,6 +3,8 @@ import Logging
 import MeshModel
 import NIOConcurrencyHelpers
 import ServiceLifecycle
+import Crypto
+import X509
 
 /// How a node joins a cluster (`--cluster etcd://…`).
 public struct ClusterSettings: Sendable, Equatable {
@@ -261,6 +263,7 @@ public actor ClusterAgent: Service {
         let (kvs, rev) = try await etcd.range(ClusterKeys.root, prefix: true)
         markContact()
         var newNodes: [String: NodeRecord] = [:], newRemote: [String: EndpointRecord] = [:], docs: [String: String] = [:]
+        var trustKeys: [String: String] = [:]
         var mine = Set<String>()
         for kv in kvs {
             switch Self.classify(kv.key) {
@@ -268,6 +271,7 @@ public actor ClusterAgent: Service {
             case .endpoint(let owner, _):
                 if owner == node.nodeName { mine.insert(kv.key) } else if let r: EndpointRecord = decode(kv) { newRemote[kv.key] = r }
             case .document: docs[kv.key] = kv.string
+            case .trust: trustKeys[kv.key] = kv.string
             case .other: break
             }
         }
@@ -284,12 +288,14 @@ public actor ClusterAgent: Service {
             await applyDocument(key: key, text: text)
         }
         for key in removedDocs { await deleteDocument(key: key) }
+        for (key, text) in trustKeys.sorted(by: { $0.key < $1.key }) { await trustChanged(key: key, text: text) }
         health.withLockedValue { $0.appliedRevision = rev; $0.etcdRevision = max($0.etcdRevision, rev) }
     }
 
     private func apply(_ batch: EtcdClient.WatchBatch) async {
         var nodesChanged = false, remoteChanged = false
         var newNodes = etcdNodes, newRemote = etcdRemote
+        var trustPuts: [EtcdClient.KeyValue] = []
         for event in batch.events {
             switch Self.classify(event.key) {
             case .node(let name):
@@ -308,6 +314,8 @@ public actor ClusterAgent: Service {
                 case .put(let kv): if documents[kv.key] != kv.string { await applyDocument(key: kv.key, text: kv.string) }
                 case .delete(let key, _): if documents[key] != nil { await deleteDocument(key: key) }
                 }
+            case .trust:
+                if case .put(let kv) = event { trustPuts.append(kv) }
             case .other:
                 if case .delete(let key, _) = event, key.hasPrefix(ClusterKeys.identityUsers) { await collectIfOrphaned(userKey: key) }
             }
@@ -316,6 +324,8 @@ public actor ClusterAgent: Service {
         etcdNodes = newNodes
         etcdRemote = newRemote
         if nodesChanged || remoteChanged { await applyView(initial: false) }
+        // After the nodes: a request is signed only for a node registered by then.
+        for kv in trustPuts { await trustChanged(key: kv.key, text: kv.string) }
         if localDirty { await publishLocal() }
         health.withLockedValue { $0.appliedRevision = batch.revision; $0.etcdRevision = max($0.etcdRevision, batch.revision) }
     }
@@ -416,6 +426,85 @@ public actor ClusterAgent: Service {
             }
         } catch {
             logger.debug("identity collection deferred", metadata: ["identity": "\(id)", "error": "\(error.message)"])
+        }
+    }
+
+    // MARK: one root for the cluster
+
+    private var ca: CertificateAuthority?
+    private var workloads: WorkloadIdentities?
+    private var clusterRoot: Certificate?
+    /// The key of the intermediate this node asked the root's holder to sign.
+    private var pendingIntermediateKey: P256.Signing.PrivateKey?
+
+    /// Makes the node's certificates the cluster's: the first node to get here publishes
+    /// its root as the cluster's (its key stays with it); every other node keeps a key of
+    /// its own and asks, through etcd, for an intermediate signed by that root. An
+    /// operator's root (--trust-root-cert on every node) needs none of this.
+    public func establishTrust(ca: CertificateAuthority, workloads: WorkloadIdentities) async {
+        self.ca = ca
+        self.workloads = workloads
+        do throws(MeshError) {
+            let mine = try CertificateAuthority.pem(ca.root)
+            let r = try await etcd.txn([.absent(ClusterKeys.trustRoot)], success: [.put(ClusterKeys.trustRoot, Array(mine.utf8), lease: 0)],
+                                       failure: [.get(ClusterKeys.trustRoot)])
+            if r.succeeded {
+                clusterRoot = ca.root
+                logger.info("this node's root is now the cluster's root; it signs the other nodes' intermediates")
+                return
+            }
+            defer { Task { await self.signWaitingRequests() } }
+            guard let text = r.ranges.first?.first?.string, let root = try? Certificate(pemEncoded: text) else {
+                throw MeshError(.internalError, "the cluster root in etcd does not parse")
+            }
+            clusterRoot = root
+            if root == ca.root && CertificateAuthority.signs(root, ca.currentIntermediate) { return }
+            let (csr, key) = try ca.intermediateRequest()
+            pendingIntermediateKey = key
+            _ = try await etcd.txn([], success: [.delete(ClusterKeys.trustIntermediates + node.nodeName),
+                                                 .put(ClusterKeys.trustRequests + node.nodeName, Array(csr.utf8), lease: 0)])
+            logger.info("asked the cluster root's holder to sign this node's intermediate; the node's own root serves until then")
+        } catch {
+            logger.error("cannot take part in the cluster's trust; workloads keep certificates of this node's own root",
+                         metadata: ["error": "\(error.message)"])
+        }
+    }
+
+    /// Requests made while the root's holder was away.
+    private func signWaitingRequests() async {
+        guard let ca, ca.holdsRootKey, ca.root == clusterRoot else { return }
+        guard let (kvs, _) = try? await etcd.range(ClusterKeys.trustRequests, prefix: true) else { return }
+        for kv in kvs { await trustChanged(key: kv.key, text: kv.string) }
+    }
+
+    /// A request to sign (on the root's holder) or this node's signed intermediate.
+    private func trustChanged(key: String, text: String) async {
+        guard let ca, let clusterRoot else { return }
+        if key.hasPrefix(ClusterKeys.trustRequests) {
+            let requester = String(key.dropFirst(ClusterKeys.trustRequests.count))
+            guard requester != node.nodeName, ca.holdsRootKey, ca.root == clusterRoot else { return }
+            // Only registered nodes: whoever can write etcd is trusted as much as a node.
+            guard etcdNodes[requester] != nil else {
+                logger.warning("not signing an intermediate for a node that is not registered", metadata: ["requester": "\(requester)"])
+                return
+            }
+            do throws(MeshError) {
+                let signed = try ca.signIntermediate(requestPEM: text, node: requester)
+                _ = try await etcd.txn([.value(key, Array(text.utf8))],
+                                       success: [.put(ClusterKeys.trustIntermediates + requester, Array(signed.utf8), lease: 0), .delete(key)])
+                logger.info("signed a node's intermediate with the cluster root", metadata: ["requester": "\(requester)"])
+            } catch {
+                logger.error("cannot sign a node's intermediate", metadata: ["requester": "\(requester)", "error": "\(error.message)"])
+            }
+        } else if key == ClusterKeys.trustIntermediates + node.nodeName, let pending = pendingIntermediateKey {
+            do throws(MeshError) {
+                try ca.adopt(root: clusterRoot, intermediatePEM: text, key: pending)
+                pendingIntermediateKey = nil
+                logger.info("this node's intermediate is now signed by the cluster root; re-issuing workload certificates")
+                await workloads?.sync()
+            } catch {
+                logger.error("the intermediate offered does not fit this node", metadata: ["error": "\(error.message)"])
+            }
         }
     }
 
@@ -606,6 +695,7 @@ public actor ClusterAgent: Service {
         case node(String)
         case endpoint(owner: String, name: String)
         case document
+        case trust
         case other
     }
 
@@ -616,6 +706,7 @@ public actor ClusterAgent: Service {
             if parts.count == 2 { return .endpoint(owner: String(parts[0]), name: String(parts[1])) }
         }
         if key.hasPrefix(ClusterKeys.docs) { return .document }
+        if key.hasPrefix(ClusterKeys.trust) { return .trust }
         return .other
     }
 

@@ -13,6 +13,9 @@ import MeshModel
 /// | `identities/labels/LABELS` | N | none |
 /// | `identities/users/N/NODE` | empty: NODE uses N | the node's |
 /// | `docs/KIND/KEY` | a document as `meshctl apply` took it (YAML) | none |
+/// | `trust/root` | the cluster's root certificate (PEM), made by the first node | none |
+/// | `trust/csr/NODE` | NODE's request for an intermediate (PEM) | none |
+/// | `trust/intermediates/NODE` | NODE's intermediate, signed by the root's holder (PEM) | none |
 ///
 /// Whatever a node owns is under its lease: a node that dies without notice vanishes from
 /// every other node's view when the lease lapses, in one etcd revision.
@@ -25,6 +28,10 @@ public enum ClusterKeys {
     public static let identityLabels = root + "identities/labels/"
     public static let identityUsers = root + "identities/users/"
     public static let docs = root + "docs/"
+    public static let trust = root + "trust/"
+    public static let trustRoot = trust + "root"
+    public static let trustRequests = trust + "csr/"
+    public static let trustIntermediates = trust + "intermediates/"
 
     static func node(_ name: String) -> String { nodes + name }
     /// A CIDR's key: `10.201.1.0-24` (no `/`, which would read as a folder).

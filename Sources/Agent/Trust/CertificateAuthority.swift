@@ -32,10 +32,16 @@ public final class CertificateAuthority: @unchecked Sendable { // `intermediate`
 
     public let settings: TrustSettings
     let dir: String
-    public let root: Certificate
-    private let rootKey: P256.Signing.PrivateKey?
+    let nodeName: String
     private let lock = NSLock()
+    private var rootCert: Certificate
+    /// nil: the root is another's (the operator's without its key, or the cluster's, whose
+    /// key stays on the node that made it).
+    private var rootKey: P256.Signing.PrivateKey?
     private var intermediate: Issued
+    /// Bumped whenever the intermediate or root changes: certificates issued before are
+    /// re-issued.
+    private var generationNumber = 0
 
     /// A root lives ten years; a node's intermediate thirty days, renewed with a third left.
     static let rootLifetime: TimeInterval = 10 * 365 * 86400
@@ -43,25 +49,93 @@ public final class CertificateAuthority: @unchecked Sendable { // `intermediate`
 
     public init(settings: TrustSettings, stateDir: String, nodeName: String) throws(MeshError) {
         self.settings = settings
+        self.nodeName = nodeName
         dir = stateDir + "/trust"
         do {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         } catch {
             throw MeshError(.internalError, "cannot create \(dir): \(error.localizedDescription)")
         }
-        (root, rootKey) = try Self.loadRoot(settings: settings, dir: dir)
+        var (root, key) = try Self.loadRoot(settings: settings, dir: dir)
         let interCert = dir + "/intermediate.crt", interKey = dir + "/intermediate.key"
-        if let cert = try? Self.readCertificate(interCert), let key = try? Self.readKey(interKey),
-           cert.issuer == root.subject, cert.publicKey == Certificate.PublicKey(key.publicKey),
+        if let cert = try? Self.readCertificate(interCert), let ikey = try? Self.readKey(interKey),
+           Self.signs(root, cert), cert.publicKey == Certificate.PublicKey(ikey.publicKey),
            cert.notValidAfter.timeIntervalSinceNow > Self.intermediateLifetime / 3 {
-            intermediate = Issued(certificate: cert, key: key)
+            intermediate = Issued(certificate: cert, key: ikey)
         } else {
-            guard let rootKey else {
+            if key == nil, settings.rootCertFile == nil {
+                // The cluster's root, adopted earlier, but no good intermediate from it any
+                // more: start again from a root of the node's own (the cluster re-signs).
+                unlink(dir + "/root.crt")
+                (root, key) = try Self.loadRoot(settings: settings, dir: dir)
+            }
+            guard let key else {
                 throw MeshError(.invalidArgument, "the node has no intermediate certificate and the root's key is not here to sign one",
                                 hint: "give --trust-root-key with --trust-root-cert")
             }
-            intermediate = try Self.issueIntermediate(root: root, rootKey: rootKey, node: nodeName)
+            let ikey = P256.Signing.PrivateKey()
+            intermediate = Issued(certificate: try Self.issueIntermediate(root: root, rootKey: key, node: nodeName, publicKey: .init(ikey.publicKey)),
+                                  key: ikey)
             try Self.write(intermediate, cert: interCert, key: interKey)
+        }
+        rootCert = root
+        rootKey = key
+    }
+
+    public var root: Certificate { lock.withLock { rootCert } }
+    public var holdsRootKey: Bool { lock.withLock { rootKey != nil } }
+    public var generation: Int { lock.withLock { generationNumber } }
+
+    /// Whether `issuer` signed `cert`.
+    static func signs(_ issuer: Certificate, _ cert: Certificate) -> Bool {
+        cert.issuer == issuer.subject && issuer.publicKey.isValidSignature(cert.signature, for: cert)
+    }
+
+    /// A request for an intermediate signed by another node's root: the key stays here.
+    public func intermediateRequest() throws(MeshError) -> (pem: String, key: P256.Signing.PrivateKey) {
+        let key = P256.Signing.PrivateKey()
+        do {
+            let csr = try CertificateSigningRequest(version: .v1, subject: try DistinguishedName {
+                OrganizationName("SwiftMesh")
+                CommonName("SwiftMesh node \(nodeName)")
+            }, privateKey: .init(key), attributes: .init(), signatureAlgorithm: .ecdsaWithSHA256)
+            return (try csr.serializeAsPEM().pemString, key)
+        } catch {
+            throw MeshError(.internalError, "making a certificate request failed: \(error)")
+        }
+    }
+
+    /// Signs another node's intermediate request with this node's root key.
+    public func signIntermediate(requestPEM: String, node: String) throws(MeshError) -> String {
+        let (root, key) = lock.withLock { (rootCert, rootKey) }
+        guard let key else { throw MeshError(.permissionDenied, "this node does not hold the root's key") }
+        let csr: CertificateSigningRequest
+        do { csr = try CertificateSigningRequest(pemEncoded: requestPEM) } catch {
+            throw MeshError(.invalidArgument, "node \(node)'s certificate request does not parse: \(error)")
+        }
+        guard csr.publicKey.isValidSignature(csr.signature, for: csr) else {
+            throw MeshError(.invalidArgument, "node \(node)'s certificate request is not signed by its own key")
+        }
+        return try Self.pem(try Self.issueIntermediate(root: root, rootKey: key, node: node, publicKey: csr.publicKey))
+    }
+
+    /// Takes the cluster's root and an intermediate it signed for this node's `key`: the
+    /// node's own root key goes (it vouches for nothing any more), and every workload
+    /// certificate is issued again.
+    public func adopt(root: Certificate, intermediatePEM: String, key: P256.Signing.PrivateKey) throws(MeshError) {
+        let cert: Certificate
+        do { cert = try Certificate(pemEncoded: intermediatePEM) } catch { throw MeshError(.invalidArgument, "not a PEM certificate: \(error)") }
+        guard Self.signs(root, cert), cert.publicKey == Certificate.PublicKey(key.publicKey) else {
+            throw MeshError(.invalidArgument, "the intermediate offered is not the cluster root's signature on this node's key")
+        }
+        try Self.write(Issued(certificate: cert, key: key), cert: dir + "/intermediate.crt", key: dir + "/intermediate.key")
+        try Self.writeFile(dir + "/root.crt", try Self.pem(root) + "\n", mode: 0o644)
+        unlink(dir + "/root.key")
+        lock.withLock {
+            rootCert = root
+            rootKey = nil
+            intermediate = Issued(certificate: cert, key: key)
+            generationNumber += 1
         }
     }
 
@@ -105,10 +179,15 @@ public final class CertificateAuthority: @unchecked Sendable { // `intermediate`
     /// Renews the node's intermediate once a third of its life is left. Returns whether it did.
     @discardableResult
     public func renewIfDue(node: String) throws(MeshError) -> Bool {
-        guard let rootKey, currentIntermediate.notValidAfter.timeIntervalSinceNow < Self.intermediateLifetime / 3 else { return false }
-        let fresh = try Self.issueIntermediate(root: root, rootKey: rootKey, node: node)
+        let (root, key) = lock.withLock { (rootCert, rootKey) }
+        guard let key, currentIntermediate.notValidAfter.timeIntervalSinceNow < Self.intermediateLifetime / 3 else { return false }
+        let ikey = P256.Signing.PrivateKey()
+        let fresh = Issued(certificate: try Self.issueIntermediate(root: root, rootKey: key, node: node, publicKey: .init(ikey.publicKey)), key: ikey)
         try Self.write(fresh, cert: dir + "/intermediate.crt", key: dir + "/intermediate.key")
-        lock.withLock { intermediate = fresh }
+        lock.withLock {
+            intermediate = fresh
+            generationNumber += 1
+        }
         return true
     }
 
@@ -133,6 +212,12 @@ public final class CertificateAuthority: @unchecked Sendable { // `intermediate`
             return (cert, key)
         }
         let certPath = dir + "/root.crt", keyPath = dir + "/root.key"
+        if FileManager.default.fileExists(atPath: certPath), !FileManager.default.fileExists(atPath: keyPath) {
+            // The cluster's root, adopted: its key is on the node that made it.
+            do { return (try readCertificate(certPath), nil) } catch {
+                throw MeshError(.internalError, "the cluster root in \(certPath) is unreadable: \(error.message)")
+            }
+        }
         if FileManager.default.fileExists(atPath: certPath) {
             do throws(MeshError) {
                 let cert = try readCertificate(certPath), key = try readKey(keyPath)
@@ -171,12 +256,12 @@ public final class CertificateAuthority: @unchecked Sendable { // `intermediate`
         }
     }
 
-    static func issueIntermediate(root: Certificate, rootKey: P256.Signing.PrivateKey, node: String) throws(MeshError) -> Issued {
-        let key = P256.Signing.PrivateKey()
+    static func issueIntermediate(root: Certificate, rootKey: P256.Signing.PrivateKey, node: String,
+                                  publicKey: Certificate.PublicKey) throws(MeshError) -> Certificate {
         let now = Date()
         do {
-            let cert = try Certificate(
-                version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
+            return try Certificate(
+                version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: publicKey,
                 notValidBefore: now.addingTimeInterval(-60), notValidAfter: min(now.addingTimeInterval(intermediateLifetime), root.notValidAfter),
                 issuer: root.subject,
                 subject: try DistinguishedName {
@@ -187,13 +272,12 @@ public final class CertificateAuthority: @unchecked Sendable { // `intermediate`
                 extensions: try Certificate.Extensions {
                     Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
                     Critical(KeyUsage(keyCertSign: true, cRLSign: true))
-                    SubjectKeyIdentifier(hash: .init(key.publicKey))
+                    SubjectKeyIdentifier(hash: publicKey)
                     AuthorityKeyIdentifier(keyIdentifier: try keyID(root))
                 },
                 issuerPrivateKey: .init(rootKey))
-            return Issued(certificate: cert, key: key)
         } catch {
-            throw MeshError(.internalError, "issuing the node's intermediate certificate failed: \(error)")
+            throw MeshError(.internalError, "issuing an intermediate certificate for node \(node) failed: \(error)")
         }
     }
 

@@ -22,6 +22,8 @@ public actor WorkloadIdentities: Service {
         var spiffeID: String
         var certificate: Certificate
         var rotations: Int
+        /// The CA's generation it was issued under: a new intermediate or root re-issues it.
+        var generation: Int
     }
     private var held: [String: Held] = [:]
     nonisolated let counters = NIOLockedValueBox((rotations: 0, failures: 0))
@@ -54,11 +56,11 @@ public actor WorkloadIdentities: Service {
         do { try ca.renewIfDue(node: nodeName) } catch {
             logger.error("cannot renew the node's intermediate certificate", metadata: ["error": "\(error.message)"])
         }
-        let intermediate = ca.currentIntermediate
+        let intermediate = ca.currentIntermediate, generation = ca.generation
         for ep in endpoints {
             let id = ca.spiffeID(namespace: ep.labels.namespace, serviceAccount: ep.serviceAccount)
-            if held[ep.name] == nil, let kept = load(ep.name, id: id, intermediate: intermediate) { held[ep.name] = kept }
-            if let h = held[ep.name], h.spiffeID == id, h.certificate.issuer == intermediate.subject,
+            if held[ep.name] == nil, let kept = load(ep.name, id: id, intermediate: intermediate, generation: generation) { held[ep.name] = kept }
+            if let h = held[ep.name], h.spiffeID == id, h.generation == generation, h.certificate.issuer == intermediate.subject,
                h.certificate.notValidAfter.timeIntervalSinceNow > lifetime / 2 {
                 continue
             }
@@ -66,7 +68,8 @@ public actor WorkloadIdentities: Service {
                 let issued = try ca.issueSVID(spiffeID: id, lifetime: lifetime)
                 try CertificateAuthority.write(issued, cert: certificatePath(ep.name), key: keyPath(ep.name), chain: [intermediate])
                 let rotated = held[ep.name] != nil
-                held[ep.name] = Held(spiffeID: id, certificate: issued.certificate, rotations: (held[ep.name]?.rotations ?? 0) + (rotated ? 1 : 0))
+                held[ep.name] = Held(spiffeID: id, certificate: issued.certificate, rotations: (held[ep.name]?.rotations ?? 0) + (rotated ? 1 : 0),
+                                     generation: generation)
                 if rotated { counters.withLockedValue { $0.rotations += 1 } }
                 logger.info(rotated ? "workload certificate rotated" : "workload certificate issued",
                             metadata: ["endpoint": "\(ep.name)", "spiffe_id": "\(id)", "not_after": "\(issued.certificate.notValidAfter)"])
@@ -88,13 +91,13 @@ public actor WorkloadIdentities: Service {
     }
 
     /// A certificate left by an earlier run, if it is still this endpoint's and good.
-    private func load(_ endpoint: String, id: String, intermediate: Certificate) -> Held? {
+    private func load(_ endpoint: String, id: String, intermediate: Certificate, generation: Int) -> Held? {
         guard let cert = try? CertificateAuthority.readCertificate(certificatePath(endpoint)),
               let key = try? CertificateAuthority.readKey(keyPath(endpoint)),
-              cert.publicKey == Certificate.PublicKey(key.publicKey), cert.issuer == intermediate.subject,
+              cert.publicKey == Certificate.PublicKey(key.publicKey), CertificateAuthority.signs(intermediate, cert),
               let san = try? cert.extensions.subjectAlternativeNames,
               san.contains(where: { if case .uniformResourceIdentifier(let u) = $0 { u == id } else { false } }) else { return nil }
-        return Held(spiffeID: id, certificate: cert, rotations: 0)
+        return Held(spiffeID: id, certificate: cert, rotations: 0, generation: generation)
     }
 
     public func run() async throws {

@@ -11,7 +11,8 @@ final class ClusterTests: XCTestCase {
     override func tearDown() {
         for s in servers { kill(s.pid, SIGKILL) }
         // A failed run keeps its nodes' logs (the nodes' folders go with them).
-        if testRun?.hasSucceeded == false {
+        // (hasSucceeded is still false in tearDown: the run has not stopped yet.)
+        if (testRun?.totalFailureCount ?? 0) > 0 {
             for n in fabric?.nodes ?? [] {
                 let path = NSTemporaryDirectory() + "\(n.name)-meshd.log"
                 try? n.meshdLog.write(toFile: path, atomically: true, encoding: .utf8)

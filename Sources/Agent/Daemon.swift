@@ -150,7 +150,7 @@ public enum Daemon {
 
     /// A stable 32-bit id for the node name (FNV-1a), stamped into datapath events.
     static func nodeID(_ name: String) -> UInt32 {
-        name.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
+        FNV1a.hash32(name)
     }
 
     /// Forwarding on, and `unreachable` routes for the pod and service CIDRs: the /32

@@ -356,7 +356,7 @@ public struct NodeSettings: Sendable {
     /// Five base-36 characters of the node name's FNV-1a hash: two names share a tag once
     /// in about 60 million, and ids up to eight digits still fit in 15 characters.
     static func tag(_ name: String) -> String {
-        var h = name.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
+        var h = FNV1a.hash32(name)
         let digits = Array("0123456789abcdefghijklmnopqrstuvwxyz")
         var out = ""
         for _ in 0..<5 {

@@ -141,7 +141,7 @@ public actor ServiceManager {
     /// A remote backend's id in the kernel's maps and events: the high bit set (local
     /// endpoint ids never reach it), the rest a hash of `node/name`.
     static func remoteBackendID(_ r: EndpointRecord) -> UInt32 {
-        let h = "\(r.node)/\(r.name)".utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
+        let h = FNV1a.hash32("\(r.node)/\(r.name)")
         return 0x8000_0000 | (h & 0x7fff_ffff)
     }
 

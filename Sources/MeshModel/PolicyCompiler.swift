@@ -161,7 +161,7 @@ public enum PolicyCompiler {
     }
 
     public static func policyID(_ key: String) -> UInt32 {
-        let h = key.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
+        let h = FNV1a.hash32(key)
         return h == 0 ? 1 : h
     }
 

@@ -166,7 +166,7 @@ public struct NodeConfig: Sendable, Equatable {
         let services: IPv4CIDR
         do { services = try IPv4CIDR(parsing: serviceCIDR) } catch { throw .invalid("service CIDR: \(error.message)", hint: error.hint) }
         guard services.assignableCount > 0 else { throw .invalid("service CIDR \(services) has no addresses to hand out; use a /30 or larger") }
-        guard !services.contains(cidr.network), !cidr.contains(services.network) else {
+        guard !services.overlaps(cidr) else {
             throw .invalid("service CIDR \(services) overlaps the pod CIDR \(cidr)", hint: "give them separate ranges")
         }
         guard let dnsOn = RuntimeConfig.parseSwitch(dns) else { throw .invalid("dns \"\(dns)\" must be on or off") }

@@ -65,6 +65,9 @@ public struct IPv4CIDR: Sendable, Hashable, Codable, CustomStringConvertible {
 
     public func contains(_ a: IPv4Address) -> Bool { a.value & mask == network.value }
 
+    /// Whether the two share an address (prefixes either nest or are disjoint).
+    public func overlaps(_ other: IPv4CIDR) -> Bool { contains(other.network) || other.contains(network) }
+
     /// Addresses that can be handed to endpoints: all but the network and broadcast
     /// addresses (a /31 or /32 has none to spare and so none to hand out).
     public var assignableCount: Int {

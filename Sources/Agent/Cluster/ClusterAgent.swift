@@ -152,18 +152,12 @@ public actor ClusterAgent: Service {
     private func claimPodCIDR(lease: Int64) async throws(MeshError) {
         let mine = node.podCIDR
         for _ in 0..<8 {
-            let (claims, revision) = try await etcd.range(ClusterKeys.podCIDRs, prefix: true)
-            for kv in claims where kv.string != node.nodeName {
-                let text = String(kv.key.dropFirst(ClusterKeys.podCIDRs.count)).replacingOccurrences(of: "-", with: "/")
-                guard let other = try? IPv4CIDR(parsing: text) else { continue }
-                if other.contains(mine.network) || mine.contains(other.network) {
-                    throw MeshError(.alreadyExists, "pod CIDR \(mine) overlaps \(other) of node \(kv.string) in the cluster",
-                                    hint: "give this node a pod CIDR of its own with --pod-cidr")
-                }
+            let (claims, revision) = try await PodCIDRAllocation.otherClaims(etcd, node: node.nodeName)
+            if let other = claims.first(where: { $0.cidr.overlaps(mine) }) {
+                throw MeshError(.alreadyExists, "pod CIDR \(mine) overlaps \(other.cidr) of node \(other.owner) in the cluster",
+                                hint: "give this node a pod CIDR of its own with --pod-cidr")
             }
-            let r = try await etcd.txn([.unchangedSince(prefix: ClusterKeys.podCIDRs, revision: revision)],
-                                       success: [.put(ClusterKeys.podCIDR(mine), Array(node.nodeName.utf8), lease: lease)])
-            if r.succeeded { return }
+            if try await PodCIDRAllocation.claim(mine, node: node.nodeName, lease: lease, since: revision, etcd) { return }
         }
         throw MeshError(.unavailable, "claiming pod CIDR \(mine) kept conflicting with other nodes' claims")
     }

@@ -36,6 +36,11 @@ public enum ClusterKeys {
     static func node(_ name: String) -> String { nodes + name }
     /// A CIDR's key: `10.201.1.0-24` (no `/`, which would read as a folder).
     static func podCIDR(_ cidr: IPv4CIDR) -> String { podCIDRs + "\(cidr.network)-\(cidr.prefixLength)" }
+    /// The CIDR a `podCIDR(_:)` key names; nil for anything else.
+    static func podCIDR(key: String) -> IPv4CIDR? {
+        guard key.hasPrefix(podCIDRs) else { return nil }
+        return try? IPv4CIDR(parsing: key.dropFirst(podCIDRs.count).replacingOccurrences(of: "-", with: "/"))
+    }
     static func endpoint(node: String, name: String) -> String { endpoints + node + "/" + name }
     static func identityID(_ id: UInt32) -> String { identityIDs + String(id) }
     static func identityLabels(_ labels: String) -> String { identityLabels + labels }

@@ -45,14 +45,11 @@ enum PodCIDRAllocation {
     static func claim(range: IPv4CIDR, size: Int, node: String, etcd: EtcdClient, ttl: Int) async throws(MeshError) -> IPv4CIDR {
         let count = 1 << (size - range.prefixLength), step = UInt32(1) << (32 - size)
         for _ in 0..<16 {
-            let (claims, revision) = try await etcd.range(ClusterKeys.podCIDRs, prefix: true)
-            let taken = claims.compactMap { kv -> IPv4CIDR? in
-                kv.string == node ? nil : try? IPv4CIDR(parsing: String(kv.key.dropFirst(ClusterKeys.podCIDRs.count)).replacingOccurrences(of: "-", with: "/"))
-            }
+            let (claims, revision) = try await otherClaims(etcd, node: node)
             var free: IPv4CIDR?
             for i in 0..<min(count, 1 << 16) {
                 let block = try IPv4CIDR(parsing: "\(IPv4Address(range.network.value + UInt32(i) * step))/\(size)")
-                if !taken.contains(where: { $0.contains(block.network) || block.contains($0.network) }) {
+                if !claims.contains(where: { $0.cidr.overlaps(block) }) {
                     free = block
                     break
                 }
@@ -61,11 +58,25 @@ enum PodCIDRAllocation {
                 throw MeshError(.exhausted, "every /\(size) of the cluster's pod range \(range) is taken",
                                 hint: "give the cluster a larger --cluster-pod-cidr or a longer --pod-cidr-size")
             }
-            let lease = try await etcd.grantLease(ttl: ttl)
-            let r = try await etcd.txn([.unchangedSince(prefix: ClusterKeys.podCIDRs, revision: revision)],
-                                       success: [.put(ClusterKeys.podCIDR(free), Array(node.utf8), lease: lease)])
-            if r.succeeded { return free }
+            if try await claim(free, node: node, lease: try await etcd.grantLease(ttl: ttl), since: revision, etcd) { return free }
         }
         throw MeshError(.unavailable, "allocating a pod CIDR from \(range) kept conflicting with other nodes' claims")
+    }
+
+    /// The pod CIDRs other nodes hold, and the revision they were read at.
+    static func otherClaims(_ etcd: EtcdClient, node: String) async throws(MeshError) -> (claims: [(cidr: IPv4CIDR, owner: String)], revision: Int64) {
+        let (kvs, revision) = try await etcd.range(ClusterKeys.podCIDRs, prefix: true)
+        let claims = kvs.compactMap { kv -> (cidr: IPv4CIDR, owner: String)? in
+            guard kv.string != node, let cidr = ClusterKeys.podCIDR(key: kv.key) else { return nil }
+            return (cidr, kv.string)
+        }
+        return (claims, revision)
+    }
+
+    /// Claims `cidr` for `node` under `lease`, unless any claim appeared or changed after
+    /// `revision` (the caller then reads the claims again). Returns whether it did.
+    static func claim(_ cidr: IPv4CIDR, node: String, lease: Int64, since revision: Int64, _ etcd: EtcdClient) async throws(MeshError) -> Bool {
+        try await etcd.txn([.unchangedSince(prefix: ClusterKeys.podCIDRs, revision: revision)],
+                           success: [.put(ClusterKeys.podCIDR(cidr), Array(node.utf8), lease: lease)]).succeeded
     }
 }

@@ -122,11 +122,9 @@ public actor PolicyEngine {
     /// The labels identity and policy see for each of this node's endpoints (by name), and
     /// their identity numbers in the revision in force.
     public func localIdentities() throws(MeshError) -> [String: (labels: Labels, identity: UInt32)] {
-        let nsLabels = ServiceManager.namespaceLabels(store)
         var out: [String: (labels: Labels, identity: UInt32)] = [:]
-        for ep in try store.endpoints() {
-            guard let id = compiled?.endpointIdentity[ep.id] else { continue }
-            out[ep.name] = (ep.labels.withNamespaceLabels(nsLabels[ep.labels.namespace]), id)
+        for ep in try endpointInfos() where ep.local {
+            if let id = compiled?.endpointIdentity[ep.id] { out[ep.name] = (ep.labels, id) }
         }
         return out
     }

@@ -459,13 +459,14 @@ public actor ServiceManager {
                 continue
             }
             let selected = eps.filter { r.service.selects($0.labels) && isReady($0) }
+            let selectedRemote = remoteEndpoints.filter { $0.ready && r.service.selects($0.labels) }
             for (i, port) in r.service.ports.enumerated() {
                 let f = ServiceLB.Frontend(id: Self.frontendID(service: r.id, port: i), vip: r.clusterIP.value, port: port.port,
                                            proto: port.protocolNumber, affinityTimeout: r.service.affinityTimeoutSeconds,
                                            routed: port.protocolNumber == 6 && routed.contains("\(r.clusterIP):\(port.port)"))
                 desired[f] = selected.compactMap { ep in
                     Self.targetPort(port, of: ep).map { ServiceLB.Backend(id: UInt32(ep.id), address: ep.ipv4.value, port: $0) }
-                } + remoteEndpoints.filter { $0.ready && r.service.selects($0.labels) }.compactMap { ep in
+                } + selectedRemote.compactMap { ep in
                     Self.targetPort(port, ports: ep.ports).map { ServiceLB.Backend(id: Self.remoteBackendID(ep), address: ep.ip.value, port: $0) }
                 }
                 frontendNames[f.id] = .init(service: r.service.key, port: port.name ?? "\(port.port)")

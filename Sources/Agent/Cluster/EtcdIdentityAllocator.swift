@@ -1,5 +1,6 @@
 import Foundation
 import MeshModel
+import NIOConcurrencyHelpers
 
 /// Identities for a cluster: one number per label set on every node, allocated in etcd with
 /// transactions, in the manner of Cilium's kvstore allocator.
@@ -171,18 +172,16 @@ public final class EtcdIdentityAllocator: IdentityAllocator, @unchecked Sendable
 /// pool), never from Swift's cooperative pool, whose threads it would tie up.
 func blockingEtcd<T: Sendable>(_ body: @escaping @Sendable () async throws(MeshError) -> T) throws(MeshError) -> T {
     let done = DispatchSemaphore(value: 0)
-    let box = ResultBox<T>()
+    let box = NIOLockedValueBox<Result<T, MeshError>?>(nil)
     Task {
-        do throws(MeshError) { box.set(.success(try await body())) } catch { box.set(.failure(error)) }
+        do throws(MeshError) {
+            let value = try await body()
+            box.withLockedValue { $0 = .success(value) }
+        } catch {
+            box.withLockedValue { $0 = .failure(error) }
+        }
         done.signal()
     }
     done.wait()
-    return try box.get()
-}
-
-private final class ResultBox<T: Sendable>: @unchecked Sendable { // `result` under `lock`
-    private let lock = NSLock()
-    private var result: Result<T, MeshError>?
-    func set(_ r: Result<T, MeshError>) { lock.withLock { result = r } }
-    func get() throws(MeshError) -> T { try lock.withLock { result! }.get() }
+    return try box.withLockedValue { $0! }.get()
 }

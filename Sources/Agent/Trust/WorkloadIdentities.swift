@@ -78,12 +78,9 @@ public actor WorkloadIdentities: Service {
                 logger.error("cannot issue a workload certificate", metadata: ["endpoint": "\(ep.name)", "error": "\(error.message)"])
             }
         }
+        // Endpoints gone: their certificates and keys go (also those a run before this one left).
         let names = Set(endpoints.map(\.name))
-        for name in held.keys where !names.contains(name) {
-            held[name] = nil
-            unlink(certificatePath(name))
-            unlink(keyPath(name))
-        }
+        for name in held.keys where !names.contains(name) { held[name] = nil }
         for file in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
             let name = file.replacingOccurrences(of: ".crt", with: "").replacingOccurrences(of: ".key", with: "")
             if !names.contains(name) { unlink("\(dir)/\(file)") }

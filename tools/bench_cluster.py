@@ -3,8 +3,10 @@
 endpoints across them, then the time from an endpoint's creation on node A until it
 reaches, under policy, an endpoint on node B; beside it, the same measure against an
 endpoint on node A itself (the single-node baseline of the same run)."""
-import argparse, concurrent.futures as cf, ctypes, glob, http.client, json, os, shutil, socket, subprocess, sys
+import argparse, concurrent.futures as cf, ctypes, json, os, shutil, socket, subprocess, sys
 import threading, time
+
+from benchlib import UnixConnection, remove_node_files
 
 FABRIC = "smbenchcf"
 NODES = ["smbenchc1", "smbenchc2"]
@@ -18,18 +20,6 @@ libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 def sock_path(node):
     return f"{RUN}/{node}/meshd.sock"
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=60):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.path)
-        self.sock = s
 
 
 def call(node, method, path, body=None, timeout=120):
@@ -48,13 +38,6 @@ def sh(*args, check=True):
     return subprocess.run(list(args), check=check, capture_output=True, text=True)
 
 
-def cgroup2_root():
-    for line in open("/proc/self/mountinfo"):
-        if " - cgroup2 " in line:
-            return line.split()[4]
-    sys.exit("bench-cluster: no cgroup2 mount")
-
-
 def down():
     for node in NODES:
         subprocess.run(["pkill", "-KILL", "-f", f"--node-name {node}( |$)"], stderr=subprocess.DEVNULL)
@@ -66,28 +49,7 @@ def down():
                 subprocess.run(["kill", "-KILL", pid], stderr=subprocess.DEVNULL)
             subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
     for node in NODES:
-        shutil.rmtree(f"/sys/fs/bpf/{node}", ignore_errors=True)
-        shutil.rmtree(f"/run/swiftmesh-dns/{node}", ignore_errors=True)
-        for d in glob.glob(f"/etc/netns/{node}-ep-*"):
-            shutil.rmtree(d, ignore_errors=True)
-        cg = os.path.join(cgroup2_root(), node)
-        if os.path.isdir(cg):
-            for kid in glob.glob(cg + "/*/"):
-                try:
-                    open(kid + "cgroup.kill", "w").write("1")
-                except OSError:
-                    pass
-            for _ in range(50):
-                for kid in glob.glob(cg + "/*/"):
-                    try:
-                        os.rmdir(kid)
-                    except OSError:
-                        pass
-                try:
-                    os.rmdir(cg)
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        remove_node_files(node)
     shutil.rmtree(RUN, ignore_errors=True)
 
 

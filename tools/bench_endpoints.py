@@ -1,25 +1,15 @@
 #!/usr/bin/env python3
 """Driver of tools/bench-endpoints: runs one meshd per build on node smbenche and measures
 endpoint creation, deletion and API latency under load over the API's unix socket."""
-import argparse, concurrent.futures as cf, glob, http.client, json, os, shutil, signal, socket, statistics
+import argparse, concurrent.futures as cf, json, os, shutil, signal, statistics
 import subprocess, sys, threading, time
+
+from benchlib import UnixConnection, remove_node_files
 
 NODE = "smbenche"
 RUN = f"/run/{NODE}"
 SOCK = f"{RUN}/meshd.sock"
 CIDR = "10.252.0.0/22"
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=60):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.path)
-        self.sock = s
 
 
 def call(method, path, body=None, timeout=120):
@@ -42,13 +32,6 @@ def checked(method, path, body=None):
     return dt
 
 
-def cgroup2_root():
-    for line in open("/proc/self/mountinfo"):
-        if " - cgroup2 " in line:
-            return line.split()[4]
-    sys.exit("bench-endpoints: no cgroup2 mount")
-
-
 def down():
     subprocess.run(["pkill", "-KILL", "-f", f"--node-name {NODE}( |$)"], stderr=subprocess.DEVNULL)
     time.sleep(0.2)
@@ -56,29 +39,8 @@ def down():
         ns = line.split()[0] if line.split() else ""
         if ns == NODE or ns.startswith(NODE + "-ep-"):
             subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
-    shutil.rmtree(f"/sys/fs/bpf/{NODE}", ignore_errors=True)
     shutil.rmtree(RUN, ignore_errors=True)
-    shutil.rmtree(f"/run/swiftmesh-dns/{NODE}", ignore_errors=True)   # meshd's DNS files
-    for d in glob.glob(f"/etc/netns/{NODE}-ep-*"):                      # endpoints' resolv.conf
-        shutil.rmtree(d, ignore_errors=True)
-    cg = os.path.join(cgroup2_root(), NODE)
-    if os.path.isdir(cg):
-        for kid in glob.glob(cg + "/*/"):
-            try:
-                open(kid + "cgroup.kill", "w").write("1")
-            except OSError:
-                pass
-        for _ in range(50):
-            for kid in glob.glob(cg + "/*/"):
-                try:
-                    os.rmdir(kid)
-                except OSError:
-                    pass
-            try:
-                os.rmdir(cg)
-                break
-            except OSError:
-                time.sleep(0.1)
+    remove_node_files(NODE)
 
 
 def start(bin_dir):

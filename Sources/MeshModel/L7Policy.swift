@@ -137,9 +137,12 @@ public struct ProxyConfig: Codable, Sendable, Equatable {
     /// Service frontends with an HTTPRoute: requests to them are routed per request.
     public var routes: [ProxyRoute]
     public var resilience: ProxyResilience
+    /// Mutual TLS between nodes; nil when this node is not in a cluster.
+    public var tunnel: ProxyTunnelConfig?
 
     public init(generation: UInt64, endpoints: [ProxyEndpoint], ipcache: [ProxyIPCacheEntry], l7: [L7EndpointPolicy],
-                ruleNames: [UInt32: String], routes: [ProxyRoute] = [], resilience: ProxyResilience = .default) {
+                ruleNames: [UInt32: String], routes: [ProxyRoute] = [], resilience: ProxyResilience = .default,
+                tunnel: ProxyTunnelConfig? = nil) {
         self.generation = generation
         self.endpoints = endpoints
         self.ipcache = ipcache
@@ -147,6 +150,7 @@ public struct ProxyConfig: Codable, Sendable, Equatable {
         self.ruleNames = ruleNames
         self.routes = routes
         self.resilience = resilience
+        self.tunnel = tunnel
     }
 
     public static let empty = ProxyConfig(generation: 0, endpoints: [], ipcache: [], l7: [], ruleNames: [:])

@@ -108,11 +108,16 @@ public struct L7Event: Codable, Sendable, Equatable {
     public var routeRule: String?
     public var backend: String?
     public var attempts: Int?
+    /// Connections through an mTLS tunnel between nodes (`method` is `CONNECT`): which end
+    /// reported it (`inbound`, `outbound`) and the SPIFFE ID the other end proved.
+    public var tunnel: String?
+    public var peerIdentity: String?
 
     public init(timestamp: UInt64, source: String, sourceEndpoint: String?, sourceIdentity: UInt32, destination: String,
                 destinationEndpoint: String?, method: String, path: String, host: String, status: Int, verdict: Verdict,
                 latencySeconds: Double, ruleID: UInt32, rule: String, error: String? = nil, service: String? = nil,
-                routeRule: String? = nil, backend: String? = nil, attempts: Int? = nil) {
+                routeRule: String? = nil, backend: String? = nil, attempts: Int? = nil, tunnel: String? = nil,
+                peerIdentity: String? = nil) {
         self.timestamp = timestamp
         self.source = source
         self.sourceEndpoint = sourceEndpoint
@@ -132,5 +137,7 @@ public struct L7Event: Codable, Sendable, Equatable {
         self.routeRule = routeRule
         self.backend = backend
         self.attempts = attempts
+        self.tunnel = tunnel
+        self.peerIdentity = peerIdentity
     }
 }

@@ -16,6 +16,12 @@
  *       original client; the entry is marked so that the receiver's replies go back to
  *       the proxy, not to the client.
  *
+ * A connection to an endpoint of another node whose node accepts it only through an mTLS
+ * tunnel (MESH_IPCACHE_TUNNEL) goes to the proxy the same way; the proxy carries it to the
+ * other node's proxy inside the tunnel. That node drops such flows arriving in the clear
+ * (MESH_DROP_AUTH_REQUIRED): its proxy's upstream connection, made after it checked the
+ * peer's certificate, is the only way in.
+ *
  * A connection to a routed service VIP (MESH_LB_ROUTED: connect() left the VIP in place)
  * goes to the proxy the same way, whatever the client's egress policy says of the VIP:
  * the proxy picks a backend per request, and the client's egress policy is judged then,
@@ -40,6 +46,7 @@
 enum {
 	WANT_PROXY_INGRESS = 1, /* the receiver's ingress has HTTP rules for it */
 	WANT_PROXY_ROUTED = 2,  /* its destination is a routed service frontend */
+	WANT_PROXY_TUNNEL = 4,  /* its destination's node accepts it only through an mTLS tunnel */
 };
 
 /* Set by meshd between open and load; never a recompile. */
@@ -48,6 +55,9 @@ const volatile __u8 cfg_report_unknown = 1;
 /* The L7 proxy's transparent listener in the node's namespace; 0: no proxy, so flows that
  * need one are dropped (MESH_DROP_PROXY_UNAVAILABLE). */
 const volatile __u16 cfg_proxy_port = 0;
+/* 1: `mtls: strict`: endpoints accept flows from other nodes' endpoints only through the
+ * proxy's mTLS tunnel, whatever their policy says. */
+const volatile __u8 cfg_mtls_strict = 0;
 
 static __always_inline void report_unknown(__u32 ifindex, __u8 direction)
 {
@@ -63,6 +73,18 @@ static __always_inline void report_unknown(__u32 ifindex, __u8 direction)
 	ev->direction = direction;
 	ev->pad[0] = ev->pad[1] = ev->pad[2] = 0;
 	bpf_ringbuf_submit(ev, 0);
+}
+
+/* A new flow into an endpoint that only a proven peer may open (MESH_POLICY_AUTH, or any
+ * other node's endpoint under `mtls: strict`), which did not come through the proxy's
+ * tunnel: nothing but its source address speaks for it. Flows from this node's own
+ * endpoints need no proof (the datapath drops what an endpoint sends from another's
+ * address). */
+static __always_inline int unproven(const struct verdict *v, __u32 peer, __u32 saddr)
+{
+	if (!v->auth && !(cfg_mtls_strict && is_endpoint_identity(peer)))
+		return 0;
+	return !bpf_map_lookup_elem(&mesh_local_ep, &saddr);
 }
 
 static __always_inline int drop(struct __sk_buff *skb, __u8 reason, __u8 dir)
@@ -114,6 +136,12 @@ static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_val
 		__u32 peer = identity_of(slot, peer_addr);
 		struct verdict v = policy_decide(slot, flow_dir, ep, peer, f->proto, dport);
 
+		/* A flow that came in the clear, when the new revision wants its peer proven. */
+		if (v.action == MESH_ACTION_ALLOW && flow_dir == MESH_DIR_INGRESS && !ct->proxy &&
+		    unproven(&v, peer, peer_addr)) {
+			v.action = MESH_ACTION_DENY;
+			v.reason = MESH_DROP_AUTH_REQUIRED;
+		}
 		if (v.action == MESH_ACTION_DENY) {
 			ct_remove(ck);
 			report_flow(MESH_EVENT_DROP, ep, peer, f, dir, &v, revision);
@@ -157,7 +185,8 @@ static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, en
 		skb->cb[MESH_TRACE_CB_RULE] = v.rule_id;
 		skb->cb[MESH_TRACE_CB_PEER] = peer;
 		skb->cb[MESH_TRACE_CB_FLAGS] = (v.enforced ? MESH_TRACE_ENFORCED : 0) | MESH_TRACE_EVALUATED |
-					       (v.action == MESH_ACTION_ALLOW && v.l7 ? MESH_TRACE_L7 : 0);
+					       (v.action == MESH_ACTION_ALLOW && v.l7 ? MESH_TRACE_L7 : 0) |
+					       (v.action == MESH_ACTION_ALLOW && v.auth ? MESH_TRACE_AUTH : 0);
 		return v.action == MESH_ACTION_DENY ? TC_ACT_SHOT : TC_ACT_OK;
 	}
 	if (pr == PARSE_ARP)
@@ -248,6 +277,11 @@ new_flow:
 			}
 		}
 		ct_proxy = 1;
+	} else if (unproven(&v, peer, f->saddr)) {
+		v.action = MESH_ACTION_DENY;
+		v.reason = MESH_DROP_AUTH_REQUIRED;
+		report_flow(MESH_EVENT_DROP, ep, peer, f, dir, &v, revision);
+		return drop(skb, v.reason, dir);
 	} else if (v.l7) {
 		/* Only flows from this node's endpoints can be handed to the proxy. */
 		v.action = MESH_ACTION_DENY;
@@ -328,6 +362,15 @@ static __always_inline __u8 ingress_wants_proxy(const struct flow *f, __u32 revi
 	return v.action == MESH_ACTION_ALLOW && v.l7;
 }
 
+/* Whether a new TCP flow's destination is another node's endpoint that its node accepts
+ * only through an mTLS tunnel. */
+static __always_inline int tunnelled(const struct flow *f, __u32 revision)
+{
+	struct mesh_ipcache_value *v = ipcache_lookup(MESH_SLOT_OF(revision), f->daddr);
+
+	return v && (v->flags & MESH_IPCACHE_TUNNEL);
+}
+
 /* Whether a new TCP flow's destination is a service frontend an HTTPRoute binds. */
 static __always_inline int routed_frontend(const struct flow *f)
 {
@@ -401,7 +444,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		fragment_ports(&f);
 	if (dir == MESH_DIR_EGRESS && pr == PARSE_IPV4 && f.proto == IPPROTO_TCP && (f.tcp_flags & 0x12) == 0x02 &&
 	    skb->mark != MESH_TRACE_MARK)
-		want_proxy = routed_frontend(&f) ? WANT_PROXY_ROUTED : ingress_wants_proxy(&f, revision);
+		want_proxy = routed_frontend(&f)                ? WANT_PROXY_ROUTED
+			     : ingress_wants_proxy(&f, revision) ? WANT_PROXY_INGRESS
+			     : tunnelled(&f, revision)           ? WANT_PROXY_TUNNEL
+								 : 0;
 	verdict = enforce(skb, id, dir, pr, &f, revision, want_proxy, &proxy);
 	if (verdict != TC_ACT_OK || skb->mark == MESH_TRACE_MARK)
 		return verdict;

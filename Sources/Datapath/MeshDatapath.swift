@@ -123,13 +123,16 @@ public final class MeshDatapath: @unchecked Sendable {
 
     /// Loads and pins the node's datapath under `pinDir` (created if missing).
     /// `proxyPort`: the L7 proxy's transparent listener (0: none; flows that need it drop).
-    public init(pinDir: String, nodeID: UInt32, sizes: MapSizes = MapSizes(), proxyPort: UInt16 = 0) throws {
+    /// `mtlsStrict`: endpoints accept other nodes' endpoints only through the mTLS tunnel.
+    public init(pinDir: String, nodeID: UInt32, sizes: MapSizes = MapSizes(), proxyPort: UInt16 = 0,
+                mtlsStrict: Bool = false) throws {
         self.pinDir = pinDir
         try BPFFS.ensureMounted()
         try BPFFS.makeDirectory(pinDir)
         let spec = try BPFObjectSpec(bytes: EmbeddedBPF.endpoint.bytes, name: "endpoint", pinRoot: pinDir)
         try spec.setConstant("cfg_node_id", nodeID)
         try spec.setConstant("cfg_proxy_port", proxyPort)
+        try spec.setConstant("cfg_mtls_strict", UInt8(mtlsStrict ? 1 : 0))
         try sizes.apply(to: spec)
         object = try spec.load()
         fromEndpoint = try object.program("mesh_from_endpoint")

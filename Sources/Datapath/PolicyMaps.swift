@@ -23,7 +23,7 @@ extension MeshDatapath {
     /// Why a packet was dropped (enum mesh_drop_reason); `label` is each one's name in
     /// metrics and in the monitor.
     public enum DropReason: String, Sendable, CaseIterable {
-        case none, policyDeny, policyDefaultDeny, unsupportedL3, malformedIPv4, spoofedSource, proxyUnavailable
+        case none, policyDeny, policyDefaultDeny, unsupportedL3, malformedIPv4, spoofedSource, proxyUnavailable, authRequired
 
         public var label: String {
             switch self {
@@ -34,6 +34,7 @@ extension MeshDatapath {
             case .malformedIPv4: "malformed_ipv4"
             case .spoofedSource: "spoofed_source"
             case .proxyUnavailable: "proxy_unavailable"
+            case .authRequired: "auth_required"
             }
         }
 
@@ -46,6 +47,7 @@ extension MeshDatapath {
             case .malformedIPv4: MESH_DROP_MALFORMED_IPV4
             case .spoofedSource: MESH_DROP_SPOOFED_SOURCE
             case .proxyUnavailable: MESH_DROP_PROXY_UNAVAILABLE
+            case .authRequired: MESH_DROP_AUTH_REQUIRED
             }
         }
 
@@ -74,11 +76,14 @@ extension MeshDatapath {
         public var prefixLength: Int
         public var identity: UInt32
         public var endpointID: UInt32
-        public init(address: UInt32, prefixLength: Int, identity: UInt32, endpointID: UInt32 = 0) {
+        /// Another node's endpoint reached only through an mTLS tunnel (MESH_IPCACHE_TUNNEL).
+        public var tunnel: Bool
+        public init(address: UInt32, prefixLength: Int, identity: UInt32, endpointID: UInt32 = 0, tunnel: Bool = false) {
             self.address = address
             self.prefixLength = prefixLength
             self.identity = identity
             self.endpointID = endpointID
+            self.tunnel = tunnel
         }
     }
 
@@ -97,9 +102,13 @@ extension MeshDatapath {
         public var policyID: UInt32
         /// Allowed through the L7 proxy (MESH_POLICY_L7).
         public var l7: Bool
+        /// Allowed for a proven peer only (MESH_POLICY_AUTH).
+        public var auth: Bool
         public init(endpointID: UInt32, direction: Direction, identity: UInt32, proto: UInt8, portPrefix: UInt16,
-                    portPrefixLength: Int, action: Action, ruleID: UInt32, policyID: UInt32, l7: Bool = false) {
+                    portPrefixLength: Int, action: Action, ruleID: UInt32, policyID: UInt32, l7: Bool = false,
+                    auth: Bool = false) {
             self.l7 = l7
+            self.auth = auth
             self.endpointID = endpointID
             self.direction = direction
             self.identity = identity
@@ -230,14 +239,15 @@ extension MeshDatapath {
                   enforcement newEnforcement: [Enforcement]) -> SlotContents {
         var next = SlotContents()
         for e in newIPCache {
-            next.ipcache[Self.bytes(ipcacheKey(e, slot: 0))] = Self.bytes(mesh_ipcache_value(identity: e.identity, endpoint_id: e.endpointID))
+            next.ipcache[Self.bytes(ipcacheKey(e, slot: 0))] = Self.bytes(mesh_ipcache_value(identity: e.identity, endpoint_id: e.endpointID,
+                                                                                              flags: e.tunnel ? MESH_IPCACHE_TUNNEL.rawValue : 0))
         }
         for e in newPolicy {
             var v = mesh_policy_value()
             v.action = e.action.abi
             v.rule_id = e.ruleID
             v.policy_id = e.policyID
-            v.flags = e.l7 ? UInt8(MESH_POLICY_L7.rawValue) : 0
+            v.flags = (e.l7 ? UInt8(MESH_POLICY_L7.rawValue) : 0) | (e.auth ? UInt8(MESH_POLICY_AUTH.rawValue) : 0)
             next.policy[Self.bytes(policyKey(e, slot: 0))] = Self.bytes(v)
         }
         for e in newEnforcement {
@@ -373,7 +383,8 @@ extension MeshDatapath {
             guard Int(key.slot) == active else { return nil }
             let val = v.withUnsafeBytes { $0.loadUnaligned(as: mesh_ipcache_value.self) }
             let addr = withUnsafeBytes(of: key.addr) { UInt32(bigEndian: $0.loadUnaligned(as: UInt32.self)) }
-            return IPCacheEntry(address: addr, prefixLength: Int(key.prefixlen) - 8, identity: val.identity, endpointID: val.endpoint_id)
+            return IPCacheEntry(address: addr, prefixLength: Int(key.prefixlen) - 8, identity: val.identity, endpointID: val.endpoint_id,
+                                tunnel: val.flags & MESH_IPCACHE_TUNNEL.rawValue != 0)
         }.sorted { ($0.address, $0.prefixLength) < ($1.address, $1.prefixLength) }
     }
 
@@ -389,7 +400,8 @@ extension MeshDatapath {
                                identity: key.identity, proto: key.proto, portPrefix: UInt16(bigEndian: key.dport),
                                portPrefixLength: portBits, action: Action(abi: val.action) ?? .deny,
                                ruleID: val.rule_id, policyID: val.policy_id,
-                               l7: val.flags & UInt8(MESH_POLICY_L7.rawValue) != 0)
+                               l7: val.flags & UInt8(MESH_POLICY_L7.rawValue) != 0,
+                               auth: val.flags & UInt8(MESH_POLICY_AUTH.rawValue) != 0)
         }.sorted { ($0.endpointID, $0.direction.rawValue, $0.identity, $0.proto, $0.portPrefix) < ($1.endpointID, $1.direction.rawValue, $1.identity, $1.proto, $1.portPrefix) }
     }
 

@@ -10,6 +10,8 @@ extension MeshDatapath {
         public var enforced: Bool
         /// Allowed through the L7 proxy, whose HTTP rules then judge each request.
         public var l7: Bool = false
+        /// Allowed for a proven peer only: from another node, only through the mTLS tunnel.
+        public var auth: Bool = false
     }
 
     public enum TraceProtocol: Sendable {
@@ -46,7 +48,7 @@ extension MeshDatapath {
         return TraceResult(action: Action(abi: UInt8(truncatingIfNeeded: cb.0)) ?? .deny,
                            reason: DropReason(abi: UInt8(truncatingIfNeeded: cb.1)) ?? .none,
                            ruleID: cb.2, peerIdentity: cb.3, enforced: cb.4 & MESH_TRACE_ENFORCED.rawValue != 0,
-                           l7: cb.4 & MESH_TRACE_L7.rawValue != 0)
+                           l7: cb.4 & MESH_TRACE_L7.rawValue != 0, auth: cb.4 & MESH_TRACE_AUTH.rawValue != 0)
     }
 
     /// Ethernet + IPv4 + a TCP SYN, a UDP header or an ICMP message of type

@@ -71,7 +71,7 @@ enum CiliumPolicyReader {
     static func rule(_ node: PolicyNode, section: Section, namespace: String) throws(PolicyFieldError) -> PolicyRule {
         let p = section.peerPrefix
         let peerFields = ["\(p)Endpoints", "\(p)CIDR", "\(p)CIDRSet", "\(p)Entities"]
-        let fields = try node.fields(allowed: peerFields + ["toPorts", "icmps"])
+        let fields = try node.fields(allowed: peerFields + ["toPorts", "icmps", "authentication"])
 
         var peers: [Peer] = []
         for item in try fields.optional("\(p)Endpoints")?.list() ?? [] {
@@ -98,7 +98,34 @@ enum CiliumPolicyReader {
             // ports at all would mean every protocol).
             if ports.isEmpty { peers = [] }
         }
-        return PolicyRule(direction: section.direction, action: section.action, path: node.path, peers: peers, ports: ports)
+        let authentication = try fields.optional("authentication").flatMap { node throws(PolicyFieldError) in
+            try authenticationMode(node, section: section)
+        }
+        return PolicyRule(direction: section.direction, action: section.action, path: node.path, peers: peers, ports: ports,
+                          authentication: authentication)
+    }
+
+    /// `authentication: {mode: required}` (or `disabled`, no requirement). The receiving
+    /// node enforces it, so it belongs on ingress allow rules.
+    static func authenticationMode(_ node: PolicyNode, section: Section) throws(PolicyFieldError) -> PolicyRule.Authentication? {
+        let fields = try node.fields(allowed: ["mode"])
+        let modeNode = try fields.required("mode", hint: "mode: required")
+        let mode = try modeNode.string()
+        switch mode {
+        case "disabled":
+            return nil
+        case "required":
+            guard section.action == .allow else {
+                throw modeNode.error("authentication applies to allow rules; a deny rule denies whoever the peer is")
+            }
+            guard section.direction == .ingress else {
+                throw modeNode.error("authentication is enforced by the receiving node: put it on the ingress rule of the destination's policy",
+                                     hint: "SwiftMesh does not yet require it on egress rules")
+            }
+            return .required
+        default:
+            throw modeNode.error("authentication mode \"\(mode)\" is not supported: use required or disabled")
+        }
     }
 
     // MARK: Ports

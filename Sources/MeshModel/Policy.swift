@@ -52,13 +52,21 @@ public struct PolicyRule: Codable, Sendable, Equatable {
     /// Empty means no peer at all (a rule that only turns on default-deny).
     public var peers: [Peer]
     public var ports: [PortRange]
+    /// CiliumNetworkPolicy `authentication: {mode: required}` on an ingress allow rule:
+    /// a peer on another node must prove its identity (mTLS between the nodes' proxies)
+    /// before the flow reaches the endpoint. nil: no requirement.
+    public var authentication: Authentication?
 
-    public init(direction: TrafficDirection, action: Action, path: String, peers: [Peer], ports: [PortRange]) {
+    public enum Authentication: String, Codable, Sendable { case required }
+
+    public init(direction: TrafficDirection, action: Action, path: String, peers: [Peer], ports: [PortRange],
+                authentication: Authentication? = nil) {
         self.direction = direction
         self.action = action
         self.path = path
         self.peers = peers
         self.ports = ports
+        self.authentication = authentication
     }
 }
 

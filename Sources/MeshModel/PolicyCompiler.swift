@@ -22,12 +22,16 @@ public enum PolicyCompiler {
         /// name and an ipcache entry, never a subject: its own node enforces its policy.
         /// Its id is unique among the compile's endpoints but means nothing to the kernel.
         public var local: Bool
-        public init(id: Int, name: String, labels: Labels, ipv4: IPv4Address, local: Bool = true) {
+        /// Another node's endpoint that its node accepts TCP to only through an mTLS tunnel
+        /// (its ipcache entry says so, and this node's datapath sends such flows to the proxy).
+        public var tunnel: Bool
+        public init(id: Int, name: String, labels: Labels, ipv4: IPv4Address, local: Bool = true, tunnel: Bool = false) {
             self.id = id
             self.name = name
             self.labels = labels
             self.ipv4 = ipv4
             self.local = local
+            self.tunnel = tunnel
         }
     }
 
@@ -35,6 +39,7 @@ public enum PolicyCompiler {
         public var prefix: IPv4CIDR
         public var identity: UInt32
         public var endpointID: Int
+        public var tunnel: Bool = false
     }
 
     public struct Entry: Sendable, Equatable, Hashable {
@@ -51,6 +56,8 @@ public enum PolicyCompiler {
         public var policyID: UInt32
         /// Allowed, but through the L7 proxy: every allow rule covering it has HTTP rules.
         public var l7: Bool = false
+        /// Allowed for a proven peer only: an allow rule covering it requires authentication.
+        public var auth: Bool = false
     }
 
     public struct Enforcement: Sendable, Equatable {
@@ -85,6 +92,9 @@ public enum PolicyCompiler {
         /// What the L7 proxy judges requests with: every endpoint direction that has HTTP
         /// rules, with all its allow rules (see L7PortRule).
         public var l7: [L7EndpointPolicy] = []
+        /// Ingress allow rules that require authentication, by local endpoint: what the
+        /// proxy checks a tunnelled peer's identity against.
+        public var authRules: [TunnelAuthPolicy] = []
     }
 
     /// What an identity stands for. Label sets are global (one number per label set on
@@ -207,7 +217,7 @@ public enum PolicyCompiler {
         var ipcache: [IPCacheEntry] = cidrs.map { IPCacheEntry(prefix: $0, identity: cidrIdentity[$0]!, endpointID: 0) }
         for ep in endpoints {
             ipcache.append(IPCacheEntry(prefix: try! IPv4CIDR(parsing: "\(ep.ipv4)/32"), identity: endpointIdentity[ep.id]!,
-                                        endpointID: ep.local ? ep.id : 0))
+                                        endpointID: ep.local ? ep.id : 0, tunnel: !ep.local && ep.tunnel))
         }
         for h in Set(hostAddresses) {
             ipcache.append(IPCacheEntry(prefix: try! IPv4CIDR(parsing: "\(h)/32"), identity: hostIdentity, endpointID: 0))
@@ -237,6 +247,7 @@ public enum PolicyCompiler {
             }
         }
         var l7Rules: [DirectionKey: [L7PortRule]] = [:]
+        var authRules: [Int: [TunnelAuthRule]] = [:]
         for p in sortedPolicies {
             let pid = policyID(p.key)
             policyIDs[pid] = p.key
@@ -256,8 +267,13 @@ public enum PolicyCompiler {
                         let key = GroupKey(ep: ep.id, dir: r.direction, identity: identity)
                         for (proto, prefix, len, l7) in ports {
                             atoms[key, default: []].append(Atom(proto: proto, prefix: prefix, length: len, action: r.action,
-                                                               ruleID: ruleID, policyID: pid, l7: l7))
+                                                               ruleID: ruleID, policyID: pid, l7: l7,
+                                                               auth: r.authentication == .required))
                         }
+                    }
+                    if r.authentication == .required {
+                        authRules[ep.id, default: []] += authPortRules(r, peers: peerIDs, ruleID: ruleID,
+                                                                       description: rules[Int(ruleID)].description)
                     }
                     if r.action == .allow, !l7Directions.isEmpty, l7Directions.contains(DirectionKey(ep: ep.id, dir: r.direction)) {
                         l7Rules[DirectionKey(ep: ep.id, dir: r.direction), default: []] +=
@@ -288,7 +304,8 @@ public enum PolicyCompiler {
             for (region, decided) in resolveLongestMatch(list) {
                 entries.append(Entry(endpointID: key.ep, direction: key.dir, identity: key.identity, proto: region.proto,
                                      portPrefix: region.prefix, portPrefixLength: region.length, action: decided.action,
-                                     ruleID: decided.ruleID, policyID: decided.policyID, l7: decided.l7))
+                                     ruleID: decided.ruleID, policyID: decided.policyID, l7: decided.l7,
+                                     auth: decided.auth))
             }
         }
         var l7: [L7EndpointPolicy] = []
@@ -299,8 +316,20 @@ public enum PolicyCompiler {
             l7.append(L7EndpointPolicy(endpoint: ip, direction: key.dir, rules: list,
                                        defaultRuleID: key.dir == .ingress ? e.ingressDefaultRule : e.egressDefaultRule))
         }
+        let auth = authRules.sorted { $0.key < $1.key }.compactMap { id, list in
+            addresses[id].map { TunnelAuthPolicy(endpoint: $0, rules: list) }
+        }
         return Result(identities: identities, endpointIdentity: endpointIdentity, ipcache: ipcache, entries: entries,
-                      enforcement: enforcement, rules: rules, policyIDs: policyIDs, l7: l7)
+                      enforcement: enforcement, rules: rules, policyIDs: policyIDs, l7: l7, authRules: auth)
+    }
+
+    /// An authentication-requiring rule's TCP ports (the tunnel carries TCP only; UDP and
+    /// ICMP from other nodes to such a rule are dropped in the kernel).
+    static func authPortRules(_ r: PolicyRule, peers: [UInt32], ruleID: UInt32, description: String) -> [TunnelAuthRule] {
+        if r.ports.isEmpty { return [TunnelAuthRule(peers: peers, fromPort: 0, toPort: .max, ruleID: ruleID, rule: description)] }
+        return r.ports.filter { $0.proto == .tcp || $0.proto == .any }.map {
+            TunnelAuthRule(peers: peers, fromPort: $0.from, toPort: $0.to, ruleID: ruleID, rule: description)
+        }
     }
 
     /// An allow rule's TCP ports as the proxy reads them (UDP and ICMP never reach it).
@@ -322,6 +351,8 @@ public enum PolicyCompiler {
         var policyID: UInt32
         /// An allow through the L7 proxy (its port has HTTP rules).
         var l7: Bool = false
+        /// An allow for proven peers only (its rule requires authentication).
+        var auth: Bool = false
 
         var region: Region { Region(proto: proto, prefix: proto == 0 ? 0 : prefix, length: proto == 0 ? 0 : length) }
 
@@ -347,7 +378,7 @@ public enum PolicyCompiler {
         // One rule for this peer (the common case: a rule per CIDR): nothing to resolve.
         if atoms.count == 1 {
             var only = atoms[0]
-            if only.action == .deny { only.l7 = false }
+            if only.action == .deny { only.l7 = false; only.auth = false }
             return [(only.region, only)]
         }
         var regions: [Region: Atom?] = [:]
@@ -360,11 +391,15 @@ public enum PolicyCompiler {
             if let deny = ordered.first(where: { $0.action == .deny }) {
                 var d = deny
                 d.l7 = false
+                d.auth = false
                 out.append((r, d))
             } else if var allow = ordered.first {
                 // An L4 rule covering the region opens it to every request, as in Cilium:
                 // only when every allow has HTTP rules does the flow need the proxy.
                 allow.l7 = covering.allSatisfy(\.l7)
+                // A requirement to authenticate stands whatever other allow covers the
+                // region: a rule that asks for proof is never opened by another's L4 allow.
+                allow.auth = covering.contains(where: \.auth)
                 out.append((r, allow))
             }
         }

@@ -48,6 +48,11 @@ public struct ProxyTunnelConfig: Codable, Sendable, Equatable {
         self.certificateGeneration = certificateGeneration
     }
 
+    /// The URI SAN of a workload's certificate (its SVID).
+    public static func workloadSPIFFEID(trustDomain: String, namespace: String, serviceAccount: String) -> String {
+        "spiffe://\(trustDomain)/ns/\(namespace)/sa/\(serviceAccount)"
+    }
+
     /// The URI SAN of a node's certificate.
     public static func nodeSPIFFEID(trustDomain: String, node: String) -> String {
         "spiffe://\(trustDomain)/swiftmesh/node/\(node)"

@@ -115,4 +115,43 @@ final class PolicyCompilerTests: XCTestCase {
         XCTAssertEqual(Set([after.result.endpointIdentity[3], after.result.endpointIdentity[4]]), [901, 902])
         XCTAssertEqual(PolicyCompiler.identityKeys(policies: [], endpoints: [Self.server, Self.web, aa]).count, 3)
     }
+
+    func testAuthenticationMarksTheEntriesItCoversAndIsNeverOpenedByAnotherAllow() throws {
+        let remote = PolicyCompiler.EndpointInfo(id: -1, name: "n2/web", labels: Self.web.labels, ipv4: IPv4Address("10.201.0.2")!,
+                                                 local: false, tunnel: true)
+        let k = try compile(TestDocs.cnp("secure", spec: [
+            "endpointSelector": ["matchLabels": ["app": "server"]],
+            "ingress": [
+                ["fromEndpoints": [["matchLabels": ["app": "web"]]], "authentication": ["mode": "required"],
+                 "toPorts": [["ports": [["port": "5432", "protocol": "TCP"]]]]],
+                // A broader L4 allow for everyone on 5432-5433 must not lift the requirement on 5432.
+                ["fromEntities": ["all"], "toPorts": [["ports": [["port": "5432", "endPort": 5433, "protocol": "TCP"]]]]],
+            ],
+        ]), endpoints: [Self.server, Self.web, Self.other, remote])
+        func entry(_ identity: UInt32, _ port: UInt16) -> PolicyCompiler.Entry? { k.lookup(1, .ingress, identity, 6, port) }
+        let web = k.identity(of: "10.200.0.2")
+        XCTAssertEqual(entry(web, 5432)?.auth, true)
+        XCTAssertEqual(entry(web, 5432)?.action, .allow)
+        XCTAssertEqual(entry(PolicyCompiler.anyIdentity, 5433)?.auth, false, "the other rule's own port needs no proof")
+        XCTAssertEqual(k.identity(of: "10.201.0.2"), web, "the remote endpoint shares its label set's identity")
+        XCTAssertEqual(k.result.ipcache.first { $0.prefix.network == IPv4Address("10.201.0.2")! }?.tunnel, true)
+        XCTAssertEqual(k.result.ipcache.first { $0.prefix.network == IPv4Address("10.200.0.2")! }?.tunnel, false,
+                       "a local endpoint is never reached through a tunnel")
+        // What the proxy checks a tunnelled peer against.
+        XCTAssertEqual(k.result.authRules.map(\.endpoint), [IPv4Address("10.200.0.1")!])
+        let rule = try XCTUnwrap(k.result.authRules.first?.rules.first)
+        XCTAssertTrue(rule.covers(identity: web, port: 5432))
+        XCTAssertFalse(rule.covers(identity: web, port: 5433))
+        XCTAssertFalse(rule.covers(identity: k.identity(of: "10.200.0.3"), port: 5432), "other is not named")
+
+        // A deny over the same peer and port wins and carries no requirement.
+        let denied = try compile(TestDocs.cnp("secure", spec: [
+            "endpointSelector": ["matchLabels": ["app": "server"]],
+            "ingress": [["fromEndpoints": [["matchLabels": ["app": "web"]]], "authentication": ["mode": "required"]]],
+            "ingressDeny": [["fromEndpoints": [["matchLabels": ["app": "web"]]], "toPorts": [["ports": [["port": "22"]]]]]],
+        ]))
+        let deny = denied.lookup(1, .ingress, denied.identity(of: "10.200.0.2"), 6, 22)
+        XCTAssertEqual(deny?.action, .deny)
+        XCTAssertEqual(deny?.auth, false)
+    }
 }

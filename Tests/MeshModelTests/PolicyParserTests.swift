@@ -230,6 +230,33 @@ final class PolicyParserTests: XCTestCase {
         XCTAssertNotNil(assertMeshError(mentioning: ["spec.podSelector.matchExpressions[0].operator: ", "\"in\""]) { _ = try parse(np) })
     }
 
+    func testCiliumAuthenticationRequiredOnIngressRulesOnly() throws {
+        let doc = TestDocs.cnp("secure", spec: [
+            "endpointSelector": ["matchLabels": ["app": "db"]],
+            "ingress": [
+                ["fromEndpoints": [["matchLabels": ["app": "web"]]], "authentication": ["mode": "required"],
+                 "toPorts": [["ports": [["port": "5432", "protocol": "TCP"]]]]],
+                ["fromEndpoints": [["matchLabels": ["app": "backup"]]], "authentication": ["mode": "disabled"]],
+            ],
+        ])
+        let rules = try parse(doc).first?.rules ?? []
+        XCTAssertEqual(rules.map(\.authentication), [.required, nil], "disabled is no requirement")
+
+        let egress = TestDocs.cnp(spec: ["endpointSelector": [:],
+                                         "egress": [["toEntities": ["all"], "authentication": ["mode": "required"]]]])
+        assertMeshError(mentioning: ["spec.egress[0].authentication.mode", "ingress rule"]) { _ = try parse(egress) }
+        let deny = TestDocs.cnp(spec: ["endpointSelector": [:],
+                                       "ingressDeny": [["fromEntities": ["world"], "authentication": ["mode": "required"]]]])
+        assertMeshError(mentioning: ["spec.ingressDeny[0].authentication.mode", "allow rules"]) { _ = try parse(deny) }
+        let mode = TestDocs.cnp(spec: ["endpointSelector": [:],
+                                       "ingress": [["fromEntities": ["all"], "authentication": ["mode": "test-always-fail"]]]])
+        assertMeshError(mentioning: ["spec.ingress[0].authentication.mode", "\"test-always-fail\"", "required or disabled"]) {
+            _ = try parse(mode)
+        }
+        let typo = TestDocs.cnp(spec: ["endpointSelector": [:], "ingress": [["fromEntities": ["all"], "authentication": ["mod": "required"]]]])
+        assertMeshError(mentioning: ["spec.ingress[0].authentication", "mode"]) { _ = try parse(typo) }
+    }
+
     func testCiliumClusterAndWorldEntities() throws {
         let doc = TestDocs.cnp("entities", spec: [
             "endpointSelector": [:],

@@ -137,9 +137,18 @@ struct mesh_ipcache_key {
 	__u8 pad[3];
 };
 
+enum mesh_ipcache_flags {
+	/* An endpoint of another node whose node accepts TCP to it only through an mTLS
+	 * tunnel between the nodes' proxies (an ingress rule requires authentication, or the
+	 * node is `mtls: strict`): this node hands its endpoints' connections to it to the
+	 * proxy, which opens the tunnel. */
+	MESH_IPCACHE_TUNNEL = 1,
+};
+
 struct mesh_ipcache_value {
 	__u32 identity;
 	__u32 endpoint_id; /* 0 unless the address is a local endpoint */
+	__u32 flags;       /* enum mesh_ipcache_flags */
 };
 
 /* mesh_policy (LPM trie). The fixed part (slot..identity, 96 bits) is always matched in
@@ -167,6 +176,11 @@ enum mesh_policy_action {
 enum mesh_policy_flags {
 	/* Allowed through the L7 proxy: every allow rule covering the entry has HTTP rules. */
 	MESH_POLICY_L7 = 1,
+	/* Allowed only for a peer that proved its identity: an allow rule covering the entry
+	 * requires authentication. A flow from another node must arrive through the proxy's
+	 * mTLS tunnel (the proxy has checked the peer's certificate); one from this node's
+	 * own endpoints needs none (the datapath knows who sent it). */
+	MESH_POLICY_AUTH = 2,
 };
 
 struct mesh_policy_value {
@@ -270,7 +284,11 @@ enum mesh_drop_reason {
 	 * the flow comes from where the redirect cannot reach (the node itself, another node)
 	 * or was not seen from its first packet: L7 rules fail closed. */
 	MESH_DROP_PROXY_UNAVAILABLE = 6,
-	MESH_DROP_MAX = 7,
+	/* A flow from another node that policy (MESH_POLICY_AUTH) or `mtls: strict` accepts
+	 * only through the mTLS tunnel, arriving in the clear: whatever address it carries,
+	 * nothing proved who sent it. */
+	MESH_DROP_AUTH_REQUIRED = 7,
+	MESH_DROP_MAX = 8,
 };
 
 /*
@@ -331,6 +349,7 @@ enum mesh_trace_flags {
 	MESH_TRACE_ENFORCED = 1,  /* the direction is enforced for the endpoint */
 	MESH_TRACE_EVALUATED = 2, /* the program ran the policy (the ifindex is an endpoint's) */
 	MESH_TRACE_L7 = 4,        /* allowed through the L7 proxy, whose HTTP rules then apply */
+	MESH_TRACE_AUTH = 8,      /* allowed for a proven peer only (MESH_POLICY_AUTH) */
 };
 
 /*
@@ -456,6 +475,8 @@ struct mesh_monitor_config {
 #define MESH_PROXY_ROUTE_TABLE 2004
 #define MESH_PROXY_RULE_PRIORITY 90
 #define MESH_PROXY_DEFAULT_PORT 15001
+/* The proxy's mTLS tunnel listener, on every node (HBONE's port). */
+#define MESH_TUNNEL_DEFAULT_PORT 15008
 
 /* Ring-buffer events (mesh_events). Every event starts with this header. */
 enum mesh_event_type {

@@ -10,6 +10,8 @@ struct verdict {
 	__u8 reason;    /* enum mesh_drop_reason */
 	__u8 enforced;  /* the direction is enforced for this endpoint */
 	__u8 l7;        /* allowed, through the L7 proxy (MESH_POLICY_L7) */
+	__u8 auth;      /* allowed for a proven peer only (MESH_POLICY_AUTH) */
+	__u8 pad[3];
 	__u32 rule_id;
 	__u32 policy_id;
 };
@@ -24,14 +26,26 @@ static __always_inline __u32 policy_revision(void)
 	return revision ? *(volatile __u32 *)revision : 0;
 }
 
-static __always_inline __u32 identity_of(__u8 slot, __u32 addr)
+static __always_inline struct mesh_ipcache_value *ipcache_lookup(__u8 slot, __u32 addr)
 {
 	struct mesh_ipcache_key k = { .prefixlen = 8 + 32, .slot = slot };
-	struct mesh_ipcache_value *v;
 
 	__builtin_memcpy(k.addr, &addr, 4);
-	v = bpf_map_lookup_elem(&mesh_ipcache, &k);
+	return bpf_map_lookup_elem(&mesh_ipcache, &k);
+}
+
+static __always_inline __u32 identity_of(__u8 slot, __u32 addr)
+{
+	struct mesh_ipcache_value *v = ipcache_lookup(slot, addr);
+
 	return v ? v->identity : MESH_ID_WORLD;
+}
+
+/* A label set's identity (an endpoint's, of this node or another), not a reserved or a
+ * CIDR one. */
+static __always_inline int is_endpoint_identity(__u32 identity)
+{
+	return identity >= MESH_ID_FIRST_ENDPOINT && identity < MESH_ID_FIRST_CIDR;
 }
 
 static __always_inline struct mesh_policy_value *
@@ -83,10 +97,13 @@ policy_decide(__u8 slot, __u8 dir, __u32 ep, __u32 identity, __u8 proto, __u16 d
 		v.policy_id = a->policy_id;
 		/* An L4 allow in either lookup opens the port to every request (as in Cilium). */
 		v.l7 = (a->flags & MESH_POLICY_L7) && (!b || b->action != MESH_ACTION_ALLOW || (b->flags & MESH_POLICY_L7));
+		/* A requirement to authenticate, in either lookup, stands. */
+		v.auth = (a->flags & MESH_POLICY_AUTH) || (b && b->action == MESH_ACTION_ALLOW && (b->flags & MESH_POLICY_AUTH));
 	} else if (b && b->action == MESH_ACTION_ALLOW) {
 		v.rule_id = b->rule_id;
 		v.policy_id = b->policy_id;
 		v.l7 = (b->flags & MESH_POLICY_L7) ? 1 : 0;
+		v.auth = (b->flags & MESH_POLICY_AUTH) ? 1 : 0;
 	} else {
 		v.action = MESH_ACTION_DENY;
 		v.reason = MESH_DROP_POLICY_DEFAULT_DENY;

@@ -70,6 +70,18 @@ public enum Daemon {
         let ca = try CertificateAuthority(settings: settings.trust, stateDir: settings.stateDir, nodeName: settings.nodeName)
         let workloads = try WorkloadIdentities(ca: ca, store: store, stateDir: settings.stateDir, nodeName: settings.nodeName, logger: logger)
         await services.addOnLocalChange { Task { await workloads.sync() } }
+        if let cluster, settings.proxy != nil {
+            // Between nodes, flows that must prove their peer travel in the proxies' mTLS
+            // tunnels: the proxy needs the certificate files, and the other nodes need to
+            // know which of this node's endpoints take connections only that way.
+            await policy.setTunnelSetup(PolicyEngine.TunnelSetup(
+                trustDomain: settings.trust.trustDomain, bundlePath: workloads.bundlePath,
+                nodeCertificatePath: workloads.nodeCertificatePath, nodeKeyPath: workloads.nodeKeyPath,
+                nodeName: settings.nodeName, port: settings.trust.tunnelPort,
+                certificatePath: { workloads.certificatePath($0) }, keyPath: { workloads.keyPath($0) },
+                strict: settings.trust.mtlsStrict))
+            await policy.setOnTunnelledChange { Task { await cluster.localEndpointsChanged() } }
+        }
         if let cluster {
             // The other nodes' endpoints are peers from the first publish on: a restart
             // never drops them from the kernel's view, not even for one revision.
@@ -112,6 +124,7 @@ public enum Daemon {
         ]
         if let proxy {
             proxy.onEvent = { hub.publish(.l7($0)) }
+            await workloads.setOnChange { proxy.certificatesChanged() }
             await policy.setOnProxyConfig { proxy.update($0) }
             await services.setOnRoutes { proxy.updateRoutes($0) }
             running.append(proxy)

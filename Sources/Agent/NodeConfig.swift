@@ -56,6 +56,9 @@ public struct NodeConfig: Sendable, Equatable {
     /// An operator's root CA (PEM certificate and ECDSA P-256 key); nil: made at first start.
     public var trustRootCert: String?
     public var trustRootKey: String?
+    /// policy or strict: whether endpoints accept other nodes' endpoints in the clear where
+    /// no rule requires authentication (policy), or only through the mTLS tunnel (strict).
+    public var mtls = "policy"
     /// Seconds an identity nothing uses any more keeps its number.
     public var identityGrace = "300"
 
@@ -87,7 +90,7 @@ public struct NodeConfig: Sendable, Equatable {
     public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address",
                                   "socket-redirect", "local-congestion-control", "conntrack-max", "api-group", "service-cidr", "dns",
                                   "proxy", "proxy-port", "proxy-binary", "cluster", "node-ip", "cluster-lease-ttl", "identity-grace",
-                                  "cluster-pod-cidr", "pod-cidr-size", "trust-domain", "svid-ttl", "trust-root-cert", "trust-root-key"]
+                                  "cluster-pod-cidr", "pod-cidr-size", "trust-domain", "svid-ttl", "trust-root-cert", "trust-root-key", "mtls"]
 
     /// Applies a YAML mapping of `fileKeys` to strings. Unknown keys are an error.
     public mutating func apply(yaml text: String, source: String) throws(MeshError) {
@@ -139,6 +142,7 @@ public struct NodeConfig: Sendable, Equatable {
         case "svid-ttl": svidTTL = value
         case "trust-root-cert": trustRootCert = value
         case "trust-root-key": trustRootKey = value
+        case "mtls": mtls = value
         default: break
         }
     }
@@ -248,7 +252,11 @@ public struct NodeConfig: Sendable, Equatable {
         for (what, path) in [("trust-root-cert", trustRootCert), ("trust-root-key", trustRootKey)] {
             if let path, !path.hasPrefix("/") { throw .invalid("\(what) \"\(path)\" must be an absolute path") }
         }
-        return TrustSettings(trustDomain: trustDomain, svidTTL: TimeInterval(ttl), rootCertFile: trustRootCert, rootKeyFile: trustRootKey)
+        guard mtls == "policy" || mtls == "strict" else {
+            throw .invalid("mtls \"\(mtls)\" must be policy (authenticate where a rule requires it) or strict (every flow between nodes' endpoints)")
+        }
+        return TrustSettings(trustDomain: trustDomain, svidTTL: TimeInterval(ttl), rootCertFile: trustRootCert, rootKeyFile: trustRootKey,
+                             mtlsStrict: mtls == "strict")
     }
 
     /// `cluster-pod-cidr` and `pod-cidr-size`, validated; nil without a range.

@@ -6,7 +6,8 @@ import MeshModel
 extension MeshDatapath {
     static func load(settings: NodeSettings, nodeID: UInt32) throws(MeshError) -> MeshDatapath {
         do {
-            return try MeshDatapath(pinDir: settings.bpffs, nodeID: nodeID, sizes: settings.mapSizes, proxyPort: settings.proxy?.port ?? 0)
+            return try MeshDatapath(pinDir: settings.bpffs, nodeID: nodeID, sizes: settings.mapSizes, proxyPort: settings.proxy?.port ?? 0,
+                                    mtlsStrict: settings.trust.mtlsStrict)
         } catch {
             throw MeshError(.datapath, "loading the BPF datapath failed: \(error)",
                             hint: "meshd needs root, a kernel with BTF, and bpffs at /sys/fs/bpf")

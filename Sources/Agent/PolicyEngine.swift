@@ -66,21 +66,76 @@ public actor PolicyEngine {
     var onProxyConfig: (@Sendable (ProxyConfig) -> Void)?
     func setOnProxyConfig(_ f: @escaping @Sendable (ProxyConfig) -> Void) {
         onProxyConfig = f
-        if let compiled, let eps = try? store.endpoints() { f(Self.proxyConfig(compiled, endpoints: eps)) }
+        if let compiled, let eps = try? store.endpoints() { f(proxyConfig(compiled, endpoints: eps)) }
     }
 
-    /// The proxy's view of a compile: who is who, and the L7 rule sets. The generation is
-    /// the proxy supervisor's to set.
-    static func proxyConfig(_ r: PolicyCompiler.Result, endpoints: [Endpoint]) -> ProxyConfig {
+    /// What mTLS tunnels between nodes need besides a compile: set once by a cluster member.
+    public struct TunnelSetup: Sendable {
+        public var trustDomain: String
+        public var bundlePath: String
+        public var nodeCertificatePath: String
+        public var nodeKeyPath: String
+        public var nodeName: String
+        public var port: UInt16
+        /// An endpoint's SVID files, by endpoint name.
+        public var certificatePath: @Sendable (String) -> String
+        public var keyPath: @Sendable (String) -> String
+        /// `mtls: strict`: every local endpoint takes other nodes' endpoints through tunnels only.
+        public var strict: Bool
+    }
+    private var tunnelSetup: TunnelSetup?
+    func setTunnelSetup(_ t: TunnelSetup) { tunnelSetup = t }
+
+    /// Called when the set of this node's endpoints that take other nodes' connections only
+    /// through a tunnel changed (the cluster's endpoint records say so to the other nodes).
+    private var onTunnelledChange: (@Sendable () -> Void)?
+    func setOnTunnelledChange(_ f: @escaping @Sendable () -> Void) { onTunnelledChange = f }
+    private var lastTunnelled: Set<String> = []
+
+    /// This node's endpoints (by name) that other nodes must reach through the mTLS tunnel:
+    /// every one under `mtls: strict`, else those an ingress rule requiring authentication
+    /// selects.
+    public func tunnelledEndpoints() -> Set<String> {
+        guard tunnelSetup != nil, let eps = try? store.endpoints() else { return [] }
+        return Self.tunnelled(compiled, endpoints: eps, strict: tunnelSetup?.strict ?? false)
+    }
+
+    static func tunnelled(_ r: PolicyCompiler.Result?, endpoints: [Endpoint], strict: Bool) -> Set<String> {
+        if strict { return Set(endpoints.map(\.name)) }
+        let protected = Set((r?.authRules ?? []).map(\.endpoint))
+        return Set(endpoints.filter { protected.contains($0.ipv4) }.map(\.name))
+    }
+
+    /// The proxy's view of a compile: who is who, the L7 rule sets, and (in a cluster) what
+    /// its mTLS tunnels need. The generation is the proxy supervisor's to set.
+    func proxyConfig(_ r: PolicyCompiler.Result, endpoints: [Endpoint]) -> ProxyConfig {
         let eps = endpoints.compactMap { ep -> ProxyEndpoint? in
             guard let id = r.endpointIdentity[ep.id] else { return nil }
             return ProxyEndpoint(ip: ep.ipv4, name: ep.name, namespace: ep.labels.namespace, identity: id)
         }
         var names: [UInt32: String] = [:]
         for s in r.l7 where Int(s.defaultRuleID) < r.rules.count { names[s.defaultRuleID] = r.rules[Int(s.defaultRuleID)].description }
-        return ProxyConfig(generation: 0, endpoints: eps,
-                           ipcache: r.ipcache.filter { $0.endpointID == 0 }.map { ProxyIPCacheEntry(prefix: $0.prefix, identity: $0.identity) },
-                           l7: r.l7, ruleNames: names)
+        var config = ProxyConfig(generation: 0, endpoints: eps,
+                                 ipcache: r.ipcache.filter { $0.endpointID == 0 }.map { ProxyIPCacheEntry(prefix: $0.prefix, identity: $0.identity) },
+                                 l7: r.l7, ruleNames: names)
+        if let t = tunnelSetup {
+            let workloads = endpoints.map {
+                TunnelWorkload(ip: $0.ipv4, spiffeID: ProxyTunnelConfig.workloadSPIFFEID(trustDomain: t.trustDomain, namespace: $0.labels.namespace,
+                                                                                 serviceAccount: $0.serviceAccount),
+                               certificatePath: t.certificatePath($0.name), keyPath: t.keyPath($0.name))
+            }
+            let peers = remoteEndpoints.compactMap { rec -> TunnelPeer? in
+                // Records of nodes older than tunnels carry neither; such a peer can only be reached in the clear.
+                guard let spiffeID = rec.spiffeID, let nodeIP = rec.nodeIP else { return nil }
+                return TunnelPeer(ip: rec.ip, name: rec.name, namespace: rec.labels.namespace, identity: rec.identity, spiffeID: spiffeID,
+                                  nodeName: rec.node, nodeIP: nodeIP, tunnel: rec.tunnel ?? false)
+            }
+            config.tunnel = ProxyTunnelConfig(trustDomain: t.trustDomain, trustBundlePath: t.bundlePath,
+                                              nodeCertificatePath: t.nodeCertificatePath, nodeKeyPath: t.nodeKeyPath,
+                                              nodeName: t.nodeName, port: t.port, workloads: workloads, peers: peers,
+                                              authRules: r.authRules, certificateGeneration: 0)
+        }
+        return config
     }
 
     public var revision: UInt32 { (try? datapath.policyState().revision) ?? 0 }
@@ -99,7 +154,7 @@ public actor PolicyEngine {
             .init(id: $0.id, name: $0.name, labels: $0.labels.withNamespaceLabels(nsLabels[$0.labels.namespace]), ipv4: $0.ipv4)
         }
         return local + remoteEndpoints.enumerated().map { i, r in
-            .init(id: -1 - i, name: "\(r.node)/\(r.name)", labels: r.labels, ipv4: r.ip, local: false)
+            .init(id: -1 - i, name: "\(r.node)/\(r.name)", labels: r.labels, ipv4: r.ip, local: false, tunnel: r.tunnel ?? false)
         }
     }
 
@@ -168,11 +223,11 @@ public actor PolicyEngine {
             stats = try datapath.publish(
                 revision: next,
                 ipcache: result.ipcache.map { .init(address: $0.prefix.network.value, prefixLength: $0.prefix.prefixLength,
-                                                    identity: $0.identity, endpointID: UInt32($0.endpointID)) },
+                                                    identity: $0.identity, endpointID: UInt32($0.endpointID), tunnel: $0.tunnel) },
                 policy: result.entries.map { .init(endpointID: UInt32($0.endpointID), direction: $0.direction == .ingress ? .ingress : .egress,
                                                    identity: $0.identity, proto: $0.proto, portPrefix: $0.portPrefix,
                                                    portPrefixLength: $0.portPrefixLength, action: $0.action == .allow ? .allow : .deny,
-                                                   ruleID: $0.ruleID, policyID: $0.policyID, l7: $0.l7) },
+                                                   ruleID: $0.ruleID, policyID: $0.policyID, l7: $0.l7, auth: $0.auth) },
                 enforcement: result.enforcement.map { .init(endpointID: UInt32($0.endpointID), ingress: $0.ingress, egress: $0.egress,
                                                             ingressDefaultRule: $0.ingressDefaultRule, egressDefaultRule: $0.egressDefaultRule) })
         } catch {
@@ -180,7 +235,16 @@ public actor PolicyEngine {
         }
         compiled = result
         names.published(revision: next, result: result)
-        if let onProxyConfig, let eps = try? store.endpoints() { onProxyConfig(Self.proxyConfig(result, endpoints: eps)) }
+        if let eps = try? store.endpoints() {
+            onProxyConfig?(proxyConfig(result, endpoints: eps))
+            if let t = tunnelSetup {
+                let now = Self.tunnelled(result, endpoints: eps, strict: t.strict)
+                if now != lastTunnelled {
+                    lastTunnelled = now
+                    onTunnelledChange?()
+                }
+            }
+        }
         // Only now may identities this revision no longer uses start their grace period.
         do { try identityAllocator.retainOnly(compiledKeys) } catch {
             logger.warning("cannot mark unused identities; they stay allocated until the next publish", metadata: ["error": "\(error.message)"])

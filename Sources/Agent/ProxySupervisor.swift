@@ -40,6 +40,7 @@ final class ProxySupervisor: Service, @unchecked Sendable {
     private let lock = NSLock()
     private var config = ProxyConfig.empty
     private var generation: UInt64 = 0
+    private var certificateGeneration: UInt64 = 1
     private var eventsWanted = false
     private var fd: Int32 = -1
     private var child: pid_t?
@@ -117,7 +118,18 @@ final class ProxySupervisor: Service, @unchecked Sendable {
         generation += 1
         var c = config
         c.generation = generation
+        c.tunnel?.certificateGeneration = certificateGeneration
         return ProxyControlMessage(config: c)
+    }
+
+    /// Certificate files were rewritten (issued, rotated, a new bundle): the proxy's next
+    /// TLS connections must read them again.
+    func certificatesChanged() {
+        let (fd, message) = lock.withLock { () -> (Int32, ProxyControlMessage) in
+            certificateGeneration += 1
+            return (self.fd, configMessageLocked())
+        }
+        if fd >= 0 { send(message, on: fd) }
     }
 
     func run() async throws {

@@ -100,6 +100,9 @@ struct Meshd: AsyncParsableCommand {
     @Option(help: "PEM ECDSA P-256 key of --trust-root-cert; without it the node needs an intermediate signed by it already.")
     var trustRootKey: String?
 
+    @Option(help: "policy or strict: strict accepts other nodes' endpoints only through the proxies' mTLS tunnel; policy where an ingress rule says authentication: {mode: required}. (default: policy)")
+    var mtls: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -147,6 +150,7 @@ struct Meshd: AsyncParsableCommand {
             if let svidTtl { settings.svidTTL = svidTtl }
             if let trustRootCert { settings.trustRootCert = trustRootCert }
             if let trustRootKey { settings.trustRootKey = trustRootKey }
+            if let mtls { settings.mtls = mtls }
             if let identityGrace { settings.identityGrace = identityGrace }
             try await Daemon.run(config: settings, logger: logger)
         } catch let e as MeshError {

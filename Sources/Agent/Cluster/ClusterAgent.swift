@@ -605,11 +605,15 @@ public actor ClusterAgent: Service {
             do throws(MeshError) {
                 let identities = try await policy.localIdentities()
                 let readiness = try await services.readiness()
+                let tunnelled = await policy.tunnelledEndpoints()
                 var desired: [String: EndpointRecord] = [:]
                 for ep in try store.endpoints() {
                     guard let (labels, identity) = identities[ep.name] else { continue }
+                    let spiffeID = ProxyTunnelConfig.workloadSPIFFEID(trustDomain: node.trust.trustDomain, namespace: ep.labels.namespace,
+                                                                      serviceAccount: ep.serviceAccount)
                     desired[ep.name] = EndpointRecord(name: ep.name, node: node.nodeName, ip: ep.ipv4, labels: labels, identity: identity,
-                                                      ports: ep.ports, ready: readiness[ep.name] ?? true)
+                                                      ports: ep.ports, ready: readiness[ep.name] ?? true, spiffeID: spiffeID,
+                                                      nodeIP: settings.nodeIP, tunnel: tunnelled.contains(ep.name))
                 }
                 let lease = leaseID.withLockedValue { $0 }
                 var ops: [EtcdClient.Op] = []

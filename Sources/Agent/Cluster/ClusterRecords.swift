@@ -71,6 +71,11 @@ public struct EndpointRecord: Codable, Sendable, Equatable {
     public var identity: UInt32
     public var ports: [String: UInt16]
     public var ready: Bool
+    /// Its SVID's SPIFFE ID, its node's address, and whether its node accepts connections
+    /// to it only through the mTLS tunnel. Optional: records of older nodes lack them.
+    public var spiffeID: String?
+    public var nodeIP: IPv4Address?
+    public var tunnel: Bool?
 }
 
 extension JSONEncoder {

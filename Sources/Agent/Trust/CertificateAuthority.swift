@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import MeshABI
 import MeshModel
 import SwiftASN1
 import X509
@@ -14,6 +15,11 @@ public struct TrustSettings: Sendable, Equatable {
     /// An operator's root certificate and key (PEM files); nil: generated at first start.
     public var rootCertFile: String?
     public var rootKeyFile: String?
+    /// `mtls: strict`: this node's endpoints accept other nodes' endpoints only through the
+    /// proxy's mTLS tunnel; otherwise only where an ingress rule requires authentication.
+    public var mtlsStrict: Bool = false
+    /// The proxy's tunnel listener, the same on every node.
+    public var tunnelPort: UInt16 = UInt16(MESH_TUNNEL_DEFAULT_PORT)
 }
 
 /// The node's certificate authority, on swift-certificates and swift-crypto: a root
@@ -145,7 +151,7 @@ public final class CertificateAuthority: @unchecked Sendable { // `intermediate`
     public var trustDomain: String { settings.trustDomain }
 
     public func spiffeID(namespace: String, serviceAccount: String) -> String {
-        "spiffe://\(settings.trustDomain)/ns/\(namespace)/sa/\(serviceAccount)"
+        ProxyTunnelConfig.workloadSPIFFEID(trustDomain: settings.trustDomain, namespace: namespace, serviceAccount: serviceAccount)
     }
 
     /// A workload certificate: a key made here, the SPIFFE ID as its only URI name, usable

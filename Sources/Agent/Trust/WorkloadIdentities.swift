@@ -11,12 +11,16 @@ import X509
 /// certificate, then the intermediate) and `.key` (`0600`), and rotated once half its
 /// life has passed, so a certificate in use always has the other half left. A restart
 /// keeps certificates that are still good.
+///
+/// The node itself has one too, `spiffe://TRUST-DOMAIN/swiftmesh/node/NODE`, in
+/// `<state>/trust/node.crt` and `node.key`: the proxy's mTLS tunnel listener presents it.
+/// `<state>/trust/bundle.pem` holds the roots peers' chains must end at.
 public actor WorkloadIdentities: Service {
     let ca: CertificateAuthority
     let store: Store
     let nodeName: String
     let logger: Logger
-    let dir: String
+    nonisolated let dir: String
 
     struct Held {
         var spiffeID: String
@@ -26,7 +30,16 @@ public actor WorkloadIdentities: Service {
         var generation: Int
     }
     private var held: [String: Held] = [:]
+    private var nodeHeld: Held?
+    private var bundle: String?
     nonisolated let counters = NIOLockedValueBox((rotations: 0, failures: 0))
+    public nonisolated let nodeCertificatePath: String
+    public nonisolated let nodeKeyPath: String
+    public nonisolated let bundlePath: String
+    /// Called after a sync that wrote a certificate or the bundle, so that the proxy's new
+    /// TLS connections read the files again.
+    private var onChange: (@Sendable () -> Void)?
+    public func setOnChange(_ f: @escaping @Sendable () -> Void) { onChange = f }
 
     public init(ca: CertificateAuthority, store: Store, stateDir: String, nodeName: String, logger: Logger) throws(MeshError) {
         self.ca = ca
@@ -34,6 +47,9 @@ public actor WorkloadIdentities: Service {
         self.nodeName = nodeName
         self.logger = logger
         dir = stateDir + "/trust/svids"
+        nodeCertificatePath = stateDir + "/trust/node.crt"
+        nodeKeyPath = stateDir + "/trust/node.key"
+        bundlePath = stateDir + "/trust/bundle.pem"
         do {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         } catch {
@@ -43,8 +59,8 @@ public actor WorkloadIdentities: Service {
 
     var lifetime: TimeInterval { ca.settings.svidTTL }
 
-    public func certificatePath(_ endpoint: String) -> String { "\(dir)/\(endpoint).crt" }
-    public func keyPath(_ endpoint: String) -> String { "\(dir)/\(endpoint).key" }
+    public nonisolated func certificatePath(_ endpoint: String) -> String { "\(dir)/\(endpoint).crt" }
+    public nonisolated func keyPath(_ endpoint: String) -> String { "\(dir)/\(endpoint).key" }
 
     /// Issues, rotates and removes certificates so that every endpoint has a good one.
     public func sync() {
@@ -57,27 +73,15 @@ public actor WorkloadIdentities: Service {
             logger.error("cannot renew the node's intermediate certificate", metadata: ["error": "\(error.message)"])
         }
         let intermediate = ca.currentIntermediate, generation = ca.generation
+        var changed = writeBundle()
         for ep in endpoints {
             let id = ca.spiffeID(namespace: ep.labels.namespace, serviceAccount: ep.serviceAccount)
-            if held[ep.name] == nil, let kept = load(ep.name, id: id, intermediate: intermediate, generation: generation) { held[ep.name] = kept }
-            if let h = held[ep.name], h.spiffeID == id, h.generation == generation, h.certificate.issuer == intermediate.subject,
-               h.certificate.notValidAfter.timeIntervalSinceNow > lifetime / 2 {
-                continue
-            }
-            do {
-                let issued = try ca.issueSVID(spiffeID: id, lifetime: lifetime)
-                try CertificateAuthority.write(issued, cert: certificatePath(ep.name), key: keyPath(ep.name), chain: [intermediate])
-                let rotated = held[ep.name] != nil
-                held[ep.name] = Held(spiffeID: id, certificate: issued.certificate, rotations: (held[ep.name]?.rotations ?? 0) + (rotated ? 1 : 0),
-                                     generation: generation)
-                if rotated { counters.withLockedValue { $0.rotations += 1 } }
-                logger.info(rotated ? "workload certificate rotated" : "workload certificate issued",
-                            metadata: ["endpoint": "\(ep.name)", "spiffe_id": "\(id)", "not_after": "\(issued.certificate.notValidAfter)"])
-            } catch {
-                counters.withLockedValue { $0.failures += 1 }
-                logger.error("cannot issue a workload certificate", metadata: ["endpoint": "\(ep.name)", "error": "\(error.message)"])
-            }
+            changed = keep(&held[ep.name], id: id, name: ep.name, cert: certificatePath(ep.name), key: keyPath(ep.name),
+                           intermediate: intermediate, generation: generation) || changed
         }
+        let nodeID = ProxyTunnelConfig.nodeSPIFFEID(trustDomain: ca.trustDomain, node: nodeName)
+        changed = keep(&nodeHeld, id: nodeID, name: "node \(nodeName)", cert: nodeCertificatePath, key: nodeKeyPath,
+                       intermediate: intermediate, generation: generation) || changed
         // Endpoints gone: their certificates and keys go (also those a run before this one left).
         let names = Set(endpoints.map(\.name))
         for name in held.keys where !names.contains(name) { held[name] = nil }
@@ -85,12 +89,53 @@ public actor WorkloadIdentities: Service {
             let name = file.replacingOccurrences(of: ".crt", with: "").replacingOccurrences(of: ".key", with: "")
             if !names.contains(name) { unlink("\(dir)/\(file)") }
         }
+        if changed { onChange?() }
+    }
+
+    /// Keeps one certificate good: the one held (or left by an earlier run) while it is
+    /// this name's, from the current intermediate, with more than half its life left;
+    /// otherwise a new one. Returns whether it wrote one.
+    private func keep(_ h: inout Held?, id: String, name: String, cert: String, key: String, intermediate: Certificate,
+                      generation: Int) -> Bool {
+        if h == nil, let kept = load(cert: cert, key: key, id: id, intermediate: intermediate, generation: generation) { h = kept }
+        if let h, h.spiffeID == id, h.generation == generation, h.certificate.issuer == intermediate.subject,
+           h.certificate.notValidAfter.timeIntervalSinceNow > lifetime / 2 {
+            return false
+        }
+        do {
+            let issued = try ca.issueSVID(spiffeID: id, lifetime: lifetime)
+            try CertificateAuthority.write(issued, cert: cert, key: key, chain: [intermediate])
+            let rotated = h != nil
+            h = Held(spiffeID: id, certificate: issued.certificate, rotations: (h?.rotations ?? 0) + (rotated ? 1 : 0), generation: generation)
+            if rotated { counters.withLockedValue { $0.rotations += 1 } }
+            logger.info(rotated ? "workload certificate rotated" : "workload certificate issued",
+                        metadata: ["endpoint": "\(name)", "spiffe_id": "\(id)", "not_after": "\(issued.certificate.notValidAfter)"])
+            return true
+        } catch {
+            counters.withLockedValue { $0.failures += 1 }
+            logger.error("cannot issue a workload certificate", metadata: ["endpoint": "\(name)", "error": "\(error.message)"])
+            return false
+        }
+    }
+
+    /// The trust bundle: the root every chain of the cluster ends at. Returns whether it
+    /// changed (a new cluster root adopted).
+    private func writeBundle() -> Bool {
+        guard let pem = try? CertificateAuthority.pem(ca.root) + "\n", pem != bundle else { return false }
+        do {
+            try CertificateAuthority.writeFile(bundlePath, pem, mode: 0o644)
+            bundle = pem
+            return true
+        } catch {
+            logger.error("cannot write the trust bundle", metadata: ["path": "\(bundlePath)", "error": "\(error.message)"])
+            return false
+        }
     }
 
     /// A certificate left by an earlier run, if it is still this endpoint's and good.
-    private func load(_ endpoint: String, id: String, intermediate: Certificate, generation: Int) -> Held? {
-        guard let cert = try? CertificateAuthority.readCertificate(certificatePath(endpoint)),
-              let key = try? CertificateAuthority.readKey(keyPath(endpoint)),
+    private func load(cert certPath: String, key keyPath: String, id: String, intermediate: Certificate, generation: Int) -> Held? {
+        guard let cert = try? CertificateAuthority.readCertificate(certPath),
+              let key = try? CertificateAuthority.readKey(keyPath),
               cert.publicKey == Certificate.PublicKey(key.publicKey), CertificateAuthority.signs(intermediate, cert),
               let san = try? cert.extensions.subjectAlternativeNames,
               san.contains(where: { if case .uniformResourceIdentifier(let u) = $0 { u == id } else { false } }) else { return nil }
@@ -120,6 +165,7 @@ public actor WorkloadIdentities: Service {
     /// Expiry of every certificate the node holds, for the metrics.
     public func expiries() -> [(kind: String, endpoint: String, notAfter: Date)] {
         [("root", "", ca.root.notValidAfter), ("intermediate", "", ca.currentIntermediate.notValidAfter)] +
+            (nodeHeld.map { [("node", "", $0.certificate.notValidAfter)] } ?? []) +
             held.map { ("svid", $0.key, $0.value.certificate.notValidAfter) }
     }
 }

@@ -90,6 +90,9 @@ struct EventResolver: Sendable {
         m.http?.service = e.service
         m.http?.routeRule = e.routeRule
         m.http?.attempts = e.attempts
+        m.http?.tunnel = e.tunnel
+        m.http?.peerSPIFFEID = e.peerIdentity
+        if e.tunnel != nil { m.proto = "mTLS" }
         return m
     }
 

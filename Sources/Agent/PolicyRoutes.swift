@@ -68,7 +68,7 @@ enum PolicyRoutes {
                     }
                     rows.append(BPFPolicyRow(endpoint: names[Int(e.endpointID)] ?? "\(e.endpointID)", direction: e.direction.rawValue,
                                              identity: Int(e.identity), peer: policy.describe(identity: e.identity),
-                                             proto: ProtocolName.name(e.proto), ports: ports, action: e.action == .deny ? "deny" : e.l7 ? "allow (L7 proxy)" : "allow",
+                                             proto: ProtocolName.name(e.proto), ports: ports, action: e.action == .deny ? "deny" : e.l7 ? "allow (L7 proxy)" : e.auth ? "allow (authenticated)" : "allow",
                                              rule: policy.describe(rule: e.ruleID, revision: revision)))
                 }
                 return rows
@@ -81,7 +81,8 @@ enum PolicyRoutes {
                 for e in try datapath.ipcacheEntries() {
                     rows.append(BPFIPCacheRow(prefix: "\(IPv4Address(e.address))/\(e.prefixLength)", identity: Int(e.identity),
                                               labels: policy.describe(identity: e.identity),
-                                              endpoint: e.endpointID == 0 ? "" : names[Int(e.endpointID)] ?? "\(e.endpointID)"))
+                                              endpoint: e.endpointID == 0 ? "" : names[Int(e.endpointID)] ?? "\(e.endpointID)",
+                                              tunnel: e.tunnel))
                 }
                 return rows
             }
@@ -135,13 +136,16 @@ enum PolicyRoutes {
             let r = try datapath.trace(ifindex: ifindex, direction: dir, source: fromIP.value, destination: toIP.value,
                                        proto: proto, destinationPort: UInt16(req.port))
             hops.append(TraceHop(hook: "\(dir.rawValue) of \(ep.name)", enforced: r.enforced,
-                                 verdict: r.action == .deny ? "denied" : r.l7 ? "allowed (through the L7 proxy, whose HTTP rules then apply)" : "allowed",
+                                 verdict: r.action == .deny ? "denied"
+                                     : r.l7 ? "allowed (through the L7 proxy, whose HTTP rules then apply)"
+                                     : r.auth ? "allowed (for a proven peer: from another node, only through the mTLS tunnel)" : "allowed",
                                  reason: r.reason.label,
                                  rule: policy.describe(rule: r.ruleID, revision: revision),
                                  peerIdentity: Int(r.peerIdentity), peer: policy.describe(identity: r.peerIdentity)))
         }
         let verdict = hops.allSatisfy { $0.verdict.hasPrefix("allowed") }
-            ? hops.contains { $0.verdict != "allowed" } ? "allowed (through the L7 proxy)" : "allowed" : "denied"
+            ? hops.contains { $0.verdict.contains("L7 proxy") } ? "allowed (through the L7 proxy)"
+            : hops.contains { $0.verdict.contains("proven peer") } ? "allowed (for a proven peer)" : "allowed" : "denied"
         // Established connections of the flow: conntrack entries at either hook, as the
         // programs keyed them (the first packet's tuple, the endpoint and its direction).
         // Their next packet passes on the entry; under a newer revision it is first

@@ -197,6 +197,10 @@ public struct MonitorEvent: Codable, Sendable {
         public var service: String?
         public var routeRule: String?
         public var attempts: Int?
+        /// A connection through an mTLS tunnel between nodes (`method` CONNECT): which end
+        /// saw it (`inbound`, `outbound`) and the SPIFFE ID the other end proved.
+        public var tunnel: String?
+        public var peerSPIFFEID: String?
 
         public init(method: String, path: String, host: String, status: Int, latencySeconds: Double, destinationEndpoint: String?) {
             self.method = method
@@ -256,11 +260,14 @@ public struct BPFIPCacheRow: Codable, Sendable {
     public var identity: Int
     public var labels: String
     public var endpoint: String
-    public init(prefix: String, identity: Int, labels: String, endpoint: String) {
+    /// Another node's endpoint that this node reaches only through an mTLS tunnel.
+    public var tunnel: Bool?
+    public init(prefix: String, identity: Int, labels: String, endpoint: String, tunnel: Bool = false) {
         self.prefix = prefix
         self.identity = identity
         self.labels = labels
         self.endpoint = endpoint
+        self.tunnel = tunnel
     }
 }
 

@@ -188,6 +188,10 @@ struct Monitor: AsyncParsableCommand {
                 } else if e.type == "lb" {
                     print("LB     \(e.endpoint) -> \(e.destination):\(e.destinationPort) \(e.proto) \(e.service ?? "")"
                           + (e.verdict == "refused" ? " REFUSED (no ready backend)" : " => \(e.backend ?? "") \(e.rule) (\(e.reason))"))
+                } else if e.type == "l7", let h = e.http, let tunnel = h.tunnel {
+                    print("MTLS   \(e.endpoint) \(e.source):\(e.sourcePort) -> \(e.destination):\(e.destinationPort) \(tunnel) tunnel"
+                          + " peer=\(h.peerSPIFFEID ?? "-") => \(h.status) \(e.verdict.uppercased())"
+                          + (e.rule.isEmpty ? "" : " rule=\(e.rule)") + (e.reason.isEmpty ? "" : " (\(e.reason))"))
                 } else if e.type == "l7", let h = e.http {
                     let to = (h.service.map { " [\($0)]" } ?? "") + (h.destinationEndpoint.map { " (\($0))" } ?? "")
                     print("HTTP   \(e.endpoint) \(e.source):\(e.sourcePort) -> \(e.destination):\(e.destinationPort)\(to) \(h.method) \(h.path)"
@@ -263,8 +267,9 @@ struct BPFCommand: AsyncParsableCommand {
                 try await running {
                     let rows = try await global.client.call(.GET, APIPath.bpfIPCache, as: [BPFIPCacheRow].self)
                     if output == .json { return try printJSON(rows) }
-                    printTable(["PREFIX", "IDENTITY", "LABELS", "ENDPOINT"], rows.map {
-                        [$0.prefix, String($0.identity), $0.labels, $0.endpoint.isEmpty ? "-" : $0.endpoint]
+                    printTable(["PREFIX", "IDENTITY", "LABELS", "ENDPOINT", "REACHED"], rows.map {
+                        [$0.prefix, String($0.identity), $0.labels, $0.endpoint.isEmpty ? "-" : $0.endpoint,
+                         $0.tunnel == true ? "mtls-tunnel" : "direct"]
                     })
                 }
             }

@@ -13,6 +13,7 @@ final class ClusterFabric {
     let members: Int
     private(set) var etcdPIDs: [Int: pid_t] = [:]
     private(set) var nodes: [TestNode] = []
+    private(set) var outsiders: [String] = []
 
     static func memberIP(_ i: Int) -> String { "10.99.0.\(200 + i)" }
     var etcdURL: String { "etcd://" + (1...members).map { "\(Self.memberIP($0)):2379" }.joined(separator: ",") }
@@ -57,6 +58,23 @@ final class ClusterFabric {
     }
 
     func nodeIP(_ k: Int) -> String { "10.99.0.\(k)" }
+
+    /// A host on the link between the nodes that is no node of the mesh (an attacker on
+    /// the wire): its own netns on the bridge, with `address` (any address, an endpoint's
+    /// included) and a route to `podCIDR` through node `k`. Returns the netns.
+    func addOutsider(address: String, routeTo podCIDR: String, via k: Int) throws -> String {
+        let ns = "\(name)o\(outsiders.count + 1)"
+        outsiders.append(ns)
+        try Run.checked("ip", "netns", "add", ns)
+        try Run.checked("ip", "-n", name, "link", "add", "o\(outsiders.count)", "type", "veth", "peer", "name", "eth0", "netns", ns)
+        try Run.checked("ip", "-n", name, "link", "set", "o\(outsiders.count)", "master", "br0")
+        try Run.checked("ip", "-n", name, "link", "set", "o\(outsiders.count)", "up")
+        try Run.checked("ip", "-n", ns, "link", "set", "lo", "up")
+        try Run.checked("ip", "-n", ns, "addr", "add", "\(address)/32", "dev", "eth0")
+        try Run.checked("ip", "-n", ns, "link", "set", "eth0", "up")
+        try Run.checked("ip", "-n", ns, "route", "add", podCIDR, "via", nodeIP(k), "dev", "eth0", "onlink")
+        return ns
+    }
 
     func clusterArgs(_ k: Int) -> [String] {
         ["--cluster", etcdURL, "--node-ip", nodeIP(k), "--cluster-lease-ttl", "4"]
@@ -122,6 +140,7 @@ final class ClusterFabric {
             waitpid(pid, &st, 0)
         }
         etcdPIDs = [:]
+        for ns in outsiders { _ = Run.run("/usr/sbin/ip", ["netns", "del", ns]) }
         _ = Run.run("/usr/sbin/ip", ["netns", "del", name])
         _ = Run.run("/bin/rm", ["-rf", dir])
     }

@@ -49,15 +49,7 @@ final class ClusterTests: XCTestCase {
     // each allows exactly the labelled peers and no one else. (CiliumNetworkPolicy across
     // nodes: the fault tests below.)
     func testNetworkPolicyAcrossNodesBothWays() throws {
-        fabric = try ClusterFabric()
-        let a = try fabric.addNode(podCIDR: "10.201.1.0/28")
-        let b = try fabric.addNode(podCIDR: "10.201.2.0/28")
-        try a.ctlOK("endpoint", "create", "web", "--labels", "app=web")
-        try a.ctlOK("endpoint", "create", "intruder", "--labels", "app=intruder")
-        try b.ctlOK("endpoint", "create", "db", "--labels", "app=db")
-        try b.ctlOK("endpoint", "create", "cache", "--labels", "app=cache")
-        try waitRemote(a, 2)
-        try waitRemote(b, 2)
+        let (a, b) = try webAndDBNodes()
         let nodes = try a.ctlOK("node", "list")
         XCTAssertTrue(nodes.contains(a.name) && nodes.contains(b.name) && nodes.contains("10.201.2.0/28"), nodes)
 
@@ -107,6 +99,20 @@ final class ClusterTests: XCTestCase {
             XCTAssertEqual(onA.count, 1, "\(label) on A: \(idsA)")
             XCTAssertEqual(onA, onB, "\(label): A \(idsA), B \(idsB)")
         }
+    }
+
+    /// Nodes A (web, intruder) and B (db, cache), each knowing the other's endpoints.
+    func webAndDBNodes() throws -> (a: TestNode, b: TestNode) {
+        fabric = try ClusterFabric()
+        let a = try fabric.addNode(podCIDR: "10.201.1.0/28")
+        let b = try fabric.addNode(podCIDR: "10.201.2.0/28")
+        try a.ctlOK("endpoint", "create", "web", "--labels", "app=web")
+        try a.ctlOK("endpoint", "create", "intruder", "--labels", "app=intruder")
+        try b.ctlOK("endpoint", "create", "db", "--labels", "app=db")
+        try b.ctlOK("endpoint", "create", "cache", "--labels", "app=cache")
+        try waitRemote(a, 2)
+        try waitRemote(b, 2)
+        return (a, b)
     }
 
     /// Global identities by number: their label sets.
@@ -349,7 +355,9 @@ final class ClusterTests: XCTestCase {
                 ((try node.json("status", "-o", "json")["cluster"] as? [String: Any])?["connected"] as? Bool) == true
             }
         }
-        XCTAssertEqual(try a.metric("mesh_cluster_etcd_up"), 1)
+        // Right after etcd's restart the client's pooled connections may still time out
+        // once (the node then flaps to unreachable for a moment): wait for the gauge.
+        try a.waitFor("mesh_cluster_etcd_up back at 1", timeout: 15) { try a.metric("mesh_cluster_etcd_up") == 1 }
         // A change on B, now that etcd is back, reaches A.
         try b.ctlOK("endpoint", "create", "db2", "--labels", "app=db")
         try waitRemote(a, 2)

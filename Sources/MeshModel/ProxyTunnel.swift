@@ -2,13 +2,16 @@
 /// endpoints that require authentication travel inside an mTLS tunnel between the two
 /// nodes' proxies, and so that the receiving proxy can check who is knocking.
 ///
-/// The tunnel (HBONE-like): a TLS 1.3 connection from the client endpoint's proxy to the
-/// destination node's proxy on `port`, ALPN `h2`, the client presenting the *source
-/// endpoint's* SVID and the server its *node* certificate. Each tunnelled TCP connection is
-/// one HTTP/2 stream: `CONNECT` with `:authority` the original destination (`ip:port`) and
-/// `swiftmesh-source` the original source (`ip:port`); `:status 200` opens it, then DATA
-/// frames carry the bytes both ways and END_STREAM is a half close. A refusal is a non-200
-/// status with a `swiftmesh-reason` header (`identity_not_allowed`, ...).
+/// The tunnel: one TLS 1.3 connection per tunnelled TCP connection, from the client
+/// endpoint's node to the destination node's proxy on `port`, the client presenting the
+/// *source endpoint's* SVID and the server its *node* certificate. Right after the
+/// handshake the client sends an HTTP/1.1 head, `CONNECT ip:port` (the original
+/// destination) with `SwiftMesh-Source: ip:port` (the original source); `200` opens it, then
+/// the bytes flow both ways as they are. A refusal is `403` (or `400`) with a
+/// `SwiftMesh-Reason` header (`identity_not_allowed`, ...), then the connection closes.
+/// (HBONE multiplexes connections as HTTP/2 streams over one TLS connection per workload
+/// pair; one TLS connection per TCP connection costs a handshake each, and keeps each
+/// connection's fate its own.)
 public struct ProxyTunnelConfig: Codable, Sendable, Equatable {
     /// The SPIFFE trust domain (`cluster.local`).
     public var trustDomain: String

@@ -21,6 +21,11 @@ enum ConnectionPipeline {
             core.logger.debug("connection addressed to the proxy itself refused", metadata: ["client": "\(client)"])
             throw ChannelError.inappropriateOperationForState
         }
+        // A destination whose node takes it only through an mTLS tunnel: bytes, not HTTP.
+        if let t = core.policy.index.config.tunnel, let to = PeerAddress(destination), let from = PeerAddress(client),
+           let peer = t.peers.first(where: { $0.ip == to.ip && $0.tunnel }) {
+            return try TunnelOutbound.configure(channel, core: core, tunnel: t, peer: peer, client: from, destination: to)
+        }
         let http1 = { () throws in try configureHTTP1(channel, core: core, client: client, destination: destination) }
         let http2 = { () throws in try configureHTTP2(channel, core: core, client: client, destination: destination) }
         try channel.pipeline.syncOperations.addHandler(ProtocolSniffer(timeout: core.settings.headerTimeout) { proto, _ in

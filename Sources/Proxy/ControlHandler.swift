@@ -84,6 +84,7 @@ extension ProxyCore {
             health.keep(only: routes.backendAddresses)
             budgets.keep(only: routes.frontendAddresses)
             metrics.configApplied(generation: generation)
+            tunnels.update(policy.index.config.tunnel, core: self)
             logger.info("configuration applied", metadata: ["generation": "\(generation)"])
             return ProxyControlMessage(configApplied: generation)
         case .stale(let current):

@@ -34,7 +34,7 @@ public final class MeshProxy: Sendable {
     public static func start(settings: ProxySettings, logger: Logger,
                              group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                              threadPool: NIOThreadPool = .singleton) async throws -> MeshProxy {
-        let core = ProxyCore(settings: settings, logger: logger)
+        let core = ProxyCore(settings: settings, logger: logger, group: group)
         let quiescing = ServerQuiescingHelper(group: group)
         let listener: any Channel
         do {

@@ -3,6 +3,7 @@ import Logging
 import MeshModel
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 
 /// What every connection of one proxy shares: its settings, the policy and routes in force,
 /// what is known of each backend endpoint, the retry budgets, metrics, the event stream and
@@ -16,15 +17,18 @@ final class ProxyCore: Sendable {
     let metrics = ProxyMetrics()
     let events: EventStream
     let reporter: ExchangeReporter
+    /// The mTLS tunnels between nodes: their listener and TLS contexts.
+    let tunnels: TunnelService
     private let started = ContinuousClock.now
     /// Open client connections, to cap their number and to close the last ones at shutdown.
     private let openConnections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     /// The listener's port once bound (the settings may ask for port 0).
     let listenPort = NIOLockedValueBox(0)
 
-    init(settings: ProxySettings, logger: Logger) {
+    init(settings: ProxySettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.settings = settings
         self.logger = logger
+        tunnels = TunnelService(group: group)
         events = EventStream(metrics: metrics)
         reporter = ExchangeReporter(metrics: metrics, events: events, policy: policy)
     }

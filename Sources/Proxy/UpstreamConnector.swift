@@ -32,6 +32,15 @@ enum UpstreamConnector {
         }.connect(to: destination)
     }
 
+    /// A connection for raw bytes (a tunnelled TCP connection): `initialize` adds its handlers.
+    static func connectRaw(to destination: SocketAddress, from source: Source, timeout: TimeAmount, on loop: any EventLoop,
+                           initialize: @escaping @Sendable (any Channel) throws -> Void) -> EventLoopFuture<any Channel> {
+        bootstrap(from: source, timeout: timeout, on: loop)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try initialize(channel) } }
+            .connect(to: destination)
+    }
+
     /// An HTTP/2 connection (h2c, prior knowledge) to `destination`, for the request
     /// streams of an HTTP/2 client: its stream multiplexer once connected.
     static func connectHTTP2(to destination: SocketAddress, from source: Source, timeout: TimeAmount,

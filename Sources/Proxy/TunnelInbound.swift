@@ -1,0 +1,314 @@
+import Foundation
+import Logging
+import MeshModel
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import NIOTLS
+
+/// The receiving end of the mTLS tunnels: a TLS listener on the tunnel port (15008) of
+/// every node, started when meshd's configuration has a tunnel section. Each connection
+/// carries one TCP connection: after the handshake the peer sends
+/// `CONNECT ip:port HTTP/1.1` with `SwiftMesh-Source: ip:port`; the proxy checks the
+/// certificate's SPIFFE ID against the claimed source and against the destination's
+/// authentication rules before a byte reaches the destination, then connects to it from
+/// the source's own address (the datapath judges it as that source) and relays.
+final class TunnelService: Sendable {
+    private let group: any EventLoopGroup
+    let tls = TunnelTLS()
+    private let listener = NIOLockedValueBox<(port: UInt16, channel: (any Channel)?)?>(nil)
+
+    init(group: any EventLoopGroup) { self.group = group }
+
+    /// Starts, moves or stops the listener to match `config` (nil: no tunnels).
+    func update(_ config: ProxyTunnelConfig?, core: ProxyCore) {
+        let wanted = config?.port
+        let (stale, start) = listener.withLockedValue { current -> ((any Channel)?, Bool) in
+            if current?.port == wanted { return (nil, false) }
+            let old = current?.channel
+            current = wanted.map { ($0, nil) }
+            return (old, wanted != nil)
+        }
+        stale?.close(promise: nil)
+        guard start, let port = wanted else { return }
+        let service = self
+        ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                guard core.admit(channel) else {
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                }
+                return channel.eventLoop.makeCompletedFuture { try service.configureInbound(channel, core: core) }
+            }
+            .bind(host: "0.0.0.0", port: Int(port))
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    let kept = service.listener.withLockedValue { current -> Bool in
+                        guard current?.port == port, current?.channel == nil else { return false }
+                        current?.channel = channel
+                        return true
+                    }
+                    if kept {
+                        core.logger.info("mTLS tunnel listener up", metadata: ["port": "\(port)"])
+                    } else {
+                        channel.close(promise: nil)
+                    }
+                case .failure(let error):
+                    core.logger.error("cannot listen for mTLS tunnels", metadata: ["port": "\(port)", "error": "\(error)"])
+                    // Forget it, so that the next configuration tries again.
+                    service.listener.withLockedValue { if $0?.port == port { $0 = nil } }
+                }
+            }
+    }
+
+    private func configureInbound(_ channel: any Channel, core: ProxyCore) throws {
+        guard let t = core.policy.index.config.tunnel else { throw ChannelError.inappropriateOperationForState }
+        let check = NIOLockedValueBox(TunnelTLS.PeerCheck())
+        let ssl = NIOSSLServerHandler(
+            context: try tls.serverContext(t),
+            customVerificationCallback: TunnelTLS.verifier(roots: try tls.roots(t), trustDomain: t.trustDomain, expected: nil,
+                                                           result: check))
+        let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes))
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(TLSRecordSniffer(core: core))
+        try sync.addHandler(ssl)
+        try sync.addHandler(decoder)
+        try sync.addHandler(TunnelAcceptHandler(core: core, check: check, decoder: decoder))
+    }
+}
+
+extension ProxyMetrics {
+    enum TunnelDirection: String { case inbound, outbound }
+
+    func tunnelHandshake(_ direction: TunnelDirection, ok: Bool) {
+        registry.makeCounter(descriptor: .init(metricName: "mesh_mtls_handshakes_total", unitName: "",
+                                               helpText: "mTLS tunnel handshakes, by end and outcome (refused: see mesh_mtls_refusals_total)."),
+                             labels: [("direction", direction.rawValue), ("result", ok ? "ok" : "refused")]).increment()
+    }
+
+    func tunnelRefused(_ reason: TunnelRefusal) {
+        registry.makeCounter(descriptor: .init(metricName: "mesh_mtls_refusals_total", unitName: "",
+                                               helpText: "Tunnelled connections refused, by reason."),
+                             labels: [("reason", reason.rawValue)]).increment()
+    }
+
+    func tunnelBytes(_ direction: TunnelDirection, _ n: Int) {
+        registry.makeCounter(descriptor: .init(metricName: "mesh_mtls_bytes_total", unitName: "",
+                                               helpText: "Application bytes carried through mTLS tunnels, by the end that counted them."),
+                             labels: [("direction", direction.rawValue)]).increment(by: Int64(n))
+    }
+
+    func tunnelOpened(_ delta: Int) {
+        registry.makeGauge(descriptor: .init(metricName: "mesh_mtls_connections_active", unitName: "",
+                                             helpText: "Connections open through mTLS tunnels (both ends)."))
+            .increment(by: Double(delta))
+    }
+}
+
+extension ProxyCore {
+    /// One monitor event per tunnelled connection (method CONNECT, the path its destination).
+    func reportTunnel(_ direction: ProxyMetrics.TunnelDirection, source: PeerAddress, destination: PeerAddress,
+                      peer: String?, status: Int, rule: (id: UInt32, text: String)?, error: String?, started: ContinuousClock.Instant) {
+        guard events.isStreaming else { return }
+        let index = policy.index
+        let src = index.endpoint(source.ip), dst = index.endpoint(destination.ip)
+        events.publish(L7Event(
+            timestamp: UInt64(Date().timeIntervalSince1970 * 1_000_000_000), source: source.description,
+            sourceEndpoint: src.map { "\($0.namespace)/\($0.name)" }, sourceIdentity: index.identity(of: source.ip),
+            destination: destination.description, destinationEndpoint: dst.map { "\($0.namespace)/\($0.name)" },
+            method: "CONNECT", path: destination.description, host: "", status: status,
+            verdict: status == 200 ? .forwarded : status == 403 ? .denied : .error,
+            latencySeconds: (ContinuousClock.now - started).seconds, ruleID: rule?.id ?? 0, rule: rule?.text ?? "",
+            error: error, tunnel: direction.rawValue, peerIdentity: peer))
+    }
+}
+
+extension PeerAddress {
+    /// `ip:port`, as CONNECT and SwiftMesh-Source carry them.
+    init?(text: String) {
+        guard let colon = text.lastIndex(of: ":"), let ip = IPv4Address(String(text[..<colon])),
+              let port = UInt16(text[text.index(after: colon)...]), port != 0 else { return nil }
+        self.init(ip: ip, port: port)
+    }
+}
+
+/// Plaintext to the tunnel port is refused before TLS sees it: the first byte of a TLS
+/// connection is a handshake record (0x16).
+final class TLSRecordSniffer: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    private let core: ProxyCore
+    private var checked = false
+
+    init(core: ProxyCore) { self.core = core }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if !checked {
+            let bytes = unwrapInboundIn(data)
+            guard let first = bytes.getInteger(at: bytes.readerIndex, as: UInt8.self) else { return }
+            checked = true
+            if first != 0x16 {
+                core.metrics.tunnelHandshake(.inbound, ok: false)
+                core.metrics.tunnelRefused(.notTLS)
+                core.logger.debug("plaintext to the mTLS tunnel port refused", metadata: ["client": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
+                context.close(promise: nil)
+                return
+            }
+        }
+        context.fireChannelRead(data)
+    }
+}
+
+/// After the handshake: reads the CONNECT, decides, connects upstream, then relays.
+final class TunnelAcceptHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = ByteBuffer
+
+    private let core: ProxyCore
+    private let check: NIOLockedValueBox<TunnelTLS.PeerCheck>
+    private let decoder: ByteToMessageHandler<HTTPRequestDecoder>
+    private let started = ContinuousClock.now
+    private enum State { case handshaking, waitingHead, connecting, relaying, done }
+    private var state = State.handshaking
+
+    init(core: ProxyCore, check: NIOLockedValueBox<TunnelTLS.PeerCheck>, decoder: ByteToMessageHandler<HTTPRequestDecoder>) {
+        self.core = core
+        self.check = check
+        self.decoder = decoder
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        // A peer that never finishes its handshake or its CONNECT does not hold the slot.
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: core.settings.headerTimeout) {
+            let (handler, context) = bound.value
+            guard handler.state == .handshaking || handler.state == .waitingHead else { return }
+            handler.core.metrics.hostile(.headerTimeout)
+            handler.state = .done
+            context.close(promise: nil)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event, state == .handshaking {
+            state = .waitingHead
+            core.metrics.tunnelHandshake(.inbound, ok: true)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if state == .handshaking {
+            state = .done
+            let reason = check.withLockedValue { $0.refusal } ?? TunnelTLS.classify(error)
+            core.metrics.tunnelHandshake(.inbound, ok: false)
+            core.metrics.tunnelRefused(reason)
+            core.logger.info("mTLS tunnel handshake refused", metadata: [
+                "client": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "reason": "\(reason.rawValue)"])
+        } else if state == .waitingHead {
+            core.metrics.tunnelRefused(.badRequest)
+        }
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch state {
+        case .relaying:
+            // Bytes the decoder held after the head, handed on when it was removed.
+            context.fireChannelRead(data)
+        case .waitingHead:
+            guard case .head(let head) = unwrapInboundIn(data) else { return }
+            state = .connecting
+            decide(head, context: context)
+        case .handshaking, .connecting, .done:
+            break
+        }
+    }
+
+    private func refuse(_ reason: TunnelRefusal, status: HTTPResponseStatus, context: ChannelHandlerContext,
+                        source: PeerAddress?, destination: PeerAddress?, peer: String?) {
+        state = .done
+        core.metrics.tunnelRefused(reason)
+        core.logger.info("tunnelled connection refused", metadata: [
+            "source": "\(source.map { "\($0)" } ?? "?")", "destination": "\(destination.map { "\($0)" } ?? "?")",
+            "peer": "\(peer ?? "?")", "reason": "\(reason.rawValue)"])
+        if let source, let destination {
+            core.reportTunnel(.inbound, source: source, destination: destination, peer: peer, status: Int(status.code), rule: nil,
+                              error: reason.rawValue, started: started)
+        }
+        let text = "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\nSwiftMesh-Reason: \(reason.rawValue)\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        context.writeAndFlush(wrapInboundOut(ByteBuffer(string: text)), promise: nil)
+        context.close(promise: nil)
+    }
+
+    private func decide(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let peer = check.withLockedValue { $0.spiffeID }
+        guard let t = core.policy.index.config.tunnel, let peer else {
+            return refuse(.badIdentity, status: .forbidden, context: context, source: nil, destination: nil, peer: peer)
+        }
+        let destination = PeerAddress(text: head.uri)
+        let source = head.headers.first(name: "SwiftMesh-Source").flatMap { PeerAddress(text: $0) }
+        guard head.method == .CONNECT, let destination, let source,
+              t.workloads.contains(where: { $0.ip == destination.ip }) else {
+            return refuse(.badRequest, status: .badRequest, context: context, source: source, destination: destination, peer: peer)
+        }
+        // The claimed source must be an endpoint whose SVID is the one presented.
+        guard let claimed = t.peers.first(where: { $0.ip == source.ip }), claimed.spiffeID == peer else {
+            return refuse(.identityMismatch, status: .forbidden, context: context, source: source, destination: destination, peer: peer)
+        }
+        // Where rules of the destination require authentication on this port, one must name the peer.
+        let rules = t.authRules.first { $0.endpoint == destination.ip }?.rules.filter {
+            $0.fromPort <= destination.port && destination.port <= $0.toPort
+        } ?? []
+        let allowedBy = rules.first { $0.covers(identity: claimed.identity, port: destination.port) }
+        if !rules.isEmpty && allowedBy == nil {
+            return refuse(.identityNotAllowed, status: .forbidden, context: context, source: source, destination: destination, peer: peer)
+        }
+        let downstream = context.channel
+        let (mine, theirs) = TunnelRelay.pair(countingA: { [core] in core.metrics.tunnelBytes(.inbound, $0) },
+                                              countingB: { [core] in core.metrics.tunnelBytes(.inbound, $0) })
+        let theirsBound = NIOLoopBound(theirs, eventLoop: context.eventLoop)
+        let connected = UpstreamConnector.connectRaw(
+            to: destination.socketAddress, from: .clientAddress(source.socketAddress), timeout: .seconds(5), on: context.eventLoop) { channel in
+            try channel.pipeline.syncOperations.addHandler(theirsBound.value)
+        }
+        let bound = NIOLoopBound((self, context, mine), eventLoop: context.eventLoop)
+        connected.whenComplete { result in
+            let (handler, context, mine) = bound.value
+            switch result {
+            case .success(let up):
+                guard downstream.isActive else { return up.close(promise: nil) }
+                handler.state = .relaying
+                handler.core.metrics.tunnelOpened(1)
+                up.closeFuture.whenComplete { [core = handler.core] _ in core.metrics.tunnelOpened(-1) }
+                handler.core.reportTunnel(.inbound, source: source, destination: destination, peer: peer, status: 200,
+                                          rule: allowedBy.map { ($0.ruleID, $0.rule) }, error: nil, started: handler.started)
+                context.writeAndFlush(handler.wrapInboundOut(ByteBuffer(string: "HTTP/1.1 200 OK\r\n\r\n")), promise: nil)
+                do {
+                    try context.pipeline.syncOperations.addHandler(mine, position: .after(context.handler))
+                    context.pipeline.syncOperations.removeHandler(handler.decoder, promise: nil)
+                } catch {
+                    downstream.close(promise: nil)
+                    up.close(promise: nil)
+                }
+            case .failure(let error):
+                handler.core.metrics.upstreamError(.connectRefused)
+                handler.core.logger.info("tunnelled connection: destination unreachable",
+                                         metadata: ["destination": "\(destination)", "error": "\(error)"])
+                handler.state = .done
+                handler.core.reportTunnel(.inbound, source: source, destination: destination, peer: peer, status: 502, rule: nil,
+                                          error: "upstream: \(error)", started: handler.started)
+                context.writeAndFlush(handler.wrapInboundOut(ByteBuffer(string: "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")),
+                                      promise: nil)
+                context.close(promise: nil)
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+import Foundation
+import MeshModel
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOSSL
+import NIOTLS
+
+/// The sending end of an mTLS tunnel: a connection the datapath handed to the proxy because
+/// its destination's node takes it only through a tunnel. The proxy opens TLS to that
+/// node's tunnel port presenting the *source endpoint's* SVID, checks that the server is
+/// that node (its SPIFFE ID), asks `CONNECT` for the original destination, and relays.
+/// The client's bytes wait (no read) until the tunnel is open.
+enum TunnelOutbound {
+    static func configure(_ channel: any Channel, core: ProxyCore, tunnel t: ProxyTunnelConfig, peer: TunnelPeer,
+                          client: PeerAddress, destination: PeerAddress) throws {
+        guard let workload = t.workloads.first(where: { $0.ip == client.ip }) else {
+            core.logger.info("tunnelled connection from an address that is no endpoint of this node refused",
+                             metadata: ["source": "\(client)", "destination": "\(destination)"])
+            throw ChannelError.inappropriateOperationForState
+        }
+        guard let node = try? SocketAddress(ipAddress: peer.nodeIP.description, port: Int(t.port)) else {
+            throw ChannelError.inappropriateOperationForState
+        }
+        try channel.syncOptions?.setOption(.autoRead, value: false)
+        try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
+        let service = core.tunnels
+        let sslContext = try service.tls.clientContext(t, workload: workload)
+        let roots = try service.tls.roots(t)
+        let expected = ProxyTunnelConfig.nodeSPIFFEID(trustDomain: t.trustDomain, node: peer.nodeName)
+        let (mine, theirs) = TunnelRelay.pair(countingA: { core.metrics.tunnelBytes(.outbound, $0) },
+                                              countingB: { core.metrics.tunnelBytes(.outbound, $0) })
+        let mineBound = NIOLoopBound(mine, eventLoop: channel.eventLoop)
+        let theirsBound = NIOLoopBound(theirs, eventLoop: channel.eventLoop)
+        let check = NIOLockedValueBox(TunnelTLS.PeerCheck())
+        let opener = TunnelOpener(core: core, client: channel, source: client, destination: destination, expected: expected,
+                                  check: check, clientRelay: mineBound, tunnelRelay: theirsBound)
+        let openerBound = NIOLoopBound(opener, eventLoop: channel.eventLoop)
+        let connected = UpstreamConnector.connectRaw(to: node, from: .proxy, timeout: .seconds(5), on: channel.eventLoop) { tunnel in
+            let sync = tunnel.pipeline.syncOperations
+            try sync.addHandler(try NIOSSLClientHandler(
+                context: sslContext, serverHostname: nil,
+                customVerificationCallback: TunnelTLS.verifier(roots: roots, trustDomain: t.trustDomain, expected: expected, result: check)))
+            try sync.addHandler(openerBound.value)
+        }
+        connected.whenFailure { error in
+            core.metrics.tunnelHandshake(.outbound, ok: false)
+            core.logger.info("cannot reach the destination's node for an mTLS tunnel",
+                             metadata: ["node": "\(peer.nodeName)", "address": "\(node)", "error": "\(error)"])
+            channel.close(promise: nil)
+        }
+        connected.whenSuccess { tunnel in
+            // Whichever side goes first, the other follows until the relay takes over.
+            channel.closeFuture.whenComplete { _ in if !openerBound.value.isRelaying { tunnel.close(promise: nil) } }
+        }
+    }
+}
+
+/// On the tunnel's channel, after TLS: sends the CONNECT, reads the answer's head, then
+/// joins the client connection and the tunnel.
+final class TunnelOpener: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let core: ProxyCore
+    private let client: any Channel
+    private let source: PeerAddress
+    private let destination: PeerAddress
+    private let expected: String
+    private let check: NIOLockedValueBox<TunnelTLS.PeerCheck>
+    private let clientRelay: NIOLoopBound<TunnelRelay>
+    private let tunnelRelay: NIOLoopBound<TunnelRelay>
+    private let started = ContinuousClock.now
+    private var handshaken = false
+    private var head = ByteBuffer()
+    private(set) var isRelaying = false
+    /// The answer's head is read by hand, bounded: NIO's HTTPResponseDecoder would take a
+    /// 200 to CONNECT without a length for a body running until the connection closes.
+    static let maxHead = 1024
+
+    init(core: ProxyCore, client: any Channel, source: PeerAddress, destination: PeerAddress, expected: String,
+         check: NIOLockedValueBox<TunnelTLS.PeerCheck>, clientRelay: NIOLoopBound<TunnelRelay>, tunnelRelay: NIOLoopBound<TunnelRelay>) {
+        self.core = core
+        self.client = client
+        self.source = source
+        self.destination = destination
+        self.expected = expected
+        self.check = check
+        self.clientRelay = clientRelay
+        self.tunnelRelay = tunnelRelay
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event, !handshaken {
+            handshaken = true
+            core.metrics.tunnelHandshake(.outbound, ok: true)
+            let request = "CONNECT \(destination) HTTP/1.1\r\nHost: \(destination)\r\nSwiftMesh-Source: \(source)\r\n\r\n"
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: request)), promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !handshaken {
+            let reason = check.withLockedValue { $0.refusal } ?? TunnelTLS.classify(error)
+            core.metrics.tunnelHandshake(.outbound, ok: false)
+            core.logger.info("mTLS tunnel handshake failed", metadata: [
+                "destination": "\(destination)", "expected": "\(expected)", "reason": "\(reason.rawValue)", "error": "\(error)"])
+            core.reportTunnel(.outbound, source: source, destination: destination, peer: nil, status: 502, rule: nil,
+                              error: reason.rawValue, started: started)
+        }
+        context.close(promise: nil)
+        client.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !isRelaying { client.close(promise: nil) }
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if isRelaying { return context.fireChannelRead(data) }
+        var bytes = unwrapInboundIn(data)
+        head.writeBuffer(&bytes)
+        let view = head.readableBytesView
+        guard let end = view.firstRange(of: Array("\r\n\r\n".utf8)) else {
+            if head.readableBytes > Self.maxHead { fail(context: context, "the answer to CONNECT has no end within \(Self.maxHead) bytes") }
+            return
+        }
+        let text = String(decoding: view[view.startIndex..<end.lowerBound], as: UTF8.self)
+        let lines = text.split(separator: "\r\n")
+        let statusLine: [Substring] = lines.first?.split(separator: " ") ?? []
+        let status: Int = statusLine.count >= 2 ? Int(statusLine[1]) ?? 0 : 0
+        guard status == 200 else {
+            let reason = lines.first { $0.lowercased().hasPrefix("swiftmesh-reason:") }
+                .map { $0.dropFirst("swiftmesh-reason:".count).trimmingCharacters(in: .whitespaces) } ?? "status \(status)"
+            core.reportTunnel(.outbound, source: source, destination: destination, peer: expected, status: status, rule: nil,
+                              error: reason, started: started)
+            return fail(context: context, "the destination's node refused: \(reason)")
+        }
+        let rest = head.getSlice(at: end.upperBound, length: view.endIndex - end.upperBound) ?? ByteBuffer()
+        isRelaying = true
+        core.metrics.tunnelOpened(1)
+        context.channel.closeFuture.whenComplete { [core] _ in core.metrics.tunnelOpened(-1) }
+        core.reportTunnel(.outbound, source: source, destination: destination, peer: expected, status: 200, rule: nil, error: nil,
+                          started: started)
+        do {
+            try context.pipeline.syncOperations.addHandler(tunnelRelay.value, position: .after(context.handler))
+            try client.pipeline.syncOperations.addHandler(clientRelay.value)
+        } catch {
+            return fail(context: context, "cannot join the connections: \(error)")
+        }
+        if rest.readableBytes > 0 {
+            context.fireChannelRead(wrapInboundOut(rest))
+            context.fireChannelReadComplete()
+        }
+        client.setOption(.autoRead, value: true).whenFailure { [client] _ in client.close(promise: nil) }
+        if !client.isActive { context.close(promise: nil) }
+    }
+
+    private func fail(context: ChannelHandlerContext, _ why: String) {
+        core.logger.info("tunnelled connection not opened", metadata: ["destination": "\(destination)", "why": "\(why)"])
+        client.close(promise: nil)
+        context.close(promise: nil)
+    }
+}

@@ -101,12 +101,13 @@ final class ClusterTests: XCTestCase {
         }
     }
 
-    /// Nodes A (web, intruder) and B (db, cache), each knowing the other's endpoints.
+    /// Nodes A (web, with service account web; intruder) and B (db, cache), each knowing
+    /// the other's endpoints.
     func webAndDBNodes() throws -> (a: TestNode, b: TestNode) {
         fabric = try ClusterFabric()
         let a = try fabric.addNode(podCIDR: "10.201.1.0/28")
         let b = try fabric.addNode(podCIDR: "10.201.2.0/28")
-        try a.ctlOK("endpoint", "create", "web", "--labels", "app=web")
+        try a.ctlOK("endpoint", "create", "web", "--labels", "app=web", "--service-account", "web")
         try a.ctlOK("endpoint", "create", "intruder", "--labels", "app=intruder")
         try b.ctlOK("endpoint", "create", "db", "--labels", "app=db")
         try b.ctlOK("endpoint", "create", "cache", "--labels", "app=cache")

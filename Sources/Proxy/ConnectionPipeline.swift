@@ -26,6 +26,12 @@ enum ConnectionPipeline {
            let peer = t.peers.first(where: { $0.ip == to.ip && $0.tunnel }) {
             return try TunnelOutbound.configure(channel, core: core, tunnel: t, peer: peer, client: from, destination: to)
         }
+        try configureHTTP(channel, core: core, client: client, destination: destination)
+    }
+
+    /// The sniffer, then HTTP/1.1 or HTTP/2 handlers for a connection from `client` to
+    /// `destination` (also a tunnelled connection whose destination has HTTP rules).
+    static func configureHTTP(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress) throws {
         let http1 = { () throws in try configureHTTP1(channel, core: core, client: client, destination: destination) }
         let http2 = { () throws in try configureHTTP2(channel, core: core, client: client, destination: destination) }
         try channel.pipeline.syncOperations.addHandler(ProtocolSniffer(timeout: core.settings.headerTimeout) { proto, _ in

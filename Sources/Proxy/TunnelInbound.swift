@@ -75,12 +75,10 @@ final class TunnelService: Sendable {
             context: try tls.serverContext(t),
             customVerificationCallback: TunnelTLS.verifier(roots: try tls.roots(t), trustDomain: t.trustDomain, expected: nil,
                                                            result: check))
-        let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes))
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(TLSRecordSniffer(core: core))
         try sync.addHandler(ssl)
-        try sync.addHandler(decoder)
-        try sync.addHandler(TunnelAcceptHandler(core: core, check: check, decoder: decoder))
+        try sync.addHandler(TunnelAcceptHandler(core: core, check: check))
     }
 }
 
@@ -167,21 +165,27 @@ final class TLSRecordSniffer: ChannelInboundHandler, RemovableChannelHandler {
 }
 
 /// After the handshake: reads the CONNECT, decides, connects upstream, then relays.
+///
+/// The head is read by hand, bounded (TunnelHead): NIO's HTTP decoder takes CONNECT for an
+/// upgrade and hands on raw bytes only once removed, so HTTP parts and tunnel bytes would
+/// share this handler's input; three short lines need no parser of their own.
 final class TunnelAcceptHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
     private let core: ProxyCore
     private let check: NIOLockedValueBox<TunnelTLS.PeerCheck>
-    private let decoder: ByteToMessageHandler<HTTPRequestDecoder>
     private let started = ContinuousClock.now
     private enum State { case handshaking, waitingHead, connecting, relaying, done }
     private var state = State.handshaking
+    private var head = TunnelHead(limit: 4096)
+    /// Bytes that came after the head, before the relay was in place.
+    private var early = ByteBuffer()
+    static let maxEarly = 64 * 1024
 
-    init(core: ProxyCore, check: NIOLockedValueBox<TunnelTLS.PeerCheck>, decoder: ByteToMessageHandler<HTTPRequestDecoder>) {
+    init(core: ProxyCore, check: NIOLockedValueBox<TunnelTLS.PeerCheck>) {
         self.core = core
         self.check = check
-        self.decoder = decoder
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -212,24 +216,47 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
             core.metrics.tunnelRefused(reason)
             core.logger.info("mTLS tunnel handshake refused", metadata: [
                 "client": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "reason": "\(reason.rawValue)"])
-        } else if state == .waitingHead {
-            core.metrics.tunnelRefused(.badRequest)
         }
         context.close(promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
         switch state {
         case .relaying:
-            // Bytes the decoder held after the head, handed on when it was removed.
             context.fireChannelRead(data)
+        case .connecting:
+            // A peer that does not wait for the answer may send a little ahead, not more.
+            early.writeBuffer(&bytes)
+            if early.readableBytes > Self.maxEarly {
+                core.metrics.tunnelRefused(.badRequest)
+                state = .done
+                context.close(promise: nil)
+            }
         case .waitingHead:
-            guard case .head(let head) = unwrapInboundIn(data) else { return }
-            state = .connecting
-            decide(head, context: context)
-        case .handshaking, .connecting, .done:
+            switch head.add(&bytes) {
+            case .more:
+                break
+            case .tooLong:
+                refuse(.badRequest, status: .badRequest, context: context, source: nil, destination: nil,
+                       peer: check.withLockedValue { $0.spiffeID })
+            case .complete(let lines, var rest):
+                state = .connecting
+                early.writeBuffer(&rest)
+                decide(lines, context: context)
+            }
+        case .handshaking, .done:
             break
         }
+    }
+
+    /// Hands on the bytes that came early, now that something after this handler takes them.
+    private func flushEarly(context: ChannelHandlerContext) {
+        guard early.readableBytes > 0 else { return }
+        let bytes = early
+        early = ByteBuffer()
+        context.fireChannelRead(wrapInboundOut(bytes))
+        context.fireChannelReadComplete()
     }
 
     private func refuse(_ reason: TunnelRefusal, status: HTTPResponseStatus, context: ChannelHandlerContext,
@@ -248,14 +275,15 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
-    private func decide(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+    private func decide(_ lines: [Substring], context: ChannelHandlerContext) {
         let peer = check.withLockedValue { $0.spiffeID }
         guard let t = core.policy.index.config.tunnel, let peer else {
             return refuse(.badIdentity, status: .forbidden, context: context, source: nil, destination: nil, peer: peer)
         }
-        let destination = PeerAddress(text: head.uri)
-        let source = head.headers.first(name: "SwiftMesh-Source").flatMap { PeerAddress(text: $0) }
-        guard head.method == .CONNECT, let destination, let source,
+        let request = lines.first?.split(separator: " ", omittingEmptySubsequences: false) ?? []
+        let destination = request.count == 3 ? PeerAddress(text: String(request[1])) : nil
+        let source = TunnelHead.header("swiftmesh-source", in: lines).flatMap { PeerAddress(text: $0) }
+        guard request.count == 3, request[0] == "CONNECT", request[2] == "HTTP/1.1", let destination, let source,
               t.workloads.contains(where: { $0.ip == destination.ip }) else {
             return refuse(.badRequest, status: .badRequest, context: context, source: source, destination: destination, peer: peer)
         }
@@ -272,6 +300,22 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
             return refuse(.identityNotAllowed, status: .forbidden, context: context, source: source, destination: destination, peer: peer)
         }
         let downstream = context.channel
+        // A destination with HTTP rules on its ingress: the tunnel's bytes go through the
+        // proxy's HTTP handling as if the source had connected here, so that those rules
+        // judge each request (and its upstream leaves from the source's address).
+        if core.policy.index.config.l7.contains(where: { $0.endpoint == destination.ip && $0.direction == .ingress }) {
+            state = .relaying
+            core.reportTunnel(.inbound, source: source, destination: destination, peer: peer, status: 200,
+                              rule: allowedBy.map { ($0.ruleID, $0.rule) }, error: nil, started: started)
+            context.writeAndFlush(wrapInboundOut(ByteBuffer(string: "HTTP/1.1 200 OK\r\n\r\n")), promise: nil)
+            do {
+                try ConnectionPipeline.configureHTTP(downstream, core: core, client: source.socketAddress, destination: destination.socketAddress)
+                flushEarly(context: context)
+            } catch {
+                downstream.close(promise: nil)
+            }
+            return
+        }
         let (mine, theirs) = TunnelRelay.pair(countingA: { [core] in core.metrics.tunnelBytes(.inbound, $0) },
                                               countingB: { [core] in core.metrics.tunnelBytes(.inbound, $0) })
         let theirsBound = NIOLoopBound(theirs, eventLoop: context.eventLoop)
@@ -293,7 +337,7 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
                 context.writeAndFlush(handler.wrapInboundOut(ByteBuffer(string: "HTTP/1.1 200 OK\r\n\r\n")), promise: nil)
                 do {
                     try context.pipeline.syncOperations.addHandler(mine, position: .after(context.handler))
-                    context.pipeline.syncOperations.removeHandler(handler.decoder, promise: nil)
+                    handler.flushEarly(context: context)
                 } catch {
                     downstream.close(promise: nil)
                     up.close(promise: nil)
@@ -310,5 +354,39 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
                 context.close(promise: nil)
             }
         }
+    }
+}
+
+/// The head of a tunnel's CONNECT or of its answer, read by hand and bounded: lines up to
+/// the empty one, and the bytes after it.
+struct TunnelHead {
+    let limit: Int
+    private var buffer = ByteBuffer()
+
+    init(limit: Int) { self.limit = limit }
+
+    enum Progress {
+        case more
+        case tooLong
+        case complete(lines: [Substring], rest: ByteBuffer)
+    }
+
+    mutating func add(_ bytes: inout ByteBuffer) -> Progress {
+        buffer.writeBuffer(&bytes)
+        let view = buffer.readableBytesView
+        guard let end = view.firstRange(of: [13, 10, 13, 10]) else { return buffer.readableBytes > limit ? .tooLong : .more }
+        guard end.lowerBound - view.startIndex <= limit else { return .tooLong }
+        let text = String(decoding: view[view.startIndex..<end.lowerBound], as: UTF8.self)
+        let rest = buffer.getSlice(at: end.upperBound, length: view.endIndex - end.upperBound) ?? ByteBuffer()
+        return .complete(lines: text.split(separator: "\r\n", omittingEmptySubsequences: false), rest: rest)
+    }
+
+    /// A header's value (names compare without case), trimmed.
+    static func header(_ name: String, in lines: [Substring]) -> String? {
+        for line in lines.dropFirst() {
+            guard let colon = line.firstIndex(of: ":"), line[..<colon].lowercased() == name else { continue }
+            return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
+        return nil
     }
 }

@@ -72,11 +72,10 @@ final class TunnelOpener: ChannelInboundHandler {
     private let tunnelRelay: NIOLoopBound<TunnelRelay>
     private let started = ContinuousClock.now
     private var handshaken = false
-    private var head = ByteBuffer()
+    private var head = TunnelHead(limit: 1024)
     private(set) var isRelaying = false
-    /// The answer's head is read by hand, bounded: NIO's HTTPResponseDecoder would take a
-    /// 200 to CONNECT without a length for a body running until the connection closes.
-    static let maxHead = 1024
+    // The answer's head is read by hand, bounded (TunnelHead): NIO's HTTPResponseDecoder
+    // would take a 200 to CONNECT without a length for a body running until the close.
 
     init(core: ProxyCore, client: any Channel, source: PeerAddress, destination: PeerAddress, expected: String,
          check: NIOLockedValueBox<TunnelTLS.PeerCheck>, clientRelay: NIOLoopBound<TunnelRelay>, tunnelRelay: NIOLoopBound<TunnelRelay>) {
@@ -121,24 +120,20 @@ final class TunnelOpener: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if isRelaying { return context.fireChannelRead(data) }
         var bytes = unwrapInboundIn(data)
-        head.writeBuffer(&bytes)
-        let view = head.readableBytesView
-        guard let end = view.firstRange(of: Array("\r\n\r\n".utf8)) else {
-            if head.readableBytes > Self.maxHead { fail(context: context, "the answer to CONNECT has no end within \(Self.maxHead) bytes") }
-            return
+        let lines: [Substring], rest: ByteBuffer
+        switch head.add(&bytes) {
+        case .more: return
+        case .tooLong: return fail(context: context, "the answer to CONNECT has no end within \(head.limit) bytes")
+        case .complete(let l, let r): (lines, rest) = (l, r)
         }
-        let text = String(decoding: view[view.startIndex..<end.lowerBound], as: UTF8.self)
-        let lines = text.split(separator: "\r\n")
         let statusLine: [Substring] = lines.first?.split(separator: " ") ?? []
         let status: Int = statusLine.count >= 2 ? Int(statusLine[1]) ?? 0 : 0
         guard status == 200 else {
-            let reason = lines.first { $0.lowercased().hasPrefix("swiftmesh-reason:") }
-                .map { $0.dropFirst("swiftmesh-reason:".count).trimmingCharacters(in: .whitespaces) } ?? "status \(status)"
+            let reason = TunnelHead.header("swiftmesh-reason", in: lines) ?? "status \(status)"
             core.reportTunnel(.outbound, source: source, destination: destination, peer: expected, status: status, rule: nil,
                               error: reason, started: started)
             return fail(context: context, "the destination's node refused: \(reason)")
         }
-        let rest = head.getSlice(at: end.upperBound, length: view.endIndex - end.upperBound) ?? ByteBuffer()
         isRelaying = true
         core.metrics.tunnelOpened(1)
         context.channel.closeFuture.whenComplete { [core] _ in core.metrics.tunnelOpened(-1) }

@@ -231,4 +231,35 @@ extension ClusterTests {
         XCTAssertGreaterThanOrEqual(try refusals("identity_mismatch"), 1)
         XCTAssertGreaterThanOrEqual(try refusals("identity_not_allowed"), 1)
     }
+
+    // HTTP rules of the receiving endpoint still judge every request that came through the
+    // tunnel: the receiving proxy hands the tunnel's bytes to its HTTP handling.
+    func testHTTPRulesOfTheDestinationJudgeTunnelledRequests() throws {
+        let (a, b) = try webAndDBNodes()
+        try b.apply("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: db-api}
+        spec:
+          endpointSelector: {matchLabels: {app: db}}
+          ingress:
+          - fromEndpoints: [{matchLabels: {app: web}}]
+            authentication: {mode: required}
+            toPorts:
+            - ports: [{port: "80", protocol: TCP}]
+              rules: {http: [{method: GET, path: "/public.*"}]}
+        """)
+        servers.append(try Traffic(node: b).start(in: "db", ["http-server", "--port", "80", "--name", "db"], waitReady: true))
+        let db = try ip(b, "db")
+        try a.waitFor("db marked as reached through the tunnel on node A") {
+            try a.ctlOK("bpf", "ipcache", "list").split(separator: "\n").contains { $0.contains(db + "/32") && $0.contains("mtls-tunnel") }
+        }
+        func get(_ path: String) throws -> [Int] {
+            let r = try Traffic(node: a).run(in: "web", ["http-client", "--url", "http://\(db)\(path)", "--timeout", "3"])
+            return r["statuses"] as? [Int] ?? []
+        }
+        try a.waitFor("an allowed request through the tunnel", timeout: 20) { try get("/public/x") == [200] }
+        XCTAssertEqual(try get("/secret"), [403], "the destination's HTTP rule refuses what it does not allow")
+        XCTAssertGreaterThanOrEqual(try b.metric("mesh_mtls_handshakes_total", ["direction": "inbound", "result": "ok"]) ?? 0, 2)
+    }
 }

@@ -53,7 +53,7 @@ def down():
     shutil.rmtree(RUN, ignore_errors=True)
 
 
-def up(bin_dir, lease_ttl):
+def up(bin_dir, lease_ttl, extra=("--proxy", "off")):
     down()
     os.makedirs(RUN)
     sh("ip", "netns", "add", FABRIC)
@@ -79,7 +79,7 @@ def up(bin_dir, lease_ttl):
         p = subprocess.Popen(["nsenter", f"--net=/run/netns/{node}", f"{bin_dir}/meshd", "--node-name", node,
                               "--state-dir", f"{RUN}/{node}/state", "--api-socket", sock_path(node), "--pod-cidr", POD_CIDRS[k - 1],
                               "--cluster", f"etcd://{ETCD_IP}:2379", "--node-ip", f"10.98.0.{k}", "--cluster-lease-ttl", str(lease_ttl),
-                              "--dns", "off", "--proxy", "off", "--log-level", "warning"],
+                              "--dns", "off", "--log-level", "warning", *extra],
                              stdout=open(f"{RUN}/{node}/meshd.log", "w"), stderr=subprocess.STDOUT)
         procs.append(p)
         wait(lambda: ok_status(node), f"meshd on {node}")

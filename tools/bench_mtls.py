@@ -65,7 +65,8 @@ spec:
   endpointSelector: {matchLabels: {app: db}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: web}}]
-%s    toPorts: [{ports: [{port: "5201", protocol: TCP}, {port: "5432", protocol: TCP}, {port: "16432", protocol: TCP}]}]
+%s    toPorts: [{ports: [{port: "5201", protocol: TCP}, {port: "5432", protocol: TCP}, {port: "16432", protocol: TCP},
+                        {port: "16201", protocol: TCP}]}]
 """
 
 
@@ -170,8 +171,6 @@ def main():
         for ns, cfg in ((db_ns, "server"), (web_ns, "client"), (db_ns, "server-iperf"), (web_ns, "client-iperf")):
             procs.append(subprocess.Popen(["ip", "netns", "exec", ns, "taskset", "-c", str(a.tls_cpu), "haproxy", "-db", "-f", f"{d}/{cfg}.cfg"],
                                           stdout=open(f"{d}/{cfg}.log", "w"), stderr=subprocess.STDOUT))
-        call(b_node, "POST", "/v1/apply", {"yaml": (POLICY % "").replace('{port: "5432", protocol: TCP}', '{port: "5432", protocol: TCP}, {port: "16201", protocol: TCP}'),
-                                           "source": "bench", "dryRun": False})
         time.sleep(1)
         results["haproxy"] = measure(web_ns, "127.0.0.1", 15432, a.seconds, a.client_cpu, iperf_port=15201)
 

@@ -98,6 +98,20 @@ final class ProxyMetrics: Sendable {
 
     private let routedCounters = NIOLockedValueBox<[RoutedKey: Counter]>([:])
 
+    /// Series made once and kept, by name and labels: the registry validates both on every
+    /// make, which has no place on a connection's data path.
+    private let keptCounters = NIOLockedValueBox<[String: Counter]>([:])
+
+    func keptCounter(_ name: String, _ help: String, labels: [(String, String)]) -> Counter {
+        let key = ([name] + labels.map { "\($0.0)=\($0.1)" }).joined(separator: ",")
+        return keptCounters.withLockedValue { table in
+            if let counter = table[key] { return counter }
+            let made = registry.makeCounter(descriptor: Self.name(name, help), labels: labels)
+            table[key] = made
+            return made
+        }
+    }
+
     /// Counts `event` for the frontend Service `service` (`namespace/name`, from the
     /// configuration, so the series are as many as the routed Services).
     func routed(_ event: RoutedEvent, service: String) {

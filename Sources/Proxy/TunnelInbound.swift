@@ -7,6 +7,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import NIOTLS
+import Prometheus
 
 /// The receiving end of the mTLS tunnels: a TLS listener on the tunnel port (15008) of
 /// every node, started when meshd's configuration has a tunnel section. Each connection
@@ -86,21 +87,20 @@ extension ProxyMetrics {
     enum TunnelDirection: String { case inbound, outbound }
 
     func tunnelHandshake(_ direction: TunnelDirection, ok: Bool) {
-        registry.makeCounter(descriptor: .init(metricName: "mesh_mtls_handshakes_total", unitName: "",
-                                               helpText: "mTLS tunnel handshakes, by end and outcome (refused: see mesh_mtls_refusals_total)."),
-                             labels: [("direction", direction.rawValue), ("result", ok ? "ok" : "refused")]).increment()
+        keptCounter("mesh_mtls_handshakes_total", "mTLS tunnel handshakes, by end and outcome (refused: see mesh_mtls_refusals_total).",
+                    labels: [("direction", direction.rawValue), ("result", ok ? "ok" : "refused")]).increment()
     }
 
     func tunnelRefused(_ reason: TunnelRefusal) {
-        registry.makeCounter(descriptor: .init(metricName: "mesh_mtls_refusals_total", unitName: "",
-                                               helpText: "Tunnelled connections refused, by reason."),
-                             labels: [("reason", reason.rawValue)]).increment()
+        keptCounter("mesh_mtls_refusals_total", "Tunnelled connections refused, by reason.",
+                    labels: [("reason", reason.rawValue)]).increment()
     }
 
-    func tunnelBytes(_ direction: TunnelDirection, _ n: Int) {
-        registry.makeCounter(descriptor: .init(metricName: "mesh_mtls_bytes_total", unitName: "",
-                                               helpText: "Application bytes carried through mTLS tunnels, by the end that counted them."),
-                             labels: [("direction", direction.rawValue)]).increment(by: Int64(n))
+    /// The counter of application bytes through tunnels at one end: the relays of a
+    /// connection take it once and add to it on every read.
+    func tunnelBytes(_ direction: TunnelDirection) -> Counter {
+        keptCounter("mesh_mtls_bytes_total", "Application bytes carried through mTLS tunnels, by the end that counted them.",
+                    labels: [("direction", direction.rawValue)])
     }
 
     func tunnelOpened(_ delta: Int) {
@@ -316,8 +316,9 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
             }
             return
         }
-        let (mine, theirs) = TunnelRelay.pair(countingA: { [core] in core.metrics.tunnelBytes(.inbound, $0) },
-                                              countingB: { [core] in core.metrics.tunnelBytes(.inbound, $0) })
+        let bytes = core.metrics.tunnelBytes(.inbound)
+        let (mine, theirs) = TunnelRelay.pair(countingA: { bytes.increment(by: Int64($0)) },
+                                              countingB: { bytes.increment(by: Int64($0)) })
         let theirsBound = NIOLoopBound(theirs, eventLoop: context.eventLoop)
         let connected = UpstreamConnector.connectRaw(
             to: destination.socketAddress, from: .clientAddress(source.socketAddress), timeout: .seconds(5), on: context.eventLoop) { channel in

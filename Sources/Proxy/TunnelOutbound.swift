@@ -27,8 +27,9 @@ enum TunnelOutbound {
         let sslContext = try service.tls.clientContext(t, workload: workload)
         let roots = try service.tls.roots(t)
         let expected = ProxyTunnelConfig.nodeSPIFFEID(trustDomain: t.trustDomain, node: peer.nodeName)
-        let (mine, theirs) = TunnelRelay.pair(countingA: { core.metrics.tunnelBytes(.outbound, $0) },
-                                              countingB: { core.metrics.tunnelBytes(.outbound, $0) })
+        let bytes = core.metrics.tunnelBytes(.outbound)
+        let (mine, theirs) = TunnelRelay.pair(countingA: { bytes.increment(by: Int64($0)) },
+                                              countingB: { bytes.increment(by: Int64($0)) })
         let mineBound = NIOLoopBound(mine, eventLoop: channel.eventLoop)
         let theirsBound = NIOLoopBound(theirs, eventLoop: channel.eventLoop)
         let check = NIOLockedValueBox(TunnelTLS.PeerCheck())

@@ -1,22 +1,40 @@
 /// A Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`) bound to Services, as the
 /// GAMMA initiative defines routing inside a mesh: a parent that is a Service means "every
 /// request to this Service's address goes through these rules", and its `backendRefs`
-/// name the Services (usually subsets: `web-v1`, `web-v2`) that serve the request.
+/// name the Services (usually subsets: `web-v1`, `web-v2`) that serve the request. A parent
+/// that is a Gateway puts the same rules on the Gateway's HTTP and HTTPS listeners, for
+/// clients outside the mesh.
 public struct HTTPRoute: Codable, Sendable, Equatable {
     public var name: String
     public var namespace: String
     public var parents: [ParentRef]
+    public var gatewayParents: [GatewayParentRef]
     public var hostnames: [String]
     public var rules: [Rule]
 
     public var key: String { "\(namespace)/\(name)" }
 
-    public init(name: String, namespace: String, parents: [ParentRef], hostnames: [String] = [], rules: [Rule]) {
+    public init(name: String, namespace: String, parents: [ParentRef], gatewayParents: [GatewayParentRef] = [],
+                hostnames: [String] = [], rules: [Rule]) {
         self.name = name
         self.namespace = namespace
         self.parents = parents
+        self.gatewayParents = gatewayParents
         self.hostnames = hostnames
         self.rules = rules
+    }
+
+    enum CodingKeys: String, CodingKey { case name, namespace, parents, gatewayParents, hostnames, rules }
+
+    /// Routes stored before Gateway parents existed have no `gatewayParents`.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        namespace = try c.decode(String.self, forKey: .namespace)
+        parents = try c.decode([ParentRef].self, forKey: .parents)
+        gatewayParents = try c.decodeIfPresent([GatewayParentRef].self, forKey: .gatewayParents) ?? []
+        hostnames = try c.decode([String].self, forKey: .hostnames)
+        rules = try c.decode([Rule].self, forKey: .rules)
     }
 
     /// `parentRefs[]` of kind Service: the Service (in `namespace`, else the route's) and

@@ -19,27 +19,25 @@ enum HTTPRouteReader {
     static func route(_ top: PolicyFields, metadata: PolicyMetadata) throws(PolicyFieldError) -> HTTPRoute {
         let spec = try top.required("spec", hint: "an HTTPRoute needs spec.parentRefs and spec.rules").fields(allowed: specFields)
         var parents: [HTTPRoute.ParentRef] = []
-        let parentNodes = try spec.required("parentRefs", hint: "name the Service the route applies to: parentRefs: [{kind: Service, name: web}]")
+        var gatewayParents: [GatewayParentRef] = []
+        let parentNodes = try spec.required("parentRefs", hint: "name the Service (mesh) or Gateway (ingress) the route applies to: parentRefs: [{kind: Service, name: web}]")
             .nonEmptyList(of: "parent")
         for node in parentNodes {
             let f = try node.fields(allowed: parentFields)
-            try serviceKind(f, what: "parentRefs",
-                            refusal: "SwiftMesh binds HTTPRoutes to Services, mesh style (GAMMA); Gateway parents are not supported yet")
+            if try GatewayReader.namesGateway(f) {
+                let parent = try GatewayReader.gatewayParent(f, namespace: metadata.namespace)
+                if gatewayParents.contains(parent) { throw node.error("this parent is already given") }
+                gatewayParents.append(parent)
+                continue
+            }
+            try serviceKind(f, what: "parentRefs", refusal: "an HTTPRoute's parent is a Service (mesh) or a Gateway (ingress)")
             if let s = f.optional("sectionName") { throw s.error("sectionName is not supported for a Service parent; use port") }
             let parent = HTTPRoute.ParentRef(name: try serviceName(f), namespace: try namespace(f, default: metadata.namespace),
                                              port: try f.optional("port")?.portNumber())
             if parents.contains(parent) { throw node.error("this parent is already given") }
             parents.append(parent)
         }
-        var hostnames: [String] = []
-        for node in try spec.optional("hostnames")?.list() ?? [] {
-            let h = try node.string().lowercased()
-            let bare = h.hasPrefix("*.") ? String(h.dropFirst(2)) : h
-            guard isDNSSubdomain(bare), bare.contains(".") || !h.hasPrefix("*.") else {
-                throw node.error("\"\(h)\" is not a hostname (a DNS name, optionally starting with \"*.\")")
-            }
-            hostnames.append(h)
-        }
+        let hostnames = try hostnames(spec)
         var rules: [HTTPRoute.Rule] = []
         let ruleNodes = try spec.optional("rules")?.list() ?? []
         guard ruleNodes.count <= maxRules else { throw try spec.required("rules").error("at most \(maxRules) rules") }
@@ -48,7 +46,21 @@ enum HTTPRouteReader {
             // The Gateway API's default: one rule that matches everything and has no backend.
             rules = [HTTPRoute.Rule(backends: [])]
         }
-        return HTTPRoute(name: metadata.name, namespace: metadata.namespace, parents: parents, hostnames: hostnames, rules: rules)
+        return HTTPRoute(name: metadata.name, namespace: metadata.namespace, parents: parents, gatewayParents: gatewayParents,
+                         hostnames: hostnames, rules: rules)
+    }
+
+    /// `spec.hostnames`, lower case.
+    static func hostnames(_ spec: PolicyFields) throws(PolicyFieldError) -> [String] {
+        var out: [String] = []
+        for node in try spec.optional("hostnames")?.list() ?? [] {
+            let h = try node.string().lowercased()
+            guard GatewayHostname.isValid(h) else {
+                throw node.error("\"\(h)\" is not a hostname (a DNS name, optionally starting with \"*.\")")
+            }
+            out.append(h)
+        }
+        return out
     }
 
     static func rule(_ node: PolicyNode, namespace routeNamespace: String) throws(PolicyFieldError) -> HTTPRoute.Rule {
@@ -60,27 +72,9 @@ enum HTTPRouteReader {
         for m in matchNodes { matches.append(try match(m)) }
         var filters: [HTTPRoute.Filter] = []
         for fn in try f.optional("filters")?.list() ?? [] { filters.append(try filter(fn)) }
-        var backends: [HTTPRoute.BackendRef] = []
         let backendNodes = try f.optional("backendRefs")?.list() ?? []
         guard backendNodes.count <= maxBackends else { throw node.error("at most \(maxBackends) backendRefs in a rule") }
-        for b in backendNodes {
-            let bf = try b.fields(allowed: backendFields)
-            try serviceKind(bf, what: "backendRefs", refusal: "a backend must be a Service")
-            if let ff = bf.optional("filters"), !(try ff.list()).isEmpty {
-                throw ff.error("filters on a backendRef are not supported; put them on the rule")
-            }
-            guard let portNode = bf.optional("port") else {
-                throw b.error("missing required field \"port\"", hint: "a Service backend needs the Service's port, e.g. port: 80")
-            }
-            var weight: UInt32 = 1
-            if let w = bf.optional("weight") {
-                guard case .int(let n) = w.tree else { throw w.typeError(expected: "a whole number") }
-                guard (0...maxWeight).contains(n) else { throw w.error("\(n) is not a weight (0-\(maxWeight))") }
-                weight = UInt32(n)
-            }
-            backends.append(HTTPRoute.BackendRef(name: try serviceName(bf), namespace: try namespace(bf, default: routeNamespace),
-                                                 port: try portNode.portNumber(), weight: weight))
-        }
+        let backends = try backendRefs(backendNodes, routeNamespace: routeNamespace)
         var timeouts: HTTPRoute.Timeouts?
         if let t = f.optional("timeouts") {
             let tf = try t.fields(allowed: ["request", "backendRequest"])
@@ -111,6 +105,31 @@ enum HTTPRouteReader {
             retry = HTTPRoute.Retry(attempts: attempts, backoffSeconds: backoff, codes: codes.isEmpty ? HTTPRoute.Retry.defaultCodes : codes)
         }
         return HTTPRoute.Rule(matches: matches, filters: filters, backends: backends, timeouts: timeouts, retry: retry)
+    }
+
+    /// `backendRefs[]`: Services with a port and a weight.
+    static func backendRefs(_ nodes: [PolicyNode], routeNamespace: String) throws(PolicyFieldError) -> [HTTPRoute.BackendRef] {
+        guard nodes.count <= maxBackends else { throw nodes[maxBackends].error("at most \(maxBackends) backendRefs") }
+        var backends: [HTTPRoute.BackendRef] = []
+        for b in nodes {
+            let bf = try b.fields(allowed: backendFields)
+            try serviceKind(bf, what: "backendRefs", refusal: "a backend must be a Service")
+            if let ff = bf.optional("filters"), !(try ff.list()).isEmpty {
+                throw ff.error("filters on a backendRef are not supported; put them on the rule")
+            }
+            guard let portNode = bf.optional("port") else {
+                throw b.error("missing required field \"port\"", hint: "a Service backend needs the Service's port, e.g. port: 80")
+            }
+            var weight: UInt32 = 1
+            if let w = bf.optional("weight") {
+                guard case .int(let n) = w.tree else { throw w.typeError(expected: "a whole number") }
+                guard (0...maxWeight).contains(n) else { throw w.error("\(n) is not a weight (0-\(maxWeight))") }
+                weight = UInt32(n)
+            }
+            backends.append(HTTPRoute.BackendRef(name: try serviceName(bf), namespace: try namespace(bf, default: routeNamespace),
+                                                 port: try portNode.portNumber(), weight: weight))
+        }
+        return backends
     }
 
     static func match(_ node: PolicyNode) throws(PolicyFieldError) -> HTTPRoute.Match {

@@ -139,10 +139,12 @@ public struct ProxyConfig: Codable, Sendable, Equatable {
     public var resilience: ProxyResilience
     /// Mutual TLS between nodes; nil when this node is not in a cluster.
     public var tunnel: ProxyTunnelConfig?
+    /// The ingress gateway's ports (Gateway listeners).
+    public var gateways: [ProxyGatewayPort]
 
     public init(generation: UInt64, endpoints: [ProxyEndpoint], ipcache: [ProxyIPCacheEntry], l7: [L7EndpointPolicy],
                 ruleNames: [UInt32: String], routes: [ProxyRoute] = [], resilience: ProxyResilience = .default,
-                tunnel: ProxyTunnelConfig? = nil) {
+                tunnel: ProxyTunnelConfig? = nil, gateways: [ProxyGatewayPort] = []) {
         self.generation = generation
         self.endpoints = endpoints
         self.ipcache = ipcache
@@ -151,6 +153,7 @@ public struct ProxyConfig: Codable, Sendable, Equatable {
         self.routes = routes
         self.resilience = resilience
         self.tunnel = tunnel
+        self.gateways = gateways
     }
 
     public static let empty = ProxyConfig(generation: 0, endpoints: [], ipcache: [], l7: [], ruleNames: [:])
@@ -259,6 +262,12 @@ public final class L7PolicyIndex: Sendable {
     public var generation: UInt64 { config.generation }
 
     public func endpoint(_ ip: IPv4Address) -> ProxyEndpoint? { endpointsByIP[ip] }
+
+    /// One of the node's own addresses (a host /32 of the ipcache): where the proxy's
+    /// connections that are not on an endpoint's behalf come from.
+    public var hostAddress: IPv4Address? {
+        ipcache.first { $0.identity == PolicyCompiler.hostIdentity && $0.prefix.prefixLength == 32 }?.prefix.network
+    }
 
     /// The identity of an address, as the datapath's ipcache gives it: an endpoint's, else
     /// the longest matching prefix's, else the world's.

@@ -16,14 +16,19 @@ public struct Manifest: Sendable {
     public var services: [MeshService] = []
     public var namespaces: [Namespace] = []
     public var routes: [HTTPRoute] = []
+    public var gateways: [Gateway] = []
+    public var tlsRoutes: [TLSRoute] = []
     public var warnings: [String] = []
 
-    public var isEmpty: Bool { policyDocuments.isEmpty && services.isEmpty && namespaces.isEmpty && routes.isEmpty }
+    public var isEmpty: Bool { policyDocuments.isEmpty && services.isEmpty && namespaces.isEmpty && routes.isEmpty && gateways.isEmpty
+        && tlsRoutes.isEmpty }
 
     /// Every kind `meshctl apply` takes, as `Kind (apiVersion)`.
     public static var supportedKinds: [String] {
         PolicyParser.supportedKinds.map { "\($0.kind.rawValue) (\($0.apiVersion))" } + ["Service (v1)", "Namespace (v1)",
-                                                                                          "HTTPRoute (\(HTTPRouteReader.apiVersions[0]))"]
+                                                                                          "HTTPRoute (\(HTTPRouteReader.apiVersions[0]))",
+                                                                                          "Gateway (\(GatewayReader.gatewayAPIVersions[0]))",
+                                                                                          "TLSRoute (\(GatewayReader.tlsRouteAPIVersions[0]))"]
     }
 
     public static func read(documents: [PolicyTree], source: String) throws(MeshError) -> Manifest {
@@ -68,6 +73,20 @@ public struct Manifest: Sendable {
                     let metadata = try PolicyMetadata(top.required("metadata"), ignored: &ignored)
                     out.routes.append(try HTTPRouteReader.route(top, metadata: metadata))
                     documentKey = "HTTPRoute \(metadata.key)"
+                case "Gateway", "TLSRoute":
+                    let versions = kind == "Gateway" ? GatewayReader.gatewayAPIVersions : GatewayReader.tlsRouteAPIVersions
+                    guard versions.contains(apiVersion) else {
+                        throw PolicyNode(tree: .null, path: "apiVersion").error(
+                            "\"\(apiVersion)\" is not the apiVersion of \(kind); use \(versions[0])")
+                    }
+                    let top = try node.prunedFields(allowed: GatewayReader.topLevel, ignored: &ignored)
+                    let metadata = try PolicyMetadata(top.required("metadata"), ignored: &ignored)
+                    if kind == "Gateway" {
+                        out.gateways.append(try GatewayReader.gateway(top, metadata: metadata))
+                    } else {
+                        out.tlsRoutes.append(try GatewayReader.tlsRoute(top, metadata: metadata))
+                    }
+                    documentKey = "\(kind) \(metadata.key)"
                 default:
                     guard PolicyParser.supportedKinds.contains(where: { $0.kind.rawValue == kind }) else {
                         throw PolicyNode(tree: .null, path: "kind").error(

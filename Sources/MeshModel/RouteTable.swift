@@ -50,34 +50,50 @@ public enum RouteTable {
         var out: [ProxyRoute] = []
         for (k, indexes) in bound.sorted(by: { $0.key < $1.key }) {
             let (svc, port) = frontends[k]!
-            var rules: [ProxyRouteRule] = []
-            var matches: [(key: PrecedenceKey, match: ProxyRouteMatch)] = []
-            for i in indexes {
-                let route = routes[i]
-                for (r, rule) in route.rules.enumerated() {
-                    var groups: [ProxyBackendGroup] = []
-                    for b in rule.backends {
-                        let eps = backends(b.serviceKey, b.port)
-                        if eps == nil {
-                            let p = "backend Service \(b.serviceKey) port \(b.port) does not exist"
-                            if !(problems[route.key]?.contains(p) ?? false) { problems[route.key, default: []].append(p) }
-                        }
-                        groups.append(ProxyBackendGroup(service: b.serviceKey, weight: b.weight, endpoints: eps ?? []))
-                    }
-                    rules.append(ProxyRouteRule(name: "\(route.key) rules[\(r)]", filters: rule.filters, backends: groups,
-                                                timeouts: rule.timeouts, retry: rule.retry))
-                    let ruleMatches = rule.matches.isEmpty ? [HTTPRoute.Match()] : rule.matches
-                    for (m, match) in ruleMatches.enumerated() {
-                        matches.append((PrecedenceKey(match, route: i, rule: r, index: m),
-                                        ProxyRouteMatch(match: match, rule: rules.count - 1, hostnames: route.hostnames)))
-                    }
-                }
-            }
-            matches.sort { $0.key < $1.key }
-            out.append(ProxyRoute(vip: svc.clusterIP, port: port, service: svc.key, routes: indexes.map { routes[$0].key },
-                                  rules: rules, matches: matches.map(\.match)))
+            out.append(frontend(vip: svc.clusterIP, port: port, service: svc.key, bound: indexes.map { ($0, routes[$0].hostnames) },
+                                routes: routes, problems: &problems, backends: backends))
         }
         return (out, problems)
+    }
+
+    /// One routed frontend from the routes bound to it (indexes into `routes`, each with the
+    /// hostnames it answers for there): every rule with its backends resolved, every match
+    /// in precedence order.
+    static func frontend(vip: IPv4Address, port: UInt16, service: String, bound: [(index: Int, hostnames: [String])],
+                         routes: [HTTPRoute], problems: inout Problems,
+                         backends: (String, UInt16) -> [ProxyBackendEndpoint]?) -> ProxyRoute {
+        var rules: [ProxyRouteRule] = []
+        var matches: [(key: PrecedenceKey, match: ProxyRouteMatch)] = []
+        for (i, hostnames) in bound {
+            let route = routes[i]
+            for (r, rule) in route.rules.enumerated() {
+                rules.append(ProxyRouteRule(name: "\(route.key) rules[\(r)]", filters: rule.filters,
+                                            backends: groups(rule.backends, of: route.key, problems: &problems, backends: backends),
+                                            timeouts: rule.timeouts, retry: rule.retry))
+                let ruleMatches = rule.matches.isEmpty ? [HTTPRoute.Match()] : rule.matches
+                for (m, match) in ruleMatches.enumerated() {
+                    matches.append((PrecedenceKey(match, route: i, rule: r, index: m),
+                                    ProxyRouteMatch(match: match, rule: rules.count - 1, hostnames: hostnames)))
+                }
+            }
+        }
+        matches.sort { $0.key < $1.key }
+        return ProxyRoute(vip: vip, port: port, service: service, routes: bound.map { routes[$0.index].key }, rules: rules,
+                          matches: matches.map(\.match))
+    }
+
+    /// `backendRefs` resolved to ready endpoints; one that names no Service port is a problem
+    /// of `routeKey` (and a group with no endpoint, so its share of requests fails).
+    static func groups(_ refs: [HTTPRoute.BackendRef], of routeKey: String, problems: inout Problems,
+                       backends: (String, UInt16) -> [ProxyBackendEndpoint]?) -> [ProxyBackendGroup] {
+        refs.map { b in
+            let eps = backends(b.serviceKey, b.port)
+            if eps == nil {
+                let p = "backend Service \(b.serviceKey) port \(b.port) does not exist"
+                if !(problems[routeKey]?.contains(p) ?? false) { problems[routeKey, default: []].append(p) }
+            }
+            return ProxyBackendGroup(service: b.serviceKey, weight: b.weight, endpoints: eps ?? [])
+        }
     }
 
     /// The Gateway API's order among matches: an Exact path, then the longest prefix, then

@@ -50,8 +50,8 @@ final class HTTPRouteTests: XCTestCase {
 
     func testRefusalsNameTheFieldAndSayWhy() {
         let parent: PolicyTree = ["kind": "Service", "name": "web"]
-        assertMeshError(mentioning: ["spec.parentRefs[0]", "Gateway", "GAMMA"]) {
-            _ = try self.read(["parentRefs": [["name": "gw"]], "rules": []])
+        assertMeshError(mentioning: ["spec.parentRefs[0].kind", "Deployment", "Service (mesh) or a Gateway (ingress)"]) {
+            _ = try self.read(["parentRefs": [["kind": "Deployment", "name": "gw"]], "rules": []])
         }
         assertMeshError(mentioning: ["spec.rules[0].filters[0].type", "RequestMirror", "not supported"]) {
             _ = try self.read(["parentRefs": [parent], "rules": [["filters": [["type": "RequestMirror", "requestMirror": [:]]]]]])

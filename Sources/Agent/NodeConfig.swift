@@ -59,6 +59,8 @@ public struct NodeConfig: Sendable, Equatable {
     /// policy or strict: whether endpoints accept other nodes' endpoints in the clear where
     /// no rule requires authentication (policy), or only through the mTLS tunnel (strict).
     public var mtls = "policy"
+    /// The ingress Gateway's certificate files (NAMESPACE/NAME/tls.crt, tls.key).
+    public var gatewayCerts: String?
     /// Seconds an identity nothing uses any more keeps its number.
     public var identityGrace = "300"
 
@@ -90,7 +92,8 @@ public struct NodeConfig: Sendable, Equatable {
     public static let fileKeys = ["node-name", "state-dir", "bpffs", "cgroup", "pod-cidr", "api-socket", "metrics-address",
                                   "socket-redirect", "local-congestion-control", "conntrack-max", "api-group", "service-cidr", "dns",
                                   "proxy", "proxy-port", "proxy-binary", "cluster", "node-ip", "cluster-lease-ttl", "identity-grace",
-                                  "cluster-pod-cidr", "pod-cidr-size", "trust-domain", "svid-ttl", "trust-root-cert", "trust-root-key", "mtls"]
+                                  "cluster-pod-cidr", "pod-cidr-size", "trust-domain", "svid-ttl", "trust-root-cert", "trust-root-key", "mtls",
+                                  "gateway-certs"]
 
     /// Applies a YAML mapping of `fileKeys` to strings. Unknown keys are an error.
     public mutating func apply(yaml text: String, source: String) throws(MeshError) {
@@ -143,6 +146,7 @@ public struct NodeConfig: Sendable, Equatable {
         case "trust-root-cert": trustRootCert = value
         case "trust-root-key": trustRootKey = value
         case "mtls": mtls = value
+        case "gateway-certs": gatewayCerts = value
         default: break
         }
     }
@@ -184,7 +188,7 @@ public struct NodeConfig: Sendable, Equatable {
         guard parts.count == 2, IPv4Address(String(parts[0])) != nil, let port = Int(parts[1]), (1...65535).contains(port) else {
             throw .invalid("metrics address \"\(metricsAddress)\" must be IPv4:port, e.g. 127.0.0.1:9464")
         }
-        for (what, path) in [("state dir", stateDir), ("api socket", apiSocket)] where !path.hasPrefix("/") {
+        for (what, path) in [("state dir", stateDir), ("api socket", apiSocket), ("gateway-certs", gatewayCerts ?? "/")] where !path.hasPrefix("/") {
             throw .invalid("\(what) \"\(path)\" must be an absolute path")
         }
         if let socketRedirect, RuntimeConfig.parseSwitch(socketRedirect) == nil {
@@ -233,7 +237,8 @@ public struct NodeConfig: Sendable, Equatable {
                             localCongestionControl: localCongestionControl, conntrackMax: ctMax,
                             apiAccess: APIAccess(group: group), serviceCIDR: services, dns: dnsOn,
                             proxy: proxyOn ? ProxySettings(port: proxyPortNumber, binary: proxyExecutable) : nil,
-                            cluster: clusterSettings, identityGrace: TimeInterval(grace), trust: trust)
+                            cluster: clusterSettings, identityGrace: TimeInterval(grace), trust: trust,
+                            gatewayCertificates: gatewayCerts ?? stateDir + "/gateway-certs")
     }
 
     /// The trust domain (a DNS name, as SPIFFE requires), the certificates' lifetime and
@@ -344,6 +349,8 @@ public struct NodeSettings: Sendable {
     public let identityGrace: TimeInterval
     /// Workload certificates: trust domain, lifetime, root.
     public let trust: TrustSettings
+    /// Where the ingress Gateway's certificate files are.
+    public let gatewayCertificates: String
 
     /// The sizes the node's BPF maps load with (every object that declares them).
     public var mapSizes: MapSizes { MapSizes(conntrack: conntrackMax) }

@@ -63,25 +63,31 @@ final class ProxySupervisor: Service, @unchecked Sendable {
     /// soon as it is.
     func update(_ next: ProxyConfig) {
         let (fd, message) = lock.withLock { () -> (Int32, ProxyControlMessage) in
-            // The policy engine knows nothing of routes: they stay as ServiceManager set them.
-            let routes = config.routes
+            // The policy engine knows nothing of routes and gateways: they stay as
+            // ServiceManager set them.
+            let (routes, gateways) = (config.routes, config.gateways)
             config = next
             config.routes = routes
+            config.gateways = gateways
             return (self.fd, configMessageLocked())
         }
         if fd >= 0 { send(message, on: fd) }
     }
 
-    /// The routed frontends from now on (ServiceManager's part of the configuration).
-    func updateRoutes(_ routes: [ProxyRoute]) {
+    /// The routed frontends and gateway ports from now on (ServiceManager's part of the
+    /// configuration).
+    func updateRoutes(_ routing: ProxyRouting) {
         let (fd, message) = lock.withLock { () -> (Int32, ProxyControlMessage) in
-            config.routes = routes
+            config.routes = routing.routes
+            config.gateways = routing.gateways
             return (self.fd, configMessageLocked())
         }
         if fd >= 0 { send(message, on: fd) }
     }
 
     var routedFrontends: Int { lock.withLock { config.routes.count } }
+
+    var gatewayPorts: Int { lock.withLock { config.gateways.count } }
 
     /// Whether the proxy should stream L7 events (while a `meshctl monitor` wants them).
     func setEvents(_ on: Bool) {

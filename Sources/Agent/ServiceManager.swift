@@ -43,12 +43,21 @@ public actor ServiceManager {
     private var routes: [String: RouteRecord] = [:]
     private var routeProblems: RouteTable.Problems = [:]
     private var routeFrontends: [String: [String]] = [:]
+    /// Gateways and TLSRoutes by store key (`Gateway:namespace/name`); `id` orders them by
+    /// first apply, in the same sequence as HTTPRoutes (an older Gateway keeps a port).
+    struct GatewayDocRecord {
+        var id: Int
+        var doc: GatewayDocument
+        var appliedAt: Date
+    }
+    private var gatewayDocs: [String: GatewayDocRecord] = [:]
+    private var gatewayTable = GatewayTable.Result()
     /// Receives the routed frontends whenever they change (the proxy supervisor). With the
     /// proxy off no frontend is routed: the L4 balancer keeps serving. Frontends are routed
     /// from the first sync on (a restarted meshd never unroutes them while it starts), and
     /// the table waits here until the supervisor is set.
-    private var onRoutes: (@Sendable ([ProxyRoute]) -> Void)?
-    private var lastRoutes: [ProxyRoute]?
+    private var onRoutes: (@Sendable (ProxyRouting) -> Void)?
+    private var lastRoutes: ProxyRouting?
     /// What a prober checks: it is replaced when any of it changes.
     struct ProbeTarget: Equatable {
         var probe: ReadinessProbe
@@ -85,6 +94,11 @@ public actor ServiceManager {
         }
         for row in try store.routeRows() {
             do {
+                if GatewayDocument.isStoreKey(row.key) {
+                    let doc = try JSONDecoder().decode(GatewayDocument.self, from: Data(row.spec.utf8))
+                    gatewayDocs[row.key] = GatewayDocRecord(id: Int(row.id ?? 0), doc: doc, appliedAt: row.appliedAt)
+                    continue
+                }
                 routes[row.key] = RouteRecord(id: Int(row.id ?? 0), route: try row.route(), appliedAt: row.appliedAt)
             } catch {
                 logger.error("a stored HTTPRoute no longer reads; it is not served", metadata: ["route": "\(row.key)", "error": "\(error)"])
@@ -96,7 +110,7 @@ public actor ServiceManager {
     public nonisolated var unownedExecutor: UnownedSerialExecutor { ControlThread.executor.asUnownedSerialExecutor() }
 
     /// Hands the routed frontends to the L7 proxy from now on (and at once).
-    public func setOnRoutes(_ f: @escaping @Sendable ([ProxyRoute]) -> Void) {
+    public func setOnRoutes(_ f: @escaping @Sendable (ProxyRouting) -> Void) {
         onRoutes = f
         if let lastRoutes { f(lastRoutes) }
     }
@@ -238,6 +252,8 @@ public actor ServiceManager {
         var appliedNamespaces: [String: Namespace] = [:]
         var routes: [String: RouteRecord?] = [:]
         var appliedRoutes: [String: HTTPRoute] = [:]
+        var gatewayDocs: [String: GatewayDocRecord?] = [:]
+        var appliedGatewayDocs: [String: GatewayDocument] = [:]
     }
 
     /// Checks and stores services and namespaces, then serves them. Planning and the
@@ -246,9 +262,15 @@ public actor ServiceManager {
     /// of them publishes policy, and if that fails everything this call did is undone.
     /// Returns kubectl-style change lines, and what to undo should the caller's next step fail.
     func apply(services incoming: [MeshService], namespaces nsIncoming: [Namespace], routes routesIncoming: [HTTPRoute] = [],
+               gatewayDocuments docsIncoming: [GatewayDocument] = [],
                source: String, dryRun: Bool) async throws(MeshError) -> (changes: [String], undo: Undo) {
         let planned = try plan(incoming, source: source)
         var changes: [String] = []
+        for d in docsIncoming {
+            let old = gatewayDocs[d.storeKey]
+            let verb = old == nil ? "created" : old!.doc == d ? "unchanged" : "configured"
+            changes.append("\(d.kind.lowercased())/\(d.key) \(verb)")
+        }
         for r in routesIncoming {
             let verb = routes[r.key] == nil ? "created" : routes[r.key]!.route == r ? "unchanged" : "configured"
             changes.append("httproute/\(r.key) \(verb)")
@@ -267,11 +289,19 @@ public actor ServiceManager {
         for r in planned { undo.services[r.service.key] = .some(services[r.service.key]) }
         for ns in nsIncoming { undo.namespaces[ns.name] = .some(namespaces[ns.name]) }
         for r in routesIncoming { undo.routes[r.key] = .some(routes[r.key]) }
-        let (rows, routeRows) = try store.writeServices(
+        for d in docsIncoming { undo.gatewayDocs[d.storeKey] = .some(gatewayDocs[d.storeKey]) }
+        let (rows, allRouteRows) = try store.writeServices(
             planned.map { Store.ServiceRow(id: $0.id == 0 ? nil : Int64($0.id), key: $0.service.key, spec: Self.json($0.service),
                                            clusterIP: $0.clusterIP.description, appliedAt: $0.appliedAt) },
             namespaces: nsIncoming.map { Store.NamespaceRow(name: $0.name, labels: Self.json($0.labels.values), appliedAt: Date()) },
-            routes: routesIncoming.map { Store.RouteRow(id: nil, key: $0.key, spec: Self.json($0), appliedAt: Date()) })
+            routes: routesIncoming.map { Store.RouteRow(id: nil, key: $0.key, spec: Self.json($0), appliedAt: Date()) }
+                + docsIncoming.map { Store.RouteRow(id: nil, key: $0.storeKey, spec: Self.json($0), appliedAt: Date()) })
+        let routeRows = allRouteRows.prefix(routesIncoming.count)
+        for (d, row) in zip(docsIncoming, allRouteRows.dropFirst(routesIncoming.count)) {
+            let appliedAt = gatewayDocs[d.storeKey]?.doc == d ? gatewayDocs[d.storeKey]!.appliedAt : Date()
+            gatewayDocs[d.storeKey] = GatewayDocRecord(id: Int(row.id ?? 0), doc: d, appliedAt: appliedAt)
+            undo.appliedGatewayDocs[d.storeKey] = d
+        }
         // The ids the store gave (or kept) order precedence ties.
         for (r, row) in zip(routesIncoming, routeRows) {
             let appliedAt = routes[r.key]?.route == r ? routes[r.key]!.appliedAt : Date()
@@ -331,6 +361,14 @@ public actor ServiceManager {
                 deleteRoutes.append(key)
             }
         }
+        for (key, previous) in undo.gatewayDocs where gatewayDocs[key]?.doc == undo.appliedGatewayDocs[key] {
+            gatewayDocs[key] = previous
+            if let p = previous {
+                restoreRoutes.append(Store.RouteRow(id: Int64(p.id), key: key, spec: Self.json(p.doc), appliedAt: p.appliedAt))
+            } else {
+                deleteRoutes.append(key)
+            }
+        }
         do {
             try store.writeServices(restoreServices, namespaces: restoreNamespaces, routes: restoreRoutes, deleteServices: deleteServices,
                                         deleteNamespaces: deleteNamespaces, deleteRoutes: deleteRoutes)
@@ -364,6 +402,19 @@ public actor ServiceManager {
         routes[key] = nil
         try sync()
         logger.info("HTTPRoute deleted", metadata: ["route": "\(key)"])
+        return key
+    }
+
+    /// Deletes a Gateway or TLSRoute (`kind`) by `namespace/name`.
+    public func deleteGatewayDocument(kind: String, _ key: String) throws(MeshError) -> String {
+        let storeKey = "\(kind):\(key)"
+        guard gatewayDocs[storeKey] != nil else {
+            throw MeshError(.notFound, "\(kind) \"\(key)\" does not exist", hint: "meshctl get \(kind.lowercased())s lists them")
+        }
+        try store.writeServices([], namespaces: [], deleteRoutes: [storeKey])
+        gatewayDocs[storeKey] = nil
+        try sync()
+        logger.info("\(kind) deleted", metadata: ["key": "\(key)"])
         return key
     }
 
@@ -491,8 +542,8 @@ public actor ServiceManager {
         dns?.publish(services.values.map { (name: "\($0.service.name).\($0.service.namespace).svc.\(NodeDNS.domain)", address: $0.clusterIP) })
     }
 
-    /// Recomputes the routed frontends, hands them to the proxy when they changed, and
-    /// returns their `vip:port`s (none while the proxy is off).
+    /// Recomputes the routed frontends and the gateway's ports, hands them to the proxy
+    /// when they changed, and returns the frontends' `vip:port`s (none while the proxy is off).
     private func routeTable(_ eps: [Endpoint]) -> Set<String> {
         let ordered = routes.values.sorted { ($0.id, $0.route.key) < ($1.id, $1.route.key) }.map(\.route)
         var frontends: [String: RouteTable.ServiceFrontends] = [:]
@@ -500,16 +551,24 @@ public actor ServiceManager {
             frontends[r.service.key] = .init(key: r.service.key, clusterIP: r.clusterIP,
                                              tcpPorts: r.service.ports.filter { $0.protocolNumber == 6 }.map(\.port))
         }
-        let (table, problems) = RouteTable.build(routes: ordered, services: frontends) { key, number in
-            guard let svc = services[key]?.service,
+        let backends = { (key: String, number: UInt16) -> [ProxyBackendEndpoint]? in
+            guard let svc = self.services[key]?.service,
                   let port = svc.ports.first(where: { $0.port == number && $0.protocolNumber == 6 }) else { return nil }
-            return eps.filter { svc.selects($0.labels) && isReady($0) }.compactMap { ep in
+            return eps.filter { svc.selects($0.labels) && self.isReady($0) }.compactMap { ep in
                 Self.targetPort(port, of: ep).map { ProxyBackendEndpoint(ip: ep.ipv4, port: $0, name: "\(ep.labels.namespace)/\(ep.name)") }
             }
         }
+        let (table, problems) = RouteTable.build(routes: ordered, services: frontends, backends: backends)
+        let docs = gatewayDocs.values.sorted { ($0.id, $0.doc.storeKey) < ($1.id, $1.doc.storeKey) }.map(\.doc)
+        let gateways = GatewayTable.build(
+            gateways: docs.compactMap { if case .gateway(let g) = $0 { g } else { nil } }, httpRoutes: ordered,
+            tlsRoutes: docs.compactMap { if case .tlsRoute(let r) = $0 { r } else { nil } },
+            certificate: { GatewayCertificates.check($0, directory: self.settings.gatewayCertificates) }, backends: backends)
         var byRoute: [String: [String]] = [:]
         for t in table { for key in t.routes { byRoute[key, default: []].append("\(t.vip):\(t.port)") } }
+        for (key, listeners) in gateways.attached where routes[key] != nil { byRoute[key, default: []] += listeners.map { "gateway \($0)" } }
         var problemsNow = problems
+        for (key, list) in gateways.routeProblems where routes[key] != nil { problemsNow[key, default: []] += list }
         let proxyOn = settings.proxy != nil
         if !proxyOn {
             for key in routes.keys { problemsNow[key, default: []].append("not programmed: the L7 proxy is off (proxy: on)") }
@@ -519,18 +578,69 @@ public actor ServiceManager {
                 logger.warning("HTTPRoute not wholly in force", metadata: ["route": "\(key)", "problems": "\(list.joined(separator: "; "))"])
             }
         }
+        for (key, list) in gateways.gatewayProblems where gatewayTable.gatewayProblems[key] != list {
+            logger.warning("Gateway not wholly in force", metadata: ["gateway": "\(key)", "problems": "\(list.joined(separator: "; "))"])
+        }
         routeProblems = problemsNow
+        gatewayTable = gateways
+        if !proxyOn {
+            for key in gatewayDocs.keys where key.hasPrefix("Gateway:") {
+                let k = String(key.dropFirst("Gateway:".count))
+                gatewayTable.gatewayProblems[k, default: []].append("not programmed: the L7 proxy is off (proxy: on)")
+            }
+            gatewayTable.ports = []
+        }
         guard proxyOn else {
             routeFrontends = [:]
             return []
         }
         routeFrontends = byRoute
-        if table != lastRoutes {
-            lastRoutes = table
-            onRoutes?(table)
-            logger.info("routes programmed", metadata: ["frontends": "\(table.count)", "routes": "\(routes.count)"])
+        let routing = ProxyRouting(routes: table, gateways: gatewayTable.ports)
+        if routing != lastRoutes {
+            lastRoutes = routing
+            onRoutes?(routing)
+            logger.info("routes programmed", metadata: ["frontends": "\(table.count)", "routes": "\(routes.count)",
+                                                        "gatewayPorts": "\(gatewayTable.ports.count)"])
         }
         return Set(table.map { "\($0.vip):\($0.port)" })
+    }
+
+    public func gatewayViews() -> [GatewayView] {
+        gatewayDocs.values.compactMap { r -> GatewayView? in
+            guard case .gateway(let g) = r.doc else { return nil }
+            return gatewayView(g, appliedAt: r.appliedAt)
+        }.sorted { $0.gateway.key < $1.gateway.key }
+    }
+
+    public func gatewayView(_ key: String) throws(MeshError) -> GatewayView {
+        guard let r = gatewayDocs["Gateway:\(key)"], case .gateway(let g) = r.doc else {
+            throw MeshError(.notFound, "Gateway \"\(key)\" does not exist", hint: "meshctl get gateways lists them")
+        }
+        return gatewayView(g, appliedAt: r.appliedAt)
+    }
+
+    private func gatewayView(_ g: Gateway, appliedAt: Date) -> GatewayView {
+        var attached: [String: [String]] = [:]
+        for (route, listeners) in gatewayTable.attached {
+            for l in listeners where l.hasPrefix(g.key + "/") { attached[String(l.dropFirst(g.key.count + 1)), default: []].append(route) }
+        }
+        return GatewayView(gateway: g, routes: attached.mapValues { $0.sorted() }, problems: gatewayTable.gatewayProblems[g.key] ?? [],
+                           appliedAt: appliedAt)
+    }
+
+    public func tlsRouteViews() -> [TLSRouteView] {
+        gatewayDocs.values.compactMap { r -> TLSRouteView? in
+            guard case .tlsRoute(let t) = r.doc else { return nil }
+            return TLSRouteView(route: t, listeners: gatewayTable.attached[t.key] ?? [], problems: gatewayTable.routeProblems[t.key] ?? [],
+                                appliedAt: r.appliedAt)
+        }.sorted { $0.route.key < $1.route.key }
+    }
+
+    public func tlsRouteView(_ key: String) throws(MeshError) -> TLSRouteView {
+        guard let v = tlsRouteViews().first(where: { $0.route.key == key }) else {
+            throw MeshError(.notFound, "TLSRoute \"\(key)\" does not exist", hint: "meshctl get tlsroutes lists them")
+        }
+        return v
     }
 
     public func routeViews() -> [HTTPRouteView] {

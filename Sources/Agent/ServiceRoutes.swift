@@ -45,6 +45,25 @@ enum ServiceRoutes {
                 return ["deleted": key]
             }
         }
+        router.get("/v1/gateways") { _, _ in try await APIServer.respond { await services.gatewayViews() } }
+        router.get("/v1/gateways/:namespace/:name") { _, ctx in
+            try await APIServer.respond { try await services.gatewayView("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")") }
+        }
+        router.get("/v1/tlsroutes") { _, _ in try await APIServer.respond { await services.tlsRouteViews() } }
+        router.get("/v1/tlsroutes/:namespace/:name") { _, ctx in
+            try await APIServer.respond { try await services.tlsRouteView("\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")") }
+        }
+        for (kind, path) in [("Gateway", "gateways"), ("TLSRoute", "tlsroutes")] {
+            router.delete(RouterPath(stringLiteral: "/v1/\(path)/:namespace/:name")) { _, ctx in
+                try await APIServer.respond {
+                    try cluster?.requireStore("delete a \(kind)")
+                    let key = try await services.deleteGatewayDocument(
+                        kind: kind, "\(ctx.parameters.get("namespace") ?? "")/\(ctx.parameters.get("name") ?? "")")
+                    try await cluster?.documentDeleted(kind: kind, key: key)
+                    return ["deleted": key]
+                }
+            }
+        }
         router.get(RouterPath(APIPath.namespaces)) { _, _ in try await APIServer.respond { try await services.namespaceViews() } }
         router.get("/v1/namespaces/:name") { _, ctx in
             try await APIServer.respond { try await services.namespaceView(ctx.parameters.get("name") ?? "") }
@@ -82,13 +101,17 @@ enum ServiceRoutes {
             try Manifest.read(documents: try YAMLTree.documents(req.yaml, source: req.source), source: req.source)
         }
         let (serviceChanges, undo) = try await services.apply(services: manifest.services, namespaces: manifest.namespaces,
-                                                              routes: manifest.routes, source: req.source, dryRun: req.dryRun)
+                                                              routes: manifest.routes,
+                                                              gatewayDocuments: manifest.gateways.map(GatewayDocument.gateway)
+                                                                  + manifest.tlsRoutes.map(GatewayDocument.tlsRoute),
+                                                              source: req.source, dryRun: req.dryRun)
         var changes: [String] = []
         var policyResult: PolicyApplyResult?
         if !manifest.policyDocuments.isEmpty {
             do {
                 let result = try await policy.apply(trees: manifest.policyDocuments.map(\.tree), parsed: manifest.policies, warnings: [],
-                                                    text: manifest.policyDocuments.count == 1 && manifest.services.isEmpty && manifest.namespaces.isEmpty && manifest.routes.isEmpty ? req.yaml : nil,
+                                                    text: manifest.policyDocuments.count == 1 && manifest.services.isEmpty && manifest.namespaces.isEmpty && manifest.routes.isEmpty
+                                                        && manifest.gateways.isEmpty && manifest.tlsRoutes.isEmpty ? req.yaml : nil,
                                                     dryRun: req.dryRun, start: start)
                 policyResult = result
                 changes += result.documents.map { "policy/\($0) \(req.dryRun ? "valid (dry run)" : "applied")" }

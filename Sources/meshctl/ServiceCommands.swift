@@ -35,7 +35,7 @@ struct ApplyCommand: AsyncParsableCommand {
 
 /// The kinds `get` and `delete` take, with kubectl's short names.
 enum ResourceKind: String, ExpressibleByArgument, CaseIterable {
-    case service, namespace, policy, endpoint, httproute
+    case service, namespace, policy, endpoint, httproute, gateway, tlsroute
 
     init?(argument: String) {
         switch argument.lowercased() {
@@ -44,11 +44,14 @@ enum ResourceKind: String, ExpressibleByArgument, CaseIterable {
         case "policy", "policies", "ciliumnetworkpolicy", "ciliumnetworkpolicies", "cnp", "networkpolicy", "networkpolicies", "netpol": self = .policy
         case "endpoint", "endpoints", "ep": self = .endpoint
         case "httproute", "httproutes", "route", "routes": self = .httproute
+        case "gateway", "gateways", "gtw": self = .gateway
+        case "tlsroute", "tlsroutes": self = .tlsroute
         default: return nil
         }
     }
 
-    static var allValueStrings: [String] { ["service (svc)", "namespace (ns)", "policy (cnp, netpol)", "endpoint (ep)", "httproute (route)"] }
+    static var allValueStrings: [String] { ["service (svc)", "namespace (ns)", "policy (cnp, netpol)", "endpoint (ep)", "httproute (route)", "gateway (gtw)",
+                                            "tlsroute"] }
 }
 
 enum GetFormat: String, ExpressibleByArgument, CaseIterable { case text, yaml, json }
@@ -71,11 +74,11 @@ func qualified(_ name: String, namespace: String?) throws -> (namespace: String,
 struct GetCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "get",
-        abstract: "Show services, namespaces, policies, endpoints or HTTPRoutes, as kubectl get does.",
-        discussion: "Examples: meshctl get services; meshctl get svc web -o yaml; meshctl get ns; meshctl get httproutes")
+        abstract: "Show services, namespaces, policies, endpoints, HTTPRoutes, Gateways or TLSRoutes, as kubectl get does.",
+        discussion: "Examples: meshctl get services; meshctl get svc web -o yaml; meshctl get ns; meshctl get httproutes; meshctl get gateways")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "service (svc), namespace (ns), policy (cnp, netpol), endpoint (ep) or httproute (route).") var kind: ResourceKind
+    @Argument(help: "service (svc), namespace (ns), policy (cnp, netpol), endpoint (ep) httproute (route), gateway (gtw) or tlsroute.") var kind: ResourceKind
     @Argument(help: "A name (NAME or NAMESPACE/NAME); all of them when left out.") var name: String?
     @Option(name: [.short, .long], help: "The namespace of NAME. (default: default)") var namespace: String?
     @Option(name: [.short, .long], help: "text, yaml or json.") var output: GetFormat = .text
@@ -151,6 +154,45 @@ struct GetCommand: AsyncParsableCommand {
                                 v.route.parents.map { $0.name + ($0.port.map { ":\($0)" } ?? "") }.joined(separator: ","),
                                 backends.sorted().joined(separator: ","),
                                 v.frontends.isEmpty ? "-" : v.frontends.joined(separator: ","), age(v.appliedAt)]
+                    })
+                    for v in list where !v.problems.isEmpty {
+                        print("\(v.route.key): " + v.problems.joined(separator: "; "))
+                    }
+                }
+            case .gateway:
+                let list: [GatewayView]
+                if let name {
+                    let q = try qualified(name, namespace: namespace)
+                    list = [try await c.call(.GET, "/v1/gateways/\(q.namespace)/\(q.name)", as: GatewayView.self)]
+                } else {
+                    list = try await c.call(.GET, "/v1/gateways", as: [GatewayView].self).filter { namespace == nil || $0.gateway.namespace == namespace }
+                }
+                if try Self.printEncoded(list, one: name != nil, as: output) { break }
+                do {
+                    printTable(["NAMESPACE", "NAME", "LISTENER", "PORT", "PROTOCOL", "HOSTNAME", "ROUTES", "AGE"], list.flatMap { v in
+                        v.gateway.listeners.map { l in
+                            [v.gateway.namespace, v.gateway.name, l.name, "\(l.port)", l.proto.rawValue, l.hostname ?? "*",
+                             (v.routes[l.name] ?? []).joined(separator: ",").ifEmpty("-"), age(v.appliedAt)]
+                        }
+                    })
+                    for v in list where !v.problems.isEmpty {
+                        print("\(v.gateway.key): " + v.problems.joined(separator: "; "))
+                    }
+                }
+            case .tlsroute:
+                let list: [TLSRouteView]
+                if let name {
+                    let q = try qualified(name, namespace: namespace)
+                    list = [try await c.call(.GET, "/v1/tlsroutes/\(q.namespace)/\(q.name)", as: TLSRouteView.self)]
+                } else {
+                    list = try await c.call(.GET, "/v1/tlsroutes", as: [TLSRouteView].self).filter { namespace == nil || $0.route.namespace == namespace }
+                }
+                if try Self.printEncoded(list, one: name != nil, as: output) { break }
+                do {
+                    printTable(["NAMESPACE", "NAME", "HOSTNAMES", "BACKENDS", "LISTENERS", "AGE"], list.map { v in
+                        [v.route.namespace, v.route.name, v.route.hostnames.joined(separator: ",").ifEmpty("*"),
+                         v.route.backends.map { "\($0.name):\($0.port)" + ($0.weight == 1 ? "" : "(\($0.weight))") }.joined(separator: ","),
+                         v.listeners.joined(separator: ",").ifEmpty("-"), age(v.appliedAt)]
                     })
                     for v in list where !v.problems.isEmpty {
                         print("\(v.route.key): " + v.problems.joined(separator: "; "))
@@ -256,11 +298,11 @@ func age(_ date: Date) -> String {
 struct DeleteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "delete",
-        abstract: "Delete a service, namespace, policy, endpoint or HTTPRoute.",
+        abstract: "Delete a service, namespace, policy, endpoint, HTTPRoute, Gateway or TLSRoute.",
         discussion: "Examples: meshctl delete svc web; meshctl delete policy prod/allow-web; meshctl delete route web-canary")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "service (svc), namespace (ns), policy (cnp, netpol), endpoint (ep) or httproute (route).") var kind: ResourceKind
+    @Argument(help: "service (svc), namespace (ns), policy (cnp, netpol), endpoint (ep) httproute (route), gateway (gtw) or tlsroute.") var kind: ResourceKind
     @Argument(help: "NAME or NAMESPACE/NAME.") var name: String
     @Option(name: [.short, .long], help: "The namespace of NAME. (default: default)") var namespace: String?
 
@@ -287,6 +329,10 @@ struct DeleteCommand: AsyncParsableCommand {
                 let q = try qualified(name, namespace: namespace)
                 _ = try await c.call(.DELETE, "/v1/httproutes/\(q.namespace)/\(q.name)", as: [String: String].self)
                 print("httproute/\(q.namespace)/\(q.name) deleted")
+            case .gateway, .tlsroute:
+                let q = try qualified(name, namespace: namespace)
+                _ = try await c.call(.DELETE, "/v1/\(kind.rawValue)s/\(q.namespace)/\(q.name)", as: [String: String].self)
+                print("\(kind.rawValue)/\(q.namespace)/\(q.name) deleted")
             }
         }
     }
@@ -312,4 +358,9 @@ extension BPFCommand {
             }
         }
     }
+}
+
+extension String {
+    /// `replacement` for an empty string (a table cell).
+    func ifEmpty(_ replacement: String) -> String { isEmpty ? replacement : self }
 }

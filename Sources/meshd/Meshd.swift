@@ -103,6 +103,9 @@ struct Meshd: AsyncParsableCommand {
     @Option(help: "policy or strict: strict accepts other nodes' endpoints only through the proxies' mTLS tunnel; policy where an ingress rule says authentication: {mode: required}. (default: policy)")
     var mtls: String?
 
+    @Option(help: "Folder of the ingress Gateway's certificates: a certificateRefs entry {kind: Secret, name: N} of namespace NS reads NS/N/tls.crt and NS/N/tls.key. (default: STATE-DIR/gateway-certs)")
+    var gatewayCerts: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -151,6 +154,7 @@ struct Meshd: AsyncParsableCommand {
             if let trustRootCert { settings.trustRootCert = trustRootCert }
             if let trustRootKey { settings.trustRootKey = trustRootKey }
             if let mtls { settings.mtls = mtls }
+            if let gatewayCerts { settings.gatewayCerts = gatewayCerts }
             if let identityGrace { settings.identityGrace = identityGrace }
             try await Daemon.run(config: settings, logger: logger)
         } catch let e as MeshError {

@@ -507,7 +507,7 @@ public actor ClusterAgent: Service {
     /// Namespaces first, then services, routes and policies: each may refer to the ones before.
     static func documentOrder(_ key: String) -> (Int, String) {
         let kind = key.dropFirst(ClusterKeys.docs.count).split(separator: "/").first.map(String.init) ?? ""
-        return (["Namespace": 0, "Service": 1, "HTTPRoute": 2][kind] ?? 3, key)
+        return (["Namespace": 0, "Service": 1, "HTTPRoute": 2, "Gateway": 2, "TLSRoute": 2][kind] ?? 3, key)
     }
 
     private func applyDocument(key: String, text: String) async {
@@ -531,6 +531,7 @@ public actor ClusterAgent: Service {
             switch parts[0] {
             case "Service": _ = try await services.deleteService(parts[1])
             case "HTTPRoute": _ = try await services.deleteRoute(parts[1])
+            case "Gateway", "TLSRoute": _ = try await services.deleteGatewayDocument(kind: parts[0], parts[1])
             case "Namespace": _ = try await services.deleteNamespace(parts[1])
             default: _ = try await policy.delete(parts[1])
             }
@@ -565,7 +566,7 @@ public actor ClusterAgent: Service {
             if kind == "Service", let ip = clusterIPs[key] { tree = Self.withClusterIP(tree, ip) }
             let text = YAMLTree.text(tree)
             // Policies of every kind share one name space (namespace/name), as on a node.
-            let etcdKey = ClusterKeys.doc(kind: ["Namespace", "Service", "HTTPRoute"].contains(kind) ? kind : "policy", key: key)
+            let etcdKey = ClusterKeys.doc(kind: ["Namespace", "Service", "HTTPRoute", "Gateway", "TLSRoute"].contains(kind) ? kind : "policy", key: key)
             documents[etcdKey] = text
             ops.append(.put(etcdKey, Array(text.utf8), lease: 0))
         }

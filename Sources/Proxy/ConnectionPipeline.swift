@@ -43,7 +43,8 @@ enum ConnectionPipeline {
     }
 
     /// HTTP/1.1: deadlines → codec → pipelining → protocol errors → the proxying handler.
-    static func configureHTTP1(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress) throws {
+    static func configureHTTP1(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress,
+                               gateway: GatewayRouting? = nil) throws {
         let settings = core.settings
         var limits = NIOHTTPDecoderLimitConfiguration()
         // NIO counts the request line and every header name and value toward these.
@@ -56,7 +57,7 @@ enum ConnectionPipeline {
         try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false,
                                              withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
         try sync.addHandler(ProtocolErrorResponder(metrics: metrics))
-        try sync.addHandler(DownstreamHandler(core: core, client: client, destination: destination))
+        try sync.addHandler(DownstreamHandler(core: core, client: client, destination: destination, gateway: gateway))
     }
 
     /// HTTP/2 with prior knowledge (h2c, gRPC): each request stream gets its own proxying

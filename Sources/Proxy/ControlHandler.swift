@@ -80,11 +80,15 @@ extension ProxyCore {
     private func apply(_ config: ProxyConfig) -> ProxyControlMessage {
         switch policy.apply(config) {
         case .applied(let generation):
-            let routes = policy.inForce.routes
-            health.keep(only: routes.backendAddresses)
-            budgets.keep(only: routes.frontendAddresses)
+            let inForce = policy.inForce
+            health.keep(only: inForce.routes.backendAddresses.union(inForce.gateways.backendAddresses))
+            budgets.keep(only: inForce.routes.frontendAddresses.union(inForce.gateways.frontendAddresses))
             metrics.configApplied(generation: generation)
             tunnels.update(policy.index.config.tunnel, core: self)
+            gateways.update(inForce.gateways, core: self)
+            for problem in inForce.gateways.skipped {
+                logger.error("gateway listener not served: its certificate does not load", metadata: ["listener": "\(problem)"])
+            }
             logger.info("configuration applied", metadata: ["generation": "\(generation)"])
             return ProxyControlMessage(configApplied: generation)
         case .stale(let current):

@@ -33,9 +33,14 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     /// Set when this handler serves one stream of an HTTP/2 client connection: requests go
     /// upstream as streams of that connection's HTTP/2 connections, not over HTTP/1.1.
     private let http2: HTTP2Upstreams?
+    /// Set for a connection to the ingress gateway: requests are routed by the listener's
+    /// routes, and reach backends as the node (their policy judges the host).
+    private let gateway: GatewayRouting?
 
-    init(core: ProxyCore, client: SocketAddress, destination: SocketAddress, http2: HTTP2Upstreams? = nil) throws {
+    init(core: ProxyCore, client: SocketAddress, destination: SocketAddress, http2: HTTP2Upstreams? = nil,
+         gateway: GatewayRouting? = nil) throws {
         self.http2 = http2
+        self.gateway = gateway
         guard let clientPeer = PeerAddress(client), let destinationPeer = PeerAddress(destination) else {
             throw ChannelError.badInterfaceAddressFamily
         }
@@ -97,6 +102,15 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
             return
         }
         let config = core.policy.inForce
+        if let gateway {
+            guard let frontend = gateway.listener(in: config.gateways, host: head.headers.first(name: "host"))?.frontend else {
+                answer(.notFound, body: "No route for this host\r\n", verdict: .error, error: "no gateway route for this host",
+                       close: false)
+                return
+            }
+            beginRouted(head, frontend: frontend, resilience: config.routes.resilience)
+            return
+        }
         if let frontend = config.routes.frontend(for: destination) {
             beginRouted(head, frontend: frontend, resilience: config.routes.resilience)
             return
@@ -217,7 +231,9 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
                                                            close: false)
         }
         let peer = PeerAddress(endpoint)
-        let verdict = config.index.decide(routed.policyRequest, source: client.ip, destination: endpoint.ip, port: endpoint.port)
+        // Through the gateway, the request reaches the backend from the node.
+        let source = gateway != nil ? config.index.hostAddress ?? client.ip : client.ip
+        let verdict = config.index.decide(routed.policyRequest, source: source, destination: endpoint.ip, port: endpoint.port)
         exchange?.record.ruleID = verdict.ruleID
         exchange?.record.rule = verdict.rule
         guard verdict.allowed else {
@@ -241,7 +257,7 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         }
         let link = use(idle.take(peer)) ?? connect(
             to: peer.socketAddress, target: peer,
-            from: config.index.endpoint(endpoint.ip) != nil ? .clientAddress(clientAddress) : .proxy, context: context)
+            from: gateway == nil && config.index.endpoint(endpoint.ip) != nil ? .clientAddress(clientAddress) : .proxy, context: context)
         guard link === upstream else { return }
         link.send(.head(upstreamHead(routed.head)))
         for part in routed.kept ?? [] { link.send(part) }

@@ -84,6 +84,7 @@ public final class MeshProxy: Sendable {
     /// Stops accepting, lets requests in flight finish for up to `gracePeriod`, then closes
     /// what is left, the control socket included.
     public func shutdown(gracePeriod: TimeAmount) async {
+        core.gateways.closeAll()
         let drained = listener.eventLoop.makePromise(of: Void.self)
         quiescing.initiateShutdown(promise: drained)
         let outcome = NIOLockedValueBox<Bool?>(nil)

@@ -9,6 +9,7 @@ final class PolicyStore: Sendable {
     struct InForce: Sendable {
         var index: L7PolicyIndex
         var routes: RoutedFrontends
+        var gateways: GatewayPorts
     }
 
     enum Outcome: Equatable {
@@ -22,7 +23,7 @@ final class PolicyStore: Sendable {
 
     init() {
         // The empty configuration has no rule to compile, so it cannot fail.
-        current = NIOLockedValueBox(InForce(index: try! L7PolicyIndex(.empty), routes: .empty))
+        current = NIOLockedValueBox(InForce(index: try! L7PolicyIndex(.empty), routes: .empty, gateways: .empty))
     }
 
     var index: L7PolicyIndex { current.withLockedValue { $0.index } }
@@ -34,7 +35,7 @@ final class PolicyStore: Sendable {
     func apply(_ config: ProxyConfig) -> Outcome {
         let compiled: InForce
         do {
-            compiled = InForce(index: try L7PolicyIndex(config), routes: try RoutedFrontends(config))
+            compiled = InForce(index: try L7PolicyIndex(config), routes: try RoutedFrontends(config), gateways: try GatewayPorts(config))
         } catch {
             return .rejected(ProxyConfigRejection(generation: config.generation, reason: error.description))
         }

@@ -19,6 +19,8 @@ final class ProxyCore: Sendable {
     let reporter: ExchangeReporter
     /// The mTLS tunnels between nodes: their listener and TLS contexts.
     let tunnels: TunnelService
+    /// The ingress gateway's listening ports.
+    let gateways: GatewayListeners
     private let started = ContinuousClock.now
     /// Open client connections, to cap their number and to close the last ones at shutdown.
     private let openConnections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
@@ -29,6 +31,7 @@ final class ProxyCore: Sendable {
         self.settings = settings
         self.logger = logger
         tunnels = TunnelService(group: group)
+        gateways = GatewayListeners(group: group)
         events = EventStream(metrics: metrics)
         reporter = ExchangeReporter(metrics: metrics, events: events, policy: policy)
     }

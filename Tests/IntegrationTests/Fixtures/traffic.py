@@ -759,6 +759,13 @@ def http_server(args):
         allow_reuse_address = True
 
     srv = Server((args.bind, args.port), Handler)
+    if args.tls_cert:
+        import ssl
+
+        # The server ends TLS itself (a backend behind a TLS passthrough listener).
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     if args.ready_file:
         open(args.ready_file, "w").close()
     srv.serve_forever()
@@ -948,6 +955,8 @@ def main():
     p.add_argument("--name", default="server")
     p.add_argument("--fail-every", type=int, default=0, help="answer every Nth request with 503")
     p.add_argument("--delay", type=float, default=0.0, help="milliseconds to wait before answering")
+    p.add_argument("--tls-cert", help="serve HTTPS with this PEM chain")
+    p.add_argument("--tls-key", help="the key of --tls-cert")
     p = sub.add_parser("http-client")
     p.set_defaults(func=http_client)
     p.add_argument("--url", required=True)

@@ -15,6 +15,29 @@ enum APIServer {
                      cluster: ClusterAgent?, workloads: WorkloadIdentities, startedAt: Date, logger: Logger) -> some Service {
         let router = Router()
         router.get(RouterPath(APIPath.svids)) { _, _ in try await respond { await workloads.views() } }
+        router.get(RouterPath(APIPath.trust)) { _, _ in
+            try await respond {
+                let ca = workloads.ca
+                return TrustStatusView(trustDomain: ca.trustDomain, root: CertificateAuthority.summary(ca.root),
+                                       intermediate: CertificateAuthority.summary(ca.currentIntermediate),
+                                       bundle: await workloads.bundleRoots.map(CertificateAuthority.summary),
+                                       holdsRootKey: ca.holdsRootKey, roll: await cluster?.trustStatus())
+            }
+        }
+        router.post(RouterPath(APIPath.trustRoll)) { request, _ in
+            try await respond(status: .accepted) {
+                let body = try await body(of: request, limit: 1 << 16, what: "a root roll request")
+                let req: TrustRollRequest
+                do { req = try MeshJSON.decoder().decode(TrustRollRequest.self, from: Data(buffer: body)) } catch {
+                    throw MeshError.invalid("request body is not a root roll request: \(describe(error))")
+                }
+                guard let cluster else {
+                    throw MeshError(.invalidArgument, "a node on its own has nothing to roll its root with: mutual TLS runs between cluster members",
+                                    hint: "move <state-dir>/trust away and restart meshd for a new root")
+                }
+                return try await cluster.startRootRoll(overlap: req.overlapSeconds)
+            }
+        }
         PolicyRoutes.add(to: router, manager: manager, policy: policy, datapath: datapath, store: store, hub: hub, services: services,
                          cluster: cluster)
         ServiceRoutes.add(to: router, policy: policy, services: services, cluster: cluster)

@@ -10,6 +10,89 @@ public enum APIPath {
     public static let identities = "/v1/identities"
     public static let nodes = "/v1/nodes"
     public static let svids = "/v1/svids"
+    public static let trust = "/v1/trust"
+    public static let trustRoll = "/v1/trust/roll"
+}
+
+/// A CA certificate as `meshctl trust status` shows it.
+public struct CertificateSummary: Codable, Sendable, Equatable {
+    public var subject: String
+    /// SHA-256 of the DER, the first 16 hex digits.
+    public var fingerprint: String
+    public var notAfter: Date
+
+    public init(subject: String, fingerprint: String, notAfter: Date) {
+        self.subject = subject
+        self.fingerprint = fingerprint
+        self.notAfter = notAfter
+    }
+}
+
+/// The node's trust: the root its certificates chain to, the roots its bundle accepts
+/// from peers, and the cluster's root roll, if one ran here.
+public struct TrustStatusView: Codable, Sendable {
+    public var trustDomain: String
+    public var root: CertificateSummary
+    public var intermediate: CertificateSummary
+    public var bundle: [CertificateSummary]
+    /// This node holds the cluster root's key (it signs the other nodes' intermediates and
+    /// can roll the root).
+    public var holdsRootKey: Bool
+    public var roll: TrustRollView?
+
+    public init(trustDomain: String, root: CertificateSummary, intermediate: CertificateSummary, bundle: [CertificateSummary],
+                holdsRootKey: Bool, roll: TrustRollView?) {
+        self.trustDomain = trustDomain
+        self.root = root
+        self.intermediate = intermediate
+        self.bundle = bundle
+        self.holdsRootKey = holdsRootKey
+        self.roll = roll
+    }
+}
+
+/// A roll of the cluster's root to a new one, with an overlap in which both are trusted.
+public struct TrustRollView: Codable, Sendable, Equatable {
+    public enum Phase: String, Codable, Sendable {
+        /// The new root is being added to every node's bundle (both trusted from then on).
+        case adding
+        /// Nodes' intermediates (and so every workload certificate) move to the new root.
+        case switching
+        /// Every node is on the new root; the old one is still trusted for `overlap`.
+        case overlap
+        /// The old root leaves every node's bundle.
+        case dropping
+        case done
+        /// Stopped; `error` says why. Before `switching` nothing changed; after it the
+        /// cluster is on the new root and still trusts the old one.
+        case failed
+    }
+
+    public var phase: Phase
+    public var startedAt: Date
+    public var finishedAt: Date?
+    public var oldRoot: String
+    public var newRoot: String?
+    public var overlapSeconds: Double
+    public var error: String?
+    /// One line per step, with when it ended.
+    public var steps: [String]
+
+    public init(phase: Phase, startedAt: Date, oldRoot: String, overlapSeconds: Double) {
+        self.phase = phase
+        self.startedAt = startedAt
+        self.oldRoot = oldRoot
+        self.overlapSeconds = overlapSeconds
+        steps = []
+    }
+
+    public var finished: Bool { phase == .done || phase == .failed }
+}
+
+public struct TrustRollRequest: Codable, Sendable {
+    public var overlapSeconds: Double
+
+    public init(overlapSeconds: Double) { self.overlapSeconds = overlapSeconds }
 }
 
 /// A workload certificate (X.509 SVID) the node holds for one of its endpoints.

@@ -11,7 +11,7 @@ struct Meshctl: AsyncParsableCommand {
         discussion: "meshctl talks to meshd over its unix socket (--api-socket, or SWIFTMESH_API_SOCKET).",
         version: MeshVersion.string,
         subcommands: [Status.self, ApplyCommand.self, GetCommand.self, DeleteCommand.self, EndpointCommand.self, PolicyCommand.self,
-                      IdentityCommand.self, NodeCommand.self, Monitor.self, ConfigCommand.self, BPFCommand.self]
+                      IdentityCommand.self, TrustCommand.self, NodeCommand.self, Monitor.self, ConfigCommand.self, BPFCommand.self]
     )
 }
 
@@ -251,6 +251,70 @@ struct EndpointCommand: AsyncParsableCommand {
                 signal(SIGPIPE, SIG_DFL)
                 execvp("ip", &cargs)
                 throw MeshError(.internalError, "cannot run ip netns exec: \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+}
+
+struct TrustCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "trust",
+        abstract: "The node's certificate authority: its root, intermediate and trust bundle, and rolling the cluster's root.",
+        subcommands: [Status.self, Roll.self]
+    )
+
+    static func show(_ t: TrustStatusView) {
+        print("trust domain: \(t.trustDomain)")
+        print("root:         \(t.root.fingerprint) \(t.root.subject) (expires \(t.root.notAfter.formatted(.iso8601)))"
+              + (t.holdsRootKey ? ", its key is on this node" : ""))
+        print("intermediate: \(t.intermediate.fingerprint) \(t.intermediate.subject) (expires \(t.intermediate.notAfter.formatted(.iso8601)))")
+        print("bundle:       " + t.bundle.map(\.fingerprint).joined(separator: ", "))
+        if let r = t.roll { showRoll(r) }
+    }
+
+    static func showRoll(_ r: TrustRollView) {
+        print("root roll:    \(r.phase.rawValue), \(r.oldRoot) -> \(r.newRoot ?? "?"), overlap \(Int(r.overlapSeconds)) s"
+              + (r.error.map { ": \($0)" } ?? ""))
+        for step in r.steps { print("  \(step)") }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the root, intermediate and trust bundle (fingerprints) and the last root roll.")
+        @OptionGroup var global: GlobalOptions
+        @Option(name: [.short, .long], help: "text or json.") var output: OutputFormat = .text
+
+        func run() async throws {
+            try await running {
+                let t = try await global.client.call(.GET, APIPath.trust, as: TrustStatusView.self)
+                if output == .json { return try printJSON(t) }
+                TrustCommand.show(t)
+            }
+        }
+    }
+
+    struct Roll: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Roll the cluster's root to a new one, with an overlap in which both are trusted (run it on the node that holds the root's key).",
+            discussion: "Steps, each waiting for every node: the new root joins every trust bundle; nodes' intermediates and workload certificates move to it; both roots stay trusted for --overlap; the old root leaves the bundles. Connections stay up throughout.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Seconds both roots stay trusted once every node has moved.") var overlap: Double = 60
+        @Flag(help: "Return once started instead of following the roll to its end.") var noWait = false
+
+        func run() async throws {
+            try await running {
+                var r = try await global.client.call(.POST, APIPath.trustRoll, body: TrustRollRequest(overlapSeconds: overlap),
+                                                     as: TrustRollView.self)
+                var shown = 0
+                while !noWait {
+                    for step in r.steps.dropFirst(shown) { print(step) }
+                    shown = r.steps.count
+                    if r.finished { break }
+                    try await Task.sleep(for: .milliseconds(250))
+                    guard let now = try await global.client.call(.GET, APIPath.trust, as: TrustStatusView.self).roll else { break }
+                    r = now
+                }
+                if r.phase == .failed { throw MeshError(.unavailable, "the root roll stopped: \(r.error ?? "?")") }
+                if noWait { TrustCommand.showRoll(r) }
             }
         }
     }

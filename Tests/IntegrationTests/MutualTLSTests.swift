@@ -135,9 +135,22 @@ extension ClusterTests {
     // connection is made with the current certificates and none fails, and the intruder
     // never gets through.
     func testSVIDRotationUnderTrafficThroughTheTunnelDropsNothing() throws {
+        let (a, b, db) = try tunnelledNodes(extra: ["--svid-ttl", "8"])
+        let rotationsBefore = try b.metric("mesh_trust_svid_rotations_total") ?? 0
+        let stop = a.dir + "/stop-steady"
+        let runs = try steadyTraffic(a, db: db, seconds: 25, stop: stop)
+        try checkSteady(runs)
+        XCTAssertGreaterThanOrEqual((try b.metric("mesh_trust_svid_rotations_total") ?? 0) - rotationsBefore, 4)
+        XCTAssertGreaterThanOrEqual((try a.metric("mesh_trust_svid_rotations_total") ?? 0), 4)
+        XCTAssertGreaterThan(try b.metric("mesh_mtls_handshakes_total", ["direction": "inbound", "result": "ok"]) ?? 0, 100)
+    }
+
+    /// Nodes A (web, intruder) and B (db: echo on 5432, name and echo on 7000, both
+    /// authentication-required), web already through the tunnel; db's address.
+    func tunnelledNodes(extra: [String] = []) throws -> (a: TestNode, b: TestNode, db: String) {
         fabric = try ClusterFabric()
-        let a = try fabric.addNode(podCIDR: "10.201.1.0/28", extra: ["--svid-ttl", "8"])
-        let b = try fabric.addNode(podCIDR: "10.201.2.0/28", extra: ["--svid-ttl", "8"])
+        let a = try fabric.addNode(podCIDR: "10.201.1.0/28", extra: extra)
+        let b = try fabric.addNode(podCIDR: "10.201.2.0/28", extra: extra)
         try a.ctlOK("endpoint", "create", "web", "--labels", "app=web")
         try a.ctlOK("endpoint", "create", "intruder", "--labels", "app=intruder")
         try b.ctlOK("endpoint", "create", "db", "--labels", "app=db")
@@ -148,13 +161,63 @@ extension ClusterTests {
         try serveName(b, "db", tcp: "7000")
         let db = try ip(b, "db")
         try a.waitFor("web through the tunnel", timeout: 20) { try probe(a, from: "web", to: db, port: 5432) }
-        let rotationsBefore = try b.metric("mesh_trust_svid_rotations_total") ?? 0
+        return (a, b, db)
+    }
+
+    func trustStatus(_ node: TestNode) throws -> (root: String, bundle: [String], holder: Bool, roll: String?) {
+        let t = try node.json("trust", "status", "-o", "json")
+        let root = (t["root"] as? [String: Any])?["fingerprint"] as? String ?? ""
+        let bundle = (t["bundle"] as? [[String: Any]] ?? []).compactMap { $0["fingerprint"] as? String }
+        return (root, bundle, t["holdsRootKey"] as? Bool ?? false, (t["roll"] as? [String: Any])?["phase"] as? String)
+    }
+
+    // The cluster's root rolls to a new one under the traffic of the rotation test: the new
+    // root joins both bundles, both nodes' certificates move to it, the old root leaves
+    // after the overlap; no connection drops, no new one fails, and at the end each node
+    // trusts the new root alone and its workloads' certificates chain to it.
+    func testARootRollWithOverlapDropsNothingAndEndsOnTheNewRootAlone() throws {
+        let (a, b, db) = try tunnelledNodes()
+        try a.waitFor("both nodes on the cluster's root") { try trustStatus(a).root == trustStatus(b).root }
+        let before = try trustStatus(a)
+        let holder = before.holder ? a : b
+        XCTAssertNotEqual(try trustStatus(a).holder, try trustStatus(b).holder, "one node holds the cluster root's key")
         let stop = a.dir + "/stop-steady"
-        let runs = try steadyTraffic(a, db: db, seconds: 25, stop: stop)
+        let runs = try steadyTraffic(a, db: db, seconds: 18, stop: stop)
+        sleep(2)
+        _ = try holder.ctlOK("trust", "roll", "--overlap", "3", "--no-wait")
+        // Both nodes as the roll goes, to check its order, not only its end.
+        var seen: [(a: (root: String, bundle: [String]), b: (root: String, bundle: [String]))] = []
+        var phase: String?
+        let deadline = Date().addingTimeInterval(40)
+        repeat {
+            let sa = try trustStatus(a), sb = try trustStatus(b)
+            seen.append(((sa.root, sa.bundle), (sb.root, sb.bundle)))
+            phase = (holder === a ? sa : sb).roll
+            usleep(50_000)
+        } while phase != "done" && phase != "failed" && Date() < deadline
+        XCTAssertEqual(phase, "done", holder.ctl("trust", "status").stdout)
         try checkSteady(runs)
-        XCTAssertGreaterThanOrEqual((try b.metric("mesh_trust_svid_rotations_total") ?? 0) - rotationsBefore, 4)
-        XCTAssertGreaterThanOrEqual((try a.metric("mesh_trust_svid_rotations_total") ?? 0), 4)
-        XCTAssertGreaterThan(try b.metric("mesh_mtls_handshakes_total", ["direction": "inbound", "result": "ok"]) ?? 0, 100)
+        let newRoot = try trustStatus(a).root
+        // Every node trusted the new root before any certificate chained to it, and still
+        // trusted the old one once every certificate had moved.
+        XCTAssertTrue(seen.contains { $0.a.root == before.root && $0.b.root == before.root
+                                      && $0.a.bundle.contains(newRoot) && $0.b.bundle.contains(newRoot) },
+                      "no moment where both nodes trusted the new root before moving to it: \(seen)")
+        XCTAssertTrue(seen.contains { $0.a.root == newRoot && $0.b.root == newRoot
+                                      && $0.a.bundle.contains(before.root) && $0.b.bundle.contains(before.root) },
+                      "no overlap in which both nodes, moved, still trusted the old root: \(seen)")
+        let afterA = try trustStatus(a), afterB = try trustStatus(b)
+        XCTAssertNotEqual(afterA.root, before.root)
+        XCTAssertEqual(afterB.root, afterA.root)
+        XCTAssertEqual(afterA.bundle, [afterA.root], "node A still trusts a root besides the new one")
+        XCTAssertEqual(afterB.bundle, [afterA.root], "node B still trusts a root besides the new one")
+        for (node, ep) in [(a, "web"), (b, "db")] {
+            let trust = node.dir + "/state/trust"
+            let verified = Run.run("/usr/bin/env", ["openssl", "verify", "-CAfile", trust + "/bundle.pem", "-untrusted",
+                                                    trust + "/svids/\(ep).crt", trust + "/svids/\(ep).crt"])
+            XCTAssertEqual(verified.status, 0, "\(ep)'s certificate does not chain to the new root: \(verified.stdout)\(verified.stderr)")
+        }
+        XCTAssertTrue(try probe(a, from: "web", to: db, port: 5432), "a new connection through the tunnel after the roll")
     }
 
     /// `openssl s_client` from node A's netns to node B's tunnel port, with `input` sent

@@ -282,7 +282,9 @@ public actor ClusterAgent: Service {
             await applyDocument(key: key, text: text)
         }
         for key in removedDocs { await deleteDocument(key: key) }
+        for key in Array(rollRoots.keys) where trustKeys[key] == nil { rollRoots[key] = nil }
         for (key, text) in trustKeys.sorted(by: { $0.key < $1.key }) { await trustChanged(key: key, text: text) }
+        await pushRoots()
         health.withLockedValue { $0.appliedRevision = rev; $0.etcdRevision = max($0.etcdRevision, rev) }
     }
 
@@ -290,6 +292,7 @@ public actor ClusterAgent: Service {
         var nodesChanged = false, remoteChanged = false
         var newNodes = etcdNodes, newRemote = etcdRemote
         var trustPuts: [EtcdClient.KeyValue] = []
+        var trustDeletes: [String] = []
         for event in batch.events {
             switch Self.classify(event.key) {
             case .node(let name):
@@ -309,7 +312,10 @@ public actor ClusterAgent: Service {
                 case .delete(let key, _): if documents[key] != nil { await deleteDocument(key: key) }
                 }
             case .trust:
-                if case .put(let kv) = event { trustPuts.append(kv) }
+                switch event {
+                case .put(let kv): trustPuts.append(kv)
+                case .delete(let key, _): trustDeletes.append(key)
+                }
             case .other:
                 if case .delete(let key, _) = event, key.hasPrefix(ClusterKeys.identityUsers) { await collectIfOrphaned(userKey: key) }
             }
@@ -320,6 +326,11 @@ public actor ClusterAgent: Service {
         if nodesChanged || remoteChanged { await applyView(initial: false) }
         // After the nodes: a request is signed only for a node registered by then.
         for kv in trustPuts { await trustChanged(key: kv.key, text: kv.string) }
+        // After the puts: a roll's switch deletes the next root in the transaction that makes
+        // it the cluster's, and the bundle must never be without it in between.
+        var dropped = false
+        for key in trustDeletes where rollRoots.removeValue(forKey: key) != nil { dropped = true }
+        if dropped { await pushRoots() }
         if localDirty { await publishLocal() }
         health.withLockedValue { $0.appliedRevision = batch.revision; $0.etcdRevision = max($0.etcdRevision, batch.revision) }
     }
@@ -445,6 +456,7 @@ public actor ClusterAgent: Service {
             if r.succeeded {
                 clusterRoot = ca.root
                 logger.info("this node's root is now the cluster's root; it signs the other nodes' intermediates")
+                await pushRoots()
                 return
             }
             defer { Task { await self.signWaitingRequests() } }
@@ -452,16 +464,24 @@ public actor ClusterAgent: Service {
                 throw MeshError(.internalError, "the cluster root in etcd does not parse")
             }
             clusterRoot = root
+            await pushRoots()
             if root == ca.root && CertificateAuthority.signs(root, ca.currentIntermediate) { return }
-            let (csr, key) = try ca.intermediateRequest()
-            pendingIntermediateKey = key
-            _ = try await etcd.txn([], success: [.delete(ClusterKeys.trustIntermediates + node.nodeName),
-                                                 .put(ClusterKeys.trustRequests + node.nodeName, Array(csr.utf8), lease: 0)])
-            logger.info("asked the cluster root's holder to sign this node's intermediate; the node's own root serves until then")
+            try await requestIntermediate()
         } catch {
             logger.error("cannot take part in the cluster's trust; workloads keep certificates of this node's own root",
                          metadata: ["error": "\(error.message)"])
         }
+    }
+
+    /// Asks the cluster root's holder, through etcd, to sign an intermediate for a key made
+    /// here; the node's present certificates serve until the answer comes.
+    private func requestIntermediate() async throws(MeshError) {
+        guard let ca else { return }
+        let (csr, key) = try ca.intermediateRequest()
+        pendingIntermediateKey = key
+        _ = try await etcd.txn([], success: [.delete(ClusterKeys.trustIntermediates + node.nodeName),
+                                             .put(ClusterKeys.trustRequests + node.nodeName, Array(csr.utf8), lease: 0)])
+        logger.info("asked the cluster root's holder to sign this node's intermediate; the node's present certificates serve until then")
     }
 
     /// Requests made while the root's holder was away.
@@ -474,7 +494,27 @@ public actor ClusterAgent: Service {
     /// A request to sign (on the root's holder) or this node's signed intermediate.
     private func trustChanged(key: String, text: String) async {
         guard let ca, let clusterRoot else { return }
-        if key.hasPrefix(ClusterKeys.trustRequests) {
+        if key == ClusterKeys.trustNextRoot || key == ClusterKeys.trustPreviousRoot {
+            guard let root = try? Certificate(pemEncoded: text) else {
+                logger.error("a root in etcd does not parse", metadata: ["key": "\(key)"])
+                return
+            }
+            if rollRoots[key] != root {
+                rollRoots[key] = root
+                await pushRoots()
+            }
+        } else if key == ClusterKeys.trustRoot {
+            // A roll moved the cluster to a new root: trust it, and move this node's
+            // intermediate to it (the holder moved itself already).
+            guard let root = try? Certificate(pemEncoded: text), root != clusterRoot else { return }
+            self.clusterRoot = root
+            logger.info("the cluster's root changed", metadata: ["root": "\(CertificateAuthority.fingerprint(root))"])
+            await pushRoots()
+            guard !(ca.holdsRootKey && ca.root == root) else { return }
+            do { try await requestIntermediate() } catch {
+                logger.error("cannot ask for an intermediate of the new root", metadata: ["error": "\(error.message)"])
+            }
+        } else if key.hasPrefix(ClusterKeys.trustRequests) {
             let requester = String(key.dropFirst(ClusterKeys.trustRequests.count))
             guard requester != node.nodeName, ca.holdsRootKey, ca.root == clusterRoot else { return }
             // Only registered nodes: whoever can write etcd is trusted as much as a node.
@@ -496,10 +536,148 @@ public actor ClusterAgent: Service {
                 pendingIntermediateKey = nil
                 logger.info("this node's intermediate is now signed by the cluster root; re-issuing workload certificates")
                 await workloads?.sync()
+                await pushRoots()
             } catch {
                 logger.error("the intermediate offered does not fit this node", metadata: ["error": "\(error.message)"])
             }
         }
+    }
+
+    // MARK: rolling the cluster's root
+
+    /// The roots a roll has this node trust besides the cluster's: etcd key → root.
+    private var rollRoots: [String: Certificate] = [:]
+    private var lastAck: TrustAck?
+    private var roll: TrustRollView?
+
+    /// What a node reports of its trust after each change, as `trust/acks/<node>`.
+    struct TrustAck: Codable, Equatable {
+        /// Fingerprints of the roots its bundle holds.
+        var bundle: [String]
+        /// The root its intermediate (and so its workload certificates) chains to.
+        var root: String
+    }
+
+    /// Trusts the cluster's root and a roll's roots besides the node's own, then tells the
+    /// others (once the bundle is written and the proxy told of it).
+    private func pushRoots() async {
+        guard let ca, let workloads, let clusterRoot else { return }
+        var roots = [clusterRoot]
+        for key in [ClusterKeys.trustNextRoot, ClusterKeys.trustPreviousRoot] { if let r = rollRoots[key] { roots.append(r) } }
+        let bundle = await workloads.setExtraRoots(roots)
+        let ack = TrustAck(bundle: bundle.map(CertificateAuthority.fingerprint), root: CertificateAuthority.fingerprint(ca.root))
+        guard ack != lastAck, let data = try? JSONEncoder().encode(ack) else { return }
+        do {
+            _ = try await etcd.put(ClusterKeys.trustAcks + node.nodeName, Array(data), lease: 0)
+            lastAck = ack
+        } catch {
+            logger.warning("cannot report this node's trust bundle", metadata: ["error": "\(error.message)"])
+        }
+    }
+
+    public func trustStatus() async -> TrustRollView? { roll }
+
+    /// Starts rolling the cluster's root to a new one (on the node that holds the root's
+    /// key). Returns at once; `trustStatus()` follows it. The steps, each waiting for every
+    /// node's report before the next: the new root joins every bundle; this node moves to
+    /// it and the others' intermediates are signed by it, every workload certificate
+    /// re-issued; both stay trusted for `overlap` seconds; the old root leaves every bundle.
+    /// No step leaves a pair of nodes that cannot verify each other.
+    public func startRootRoll(overlap: TimeInterval) throws(MeshError) -> TrustRollView {
+        guard let ca, let clusterRoot else {
+            throw MeshError(.unavailable, "this node has not joined the cluster's trust yet", hint: "try again once meshctl status shows etcd connected")
+        }
+        guard ca.settings.rootCertFile == nil else {
+            throw MeshError(.invalidArgument, "the root is the operator's (--trust-root-cert): SwiftMesh does not hold its key",
+                            hint: "roll it by starting the nodes with the new root's files")
+        }
+        guard ca.holdsRootKey, ca.root == clusterRoot else {
+            throw MeshError(.invalidArgument, "this node does not hold the cluster root's key",
+                            hint: "run it on the node whose `meshctl trust status` says it holds the root's key")
+        }
+        guard overlap.isFinite, (0...86400).contains(overlap) else {
+            throw MeshError.invalid("overlap \(overlap) must be 0 to 86400 seconds")
+        }
+        if let roll, !roll.finished { throw MeshError(.alreadyExists, "a root roll is already under way (\(roll.phase.rawValue))") }
+        let started = TrustRollView(phase: .adding, startedAt: Date(), oldRoot: CertificateAuthority.fingerprint(clusterRoot),
+                                    overlapSeconds: overlap)
+        roll = started
+        Task { await self.runRootRoll(ca: ca, old: clusterRoot, overlap: overlap) }
+        return started
+    }
+
+    private func rollStep(_ phase: TrustRollView.Phase, _ done: String) {
+        roll?.steps.append("\(Date().formatted(.iso8601)) \(done)")
+        roll?.phase = phase
+        logger.info("root roll", metadata: ["phase": "\(phase.rawValue)", "step": "\(done)"])
+    }
+
+    private func runRootRoll(ca: CertificateAuthority, old: Certificate, overlap: TimeInterval) async {
+        let oldPEM: String, oldFP = CertificateAuthority.fingerprint(old)
+        var switched = false
+        do throws(MeshError) {
+            oldPEM = try CertificateAuthority.pem(old)
+            let next = try CertificateAuthority.makeRoot()
+            let newPEM = try CertificateAuthority.pem(next.certificate), newFP = CertificateAuthority.fingerprint(next.certificate)
+            roll?.newRoot = newFP
+            _ = try await etcd.put(ClusterKeys.trustNextRoot, Array(newPEM.utf8))
+            try await waitForEveryNode("trust the new root", timeout: 30) { $0.bundle.contains(newFP) }
+            // Each proxy reads its bundle again at its next handshake; give the last told a moment.
+            try? await Task.sleep(for: .seconds(1))
+            rollStep(.switching, "every node trusts the new root \(newFP)")
+
+            try ca.switchRoot(to: next)
+            switched = true
+            clusterRoot = next.certificate
+            rollRoots[ClusterKeys.trustPreviousRoot] = old
+            rollRoots[ClusterKeys.trustNextRoot] = nil
+            _ = try await etcd.txn([], success: [.put(ClusterKeys.trustRoot, Array(newPEM.utf8), lease: 0),
+                                                 .put(ClusterKeys.trustPreviousRoot, Array(oldPEM.utf8), lease: 0),
+                                                 .delete(ClusterKeys.trustNextRoot)])
+            await workloads?.sync()
+            await pushRoots()
+            await signWaitingRequests()
+            try await waitForEveryNode("move to the new root", timeout: 60) { $0.root == newFP }
+            rollStep(.overlap, "every node's certificates chain to the new root; the old one stays trusted for \(Int(overlap)) s")
+
+            try? await Task.sleep(for: .seconds(overlap))
+            rollStep(.dropping, "overlap over: dropping the old root \(oldFP)")
+            rollRoots[ClusterKeys.trustPreviousRoot] = nil
+            _ = try await etcd.delete(ClusterKeys.trustPreviousRoot)
+            await pushRoots()
+            try await waitForEveryNode("drop the old root", timeout: 30) { !$0.bundle.contains(oldFP) }
+            rollStep(.done, "the cluster trusts only the new root \(newFP)")
+            roll?.finishedAt = Date()
+        } catch {
+            if !switched {
+                // Nothing moved yet: take the new root back out of the bundles.
+                rollRoots[ClusterKeys.trustNextRoot] = nil
+                _ = try? await etcd.delete(ClusterKeys.trustNextRoot)
+                await pushRoots()
+            }
+            roll?.error = error.message
+            rollStep(.failed, "stopped: \(error.message)")
+            roll?.finishedAt = Date()
+        }
+    }
+
+    /// Waits until every registered node's report satisfies `done`.
+    private func waitForEveryNode(_ what: String, timeout: TimeInterval, _ done: (TrustAck) -> Bool) async throws(MeshError) {
+        let deadline = Date().addingTimeInterval(timeout)
+        var behind: [String] = []
+        while Date() < deadline {
+            let (kvs, _) = try await etcd.range(ClusterKeys.trustAcks, prefix: true)
+            var acks: [String: TrustAck] = [:]
+            for kv in kvs {
+                if let a = try? JSONDecoder().decode(TrustAck.self, from: Data(kv.string.utf8)) {
+                    acks[String(kv.key.dropFirst(ClusterKeys.trustAcks.count))] = a
+                }
+            }
+            behind = Set(etcdNodes.keys).union([node.nodeName]).filter { acks[$0].map(done) != true }.sorted()
+            if behind.isEmpty { return }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        throw MeshError(.unavailable, "nodes \(behind.joined(separator: ", ")) did not \(what) within \(Int(timeout)) s")
     }
 
     // MARK: documents

@@ -32,6 +32,13 @@ public enum ClusterKeys {
     public static let trustRoot = trust + "root"
     public static let trustRequests = trust + "csr/"
     public static let trustIntermediates = trust + "intermediates/"
+    /// During a root roll: the root about to become the cluster's, trusted already.
+    public static let trustNextRoot = trust + "next-root"
+    /// During a root roll's overlap: the root the cluster left, still trusted.
+    public static let trustPreviousRoot = trust + "previous-root"
+    /// Each node's report of its bundle and root (a TrustAck), so a roll knows when every
+    /// node has taken a step.
+    public static let trustAcks = trust + "acks/"
 
     static func node(_ name: String) -> String { nodes + name }
     /// A CIDR's key: `10.201.1.0-24` (no `/`, which would read as a folder).

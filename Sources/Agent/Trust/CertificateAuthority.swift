@@ -236,6 +236,13 @@ public final class CertificateAuthority: @unchecked Sendable { // `intermediate`
                                 hint: "move \(dir) away to make a new root (every workload certificate changes)")
             }
         }
+        let made = try makeRoot()
+        try write(made, cert: certPath, key: keyPath)
+        return (made.certificate, made.key)
+    }
+
+    /// A new self-signed root: its key made here, ten years, CA for one level below it.
+    static func makeRoot() throws(MeshError) -> Issued {
         let key = P256.Signing.PrivateKey()
         let now = Date()
         do {
@@ -253,13 +260,37 @@ public final class CertificateAuthority: @unchecked Sendable { // `intermediate`
                     SubjectKeyIdentifier(hash: .init(key.publicKey))
                 },
                 issuerPrivateKey: .init(key))
-            try write(Issued(certificate: cert, key: key), cert: certPath, key: keyPath)
-            return (cert, key)
-        } catch let error as MeshError {
-            throw error
+            return Issued(certificate: cert, key: key)
         } catch {
-            throw MeshError(.internalError, "making the root certificate failed: \(error)")
+            throw MeshError(.internalError, "making a root certificate failed: \(error)")
         }
+    }
+
+    /// Moves this node (the root's holder) to `new`: its root and key, and an intermediate
+    /// the new root signs; every certificate issued before is issued again.
+    public func switchRoot(to new: Issued) throws(MeshError) {
+        let ikey = P256.Signing.PrivateKey()
+        let inter = Issued(certificate: try Self.issueIntermediate(root: new.certificate, rootKey: new.key, node: nodeName,
+                                                                  publicKey: .init(ikey.publicKey)), key: ikey)
+        try Self.write(new, cert: dir + "/root.crt", key: dir + "/root.key")
+        try Self.write(inter, cert: dir + "/intermediate.crt", key: dir + "/intermediate.key")
+        lock.withLock {
+            rootCert = new.certificate
+            rootKey = new.key
+            intermediate = inter
+            generationNumber += 1
+        }
+    }
+
+    /// The first 16 hex digits of the SHA-256 of `cert`'s DER: enough to tell roots apart.
+    public static func fingerprint(_ cert: Certificate) -> String {
+        var serializer = DER.Serializer()
+        guard (try? serializer.serialize(cert)) != nil else { return "?" }
+        return SHA256.hash(data: serializer.serializedBytes).prefix(8).map { String(format: "%02x", $0) }.joined()
+    }
+
+    public static func summary(_ cert: Certificate) -> CertificateSummary {
+        CertificateSummary(subject: "\(cert.subject)", fingerprint: fingerprint(cert), notAfter: cert.notValidAfter)
     }
 
     static func issueIntermediate(root: Certificate, rootKey: P256.Signing.PrivateKey, node: String,

@@ -32,6 +32,9 @@ public actor WorkloadIdentities: Service {
     private var held: [String: Held] = [:]
     private var nodeHeld: Held?
     private var bundle: String?
+    /// Roots trusted besides the node's own: in a cluster, the cluster's root and, while a
+    /// root roll runs, the next or the previous one.
+    private var extraRoots: [Certificate] = []
     nonisolated let counters = NIOLockedValueBox((rotations: 0, failures: 0))
     public nonisolated let nodeCertificatePath: String
     public nonisolated let nodeKeyPath: String
@@ -118,10 +121,30 @@ public actor WorkloadIdentities: Service {
         }
     }
 
-    /// The trust bundle: the root every chain of the cluster ends at. Returns whether it
-    /// changed (a new cluster root adopted).
+    /// Trusts `roots` besides the node's own root from now on (the bundle is written, and
+    /// the proxy told, before this returns). Returns the bundle's roots.
+    @discardableResult
+    public func setExtraRoots(_ roots: [Certificate]) -> [Certificate] {
+        extraRoots = roots
+        sync()
+        return bundleRoots
+    }
+
+    /// The roots peers' chains may end at: the node's own, then the others it was given.
+    public var bundleRoots: [Certificate] {
+        var roots = [ca.root]
+        for r in extraRoots where !roots.contains(r) { roots.append(r) }
+        return roots
+    }
+
+    /// The trust bundle: the roots every chain of the cluster may end at. Returns whether
+    /// it changed (a new cluster root adopted, a roll's root added or dropped).
     private func writeBundle() -> Bool {
-        guard let pem = try? CertificateAuthority.pem(ca.root) + "\n", pem != bundle else { return false }
+        guard let pems = try? bundleRoots.map({ (c: Certificate) throws(MeshError) -> String in try CertificateAuthority.pem(c) }) else {
+            return false
+        }
+        let pem = pems.joined(separator: "\n") + "\n"
+        guard pem != bundle else { return false }
         do {
             try CertificateAuthority.writeFile(bundlePath, pem, mode: 0o644)
             bundle = pem

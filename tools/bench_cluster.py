@@ -39,6 +39,20 @@ def sh(*args, check=True):
 
 
 def down():
+    if os.environ.get("SMBENCH_KEEP_LOGS"):
+        # Counters too, while the namespaces still exist: the kernel's TCP ones of every
+        # namespace of the run and each node's /metrics.
+        keep = f"{RUN}-logs"
+        shutil.rmtree(keep, ignore_errors=True)
+        os.makedirs(keep, exist_ok=True)
+        for line in sh("ip", "netns", "list").stdout.splitlines():
+            ns = line.split()[0] if line.split() else ""
+            if ns == FABRIC or any(ns == n or ns.startswith(n + "-ep-") for n in NODES):
+                with open(f"{keep}/nstat-{ns}.txt", "w") as f:
+                    f.write(sh("nsenter", f"--net=/run/netns/{ns}", "nstat", "-az", check=False).stdout)
+        for node in NODES:
+            with open(f"{keep}/metrics-{node}.txt", "w") as f:
+                f.write(sh("nsenter", f"--net=/run/netns/{node}", "curl", "-s", "http://127.0.0.1:9464/metrics", check=False).stdout)
     for node in NODES:
         subprocess.run(["pkill", "-KILL", "-f", f"--node-name {node}( |$)"], stderr=subprocess.DEVNULL)
     time.sleep(0.2)
@@ -50,6 +64,15 @@ def down():
             subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
     for node in NODES:
         remove_node_files(node)
+    if os.environ.get("SMBENCH_KEEP_LOGS"):
+        # The nodes' logs (meshd, mesh-proxy) for a look after the run; the next run's start removes them.
+        keep = f"{RUN}-logs"
+        for node in NODES:
+            for name in ("meshd.log", "state/mesh-proxy.log"):
+                src = f"{RUN}/{node}/{name}"
+                if os.path.exists(src):
+                    os.makedirs(f"{keep}/{node}", exist_ok=True)
+                    shutil.copy(src, f"{keep}/{node}/{os.path.basename(name)}")
     shutil.rmtree(RUN, ignore_errors=True)
 
 
@@ -79,7 +102,7 @@ def up(bin_dir, lease_ttl, extra=("--proxy", "off")):
         p = subprocess.Popen(["nsenter", f"--net=/run/netns/{node}", f"{bin_dir}/meshd", "--node-name", node,
                               "--state-dir", f"{RUN}/{node}/state", "--api-socket", sock_path(node), "--pod-cidr", POD_CIDRS[k - 1],
                               "--cluster", f"etcd://{ETCD_IP}:2379", "--node-ip", f"10.98.0.{k}", "--cluster-lease-ttl", str(lease_ttl),
-                              "--dns", "off", "--log-level", "warning", *extra],
+                              "--dns", "off", "--log-level", os.environ.get("SMBENCH_LOG_LEVEL", "warning"), *extra],
                              stdout=open(f"{RUN}/{node}/meshd.log", "w"), stderr=subprocess.STDOUT)
         procs.append(p)
         wait(lambda: ok_status(node), f"meshd on {node}")

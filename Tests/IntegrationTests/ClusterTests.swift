@@ -300,14 +300,19 @@ final class ClusterTests: XCTestCase {
         return [hold, allowed, denied]
     }
 
-    func checkSteady(_ runs: [Traffic.Background], file: StaticString = #filePath, line: UInt = #line) throws {
-        let hold = try runs[0].result(), allowed = try runs[1].result(), denied = try runs[2].result()
+    /// Checks steadyTraffic's outcome; returns the long-lived and the allowed runs' results.
+    @discardableResult
+    func checkSteady(_ runs: [Traffic.Background], timeout: TimeInterval = 60, file: StaticString = #filePath,
+                     line: UInt = #line) throws -> (hold: [String: Any], allowed: [String: Any]) {
+        let hold = try runs[0].result(timeout: timeout), allowed = try runs[1].result(timeout: timeout),
+            denied = try runs[2].result(timeout: timeout)
         XCTAssertNil(hold["failure"] as? String, "the long-lived connection broke: \(hold)", file: file, line: line)
         XCTAssertGreaterThan(hold["exchanges"] as? Int ?? 0, 20, "\(hold)", file: file, line: line)
         XCTAssertEqual(allowed["failed"] as? Int, 0, "allowed connections failed: \(allowed)", file: file, line: line)
         XCTAssertGreaterThan(allowed["ok"] as? Int ?? 0, 20, "\(allowed)", file: file, line: line)
         XCTAssertEqual(denied["ok"] as? Int, 0, "denied connections got through: \(denied)", file: file, line: line)
         XCTAssertGreaterThan(denied["attempts"] as? Int ?? 0, 5, "\(denied)", file: file, line: line)
+        return (hold, allowed)
     }
 
     /// Nodes A (web, intruder) and B (db: echo on 5432, name and echo on 7000) under
@@ -366,7 +371,11 @@ final class ClusterTests: XCTestCase {
         XCTAssertTrue(try probe(a, from: "web", to: try ip(b, "db2"), port: 5432), "web reaches the db made after the outage")
         XCTAssertFalse(try probe(a, from: "intruder", to: try ip(b, "db2"), port: 5432))
         FileManager.default.createFile(atPath: stop, contents: nil)
-        try checkSteady(runs)
+        let (_, allowed) = try checkSteady(runs)
+        if (allowed["failed"] as? Int ?? 1) != 0 {
+            // Rare (once in CI, never here): what both nodes made of the outage, to find why.
+            print("node A's log:\n\(a.meshdLog.suffix(6000))\nnode B's log:\n\(b.meshdLog.suffix(6000))")
+        }
         XCTAssertEqual(try a.ctlOK("node", "list").components(separatedBy: "\n").filter { $0.contains("smt") }.count, 2)
     }
 

@@ -82,6 +82,12 @@ public struct GatewayParentRef: Codable, Sendable, Equatable, Hashable {
     }
 
     public var gatewayKey: String { "\(namespace)/\(name)" }
+
+    /// Whether this parent, of the listener's Gateway, takes `listener`: its sectionName
+    /// and port, where given, are the listener's.
+    func names(_ listener: Gateway.Listener) -> Bool {
+        (sectionName ?? listener.name) == listener.name && (port ?? listener.port) == listener.port
+    }
 }
 
 /// A Gateway API `TLSRoute` (`gateway.networking.k8s.io/v1alpha2`): TLS connections to a

@@ -135,7 +135,7 @@ public enum GatewayTable {
                 // attach; one that names the whole Gateway only if it attaches nowhere.
                 func attaches(_ key: String, namespace: String, parents: [GatewayParentRef], hostnames: [String]) -> [String]? {
                     let naming = parents.filter { p in
-                        p.gatewayKey == gw.key && (p.sectionName ?? l.name) == l.name && (p.port ?? l.port) == l.port
+                        p.gatewayKey == gw.key && p.names(l)
                     }
                     guard !naming.isEmpty else { return nil }
                     let named = naming.contains { $0.sectionName != nil }
@@ -190,7 +190,7 @@ public enum GatewayTable {
                 }
                 let wanted: Set<Gateway.ListenerProtocol> = kind == "TLSRoute" ? [.tls] : [.http, .https]
                 let fits = gw.listeners.contains { l in
-                    wanted.contains(l.proto) && (p.sectionName ?? l.name) == l.name && (p.port ?? l.port) == l.port
+                    wanted.contains(l.proto) && p.names(l)
                 }
                 if !fits {
                     let which = [p.sectionName.map { "named \($0)" }, p.port.map { "on port \($0)" }].compactMap { $0 }.joined(separator: " ")

@@ -65,6 +65,8 @@ public actor ClusterAgent: Service {
     /// died is withdrawn when the window closes.
     private var quietUntil = Date.distantPast
     private var recheckScheduled = false
+    /// How many records the last "keeping" log line named (one line per change, not per recheck).
+    private var keptLogged = 0
     /// Whether the kernel's routes to other nodes matched `nodes` after the last change.
     private var routesProgrammed = false
     /// This node's endpoint records as last written to etcd.
@@ -339,26 +341,37 @@ public actor ClusterAgent: Service {
 
     /// Applies etcd's view, keeping what vanished from it while the quiet window after an
     /// outage lasts (and looking again when it closes).
+    ///
+    /// Nothing is withdrawn while etcd cannot be reached either: what the node last read is
+    /// all it knows (a recheck that fell in a moment's loss of etcd, right after an outage,
+    /// withdrew a node that was registering again at that moment; seen in CI). The window
+    /// opens again when etcd answers.
     private func applyView(initial: Bool) async {
         var wantNodes = etcdNodes, wantRemote = etcdRemote
-        if Date() < quietUntil {
+        let connected = health.withLockedValue { $0.connected }
+        if Date() < quietUntil || !connected {
             var kept = 0
             for (k, v) in nodes where wantNodes[k] == nil { wantNodes[k] = v; kept += 1 }
             for (k, v) in remote where wantRemote[k] == nil { wantRemote[k] = v; kept += 1 }
             if kept > 0 {
-                logger.info("keeping records etcd no longer holds until the nodes had time to register again",
-                            metadata: ["records": "\(kept)", "until": "\(quietUntil)"])
-                scheduleRecheck()
+                if kept != keptLogged {
+                    logger.info("keeping records etcd no longer holds until the nodes had time to register again",
+                                metadata: ["records": "\(kept)", "until": connected ? "\(quietUntil)" : "etcd answers"])
+                }
+                scheduleRecheck(in: connected ? quietUntil.timeIntervalSinceNow : 1)
             }
+            keptLogged = kept
+        } else {
+            keptLogged = 0
         }
         if wantNodes != nodes || initial { await applyNodes(wantNodes, initial: initial) }
         await applyRemote(wantRemote, initial: initial)
     }
 
-    private func scheduleRecheck() {
+    private func scheduleRecheck(in seconds: TimeInterval) {
         guard !recheckScheduled else { return }
         recheckScheduled = true
-        let wait = max(0, quietUntil.timeIntervalSinceNow) + 0.05
+        let wait = max(0, seconds) + 0.05
         Task {
             try? await Task.sleep(for: .seconds(wait))
             await self.recheck()
@@ -422,7 +435,8 @@ public actor ClusterAgent: Service {
     private func collectIfOrphaned(userKey: String) async {
         let rest = userKey.dropFirst(ClusterKeys.identityUsers.count).split(separator: "/")
         // Not in the quiet window after an outage: every lease may have lapsed at once.
-        guard rest.count == 2, let id = UInt32(rest[0]), etcdNodes[String(rest[1])] == nil, Date() >= quietUntil else { return }
+        guard rest.count == 2, let id = UInt32(rest[0]), etcdNodes[String(rest[1])] == nil, Date() >= quietUntil,
+              health.withLockedValue({ $0.connected }) else { return }
         do {
             let (kvs, _) = try await etcd.range(ClusterKeys.identityID(id))
             guard let labels = kvs.first?.string else { return }

@@ -70,34 +70,66 @@ public final class EtcdClient: Sendable {
     }
 
     public let endpoints: [String]
-    private let http: HTTPClient
-    private let state = NIOLockedValueBox(State())
+    private let state: NIOLockedValueBox<State>
 
     struct State {
         var current = 0
         var requests: Int64 = 0
         var failures: Int64 = 0
         var shutDown = false
+        /// One HTTP client per member, and whether a request to it failed since it was made.
+        var clients: [HTTPClient]
+        var failed: [Bool]
     }
 
     /// `endpoints`: `host:port` of each member.
     public init(endpoints: [String]) {
         self.endpoints = endpoints.map { "http://\($0)" }
+        let clients = endpoints.map { _ in Self.makeClient() }
+        state = NIOLockedValueBox(State(clients: clients, failed: clients.map { _ in false }))
+    }
+
+    private static func makeClient() -> HTTPClient {
         var config = HTTPClient.Configuration()
         config.timeout = .init(connect: .seconds(2), read: nil)
         config.connectionPool = .init(idleTimeout: .seconds(30))
-        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+    }
+
+    /// The client for member `index`; a fresh one if a request to it failed.
+    ///
+    /// Why: AsyncHTTPClient backs off new connections to a host after failed connects
+    /// (100 ms × 1.25 per failure, up to a minute) until one succeeds. After thirty seconds
+    /// of a dead member that back-off had grown to seconds, and requests waited in the pool
+    /// (`getConnectionFromPoolTimeout`) after etcd was back, long enough for a 4-second
+    /// lease to lapse (seen in CI). When to try again is this client's callers' business
+    /// (a keepalive every third of the lease, the watch's own back-off), so a member that
+    /// failed gets a new pool, and the old one is shut down, with whatever it still held.
+    private func client(_ index: Int) -> HTTPClient {
+        let (client, retired) = state.withLockedValue { s -> (HTTPClient, HTTPClient?) in
+            guard s.failed[index], !s.shutDown else { return (s.clients[index], nil) }
+            let old = s.clients[index]
+            s.clients[index] = Self.makeClient()
+            s.failed[index] = false
+            return (s.clients[index], old)
+        }
+        if let retired { Task { try? await retired.shutdown() } }
+        return client
     }
 
     public func shutdown() async {
-        state.withLockedValue { $0.shutDown = true }
-        try? await http.shutdown()
+        let clients = state.withLockedValue { s in
+            s.shutDown = true
+            return s.clients
+        }
+        for client in clients { try? await client.shutdown() }
     }
 
     /// A client dropped without `shutdown()` (meshd leaving on an error) closes its
     /// connections here: AsyncHTTPClient stops the process otherwise.
     deinit {
-        if !state.withLockedValue({ $0.shutDown }) { try? http.syncShutdown() }
+        let (down, clients) = state.withLockedValue { ($0.shutDown, $0.clients) }
+        if !down { for client in clients { try? client.syncShutdown() } }
     }
 
     /// Requests sent so far, and how many failed (member down, timeout, error answer).
@@ -235,7 +267,7 @@ public final class EtcdClient: Sendable {
             request.body = .bytes(ByteBuffer(data: data))
             state.withLockedValue { $0.requests += 1 }
             do {
-                let response = try await http.execute(request, timeout: timeout)
+                let response = try await client(index).execute(request, timeout: timeout)
                 // No leader (an election in progress) is worth another member's try.
                 if response.status == .serviceUnavailable, step + 1 < endpoints.count {
                     errors.append("\(endpoints[index]): \(response.status)")
@@ -246,7 +278,10 @@ public final class EtcdClient: Sendable {
                 return response
             } catch {
                 if Task.isCancelled { throw MeshError(.unavailable, "etcd \(path): cancelled") }
-                state.withLockedValue { $0.failures += 1 }
+                state.withLockedValue {
+                    $0.failures += 1
+                    $0.failed[index] = true
+                }
                 errors.append("\(endpoints[index]): \(error)")
             }
         }

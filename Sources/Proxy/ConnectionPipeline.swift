@@ -63,9 +63,13 @@ enum ConnectionPipeline {
     /// HTTP/2 with prior knowledge (h2c, gRPC): each request stream gets its own proxying
     /// handler, and they share the connection's HTTP/2 connections upstream. NIOHTTP2 bounds
     /// what one connection may hold (concurrent streams, header list size, flow control).
-    static func configureHTTP2(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress) throws {
+    /// Through the gateway (HTTP/2 by ALPN) the backends are reached over HTTP/1.1 instead:
+    /// a Service's backend is not known to speak HTTP/2.
+    static func configureHTTP2(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress,
+                               gateway: GatewayRouting? = nil) throws {
         let upstreams = NIOLoopBound(HTTP2Upstreams(loop: channel.eventLoop), eventLoop: channel.eventLoop)
         channel.closeFuture.whenComplete { _ in upstreams.value.closeAll() }
+        let viaHTTP2 = gateway == nil
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.maximumRecentlyResetStreams = 32
         connection.initialSettings = [
@@ -79,7 +83,8 @@ enum ConnectionPipeline {
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
                 try stream.pipeline.syncOperations.addHandler(
-                    DownstreamHandler(core: core, client: client, destination: destination, http2: upstreams.value))
+                    DownstreamHandler(core: core, client: client, destination: destination,
+                                      http2: viaHTTP2 ? upstreams.value : nil, gateway: gateway))
             }
         }
         try channel.pipeline.syncOperations.addHandler(CloseOnConnectionError(metrics: core.metrics))

@@ -93,7 +93,7 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         exchange = Exchange(record: ExchangeRecord(started: .now, method: head.method.rawValue, target: head.uri,
                                                    host: head.headers.first(name: "host") ?? "",
                                                    source: client, destination: destination),
-                            version: head.version, keepAlive: http2 != nil || head.isKeepAlive)
+                            version: head.version, keepAlive: head.version.major >= 2 || head.isKeepAlive)
         exchange?.acceptsTrailers = head.acceptsTrailers
         if head.asksForAnotherProtocol {
             // The decoder stops parsing after such a request, so the connection cannot go on.

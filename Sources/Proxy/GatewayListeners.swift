@@ -9,7 +9,7 @@ import NIOTLS
 /// every address of the node. A connection is set up from the configuration in force when
 /// it arrives: HTTP goes straight to the HTTP handling, routed by the listener its Host
 /// names; HTTPS is read up to its SNI, which picks the listener and so the certificate and
-/// the routes; TLS (passthrough) is read up to its SNI, which picks the TLSRoute, and then
+/// the routes, and ALPN HTTP/2 or HTTP/1.1; TLS (passthrough) is read up to its SNI, which picks the TLSRoute, and then
 /// relayed unopened to one of its backends.
 final class GatewayListeners: Sendable {
     private let group: any EventLoopGroup
@@ -138,8 +138,18 @@ enum GatewayConnection {
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(NIOSSLServerHandler(context: ssl))
         try sync.addHandler(HandshakeOutcome(core: core, port: port, deadline: deadline))
-        try ConnectionPipeline.configureHTTP1(channel, core: core, client: client, destination: local,
-                                              gateway: GatewayRouting(port: port, listener: listener.label))
+        let routing = GatewayRouting(port: port, listener: listener.label)
+        // The protocol ALPN agreed on: HTTP/2 requests are routed stream by stream, by the
+        // same listener, and reach backends over HTTP/1.1 as every gateway request does.
+        try sync.addHandler(ApplicationProtocolNegotiationHandler { result, channel in
+            channel.eventLoop.makeCompletedFuture {
+                if case .negotiated("h2") = result {
+                    try ConnectionPipeline.configureHTTP2(channel, core: core, client: client, destination: local, gateway: routing)
+                } else {
+                    try ConnectionPipeline.configureHTTP1(channel, core: core, client: client, destination: local, gateway: routing)
+                }
+            }
+        })
     }
 }
 
@@ -226,7 +236,11 @@ final class HandshakeOutcome: ChannelInboundHandler, RemovableChannelHandler {
             counted = true
             deadline.cancel()
             core.metrics.gatewayConnection(port: port, .accepted)
+            // On first: the protocol negotiation after this handler waits for the event,
+            // and a removed handler's context passes nothing on.
+            context.fireUserInboundEventTriggered(event)
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            return
         }
         context.fireUserInboundEventTriggered(event)
     }

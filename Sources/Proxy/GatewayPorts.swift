@@ -70,7 +70,8 @@ final class GatewayPorts: Sendable {
             certificateChain: try NIOSSLCertificate.fromPEMFile(files.certificate).map { .certificate($0) },
             privateKey: .privateKey(try NIOSSLPrivateKey(file: files.key, format: .pem)))
         c.minimumTLSVersion = .tlsv12
-        c.applicationProtocols = ["http/1.1"]
+        // HTTP/2 first, as clients prefer it; one that offers no ALPN speaks HTTP/1.1.
+        c.applicationProtocols = ["h2", "http/1.1"]
         return try NIOSSLContext(configuration: c)
     }
 }

@@ -30,15 +30,17 @@ final class GatewayTests: XCTestCase {
         }
     }
 
-    /// curl in the node's netns: the status (0 when no HTTP answer came), the body and
-    /// curl's error.
-    func curl(_ url: String, resolve: String? = nil, headers: [String] = []) -> (status: Int, body: String, error: String) {
-        var args = ["curl", "-sS", "--max-time", "5", "--cacert", certs + "/ca/ca.crt", "-o", "-", "-w", "\n%{http_code}"]
+    /// curl in the node's netns: the status (0 when no HTTP answer came), the body, curl's
+    /// error and the HTTP version spoken ("2" or "1.1"; over TLS curl asks for HTTP/2 first).
+    func curl(_ url: String, resolve: String? = nil, headers: [String] = [], options: [String] = [])
+        -> (status: Int, body: String, error: String, version: String) {
+        var args = ["curl", "-sS", "--max-time", "5", "--cacert", certs + "/ca/ca.crt", "-o", "-", "-w", "\n%{http_code} %{http_version}"]
         if let resolve { args += ["--resolve", resolve] }
         for h in headers { args += ["-H", h] }
-        let r = Run.run("/usr/bin/nsenter", ["--net=/run/netns/\(node.netns)"] + args + [url])
+        let r = Run.run("/usr/bin/nsenter", ["--net=/run/netns/\(node.netns)"] + args + options + [url])
         let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false)
-        return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"), r.stderr)
+        let last = (lines.last ?? "").split(separator: " ")
+        return (Int(last.first ?? "") ?? 0, lines.dropLast().joined(separator: "\n"), r.stderr, last.count > 1 ? String(last[1]) : "")
     }
 
     var proxyLog: String {
@@ -142,7 +144,7 @@ final class GatewayTests: XCTestCase {
         }
         try node.apply([Self.service("shop"), Self.service("api"), Self.service("vault", port: 443), Self.gateway]
             .joined(separator: "\n---\n"))
-        var last = (status: 0, body: "", error: "")
+        var last = (status: 0, body: "", error: "", version: "")
         do {
             try node.waitFor("the gateway to listen") {
                 last = curl("https://shop.example.com:8443/store", resolve: "shop.example.com:8443:127.0.0.1")
@@ -165,6 +167,19 @@ final class GatewayTests: XCTestCase {
         let shown = node.inNode("/bin/sh", "-c", "openssl s_client -connect 127.0.0.1:8443 -servername api.example.com </dev/null 2>/dev/null"
                                 + " | openssl x509 -noout -subject")
         XCTAssertTrue(shown.stdout.contains("CN = api.example.com"), shown.stdout + shown.stderr)
+
+        // ALPN: HTTP/2 to a client that offers it (curl does, first), HTTP/1.1 to one that
+        // does not; both routed alike. Two requests on one HTTP/2 connection are each routed.
+        XCTAssertEqual(shop.version, "2", "the gateway offers h2 by ALPN")
+        let h1 = curl("https://shop.example.com:8443/store/cart", resolve: "shop.example.com:8443:127.0.0.1", options: ["--http1.1"])
+        XCTAssertEqual(h1.status, 200, h1.error)
+        XCTAssertEqual(h1.version, "1.1")
+        XCTAssertEqual(server(of: h1.body), "shop")
+        let two = node.inNode("curl", "-sS", "--max-time", "5", "--cacert", certs + "/ca/ca.crt", "--http2",
+                              "--resolve", "shop.example.com:8443:127.0.0.1", "-o", "/dev/null", "-o", "/dev/null",
+                              "-w", "%{http_code} %{http_version} %{num_connects}\n",
+                              "https://shop.example.com:8443/store/a", "https://shop.example.com:8443/admin")
+        XCTAssertEqual(two.stdout, "200 2 1\n404 2 0\n", "one HTTP/2 connection, each request routed on its own: \(two.stderr)")
 
         // What no route names: another path, a route's path under another host, an unknown SNI.
         XCTAssertEqual(curl("https://shop.example.com:8443/admin", resolve: "shop.example.com:8443:127.0.0.1").status, 404)

@@ -27,8 +27,14 @@ final class ClusterTests: XCTestCase {
         return try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["ipv4"] as? String)
     }
 
+    /// Servers outlive any test here (tearDown kills them): the rotation test's long form
+    /// runs five minutes of traffic after its setup, and a server that left at 300 s cut
+    /// its last connections.
+    static let serverSeconds = "1200"
+
     func serve(_ node: TestNode, _ ep: String, tcp: String) throws {
-        servers.append(try Traffic(node: node).start(in: ep, ["echo-server", "--tcp", tcp, "--udp", "", "--seconds", "300"], waitReady: true))
+        servers.append(try Traffic(node: node).start(in: ep, ["echo-server", "--tcp", tcp, "--udp", "", "--seconds", Self.serverSeconds],
+                                                     waitReady: true))
     }
 
     func probe(_ node: TestNode, from ep: String, to host: String, port: Int) throws -> Bool {
@@ -126,7 +132,7 @@ final class ClusterTests: XCTestCase {
     }
 
     func serveName(_ node: TestNode, _ ep: String, tcp: String = "8080") throws {
-        servers.append(try Traffic(node: node).start(in: ep, ["name-server", "--name", ep, "--tcp", tcp, "--udp", "", "--seconds", "300"],
+        servers.append(try Traffic(node: node).start(in: ep, ["name-server", "--name", ep, "--tcp", tcp, "--udp", "", "--seconds", Self.serverSeconds],
                                                      waitReady: true))
     }
 

@@ -17,8 +17,9 @@
  *       the proxy, not to the client.
  *
  * A connection to an endpoint of another node whose node accepts it only through an mTLS
- * tunnel (MESH_IPCACHE_TUNNEL) goes to the proxy the same way; the proxy carries it to the
- * other node's proxy inside the tunnel. That node drops such flows arriving in the clear
+ * tunnel (MESH_IPCACHE_TUNNEL), or one its own egress rule allows only authenticated
+ * (MESH_POLICY_AUTH on an egress entry), goes to the proxy the same way; the proxy
+ * carries it to the other node's proxy inside the tunnel. That node drops such flows arriving in the clear
  * (MESH_DROP_AUTH_REQUIRED): its proxy's upstream connection, made after it checked the
  * peer's certificate, is the only way in.
  *
@@ -87,6 +88,14 @@ static __always_inline int unproven(const struct verdict *v, __u32 peer, __u32 s
 	return !bpf_map_lookup_elem(&mesh_local_ep, &saddr);
 }
 
+/* A new flow leaving an endpoint under an egress rule that requires authentication, to
+ * anything but this node's own endpoints: it may leave only inside the proxy's mTLS
+ * tunnel (the proxy refuses it where no tunnel leads). */
+static __always_inline int egress_needs_tunnel(const struct verdict *v, __u32 daddr)
+{
+	return v->auth && !bpf_map_lookup_elem(&mesh_local_ep, &daddr);
+}
+
 static __always_inline int drop(struct __sk_buff *skb, __u8 reason, __u8 dir)
 {
 	struct mesh_drop_key dk = { .reason = reason, .direction = dir };
@@ -137,8 +146,8 @@ static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_val
 		struct verdict v = policy_decide(slot, flow_dir, ep, peer, f->proto, dport);
 
 		/* A flow that came in the clear, when the new revision wants its peer proven. */
-		if (v.action == MESH_ACTION_ALLOW && flow_dir == MESH_DIR_INGRESS && !ct->proxy &&
-		    unproven(&v, peer, peer_addr)) {
+		if (v.action == MESH_ACTION_ALLOW && !ct->proxy &&
+		    (flow_dir == MESH_DIR_INGRESS ? unproven(&v, peer, peer_addr) : egress_needs_tunnel(&v, peer_addr))) {
 			v.action = MESH_ACTION_DENY;
 			v.reason = MESH_DROP_AUTH_REQUIRED;
 		}
@@ -255,8 +264,17 @@ new_flow:
 		return drop(skb, v.reason, dir);
 	}
 	if (dir == MESH_DIR_EGRESS) {
+		int tunnel = egress_needs_tunnel(&v, f->daddr);
+
+		/* The tunnel carries TCP only. */
+		if (tunnel && f->proto != IPPROTO_TCP) {
+			v.action = MESH_ACTION_DENY;
+			v.reason = MESH_DROP_AUTH_REQUIRED;
+			report_flow(MESH_EVENT_DROP, ep, peer, f, dir, &v, revision);
+			return drop(skb, v.reason, dir);
+		}
 		/* The proxy speaks TCP; UDP to an L7 port was allowed at L4 only by its rule. */
-		*proxy = f->proto == IPPROTO_TCP && (v.l7 || want_proxy);
+		*proxy = f->proto == IPPROTO_TCP && (v.l7 || want_proxy || tunnel);
 		ct_proxy = *proxy;
 	} else if ((skb->mark & MESH_MARK_MASK) == MESH_MARK_FROM_PROXY) {
 		/* The proxy's upstream connection, judged as its original client: the proxy has

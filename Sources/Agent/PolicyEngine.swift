@@ -117,7 +117,7 @@ public actor PolicyEngine {
         for s in r.l7 where Int(s.defaultRuleID) < r.rules.count { names[s.defaultRuleID] = r.rules[Int(s.defaultRuleID)].description }
         var config = ProxyConfig(generation: 0, endpoints: eps,
                                  ipcache: r.ipcache.filter { $0.endpointID == 0 }.map { ProxyIPCacheEntry(prefix: $0.prefix, identity: $0.identity) },
-                                 l7: r.l7, ruleNames: names)
+                                 l7: r.l7, ruleNames: names, egressAuth: r.egressAuthRules)
         if let t = tunnelSetup {
             let workloads = endpoints.map {
                 TunnelWorkload(ip: $0.ipv4, spiffeID: ProxyTunnelConfig.workloadSPIFFEID(trustDomain: t.trustDomain, namespace: $0.labels.namespace,

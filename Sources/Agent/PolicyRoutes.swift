@@ -138,7 +138,9 @@ enum PolicyRoutes {
             hops.append(TraceHop(hook: "\(dir.rawValue) of \(ep.name)", enforced: r.enforced,
                                  verdict: r.action == .deny ? "denied"
                                      : r.l7 ? "allowed (through the L7 proxy, whose HTTP rules then apply)"
-                                     : r.auth ? "allowed (for a proven peer: from another node, only through the mTLS tunnel)" : "allowed",
+                                     : r.auth ? (dir == .ingress ? "allowed (for a proven peer: from another node, only through the mTLS tunnel)"
+                                                                 : "allowed (for a proven peer: to another node, only through the mTLS tunnel)")
+                                     : "allowed",
                                  reason: r.reason.label,
                                  rule: policy.describe(rule: r.ruleID, revision: revision),
                                  peerIdentity: Int(r.peerIdentity), peer: policy.describe(identity: r.peerIdentity)))

@@ -105,8 +105,10 @@ enum CiliumPolicyReader {
                           authentication: authentication)
     }
 
-    /// `authentication: {mode: required}` (or `disabled`, no requirement). The receiving
-    /// node enforces it, so it belongs on ingress allow rules.
+    /// `authentication: {mode: required}` (or `disabled`, no requirement), on an allow rule
+    /// of either direction: on ingress the receiving node asks the peer for proof; on egress
+    /// the sending node carries the flow to another node's endpoint only inside the mTLS
+    /// tunnel, to the node that proves it holds the destination.
     static func authenticationMode(_ node: PolicyNode, section: Section) throws(PolicyFieldError) -> PolicyRule.Authentication? {
         let fields = try node.fields(allowed: ["mode"])
         let modeNode = try fields.required("mode", hint: "mode: required")
@@ -117,10 +119,6 @@ enum CiliumPolicyReader {
         case "required":
             guard section.action == .allow else {
                 throw modeNode.error("authentication applies to allow rules; a deny rule denies whoever the peer is")
-            }
-            guard section.direction == .ingress else {
-                throw modeNode.error("authentication is enforced by the receiving node: put it on the ingress rule of the destination's policy",
-                                     hint: "SwiftMesh does not yet require it on egress rules")
             }
             return .required
         default:

@@ -141,10 +141,13 @@ public struct ProxyConfig: Codable, Sendable, Equatable {
     public var tunnel: ProxyTunnelConfig?
     /// The ingress gateway's ports (Gateway listeners).
     public var gateways: [ProxyGatewayPort]
+    /// Egress allow rules that require authentication, by source endpoint (their peers are
+    /// destination identities): what they cover goes only through an mTLS tunnel.
+    public var egressAuth: [TunnelAuthPolicy]
 
     public init(generation: UInt64, endpoints: [ProxyEndpoint], ipcache: [ProxyIPCacheEntry], l7: [L7EndpointPolicy],
                 ruleNames: [UInt32: String], routes: [ProxyRoute] = [], resilience: ProxyResilience = .default,
-                tunnel: ProxyTunnelConfig? = nil, gateways: [ProxyGatewayPort] = []) {
+                tunnel: ProxyTunnelConfig? = nil, gateways: [ProxyGatewayPort] = [], egressAuth: [TunnelAuthPolicy] = []) {
         self.generation = generation
         self.endpoints = endpoints
         self.ipcache = ipcache
@@ -154,6 +157,7 @@ public struct ProxyConfig: Codable, Sendable, Equatable {
         self.resilience = resilience
         self.tunnel = tunnel
         self.gateways = gateways
+        self.egressAuth = egressAuth
     }
 
     public static let empty = ProxyConfig(generation: 0, endpoints: [], ipcache: [], l7: [], ruleNames: [:])
@@ -275,6 +279,14 @@ public final class L7PolicyIndex: Sendable {
         if let e = endpointsByIP[ip] { return e.identity }
         for entry in ipcache where entry.prefix.contains(ip) { return entry.identity }
         return PolicyCompiler.worldIdentity
+    }
+
+    /// The egress rule of `source` that allows its flow to `destination:port` only
+    /// authenticated, if one does.
+    public func egressAuthRule(source: IPv4Address, destination: IPv4Address, port: UInt16) -> TunnelAuthRule? {
+        guard let policy = config.egressAuth.first(where: { $0.endpoint == source }) else { return nil }
+        let peer = identity(of: destination)
+        return policy.rules.first { $0.covers(identity: peer, port: port) }
     }
 
     /// Whether L7 policy allows `request` from `source` to `destination:port`: the source's

@@ -95,6 +95,9 @@ public enum PolicyCompiler {
         /// Ingress allow rules that require authentication, by local endpoint: what the
         /// proxy checks a tunnelled peer's identity against.
         public var authRules: [TunnelAuthPolicy] = []
+        /// Egress allow rules that require authentication, by local endpoint (their peers
+        /// are destinations): flows they cover leave this node only through the tunnel.
+        public var egressAuthRules: [TunnelAuthPolicy] = []
     }
 
     /// What an identity stands for. Label sets are global (one number per label set on
@@ -247,7 +250,7 @@ public enum PolicyCompiler {
             }
         }
         var l7Rules: [DirectionKey: [L7PortRule]] = [:]
-        var authRules: [Int: [TunnelAuthRule]] = [:]
+        var authRules: [DirectionKey: [TunnelAuthRule]] = [:]
         for p in sortedPolicies {
             let pid = policyID(p.key)
             policyIDs[pid] = p.key
@@ -272,7 +275,7 @@ public enum PolicyCompiler {
                         }
                     }
                     if r.authentication == .required {
-                        authRules[ep.id, default: []] += authPortRules(r, peers: peerIDs, ruleID: ruleID,
+                        authRules[DirectionKey(ep: ep.id, dir: r.direction), default: []] += authPortRules(r, peers: peerIDs, ruleID: ruleID,
                                                                        description: rules[Int(ruleID)].description)
                     }
                     if r.action == .allow, !l7Directions.isEmpty, l7Directions.contains(DirectionKey(ep: ep.id, dir: r.direction)) {
@@ -316,11 +319,14 @@ public enum PolicyCompiler {
             l7.append(L7EndpointPolicy(endpoint: ip, direction: key.dir, rules: list,
                                        defaultRuleID: key.dir == .ingress ? e.ingressDefaultRule : e.egressDefaultRule))
         }
-        let auth = authRules.sorted { $0.key < $1.key }.compactMap { id, list in
-            addresses[id].map { TunnelAuthPolicy(endpoint: $0, rules: list) }
+        func authPolicies(_ dir: TrafficDirection) -> [TunnelAuthPolicy] {
+            authRules.filter { $0.key.dir == dir }.sorted { $0.key.ep < $1.key.ep }.compactMap { key, list in
+                addresses[key.ep].map { TunnelAuthPolicy(endpoint: $0, rules: list) }
+            }
         }
         return Result(identities: identities, endpointIdentity: endpointIdentity, ipcache: ipcache, entries: entries,
-                      enforcement: enforcement, rules: rules, policyIDs: policyIDs, l7: l7, authRules: auth)
+                      enforcement: enforcement, rules: rules, policyIDs: policyIDs, l7: l7, authRules: authPolicies(.ingress),
+                      egressAuthRules: authPolicies(.egress))
     }
 
     /// An authentication-requiring rule's TCP ports (the tunnel carries TCP only; UDP and

@@ -104,9 +104,10 @@ public struct TunnelPeer: Codable, Sendable, Equatable {
     }
 }
 
-/// The ingress allow rules of one of this node's endpoints that require authentication.
-/// An endpoint without any (a strict node's) is judged by the kernel's L4 policy alone,
-/// once the tunnel proved the peer's address.
+/// The allow rules of one direction of one of this node's endpoints that require
+/// authentication: on ingress their peers are sources (an endpoint without any, a strict
+/// node's, is judged by the kernel's L4 policy alone once the tunnel proved the peer's
+/// address); on egress, destinations.
 public struct TunnelAuthPolicy: Codable, Sendable, Equatable {
     public var endpoint: IPv4Address
     public var rules: [TunnelAuthRule]
@@ -158,6 +159,9 @@ public enum TunnelRefusal: String, Codable, Sendable, CaseIterable {
     case identityNotAllowed = "identity_not_allowed"
     /// The destination is not an endpoint of this node, or the request is not a CONNECT.
     case badRequest = "bad_request"
+    /// Outbound: the source's egress rule requires authentication, and no tunnel leads to
+    /// the destination (not an endpoint of another node of the cluster, or no cluster).
+    case noTunnel = "no_tunnel"
     /// Any other handshake failure.
     case handshake
 }

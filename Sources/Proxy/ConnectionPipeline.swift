@@ -1,3 +1,4 @@
+import MeshModel
 import NIOCore
 import NIOHTTP1
 import NIOHTTP2
@@ -22,9 +23,24 @@ enum ConnectionPipeline {
             throw ChannelError.inappropriateOperationForState
         }
         // A destination whose node takes it only through an mTLS tunnel: bytes, not HTTP.
-        if let t = core.policy.index.config.tunnel, let to = PeerAddress(destination), let from = PeerAddress(client),
+        let index = core.policy.index
+        if let t = index.config.tunnel, let to = PeerAddress(destination), let from = PeerAddress(client),
            let peer = t.peers.first(where: { $0.ip == to.ip && $0.tunnel }) {
             return try TunnelOutbound.configure(channel, core: core, tunnel: t, peer: peer, client: from, destination: to)
+        }
+        // The client's own egress rule asks for proof: the flow goes through the tunnel to
+        // the node holding the destination, or nowhere.
+        if let to = PeerAddress(destination), let from = PeerAddress(client),
+           let rule = index.egressAuthRule(source: from.ip, destination: to.ip, port: to.port) {
+            if let t = index.config.tunnel, let peer = t.peers.first(where: { $0.ip == to.ip }) {
+                return try TunnelOutbound.configure(channel, core: core, tunnel: t, peer: peer, client: from, destination: to)
+            }
+            core.metrics.tunnelRefused(.noTunnel)
+            core.logger.info("connection refused: its egress rule requires authentication and no tunnel leads to the destination",
+                             metadata: ["source": "\(from)", "destination": "\(to)", "rule": "\(rule.rule)"])
+            core.reportTunnel(.outbound, source: from, destination: to, peer: nil, status: 403, rule: (rule.ruleID, rule.rule),
+                              error: TunnelRefusal.noTunnel.rawValue, started: .now)
+            throw ChannelError.inappropriateOperationForState
         }
         try configureHTTP(channel, core: core, client: client, destination: destination)
     }

@@ -130,6 +130,70 @@ extension ClusterTests {
         }
     }
 
+    /// web's own egress rule asks for proof on db:5432 (db asks nothing); cache:6379 is
+    /// plain; node B's own address on 9000 is allowed only authenticated, which no tunnel
+    /// can give (it is no endpoint).
+    static func webProvesDB(nodeB: String) -> String {
+        """
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: web-proves-db}
+        spec:
+          endpointSelector: {matchLabels: {app: web}}
+          egress:
+          - toEndpoints: [{matchLabels: {app: db}}]
+            authentication: {mode: required}
+            toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+          - toEndpoints: [{matchLabels: {app: cache}}]
+            toPorts: [{ports: [{port: "6379", protocol: TCP}]}]
+          - toCIDR: [\(nodeB)/32]
+            authentication: {mode: required}
+            toPorts: [{ports: [{port: "9000", protocol: TCP}]}]
+        """
+    }
+
+    // An egress rule that requires authentication: the sending node carries web's flow to
+    // db only inside the mTLS tunnel, though db's own policy asks nothing; web's flow to
+    // cache, under a rule without the requirement, stays plain; and where no tunnel leads
+    // (a node address) the flow is refused, counted as no_tunnel.
+    func testAnEgressRuleRequiringAuthenticationSendsTheFlowOnlyThroughTheTunnel() throws {
+        let (a, b) = try webAndDBNodes()
+        let dbIP = try ip(b, "db"), cacheIP = try ip(b, "cache")
+        try serve(b, "db", tcp: "5432")
+        try serve(b, "cache", tcp: "6379")
+        for n in [a, b] { try n.waitFor("the proxy of \(n.name)") { try n.metric("mesh_proxy_up") == 1 } }
+        try a.apply(Self.webProvesDB(nodeB: fabric.nodeIP(2)))
+        let rows = try a.ctlOK("bpf", "policy", "list")
+        XCTAssertTrue(rows.contains("allow (authenticated)"), rows)
+        let trace = try a.ctlOK("policy", "trace", "--from", "web", "--to", dbIP, "--port", "5432/TCP")
+        XCTAssertTrue(trace.lowercased().contains("to another node, only through the mtls tunnel"), trace)
+
+        let secret = "swiftmesh-egress-secret-\(UUID().uuidString)", plain = "swiftmesh-egress-plain-\(UUID().uuidString)"
+        var secured = "", open = ""
+        let wire = try capture {
+            try a.waitFor("web's bytes to come back from db through the tunnel", timeout: 20) {
+                secured = try echo(a, from: "web", to: dbIP, port: 5432, secret)
+                return secured.contains(secret)
+            }
+            open = try echo(a, from: "web", to: cacheIP, port: 6379, plain)
+        }
+        XCTAssertTrue(open.contains(plain), open)
+        XCTAssertNil(wire.bytes.range(of: Data(secret.utf8)), "the authenticated payload must not cross the wire in the clear")
+        XCTAssertNotNil(wire.bytes.range(of: Data(plain.utf8)), "the flow without the requirement is plain (the capture works)")
+        XCTAssertEqual(wire.count("tcp port 5432"), 0, "the tunnelled flow never crosses the wire with its own port")
+        XCTAssertGreaterThan(wire.count("tcp dst port 15008 and tcp[((tcp[12:1] & 0xf0) >> 2):1] = 0x16"), 0)
+        XCTAssertGreaterThanOrEqual(try a.metric("mesh_mtls_handshakes_total", ["direction": "outbound", "result": "ok"]) ?? 0, 1)
+        XCTAssertFalse(try a.ctlOK("bpf", "ipcache", "list").split(separator: "\n")
+            .contains { $0.contains(dbIP + "/32") && $0.contains("mtls-tunnel") }, "db itself asks for no tunnel: web's rule did")
+
+        // No tunnel leads to a node's own address: refused, not sent in the clear.
+        let before = try a.metric("mesh_mtls_refusals_total", ["reason": "no_tunnel"]) ?? 0
+        XCTAssertFalse(try probe(a, from: "web", to: fabric.nodeIP(2), port: 9000))
+        try a.waitFor("the refusal counted as no_tunnel") {
+            (try a.metric("mesh_mtls_refusals_total", ["reason": "no_tunnel"]) ?? 0) > before
+        }
+    }
+
     // Certificates that live eight seconds (rotated every four) under continuous traffic
     // through the tunnel for 25 s: a long-lived connection keeps going, every new
     // connection is made with the current certificates and none fails, and the intruder

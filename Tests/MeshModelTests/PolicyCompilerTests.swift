@@ -154,4 +154,30 @@ final class PolicyCompilerTests: XCTestCase {
         XCTAssertEqual(deny?.action, .deny)
         XCTAssertEqual(deny?.auth, false)
     }
+
+    func testEgressAuthenticationMarksTheSourcesEntriesAndListsItsRulesApart() throws {
+        let remote = PolicyCompiler.EndpointInfo(id: -1, name: "n2/server", labels: Self.server.labels, ipv4: IPv4Address("10.201.0.1")!,
+                                                 local: false)
+        let k = try compile(TestDocs.cnp("prove-server", spec: [
+            "endpointSelector": ["matchLabels": ["app": "web"]],
+            "egress": [
+                ["toEndpoints": [["matchLabels": ["app": "server"]]], "authentication": ["mode": "required"],
+                 "toPorts": [["ports": [["port": "5432", "protocol": "TCP"]]]]],
+                ["toEndpoints": [["matchLabels": ["app": "server"]]], "toPorts": [["ports": [["port": "80", "protocol": "TCP"]]]]],
+            ],
+        ]), endpoints: [Self.server, Self.web, Self.other, remote])
+        let server = k.identity(of: "10.200.0.1")
+        XCTAssertEqual(k.identity(of: "10.201.0.1"), server)
+        XCTAssertEqual(k.lookup(2, .egress, server, 6, 5432)?.auth, true)
+        XCTAssertEqual(k.lookup(2, .egress, server, 6, 80)?.auth, false, "the other rule's port goes in the clear")
+        XCTAssertEqual(k.lookup(2, .egress, server, 6, 80)?.action, .allow)
+        // The source's rules are what the proxy reads; the destination's ingress list (what
+        // makes other nodes tunnel to it) stays empty.
+        XCTAssertEqual(k.result.authRules, [])
+        XCTAssertEqual(k.result.egressAuthRules.map(\.endpoint), [IPv4Address("10.200.0.2")!])
+        let rule = try XCTUnwrap(k.result.egressAuthRules.first?.rules.first)
+        XCTAssertTrue(rule.covers(identity: server, port: 5432))
+        XCTAssertFalse(rule.covers(identity: server, port: 80))
+        XCTAssertFalse(rule.covers(identity: k.identity(of: "10.200.0.3"), port: 5432))
+    }
 }

@@ -230,7 +230,7 @@ final class PolicyParserTests: XCTestCase {
         XCTAssertNotNil(assertMeshError(mentioning: ["spec.podSelector.matchExpressions[0].operator: ", "\"in\""]) { _ = try parse(np) })
     }
 
-    func testCiliumAuthenticationRequiredOnIngressRulesOnly() throws {
+    func testCiliumAuthenticationRequiredOnAllowRulesOfEitherDirection() throws {
         let doc = TestDocs.cnp("secure", spec: [
             "endpointSelector": ["matchLabels": ["app": "db"]],
             "ingress": [
@@ -243,8 +243,13 @@ final class PolicyParserTests: XCTestCase {
         XCTAssertEqual(rules.map(\.authentication), [.required, nil], "disabled is no requirement")
 
         let egress = TestDocs.cnp(spec: ["endpointSelector": [:],
-                                         "egress": [["toEntities": ["all"], "authentication": ["mode": "required"]]]])
-        assertMeshError(mentioning: ["spec.egress[0].authentication.mode", "ingress rule"]) { _ = try parse(egress) }
+                                         "egress": [["toEndpoints": [["matchLabels": ["app": "db"]]], "authentication": ["mode": "required"]]]])
+        let egressRule = try XCTUnwrap(try parse(egress).first?.rules.first)
+        XCTAssertEqual(egressRule.direction, .egress)
+        XCTAssertEqual(egressRule.authentication, .required)
+        let egressDeny = TestDocs.cnp(spec: ["endpointSelector": [:],
+                                             "egressDeny": [["toEntities": ["world"], "authentication": ["mode": "required"]]]])
+        assertMeshError(mentioning: ["spec.egressDeny[0].authentication.mode", "allow rules"]) { _ = try parse(egressDeny) }
         let deny = TestDocs.cnp(spec: ["endpointSelector": [:],
                                        "ingressDeny": [["fromEntities": ["world"], "authentication": ["mode": "required"]]]])
         assertMeshError(mentioning: ["spec.ingressDeny[0].authentication.mode", "allow rules"]) { _ = try parse(deny) }

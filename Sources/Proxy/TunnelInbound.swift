@@ -179,13 +179,9 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
     private enum State { case handshaking, waitingHead, connecting, relaying, done }
     private var state = State.handshaking
     private var head = TunnelHead(limit: 4096)
-    /// Bytes that came after the head, before the relay was in place: the sending end does
-    /// not wait for the answer to its CONNECT. Reading stops while the upstream connects,
-    /// so what is held is what one read brought; more is refused as hostile.
+    /// Bytes that came after the head, before the relay was in place.
     private var early = ByteBuffer()
-    static let maxEarly = 1024 * 1024
-    /// The peer half-closed before the relay was in place: passed on after the early bytes.
-    private var earlyEOF = false
+    static let maxEarly = 64 * 1024
 
     init(core: ProxyCore, check: NIOLockedValueBox<TunnelTLS.PeerCheck>) {
         self.core = core
@@ -208,10 +204,6 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
         if case TLSUserEvent.handshakeCompleted = event, state == .handshaking {
             state = .waitingHead
             core.metrics.tunnelHandshake(.inbound, ok: true)
-        }
-        if case ChannelEvent.inputClosed = event, state == .connecting || state == .waitingHead {
-            earlyEOF = true
-            return
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -251,8 +243,6 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
             case .complete(let lines, var rest):
                 state = .connecting
                 early.writeBuffer(&rest)
-                // No more reads until the relay is in place (flushEarly reads again).
-                _ = try? context.channel.syncOptions?.setOption(.autoRead, value: false)
                 decide(lines, context: context)
             }
         case .handshaking, .done:
@@ -260,21 +250,13 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
         }
     }
 
-    /// Hands on the bytes (and the half-close) that came early, now that something after
-    /// this handler takes them, and reads again.
+    /// Hands on the bytes that came early, now that something after this handler takes them.
     private func flushEarly(context: ChannelHandlerContext) {
-        if early.readableBytes > 0 {
-            let bytes = early
-            early = ByteBuffer()
-            context.fireChannelRead(wrapInboundOut(bytes))
-            context.fireChannelReadComplete()
-        }
-        if earlyEOF {
-            earlyEOF = false
-            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
-        }
-        if !context.channel.isActive { return }
-        context.channel.setOption(.autoRead, value: true).whenFailure { [channel = context.channel] _ in channel.close(promise: nil) }
+        guard early.readableBytes > 0 else { return }
+        let bytes = early
+        early = ByteBuffer()
+        context.fireChannelRead(wrapInboundOut(bytes))
+        context.fireChannelReadComplete()
     }
 
     private func refuse(_ reason: TunnelRefusal, status: HTTPResponseStatus, context: ChannelHandlerContext,

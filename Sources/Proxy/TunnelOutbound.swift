@@ -9,9 +9,7 @@ import NIOTLS
 /// its destination's node takes it only through a tunnel. The proxy opens TLS to that
 /// node's tunnel port presenting the *source endpoint's* SVID, checks that the server is
 /// that node (its SPIFFE ID), asks `CONNECT` for the original destination, and relays.
-/// The client's bytes wait (no read) until TLS is up; then they follow the CONNECT at
-/// once, without waiting for its answer (the other end holds them while it connects):
-/// a round trip less for every new connection. A refusal closes both connections.
+/// The client's bytes wait (no read) until the tunnel is open.
 enum TunnelOutbound {
     static func configure(_ channel: any Channel, core: ProxyCore, tunnel t: ProxyTunnelConfig, peer: TunnelPeer,
                           client: PeerAddress, destination: PeerAddress) throws {
@@ -58,9 +56,8 @@ enum TunnelOutbound {
     }
 }
 
-/// On the tunnel's channel, after TLS: sends the CONNECT, joins the client connection and
-/// the tunnel, then reads the answer's head out of what comes back before the relay
-/// passes on the rest.
+/// On the tunnel's channel, after TLS: sends the CONNECT, reads the answer's head, then
+/// joins the client connection and the tunnel.
 final class TunnelOpener: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -77,10 +74,7 @@ final class TunnelOpener: ChannelInboundHandler {
     private let started = ContinuousClock.now
     private var handshaken = false
     private var head = TunnelHead(limit: 1024)
-    /// The relays are in place (from the CONNECT on).
     private(set) var isRelaying = false
-    /// The answer's head has been read (and was a 200).
-    private var answered = false
     // The answer's head is read by hand, bounded (TunnelHead): NIO's HTTPResponseDecoder
     // would take a 200 to CONNECT without a length for a body running until the close.
 
@@ -102,22 +96,8 @@ final class TunnelOpener: ChannelInboundHandler {
             core.metrics.tunnelHandshake(.outbound, ok: true)
             let request = "CONNECT \(destination) HTTP/1.1\r\nHost: \(destination)\r\nSwiftMesh-Source: \(source)\r\n\r\n"
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: request)), promise: nil)
-            join(context: context)
         }
         context.fireUserInboundEventTriggered(event)
-    }
-
-    /// The relays in place, the client read: its bytes go on right behind the CONNECT.
-    private func join(context: ChannelHandlerContext) {
-        do {
-            try context.pipeline.syncOperations.addHandler(tunnelRelay.value, position: .after(context.handler))
-            try client.pipeline.syncOperations.addHandler(clientRelay.value)
-        } catch {
-            return fail(context: context, "cannot join the connections: \(error)")
-        }
-        isRelaying = true
-        client.setOption(.autoRead, value: true).whenFailure { [client] _ in client.close(promise: nil) }
-        if !client.isActive { context.close(promise: nil) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -139,7 +119,7 @@ final class TunnelOpener: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if answered { return context.fireChannelRead(data) }
+        if isRelaying { return context.fireChannelRead(data) }
         var bytes = unwrapInboundIn(data)
         let lines: [Substring], rest: ByteBuffer
         switch head.add(&bytes) {
@@ -155,16 +135,24 @@ final class TunnelOpener: ChannelInboundHandler {
                               error: reason, started: started)
             return fail(context: context, "the destination's node refused: \(reason)")
         }
-        answered = true
+        isRelaying = true
         core.metrics.tunnelOpened(1)
         context.channel.closeFuture.whenComplete { [core] _ in core.metrics.tunnelOpened(-1) }
         core.reportTunnel(.outbound, source: source, destination: destination, peer: expected, status: 200, rule: nil, error: nil,
                           started: started)
+        do {
+            try context.pipeline.syncOperations.addHandler(tunnelRelay.value, position: .after(context.handler))
+            try client.pipeline.syncOperations.addHandler(clientRelay.value)
+        } catch {
+            return fail(context: context, "cannot join the connections: \(error)")
+        }
         if rest.readableBytes > 0 {
             context.fireChannelRead(wrapInboundOut(rest))
+            context.fireChannelReadComplete()
         }
+        client.setOption(.autoRead, value: true).whenFailure { [client] _ in client.close(promise: nil) }
+        if !client.isActive { context.close(promise: nil) }
     }
-
 
     private func fail(context: ChannelHandlerContext, _ why: String) {
         core.logger.info("tunnelled connection not opened", metadata: ["destination": "\(destination)", "why": "\(why)"])

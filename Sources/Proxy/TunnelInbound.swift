@@ -215,7 +215,7 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
             core.metrics.tunnelHandshake(.inbound, ok: false)
             core.metrics.tunnelRefused(reason)
             core.logger.info("mTLS tunnel handshake refused", metadata: [
-                "client": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "reason": "\(reason.rawValue)"])
+                "client": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "reason": "\(reason.rawValue)", "error": "\(error)"])
         }
         context.close(promise: nil)
     }

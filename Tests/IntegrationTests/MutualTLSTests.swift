@@ -143,7 +143,7 @@ extension ClusterTests {
           egress:
           - toEndpoints: [{matchLabels: {app: db}}]
             authentication: {mode: required}
-            toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+            toPorts: [{ports: [{port: "5432", protocol: TCP}, {port: "7400", protocol: TCP}]}]
           - toEndpoints: [{matchLabels: {app: cache}}]
             toPorts: [{ports: [{port: "6379", protocol: TCP}]}]
           - toCIDR: [\(nodeB)/32]
@@ -185,6 +185,13 @@ extension ClusterTests {
         XCTAssertGreaterThanOrEqual(try a.metric("mesh_mtls_handshakes_total", ["direction": "outbound", "result": "ok"]) ?? 0, 1)
         XCTAssertFalse(try a.ctlOK("bpf", "ipcache", "list").split(separator: "\n")
             .contains { $0.contains(dbIP + "/32") && $0.contains("mtls-tunnel") }, "db itself asks for no tunnel: web's rule did")
+
+        // A bulk send and a half-close through the tunnel: all 200 kB arrive, and the
+        // answer sent after the EOF comes back.
+        let hs = try Traffic(node: b).start(in: "db", ["halfclose-server", "--port", "7400", "--reply-bytes", "30000"], waitReady: true)
+        let hc = try Traffic(node: a).run(in: "web", ["halfclose-client", "--host", dbIP, "--port", "7400", "--bytes", "200000"])
+        XCTAssertEqual(try hs.result()["received"] as? Int, 200_000)
+        XCTAssertEqual(hc["replied"] as? Int, 30_000)
 
         // No tunnel leads to a node's own address: refused, not sent in the clear.
         let before = try a.metric("mesh_mtls_refusals_total", ["reason": "no_tunnel"]) ?? 0

@@ -374,6 +374,8 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     private func upstreamFailed(_ failure: UpstreamFailure) {
         guard let current = exchange, current.forwarding, !current.responseStarted else { return }
         core.metrics.upstreamError(failure.reason)
+        core.logger.debug("upstream failed", metadata: ["client": "\(client)", "destination": "\(current.record.destination)",
+                                                        "error": "\(failure.message)"])
         exchange?.responseTimer?.cancel()
         exchange?.responseTimer = nil
         // Whatever it might still send belongs to this request, not to the next one.

@@ -11,14 +11,17 @@ final class ProxyHarness {
     let upstream: EchoUpstream
     let proxy: MeshProxy
     let folder: URL
+    /// What the proxy logged (debug and above), for a failing assertion's message.
+    let log: RecordedLog
 
     var port: Int { proxy.port }
     var upstreamPort: Int { upstream.port }
 
-    private init(upstream: EchoUpstream, proxy: MeshProxy, folder: URL) {
+    private init(upstream: EchoUpstream, proxy: MeshProxy, folder: URL, log: RecordedLog) {
         self.upstream = upstream
         self.proxy = proxy
         self.folder = folder
+        self.log = log
     }
 
     /// `destination` overrides where connections go (a closed port, say).
@@ -33,10 +36,11 @@ final class ProxyHarness {
         settings.controlPath = folder.appendingPathComponent("run/proxy.sock").path
         settings.originalDestination = .fixed(destination ?? upstream.address)
         adjust(&settings)
-        var logger = Logger(label: "mesh-proxy-test")
-        logger.logLevel = .critical
+        let log = RecordedLog()
+        var logger = Logger(label: "mesh-proxy-test") { _ in RecordedLog.Handler(log: log) }
+        logger.logLevel = .debug
         let proxy = try await MeshProxy.start(settings: settings, logger: logger)
-        return ProxyHarness(upstream: upstream, proxy: proxy, folder: folder)
+        return ProxyHarness(upstream: upstream, proxy: proxy, folder: folder, log: log)
     }
 
     func stop() async {
@@ -75,5 +79,39 @@ final class ProxyHarness {
         let reply = try await apply(config(generation: generation, http))
         XCTAssertEqual(reply.configApplied, generation, "config not applied: \(String(describing: reply.configRejected))",
                        file: file, line: line)
+    }
+}
+
+/// The proxy's log lines kept in memory, the last 200: quiet while tests pass, and there
+/// to say why when one fails.
+final class RecordedLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+
+    var text: String { lock.withLock { lines.joined(separator: "\n") } }
+
+    func append(_ line: String) {
+        lock.withLock {
+            lines.append(line)
+            if lines.count > 200 { lines.removeFirst(lines.count - 200) }
+        }
+    }
+
+    struct Handler: LogHandler {
+        let log: RecordedLog
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .debug
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?, source: String,
+                 file: String, function: String, line: UInt) {
+            let all = metadata.merging(extra ?? [:]) { $1 }
+            let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            log.append("\(level) \(message) \(fields)")
+        }
     }
 }

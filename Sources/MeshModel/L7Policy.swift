@@ -191,6 +191,12 @@ public final class L7PolicyIndex: Sendable {
     private let endpointsByIP: [IPv4Address: ProxyEndpoint]
     private let ipcache: [(prefix: IPv4CIDR, identity: UInt32)]
     private let sets: [Key: CompiledSet]
+    /// The mTLS tunnel's parts by address: found once per connection, not by a scan over
+    /// every endpoint of the cluster.
+    private let tunnelPeers: [IPv4Address: TunnelPeer]
+    private let tunnelWorkloads: [IPv4Address: TunnelWorkload]
+    private let ingressAuth: [IPv4Address: [TunnelAuthRule]]
+    private let egressAuth: [IPv4Address: [TunnelAuthRule]]
 
     struct Key: Hashable { var ip: IPv4Address; var direction: TrafficDirection }
 
@@ -245,6 +251,11 @@ public final class L7PolicyIndex: Sendable {
         var eps: [IPv4Address: ProxyEndpoint] = [:]
         for e in config.endpoints { eps[e.ip] = e }
         endpointsByIP = eps
+        let t = config.tunnel
+        tunnelPeers = Dictionary((t?.peers ?? []).map { ($0.ip, $0) }, uniquingKeysWith: { first, _ in first })
+        tunnelWorkloads = Dictionary((t?.workloads ?? []).map { ($0.ip, $0) }, uniquingKeysWith: { first, _ in first })
+        ingressAuth = Dictionary((t?.authRules ?? []).map { ($0.endpoint, $0.rules) }, uniquingKeysWith: { first, _ in first })
+        egressAuth = Dictionary(config.egressAuth.map { ($0.endpoint, $0.rules) }, uniquingKeysWith: { first, _ in first })
         // Longest prefix first: the first containing prefix is the longest match.
         ipcache = config.ipcache.map { ($0.prefix, $0.identity) }.sorted { $0.prefix.prefixLength > $1.prefix.prefixLength }
         var sets: [Key: CompiledSet] = [:]
@@ -284,10 +295,19 @@ public final class L7PolicyIndex: Sendable {
     /// The egress rule of `source` that allows its flow to `destination:port` only
     /// authenticated, if one does.
     public func egressAuthRule(source: IPv4Address, destination: IPv4Address, port: UInt16) -> TunnelAuthRule? {
-        guard let policy = config.egressAuth.first(where: { $0.endpoint == source }) else { return nil }
+        guard let rules = egressAuth[source] else { return nil }
         let peer = identity(of: destination)
-        return policy.rules.first { $0.covers(identity: peer, port: port) }
+        return rules.first { $0.covers(identity: peer, port: port) }
     }
+
+    /// Another node's endpoint at `ip`, as the tunnel knows it.
+    public func tunnelPeer(_ ip: IPv4Address) -> TunnelPeer? { tunnelPeers[ip] }
+
+    /// This node's endpoint at `ip`, with its SVID files.
+    public func tunnelWorkload(_ ip: IPv4Address) -> TunnelWorkload? { tunnelWorkloads[ip] }
+
+    /// The ingress rules of this node's endpoint at `ip` that require authentication.
+    public func ingressAuthRules(_ ip: IPv4Address) -> [TunnelAuthRule] { ingressAuth[ip] ?? [] }
 
     /// Whether L7 policy allows `request` from `source` to `destination:port`: the source's
     /// egress rules and the destination's ingress rules must both allow it, each where it

@@ -25,14 +25,14 @@ enum ConnectionPipeline {
         // A destination whose node takes it only through an mTLS tunnel: bytes, not HTTP.
         let index = core.policy.index
         if let t = index.config.tunnel, let to = PeerAddress(destination), let from = PeerAddress(client),
-           let peer = t.peers.first(where: { $0.ip == to.ip && $0.tunnel }) {
+           let peer = index.tunnelPeer(to.ip), peer.tunnel {
             return try TunnelOutbound.configure(channel, core: core, tunnel: t, peer: peer, client: from, destination: to)
         }
         // The client's own egress rule asks for proof: the flow goes through the tunnel to
         // the node holding the destination, or nowhere.
         if let to = PeerAddress(destination), let from = PeerAddress(client),
            let rule = index.egressAuthRule(source: from.ip, destination: to.ip, port: to.port) {
-            if let t = index.config.tunnel, let peer = t.peers.first(where: { $0.ip == to.ip }) {
+            if let t = index.config.tunnel, let peer = index.tunnelPeer(to.ip) {
                 return try TunnelOutbound.configure(channel, core: core, tunnel: t, peer: peer, client: from, destination: to)
             }
             core.metrics.tunnelRefused(.noTunnel)

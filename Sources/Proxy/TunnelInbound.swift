@@ -277,24 +277,25 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
 
     private func decide(_ lines: [Substring], context: ChannelHandlerContext) {
         let peer = check.withLockedValue { $0.spiffeID }
-        guard let t = core.policy.index.config.tunnel, let peer else {
+        let index = core.policy.index
+        guard index.config.tunnel != nil, let peer else {
             return refuse(.badIdentity, status: .forbidden, context: context, source: nil, destination: nil, peer: peer)
         }
         let request = lines.first?.split(separator: " ", omittingEmptySubsequences: false) ?? []
         let destination = request.count == 3 ? PeerAddress(text: String(request[1])) : nil
         let source = TunnelHead.header("swiftmesh-source", in: lines).flatMap { PeerAddress(text: $0) }
         guard request.count == 3, request[0] == "CONNECT", request[2] == "HTTP/1.1", let destination, let source,
-              t.workloads.contains(where: { $0.ip == destination.ip }) else {
+              index.tunnelWorkload(destination.ip) != nil else {
             return refuse(.badRequest, status: .badRequest, context: context, source: source, destination: destination, peer: peer)
         }
         // The claimed source must be an endpoint whose SVID is the one presented.
-        guard let claimed = t.peers.first(where: { $0.ip == source.ip }), claimed.spiffeID == peer else {
+        guard let claimed = index.tunnelPeer(source.ip), claimed.spiffeID == peer else {
             return refuse(.identityMismatch, status: .forbidden, context: context, source: source, destination: destination, peer: peer)
         }
         // Where rules of the destination require authentication on this port, one must name the peer.
-        let rules = t.authRules.first { $0.endpoint == destination.ip }?.rules.filter {
+        let rules = index.ingressAuthRules(destination.ip).filter {
             $0.fromPort <= destination.port && destination.port <= $0.toPort
-        } ?? []
+        }
         let allowedBy = rules.first { $0.covers(identity: claimed.identity, port: destination.port) }
         if !rules.isEmpty && allowedBy == nil {
             return refuse(.identityNotAllowed, status: .forbidden, context: context, source: source, destination: destination, peer: peer)

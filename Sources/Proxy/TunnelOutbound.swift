@@ -13,7 +13,7 @@ import NIOTLS
 enum TunnelOutbound {
     static func configure(_ channel: any Channel, core: ProxyCore, tunnel t: ProxyTunnelConfig, peer: TunnelPeer,
                           client: PeerAddress, destination: PeerAddress) throws {
-        guard let workload = t.workloads.first(where: { $0.ip == client.ip }) else {
+        guard let workload = core.policy.index.tunnelWorkload(client.ip) else {
             core.logger.info("tunnelled connection from an address that is no endpoint of this node refused",
                              metadata: ["source": "\(client)", "destination": "\(destination)"])
             throw ChannelError.inappropriateOperationForState

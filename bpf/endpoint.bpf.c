@@ -142,7 +142,8 @@ static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_val
 		*proxy = 1;
 	/* A routed flow's peer is a VIP, not what policy judges: its upstream connections are. */
 	if (ct->revision != revision && !ct->routed) {
-		__u32 peer = identity_of(slot, peer_addr);
+		/* The gateway's identity came with its first packet's mark, not from its address. */
+		__u32 peer = ct->peer_identity == MESH_ID_INGRESS ? MESH_ID_INGRESS : identity_of(slot, peer_addr);
 		struct verdict v = policy_decide(slot, flow_dir, ep, peer, f->proto, dport);
 
 		/* A flow that came in the clear, when the new revision wants its peer proven. */
@@ -256,6 +257,8 @@ new_flow:
 		return TC_ACT_OK;
 	}
 	peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f->daddr : f->saddr);
+	if (dir == MESH_DIR_INGRESS && (skb->mark & MESH_MARK_MASK) == MESH_MARK_FROM_PROXY && (skb->mark & MESH_MARK_GATEWAY))
+		peer = MESH_ID_INGRESS;
 	v = policy_decide(slot, dir, ep, peer, f->proto, f->dport);
 	if (v.enforced)
 		count_verdict(&v, dir, skb->len);

@@ -312,10 +312,12 @@ public final class L7PolicyIndex: Sendable {
     /// Whether L7 policy allows `request` from `source` to `destination:port`: the source's
     /// egress rules and the destination's ingress rules must both allow it, each where it
     /// has HTTP rules for this peer and port.
-    public func decide(_ request: L7Request, source: IPv4Address, destination: IPv4Address, port: UInt16) -> L7Verdict {
+    /// `sourceIdentity` overrides the source address's (the ingress gateway's requests).
+    public func decide(_ request: L7Request, source: IPv4Address, destination: IPv4Address, port: UInt16,
+                       sourceIdentity: UInt32? = nil) -> L7Verdict {
         let egress = check(request, at: source, direction: .egress, peer: identity(of: destination), port: port)
         if !egress.allowed { return egress }
-        let ingress = check(request, at: destination, direction: .ingress, peer: identity(of: source), port: port)
+        let ingress = check(request, at: destination, direction: .ingress, peer: sourceIdentity ?? identity(of: source), port: port)
         if !ingress.allowed { return ingress }
         // Report the rule that actually read the request: the one with HTTP rules.
         if ingress.ruleID != 0 { return ingress }

@@ -87,6 +87,9 @@ public enum Peer: Codable, Sendable, Equatable {
         case host
         /// Everything inside the cluster: every endpoint and the node (not the world).
         case cluster
+        /// The ingress gateway's connections to backends on its own node (Cilium's
+        /// `reserved:ingress`): a backend can take the gateway without taking the host.
+        case ingress
     }
 }
 

@@ -9,6 +9,7 @@ public enum PolicyCompiler {
     public static let anyIdentity = UInt32(MESH_ID_ANY.rawValue)
     public static let hostIdentity = UInt32(MESH_ID_HOST.rawValue)
     public static let worldIdentity = UInt32(MESH_ID_WORLD.rawValue)
+    public static let ingressIdentity = UInt32(MESH_ID_INGRESS.rawValue)
     static let firstEndpointIdentity = UInt32(MESH_ID_FIRST_ENDPOINT.rawValue)
     static let firstCIDRIdentity = UInt32(MESH_ID_FIRST_CIDR.rawValue)
 
@@ -197,6 +198,7 @@ public enum PolicyCompiler {
         var identities: [UInt32: IdentityInfo] = [
             hostIdentity: IdentityInfo(id: hostIdentity, description: "reserved:host"),
             worldIdentity: IdentityInfo(id: worldIdentity, description: "reserved:world"),
+            ingressIdentity: IdentityInfo(id: ingressIdentity, description: "reserved:ingress"),
         ]
         var byLabels: [String: UInt32] = [:]
         for labels in Set(endpoints.map(\.labels)) {
@@ -452,6 +454,7 @@ public enum PolicyCompiler {
             switch peer {
             case .entity(.all): out.insert(anyIdentity)
             case .entity(.host): out.insert(hostIdentity)
+            case .entity(.ingress): out.insert(ingressIdentity)
             case .entity(.cluster):
                 out.insert(hostIdentity)
                 for ep in endpoints { out.insert(byLabels[ep.labels.description]!) }

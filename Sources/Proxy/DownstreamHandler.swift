@@ -231,9 +231,10 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
                                                            close: false)
         }
         let peer = PeerAddress(endpoint)
-        // Through the gateway, the request reaches the backend from the node.
+        // Through the gateway, the request reaches the backend from the node, as reserved:ingress.
         let source = gateway != nil ? config.index.hostAddress ?? client.ip : client.ip
-        let verdict = config.index.decide(routed.policyRequest, source: source, destination: endpoint.ip, port: endpoint.port)
+        let verdict = config.index.decide(routed.policyRequest, source: source, destination: endpoint.ip, port: endpoint.port,
+                                          sourceIdentity: gateway != nil ? PolicyCompiler.ingressIdentity : nil)
         exchange?.record.ruleID = verdict.ruleID
         exchange?.record.rule = verdict.rule
         guard verdict.allowed else {
@@ -257,7 +258,8 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         }
         let link = use(idle.take(peer)) ?? connect(
             to: peer.socketAddress, target: peer,
-            from: gateway == nil && config.index.endpoint(endpoint.ip) != nil ? .clientAddress(clientAddress) : .proxy, context: context)
+            from: gateway != nil ? .gateway : config.index.endpoint(endpoint.ip) != nil ? .clientAddress(clientAddress) : .proxy,
+            context: context)
         guard link === upstream else { return }
         link.send(.head(upstreamHead(routed.head)))
         for part in routed.kept ?? [] { link.send(part) }

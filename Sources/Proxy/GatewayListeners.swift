@@ -280,7 +280,7 @@ enum Passthrough {
         let (mine, theirs) = TunnelRelay.pair()
         let theirsBound = NIOLoopBound(theirs, eventLoop: loop)
         let done = loop.makePromise(of: Void.self)
-        UpstreamConnector.connectRaw(to: address, from: .proxy, timeout: core.settings.upstreamTimeout, on: loop) { upstream in
+        UpstreamConnector.connectRaw(to: address, from: .gateway, timeout: core.settings.upstreamTimeout, on: loop) { upstream in
             try upstream.pipeline.syncOperations.addHandler(theirsBound.value)
         }.whenComplete { result in
             switch result {

@@ -10,6 +10,8 @@ enum TransparentSocket {
     /// connections through instead of redirecting them back to the proxy.
     static let soMark = ChannelOptions.Types.SocketOption(level: 1, name: 36)
     static let fromProxyMark = SocketOptionValue(MESH_MARK_FROM_PROXY)
+    /// The gateway's upstream connections: from the proxy, judged as reserved:ingress.
+    static let fromGatewayMark = SocketOptionValue(MESH_MARK_FROM_PROXY | MESH_MARK_GATEWAY)
     /// IP_BIND_ADDRESS_NO_PORT (SOL_IP, 24): bind() to port 0 takes no port; connect()
     /// picks one unique for the whole 4-tuple.
     static let bindAddressNoPort = ChannelOptions.Types.SocketOption(level: 0, name: 24)

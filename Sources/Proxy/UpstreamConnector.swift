@@ -9,6 +9,9 @@ enum UpstreamConnector {
     enum Source {
         /// Wherever the kernel picks: the destination is not a node endpoint.
         case proxy
+        /// Wherever the kernel picks, for the ingress gateway: the receiving endpoint's
+        /// datapath judges it as reserved:ingress (MESH_MARK_GATEWAY).
+        case gateway
         /// The client's own address and port (a forwarded connection to a node endpoint),
         /// so the receiver sees, and its policy judges, the original client.
         case clientAddressAndPort(SocketAddress)
@@ -16,6 +19,8 @@ enum UpstreamConnector {
         /// node endpoint. The client's own port cannot be reused, since one client
         /// connection may have connections open to several backends at once.
         case clientAddress(SocketAddress)
+
+        var isGateway: Bool { if case .gateway = self { true } else { false } }
     }
 
     /// Connects `handler` to `destination`, carrying the from-proxy mark so the datapath
@@ -63,9 +68,10 @@ enum UpstreamConnector {
         var bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(timeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(TransparentSocket.soMark, value: TransparentSocket.fromProxyMark)
+            .channelOption(TransparentSocket.soMark,
+                           value: source.isGateway ? TransparentSocket.fromGatewayMark : TransparentSocket.fromProxyMark)
         switch source {
-        case .proxy:
+        case .proxy, .gateway:
             break
         case .clientAddressAndPort(let client):
             bootstrap = bootstrap

@@ -205,6 +205,24 @@ final class GatewayTests: XCTestCase {
         let vip = try XCTUnwrap(try node.json("get", "service", "shop", "-o", "json")["clusterIP"] as? String)
         XCTAssertEqual(curl("http://\(vip):80/store").status, 0, "a client outside the mesh reached the Service's VIP directly")
 
+        // reserved:ingress: a backend whose policy takes the gateway alone still gets its
+        // requests, while the node itself (the host identity, same address) is refused.
+        let shopIP = try XCTUnwrap(try node.json("get", "endpoint", "shop", "-o", "json")["ipv4"] as? String)
+        XCTAssertEqual(curl("http://\(shopIP):8080/").status, 200, "no policy yet: the node reaches shop")
+        _ = try node.apply("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: shop-from-gateway}
+        spec:
+          endpointSelector: {matchLabels: {app: shop}}
+          ingress:
+          - fromEntities: [ingress]
+        """)
+        let viaGateway = curl("https://shop.example.com:8443/store", resolve: "shop.example.com:8443:127.0.0.1")
+        XCTAssertEqual(viaGateway.status, 200, viaGateway.error + proxyLog)
+        XCTAssertEqual(curl("http://\(shopIP):8080/", options: ["--max-time", "2"]).status, 0,
+                       "the host is not the gateway: shop's policy takes reserved:ingress only")
+
         // Connections through the gateway are counted, and the routes show on the Gateway.
         XCTAssertGreaterThan(try gatewayCount("accepted"), 0)
         let view = try node.ctlOK("get", "gateways")

@@ -155,6 +155,17 @@ final class PolicyCompilerTests: XCTestCase {
         XCTAssertEqual(deny?.auth, false)
     }
 
+    func testTheIngressEntityIsTheGatewaysIdentityAloneNotTheHosts() throws {
+        let k = try compile(TestDocs.cnp("from-gateway", spec: [
+            "endpointSelector": ["matchLabels": ["app": "server"]],
+            "ingress": [["fromEntities": ["ingress"], "toPorts": [["ports": [["port": "8080", "protocol": "TCP"]]]]]],
+        ]))
+        XCTAssertEqual(k.lookup(1, .ingress, PolicyCompiler.ingressIdentity, 6, 8080)?.action, .allow)
+        XCTAssertNotEqual(k.lookup(1, .ingress, PolicyCompiler.hostIdentity, 6, 8080)?.action, .allow, "the host is not the gateway")
+        XCTAssertEqual(k.result.identities[PolicyCompiler.ingressIdentity]?.description, "reserved:ingress")
+        XCTAssertNotEqual(PolicyCompiler.ingressIdentity, PolicyCompiler.hostIdentity)
+    }
+
     func testEgressAuthenticationMarksTheSourcesEntriesAndListsItsRulesApart() throws {
         let remote = PolicyCompiler.EndpointInfo(id: -1, name: "n2/server", labels: Self.server.labels, ipv4: IPv4Address("10.201.0.1")!,
                                                  local: false)

@@ -125,6 +125,7 @@ enum mesh_identity {
 	MESH_ID_ANY = 0,          /* in policy keys: every peer */
 	MESH_ID_HOST = 1,         /* the node itself */
 	MESH_ID_WORLD = 2,        /* any address the ipcache does not know */
+	MESH_ID_INGRESS = 8,      /* the ingress gateway's connections to backends (Cilium's number) */
 	MESH_ID_FIRST_ENDPOINT = 256,
 	MESH_ID_FIRST_CIDR = 0x01000000,
 };
@@ -472,6 +473,10 @@ struct mesh_monitor_config {
 #define MESH_MARK_MASK 0x0f00
 #define MESH_MARK_TO_PROXY 0x0a00
 #define MESH_MARK_FROM_PROXY 0x0b00
+/* With MESH_MARK_FROM_PROXY, outside the mask: the proxy's connection on behalf of the
+ * ingress gateway. The receiver's ingress policy judges it as MESH_ID_INGRESS, not as the
+ * node address it comes from (only on the proxy's own node: a mark does not cross the wire). */
+#define MESH_MARK_GATEWAY 0x1000
 #define MESH_PROXY_ROUTE_TABLE 2004
 #define MESH_PROXY_RULE_PRIORITY 90
 #define MESH_PROXY_DEFAULT_PORT 15001

@@ -26,11 +26,8 @@ enum APIServer {
         }
         router.post(RouterPath(APIPath.trustRoll)) { request, _ in
             try await respond(status: .accepted) {
-                let body = try await body(of: request, limit: 1 << 16, what: "a root roll request")
-                let req: TrustRollRequest
-                do { req = try MeshJSON.decoder().decode(TrustRollRequest.self, from: Data(buffer: body)) } catch {
-                    throw MeshError.invalid("request body is not a root roll request: \(describe(error))")
-                }
+                let req = try await decoded(TrustRollRequest.self, from: request, limit: 1 << 16, what: "a root roll request",
+                                            expected: "a root roll request")
                 guard let cluster else {
                     throw MeshError(.invalidArgument, "a node on its own has nothing to roll its root with: mutual TLS runs between cluster members",
                                     hint: "move <state-dir>/trust away and restart meshd for a new root")
@@ -89,11 +86,8 @@ enum APIServer {
         router.get(RouterPath(APIPath.endpoints)) { _, _ in try await respond { try withState(manager.list(), readiness) } }
         router.post(RouterPath(APIPath.endpoints)) { request, _ in
             try await respond(status: .created) {
-                let body = try await body(of: request, limit: 1 << 20, what: "an endpoint request")
-                let create: EndpointCreateRequest
-                do { create = try MeshJSON.decoder().decode(EndpointCreateRequest.self, from: Data(buffer: body)) } catch {
-                    throw MeshError.invalid("request body is not an endpoint: \(describe(error))")
-                }
+                let create = try await decoded(EndpointCreateRequest.self, from: request, limit: 1 << 20, what: "an endpoint request",
+                                               expected: "an endpoint")
                 return try await manager.create(create)
             }
         }
@@ -102,11 +96,8 @@ enum APIServer {
         }
         router.patch("/v1/endpoints/:name/labels") { request, context in
             try await respond {
-                let body = try await body(of: request, limit: 1 << 20, what: "a label change")
-                let change: EndpointLabelRequest
-                do { change = try MeshJSON.decoder().decode(EndpointLabelRequest.self, from: Data(buffer: body)) } catch {
-                    throw MeshError.invalid("request body is not a label change: \(describe(error))")
-                }
+                let change = try await decoded(EndpointLabelRequest.self, from: request, limit: 1 << 20, what: "a label change",
+                                               expected: "a label change")
                 return try await manager.relabel(context.parameters.get("name") ?? "", change)
             }
         }
@@ -156,6 +147,16 @@ enum APIServer {
             var ep = ep
             ep.state = states[ep.name].map { $0 ? "ready" : "unready" } ?? "ready"
             return ep
+        }
+    }
+
+    /// The request's JSON body as `type`: too large (over `limit`, named as `what`) is 413,
+    /// not `type` is 400 saying "request body is not `expected`".
+    static func decoded<T: Decodable>(_ type: T.Type, from request: Request, limit: Int, what: String,
+                                      expected: String) async throws -> T {
+        let body = try await body(of: request, limit: limit, what: what)
+        do { return try MeshJSON.decoder().decode(T.self, from: Data(buffer: body)) } catch {
+            throw MeshError.invalid("request body is not \(expected): \(describe(error))")
         }
     }
 

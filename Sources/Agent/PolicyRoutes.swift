@@ -11,11 +11,8 @@ enum PolicyRoutes {
                     datapath: MeshDatapath, store: Store, hub: EventHub, services: ServiceManager, cluster: ClusterAgent?) {
         router.post(RouterPath(APIPath.policies)) { request, _ in
             try await APIServer.respond(status: .ok) {
-                let body = try await APIServer.body(of: request, limit: 64 << 20, what: "a policy file")
-                let req: PolicyApplyRequest
-                do { req = try MeshJSON.decoder().decode(PolicyApplyRequest.self, from: Data(buffer: body)) } catch {
-                    throw MeshError.invalid("request body is not a policy apply request: \(APIServer.describe(error))")
-                }
+                let req = try await APIServer.decoded(PolicyApplyRequest.self, from: request, limit: 64 << 20, what: "a policy file",
+                                                      expected: "a policy apply request")
                 if !req.dryRun { try cluster?.requireStore("apply \(req.source)") }
                 let result = try await policy.apply(req)
                 if let cluster, !req.dryRun { try await ServiceRoutes.shareApplied(req.yaml, cluster: cluster, services: services) }
@@ -38,11 +35,8 @@ enum PolicyRoutes {
         }
         router.post(RouterPath(APIPath.trace)) { request, _ in
             try await APIServer.respond {
-                let body = try await APIServer.body(of: request, limit: 1 << 20, what: "a trace request")
-                let req: TraceRequest
-                do { req = try MeshJSON.decoder().decode(TraceRequest.self, from: Data(buffer: body)) } catch {
-                    throw MeshError.invalid("request body is not a trace request: \(APIServer.describe(error))")
-                }
+                let req = try await APIServer.decoded(TraceRequest.self, from: request, limit: 1 << 20, what: "a trace request",
+                                                      expected: "a trace request")
                 return try await NIOThreadPool.singleton.runIfActive { try trace(req, manager: manager, policy: policy, datapath: datapath) }
             }
         }

@@ -10,11 +10,8 @@ enum RedirectRoutes {
         router.get(RouterPath(RuntimeConfig.path)) { _, _ in try await APIServer.respond { try control.get() } }
         router.put("/v1/config/:key") { request, ctx in
             try await APIServer.respond {
-                let body = try await APIServer.body(of: request, limit: 1 << 16, what: "a setting")
-                let req: ConfigSetRequest
-                do { req = try MeshJSON.decoder().decode(ConfigSetRequest.self, from: Data(buffer: body)) } catch {
-                    throw MeshError.invalid("request body is not {\"value\": ...}: \(APIServer.describe(error))")
-                }
+                let req = try await APIServer.decoded(ConfigSetRequest.self, from: request, limit: 1 << 16, what: "a setting",
+                                                      expected: "{\"value\": ...}")
                 return try control.set(ctx.parameters.get("key") ?? "", req.value)
             }
         }

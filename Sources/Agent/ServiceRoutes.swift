@@ -10,11 +10,8 @@ enum ServiceRoutes {
     static func add(to router: Router<BasicRequestContext>, policy: PolicyEngine, services: ServiceManager, cluster: ClusterAgent?) {
         router.post(RouterPath(APIPath.apply)) { request, _ in
             try await APIServer.respond(status: .ok) {
-                let body = try await APIServer.body(of: request, limit: 64 << 20, what: "a file to apply")
-                let req: PolicyApplyRequest
-                do { req = try MeshJSON.decoder().decode(PolicyApplyRequest.self, from: Data(buffer: body)) } catch {
-                    throw MeshError.invalid("request body is not an apply request: \(APIServer.describe(error))")
-                }
+                let req = try await APIServer.decoded(PolicyApplyRequest.self, from: request, limit: 64 << 20, what: "a file to apply",
+                                                      expected: "an apply request")
                 if !req.dryRun { try cluster?.requireStore("apply \(req.source)") }
                 let result = try await apply(req, policy: policy, services: services)
                 if let cluster, !req.dryRun { try await shareApplied(req.yaml, cluster: cluster, services: services) }

@@ -22,25 +22,24 @@ enum ConnectionPipeline {
             core.logger.debug("connection addressed to the proxy itself refused", metadata: ["client": "\(client)"])
             throw ChannelError.inappropriateOperationForState
         }
-        // A destination whose node takes it only through an mTLS tunnel: bytes, not HTTP.
         let index = core.policy.index
-        if let t = index.config.tunnel, let to = PeerAddress(destination), let from = PeerAddress(client),
-           let peer = index.tunnelPeer(to.ip), peer.tunnel {
-            return try TunnelOutbound.configure(channel, core: core, tunnel: t, peer: peer, client: from, destination: to)
-        }
-        // The client's own egress rule asks for proof: the flow goes through the tunnel to
-        // the node holding the destination, or nowhere.
-        if let to = PeerAddress(destination), let from = PeerAddress(client),
-           let rule = index.egressAuthRule(source: from.ip, destination: to.ip, port: to.port) {
-            if let t = index.config.tunnel, let peer = index.tunnelPeer(to.ip) {
+        if let to = PeerAddress(destination), let from = PeerAddress(client) {
+            let peer = index.tunnelPeer(to.ip)
+            // The destination's node takes it only through an mTLS tunnel, or the client's own
+            // egress rule asks for proof: bytes through the tunnel, not HTTP.
+            let rule = peer?.tunnel == true ? nil : index.egressAuthRule(source: from.ip, destination: to.ip, port: to.port)
+            if let t = index.config.tunnel, let peer, peer.tunnel || rule != nil {
                 return try TunnelOutbound.configure(channel, core: core, tunnel: t, peer: peer, client: from, destination: to)
             }
-            core.metrics.tunnelRefused(.noTunnel)
-            core.logger.info("connection refused: its egress rule requires authentication and no tunnel leads to the destination",
-                             metadata: ["source": "\(from)", "destination": "\(to)", "rule": "\(rule.rule)"])
-            core.reportTunnel(.outbound, source: from, destination: to, peer: nil, status: 403, rule: (rule.ruleID, rule.rule),
-                              error: TunnelRefusal.noTunnel.rawValue, started: .now)
-            throw ChannelError.inappropriateOperationForState
+            // Where no tunnel leads, a flow that must be proven goes nowhere.
+            if let rule {
+                core.metrics.tunnelRefused(.noTunnel)
+                core.logger.info("connection refused: its egress rule requires authentication and no tunnel leads to the destination",
+                                 metadata: ["source": "\(from)", "destination": "\(to)", "rule": "\(rule.rule)"])
+                core.reportTunnel(.outbound, source: from, destination: to, peer: nil, status: 403, rule: (rule.ruleID, rule.rule),
+                                  error: TunnelRefusal.noTunnel.rawValue, started: .now)
+                throw ChannelError.inappropriateOperationForState
+            }
         }
         try configureHTTP(channel, core: core, client: client, destination: destination)
     }

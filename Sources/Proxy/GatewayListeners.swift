@@ -13,76 +13,38 @@ import NIOTLS
 /// relayed unopened to one of its backends.
 final class GatewayListeners: Sendable {
     private let group: any EventLoopGroup
-    private let bound = NIOLockedValueBox<[UInt16: (any Channel)?]>([:])
+    private let listeners = PortListeners()
 
     init(group: any EventLoopGroup) { self.group = group }
 
     /// Listens on the ports of `gateways` and no others. A port closed stops taking
     /// connections; those it took go on.
     func update(_ gateways: GatewayPorts, core: ProxyCore) {
-        let wanted = gateways.listening
-        let (stale, start) = bound.withLockedValue { current -> ([any Channel], [UInt16]) in
-            var stale: [any Channel] = []
-            for (port, channel) in current where wanted[port] == nil {
-                if let channel { stale.append(channel) }
-                current[port] = nil
-            }
-            let start = wanted.keys.filter { current[$0] == nil }.sorted()
-            for port in start { current[port] = .some(nil) }
-            return (stale, start)
-        }
-        for c in stale {
-            core.logger.info("gateway listener down", metadata: ["port": "\(c.localAddress?.port ?? 0)"])
-            c.close(promise: nil)
-        }
-        for port in start { bind(port, core: core) }
-    }
-
-    func closeAll() {
-        let all = bound.withLockedValue { current -> [any Channel] in
-            defer { current = [:] }
-            return current.values.compactMap { $0 }
-        }
-        for c in all { c.close(promise: nil) }
-    }
-
-    private func bind(_ port: UInt16, core: ProxyCore) {
-        let listeners = self
-        ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { channel in
-                guard core.admit(channel) else {
-                    channel.close(promise: nil)
-                    return channel.eventLoop.makeSucceededVoidFuture()
-                }
-                return channel.eventLoop.makeCompletedFuture { try GatewayConnection.configure(channel, core: core, port: port) }
-            }
-            .bind(host: "0.0.0.0", port: Int(port))
-            .whenComplete { result in
-                switch result {
-                case .success(let channel):
-                    let kept = listeners.bound.withLockedValue { current -> Bool in
-                        guard let slot = current[port], slot == nil else { return false }
-                        current[port] = channel
-                        return true
-                    }
-                    if kept {
-                        core.logger.info("gateway listener up", metadata: ["port": "\(port)"])
-                    } else {
+        let group = self.group
+        listeners.update(Set(gateways.listening.keys), bind: { port in
+            ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { channel in
+                    guard core.admit(channel) else {
                         channel.close(promise: nil)
+                        return channel.eventLoop.makeSucceededVoidFuture()
                     }
-                case .failure(let error):
-                    core.logger.error("cannot listen for the gateway", metadata: ["port": "\(port)", "error": "\(error)"])
-                    core.metrics.gatewayListenFailed(port: port)
-                    // Forget it, so that the next configuration tries again.
-                    listeners.bound.withLockedValue { current in
-                        if let slot = current[port], slot == nil { current[port] = nil }
-                    }
+                    return channel.eventLoop.makeCompletedFuture { try GatewayConnection.configure(channel, core: core, port: port) }
                 }
-            }
+                .bind(host: "0.0.0.0", port: Int(port))
+        }, down: { port in
+            core.logger.info("gateway listener down", metadata: ["port": "\(port)"])
+        }, up: { port in
+            core.logger.info("gateway listener up", metadata: ["port": "\(port)"])
+        }, failed: { port, error in
+            core.logger.error("cannot listen for the gateway", metadata: ["port": "\(port)", "error": "\(error)"])
+            core.metrics.gatewayListenFailed(port: port)
+        })
     }
+
+    func closeAll() { listeners.closeAll() }
 }
 
 /// How one accepted gateway connection is set up.

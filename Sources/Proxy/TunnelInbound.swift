@@ -19,54 +19,32 @@ import Prometheus
 final class TunnelService: Sendable {
     private let group: any EventLoopGroup
     let tls = TunnelTLS()
-    private let listener = NIOLockedValueBox<(port: UInt16, channel: (any Channel)?)?>(nil)
+    private let listener = PortListeners()
 
     init(group: any EventLoopGroup) { self.group = group }
 
     /// Starts, moves or stops the listener to match `config` (nil: no tunnels).
     func update(_ config: ProxyTunnelConfig?, core: ProxyCore) {
-        let wanted = config?.port
-        let (stale, start) = listener.withLockedValue { current -> ((any Channel)?, Bool) in
-            if current?.port == wanted { return (nil, false) }
-            let old = current?.channel
-            current = wanted.map { ($0, nil) }
-            return (old, wanted != nil)
-        }
-        stale?.close(promise: nil)
-        guard start, let port = wanted else { return }
-        let service = self
-        ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelInitializer { channel in
-                guard core.admit(channel) else {
-                    channel.close(promise: nil)
-                    return channel.eventLoop.makeSucceededVoidFuture()
-                }
-                return channel.eventLoop.makeCompletedFuture { try service.configureInbound(channel, core: core) }
-            }
-            .bind(host: "0.0.0.0", port: Int(port))
-            .whenComplete { result in
-                switch result {
-                case .success(let channel):
-                    let kept = service.listener.withLockedValue { current -> Bool in
-                        guard current?.port == port, current?.channel == nil else { return false }
-                        current?.channel = channel
-                        return true
-                    }
-                    if kept {
-                        core.logger.info("mTLS tunnel listener up", metadata: ["port": "\(port)"])
-                    } else {
+        let group = self.group, service = self
+        listener.update(Set(config.map { [$0.port] } ?? []), bind: { port in
+            ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelInitializer { channel in
+                    guard core.admit(channel) else {
                         channel.close(promise: nil)
+                        return channel.eventLoop.makeSucceededVoidFuture()
                     }
-                case .failure(let error):
-                    core.logger.error("cannot listen for mTLS tunnels", metadata: ["port": "\(port)", "error": "\(error)"])
-                    // Forget it, so that the next configuration tries again.
-                    service.listener.withLockedValue { if $0?.port == port { $0 = nil } }
+                    return channel.eventLoop.makeCompletedFuture { try service.configureInbound(channel, core: core) }
                 }
-            }
+                .bind(host: "0.0.0.0", port: Int(port))
+        }, up: { port in
+            core.logger.info("mTLS tunnel listener up", metadata: ["port": "\(port)"])
+        }, failed: { port, error in
+            core.logger.error("cannot listen for mTLS tunnels", metadata: ["port": "\(port)", "error": "\(error)"])
+        })
     }
 
     private func configureInbound(_ channel: any Channel, core: ProxyCore) throws {

@@ -301,7 +301,8 @@ final class ProxySupervisor: Service, @unchecked Sendable {
         // glibc's POSIX_SPAWN_SETSID, hidden from Swift's Glibc module (it needs _GNU_SOURCE).
         let setsid: Int32 = 0x80
         posix_spawnattr_setflags(&attr, Int16(setsid | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-        let args = [binary, "--port", "\(port)", "--control", controlPath]
+        // The proxy logs at meshd's level, so that `meshd --log-level debug` debugs both.
+        let args = [binary, "--port", "\(port)", "--control", controlPath, "--log-level", logger.logLevel.rawValue]
         var cArgs = args.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         var pid: pid_t = 0

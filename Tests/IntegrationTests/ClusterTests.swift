@@ -16,7 +16,9 @@ final class ClusterTests: XCTestCase {
             for n in fabric?.nodes ?? [] {
                 let path = NSTemporaryDirectory() + "\(n.name)-meshd.log"
                 try? n.meshdLog.write(toFile: path, atomically: true, encoding: .utf8)
-                print("meshd log of \(n.name): \(path)")
+                let proxy = NSTemporaryDirectory() + "\(n.name)-mesh-proxy.log"
+                _ = Run.run("/bin/cp", [n.dir + "/state/mesh-proxy.log", proxy])
+                print("meshd log of \(n.name): \(path), its proxy's: \(proxy)")
             }
         }
         fabric?.destroy()

@@ -417,7 +417,7 @@ def lb_hold(args):
     emit({"backend": backend, "exchanges": exchanges, "failure": failure})
 
 
-def probe_once(host, port, proto, timeout):
+def probe_once(host, port, proto, timeout, answers=None):
     if proto == "udp":
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(timeout)
@@ -426,7 +426,10 @@ def probe_once(host, port, proto, timeout):
             return data == b"probe"
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.sendall(b"probe")
-        return s.recv(64) == b"probe"
+        answer = s.recv(64)
+        if answer != b"probe" and answers is not None:
+            answers.append(answer)
+        return answer == b"probe"
 
 
 def probe(args):
@@ -439,16 +442,24 @@ def probe(args):
 def probe_loop(args):
     import time
 
-    end = time.monotonic() + args.seconds
+    start = time.monotonic()
+    end = start + args.seconds
     attempts = ok = 0
+    errors = []  # the first few failures, for the test's message
     while time.monotonic() < end and not stopped(args):
         attempts += 1
+        began = time.monotonic()
         try:
-            ok += probe_once(args.host, args.port, args.proto, args.timeout)
-        except OSError:
-            pass
+            answers = []
+            good = probe_once(args.host, args.port, args.proto, args.timeout, answers)
+            why = f"answered {answers[0][:48]!r}" if answers else "answer was not the probe"
+        except OSError as e:
+            good, why = False, f"{type(e).__name__}: {e}"
+        ok += good
+        if not good and len(errors) < 5:
+            errors.append(f"at {began - start:.2f}s after {time.monotonic() - began:.3f}s: {why}")
         time.sleep(args.interval / 1000)
-    emit({"attempts": attempts, "ok": ok, "failed": attempts - ok})
+    emit({"attempts": attempts, "ok": ok, "failed": attempts - ok, "errors": errors})
 
 
 def seeded_chunks(total, seed, max_chunk):

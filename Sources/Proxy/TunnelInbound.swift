@@ -37,7 +37,12 @@ final class TunnelService: Sendable {
                         channel.close(promise: nil)
                         return channel.eventLoop.makeSucceededVoidFuture()
                     }
-                    return channel.eventLoop.makeCompletedFuture { try service.configureInbound(channel, core: core) }
+                    return channel.eventLoop.makeCompletedFuture {
+                        do { try service.configureInbound(channel, core: core) } catch {
+                            core.logger.info("cannot take an mTLS tunnel connection", metadata: ["error": "\(error)"])
+                            throw error
+                        }
+                    }
                 }
                 .bind(host: "0.0.0.0", port: Int(port))
         }, up: { port in
@@ -49,15 +54,10 @@ final class TunnelService: Sendable {
 
     private func configureInbound(_ channel: any Channel, core: ProxyCore) throws {
         guard let t = core.policy.index.config.tunnel else { throw ChannelError.inappropriateOperationForState }
-        let check = NIOLockedValueBox(TunnelTLS.PeerCheck())
-        let ssl = NIOSSLServerHandler(
-            context: try tls.serverContext(t),
-            customVerificationCallback: TunnelTLS.verifier(roots: try tls.roots(t), trustDomain: t.trustDomain, expected: nil,
-                                                           result: check))
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(TLSRecordSniffer(core: core))
-        try sync.addHandler(ssl)
-        try sync.addHandler(TunnelAcceptHandler(core: core, check: check))
+        try sync.addHandler(NIOSSLServerHandler(context: try tls.serverContext(t)))
+        try sync.addHandler(TunnelAcceptHandler(core: core, trustDomain: t.trustDomain))
     }
 }
 
@@ -152,7 +152,9 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
     typealias InboundOut = ByteBuffer
 
     private let core: ProxyCore
-    private let check: NIOLockedValueBox<TunnelTLS.PeerCheck>
+    private let trustDomain: String
+    /// The SPIFFE ID of the verified client certificate, once the handshake is done.
+    private var peer: String?
     private let started = ContinuousClock.now
     private enum State { case handshaking, waitingHead, connecting, relaying, done }
     private var state = State.handshaking
@@ -161,9 +163,9 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
     private var early = ByteBuffer()
     static let maxEarly = 64 * 1024
 
-    init(core: ProxyCore, check: NIOLockedValueBox<TunnelTLS.PeerCheck>) {
+    init(core: ProxyCore, trustDomain: String) {
         self.core = core
-        self.check = check
+        self.trustDomain = trustDomain
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -180,6 +182,13 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event, state == .handshaking {
+            // The chain is verified; no byte is read before the leaf's SPIFFE ID is known.
+            let check = TunnelTLS.identify(try? context.pipeline.syncOperations.nioSSL_peerCertificate(),
+                                           trustDomain: trustDomain, expected: nil)
+            if let reason = check.refusal {
+                return refuseHandshake(reason, context: context, error: "the verified client certificate names no single SPIFFE ID of \(trustDomain)")
+            }
+            peer = check.spiffeID
             state = .waitingHead
             core.metrics.tunnelHandshake(.inbound, ok: true)
         }
@@ -188,13 +197,30 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if state == .handshaking {
-            state = .done
-            let reason = check.withLockedValue { $0.refusal } ?? TunnelTLS.classify(error)
-            core.metrics.tunnelHandshake(.inbound, ok: false)
-            core.metrics.tunnelRefused(reason)
-            core.logger.info("mTLS tunnel handshake refused", metadata: [
-                "client": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "reason": "\(reason.rawValue)", "error": "\(error)"])
+            // The failed connection still holds the peer's leaf, which tells why.
+            let reason = TunnelTLS.classify(error, peer: try? context.pipeline.syncOperations.nioSSL_peerCertificate())
+            return refuseHandshake(reason, context: context, error: "\(error)")
         }
+        if state != .relaying && state != .done {
+            core.logger.debug("tunnelled connection failed before its relay", metadata: [
+                "client": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "state": "\(state)", "error": "\(error)"])
+        }
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if state != .relaying && state != .done {
+            core.logger.debug("tunnelled connection closed by the peer before its relay", metadata: ["state": "\(state)"])
+        }
+        context.fireChannelInactive()
+    }
+
+    private func refuseHandshake(_ reason: TunnelRefusal, context: ChannelHandlerContext, error: String) {
+        state = .done
+        core.metrics.tunnelHandshake(.inbound, ok: false)
+        core.metrics.tunnelRefused(reason)
+        core.logger.info("mTLS tunnel handshake refused", metadata: [
+            "client": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "reason": "\(reason.rawValue)", "error": "\(error)"])
         context.close(promise: nil)
     }
 
@@ -217,7 +243,7 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
                 break
             case .tooLong:
                 refuse(.badRequest, status: .badRequest, context: context, source: nil, destination: nil,
-                       peer: check.withLockedValue { $0.spiffeID })
+                       peer: peer)
             case .complete(let lines, var rest):
                 state = .connecting
                 early.writeBuffer(&rest)
@@ -254,7 +280,6 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
     }
 
     private func decide(_ lines: [Substring], context: ChannelHandlerContext) {
-        let peer = check.withLockedValue { $0.spiffeID }
         let index = core.policy.index
         guard index.config.tunnel != nil, let peer else {
             return refuse(.badIdentity, status: .forbidden, context: context, source: nil, destination: nil, peer: peer)
@@ -298,6 +323,11 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
         let bytes = core.metrics.tunnelBytes(.inbound)
         let (mine, theirs) = TunnelRelay.pair(countingA: { bytes.increment(by: Int64($0)) },
                                               countingB: { bytes.increment(by: Int64($0)) })
+        if core.logger.logLevel <= .debug {
+            let logger = core.logger
+            mine.ended = { logger.debug("tunnel relay ended", metadata: ["end": "inbound tunnel side", "source": "\(source)", "how": "\($0)"]) }
+            theirs.ended = { logger.debug("tunnel relay ended", metadata: ["end": "inbound upstream side", "source": "\(source)", "how": "\($0)"]) }
+        }
         let theirsBound = NIOLoopBound(theirs, eventLoop: context.eventLoop)
         let connected = UpstreamConnector.connectRaw(
             to: destination.socketAddress, from: .clientAddress(source.socketAddress), timeout: .seconds(5), on: context.eventLoop) { channel in

@@ -1,6 +1,5 @@
 import Foundation
 import MeshModel
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 import NIOTLS
@@ -25,22 +24,23 @@ enum TunnelOutbound {
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
         let service = core.tunnels
         let sslContext = try service.tls.clientContext(t, workload: workload)
-        let roots = try service.tls.roots(t)
         let expected = ProxyTunnelConfig.nodeSPIFFEID(trustDomain: t.trustDomain, node: peer.nodeName)
         let bytes = core.metrics.tunnelBytes(.outbound)
         let (mine, theirs) = TunnelRelay.pair(countingA: { bytes.increment(by: Int64($0)) },
                                               countingB: { bytes.increment(by: Int64($0)) })
+        if core.logger.logLevel <= .debug {
+            let logger = core.logger
+            mine.ended = { logger.debug("tunnel relay ended", metadata: ["end": "outbound client side", "source": "\(client)", "how": "\($0)"]) }
+            theirs.ended = { logger.debug("tunnel relay ended", metadata: ["end": "outbound tunnel side", "source": "\(client)", "how": "\($0)"]) }
+        }
         let mineBound = NIOLoopBound(mine, eventLoop: channel.eventLoop)
         let theirsBound = NIOLoopBound(theirs, eventLoop: channel.eventLoop)
-        let check = NIOLockedValueBox(TunnelTLS.PeerCheck())
         let opener = TunnelOpener(core: core, client: channel, source: client, destination: destination, expected: expected,
-                                  check: check, clientRelay: mineBound, tunnelRelay: theirsBound)
+                                  trustDomain: t.trustDomain, clientRelay: mineBound, tunnelRelay: theirsBound)
         let openerBound = NIOLoopBound(opener, eventLoop: channel.eventLoop)
         let connected = UpstreamConnector.connectRaw(to: node, from: .proxy, timeout: .seconds(5), on: channel.eventLoop) { tunnel in
             let sync = tunnel.pipeline.syncOperations
-            try sync.addHandler(try NIOSSLClientHandler(
-                context: sslContext, serverHostname: nil,
-                customVerificationCallback: TunnelTLS.verifier(roots: roots, trustDomain: t.trustDomain, expected: expected, result: check)))
+            try sync.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: nil))
             try sync.addHandler(openerBound.value)
         }
         connected.whenFailure { error in
@@ -68,24 +68,26 @@ final class TunnelOpener: ChannelInboundHandler {
     private let source: PeerAddress
     private let destination: PeerAddress
     private let expected: String
-    private let check: NIOLockedValueBox<TunnelTLS.PeerCheck>
+    private let trustDomain: String
     private let clientRelay: NIOLoopBound<TunnelRelay>
     private let tunnelRelay: NIOLoopBound<TunnelRelay>
     private let started = ContinuousClock.now
     private var handshaken = false
     private var head = TunnelHead(limit: 1024)
     private(set) var isRelaying = false
+    /// Closed for a reason already logged.
+    private var failed = false
     // The answer's head is read by hand, bounded (TunnelHead): NIO's HTTPResponseDecoder
     // would take a 200 to CONNECT without a length for a body running until the close.
 
     init(core: ProxyCore, client: any Channel, source: PeerAddress, destination: PeerAddress, expected: String,
-         check: NIOLockedValueBox<TunnelTLS.PeerCheck>, clientRelay: NIOLoopBound<TunnelRelay>, tunnelRelay: NIOLoopBound<TunnelRelay>) {
+         trustDomain: String, clientRelay: NIOLoopBound<TunnelRelay>, tunnelRelay: NIOLoopBound<TunnelRelay>) {
         self.core = core
         self.client = client
         self.source = source
         self.destination = destination
         self.expected = expected
-        self.check = check
+        self.trustDomain = trustDomain
         self.clientRelay = clientRelay
         self.tunnelRelay = tunnelRelay
     }
@@ -93,6 +95,12 @@ final class TunnelOpener: ChannelInboundHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event, !handshaken {
             handshaken = true
+            // The chain is verified; the server must be the destination's node.
+            let check = TunnelTLS.identify(try? context.pipeline.syncOperations.nioSSL_peerCertificate(),
+                                           trustDomain: trustDomain, expected: expected)
+            if let reason = check.refusal {
+                return handshakeFailed(reason, context: context, error: "the verified server certificate is not \(expected)")
+            }
             core.metrics.tunnelHandshake(.outbound, ok: true)
             let request = "CONNECT \(destination) HTTP/1.1\r\nHost: \(destination)\r\nSwiftMesh-Source: \(source)\r\n\r\n"
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: request)), promise: nil)
@@ -102,19 +110,38 @@ final class TunnelOpener: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if !handshaken {
-            let reason = check.withLockedValue { $0.refusal } ?? TunnelTLS.classify(error)
-            core.metrics.tunnelHandshake(.outbound, ok: false)
-            core.logger.info("mTLS tunnel handshake failed", metadata: [
-                "destination": "\(destination)", "expected": "\(expected)", "reason": "\(reason.rawValue)", "error": "\(error)"])
-            core.reportTunnel(.outbound, source: source, destination: destination, peer: nil, status: 502, rule: nil,
-                              error: reason.rawValue, started: started)
+            handshaken = true
+            return handshakeFailed(TunnelTLS.classify(error, peer: try? context.pipeline.syncOperations.nioSSL_peerCertificate()),
+                                   context: context, error: "\(error)")
+        }
+        if !failed {
+            failed = true
+            core.logger.debug(isRelaying ? "mTLS tunnel failed" : "mTLS tunnel failed before the answer to CONNECT",
+                              metadata: ["source": "\(source)", "destination": "\(destination)", "error": "\(error)"])
         }
         context.close(promise: nil)
         client.close(promise: nil)
     }
 
+    private func handshakeFailed(_ reason: TunnelRefusal, context: ChannelHandlerContext, error: String) {
+        failed = true
+        core.metrics.tunnelHandshake(.outbound, ok: false)
+        core.logger.info("mTLS tunnel handshake failed", metadata: [
+            "destination": "\(destination)", "expected": "\(expected)", "reason": "\(reason.rawValue)", "error": "\(error)"])
+        core.reportTunnel(.outbound, source: source, destination: destination, peer: nil, status: 502, rule: nil,
+                          error: reason.rawValue, started: started)
+        context.close(promise: nil)
+        client.close(promise: nil)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
-        if !isRelaying { client.close(promise: nil) }
+        if !isRelaying {
+            if !failed {
+                core.logger.debug("mTLS tunnel closed before the answer to CONNECT",
+                                  metadata: ["source": "\(source)", "destination": "\(destination)", "handshaken": "\(handshaken)"])
+            }
+            client.close(promise: nil)
+        }
         context.fireChannelInactive()
     }
 
@@ -150,13 +177,19 @@ final class TunnelOpener: ChannelInboundHandler {
             context.fireChannelRead(wrapInboundOut(rest))
             context.fireChannelReadComplete()
         }
+        // Not `client.isActive`: the client's channel may not be active *yet*. The server
+        // bootstrap runs the initializer (which opened this tunnel) on the child's loop and
+        // registers the channel after a hop to the accepting loop and back, and a tunnel can
+        // open in that time. A client that closed before this point closed the tunnel
+        // (its closeFuture, in configure) or made adding the relay above fail.
         client.setOption(.autoRead, value: true).whenFailure { [client] _ in client.close(promise: nil) }
-        if !client.isActive { context.close(promise: nil) }
     }
 
     private func fail(context: ChannelHandlerContext, _ why: String) {
+        failed = true
         core.logger.info("tunnelled connection not opened", metadata: ["destination": "\(destination)", "why": "\(why)"])
         client.close(promise: nil)
         context.close(promise: nil)
     }
 }
+

@@ -15,6 +15,10 @@ final class TunnelRelay: ChannelDuplexHandler {
     private var pendingRead = false
     /// Counts the bytes this side read (and handed to the other).
     private let counted: (Int) -> Void
+    /// Told how this side ended when it ended abnormally (an error, or input or connection
+    /// closed before it read a byte): the debug log's view of a relay.
+    var ended: ((String) -> Void)?
+    private var bytesRead = 0
 
     private init(counted: @escaping (Int) -> Void) { self.counted = counted }
 
@@ -36,18 +40,21 @@ final class TunnelRelay: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = unwrapInboundIn(data)
         counted(bytes.readableBytes)
+        bytesRead += bytes.readableBytes
         partner?.context?.write(wrapOutboundOut(bytes), promise: nil)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) { partner?.context?.flush() }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if bytesRead == 0 { ended?("connection closed before a byte was read") }
         partner?.context?.close(promise: nil)
         context.fireChannelInactive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event, let other = partner?.context {
+            if bytesRead == 0 { ended?("input closed before a byte was read") }
             // Half-close the other side's output; a channel that cannot (no half-closure)
             // is closed whole.
             let done = other.eventLoop.makePromise(of: Void.self)
@@ -58,7 +65,10 @@ final class TunnelRelay: ChannelDuplexHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        ended?("error after \(bytesRead) bytes: \(error)")
+        context.close(promise: nil)
+    }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { partner?.resumeRead() }

@@ -8,8 +8,9 @@ import X509
 
 /// TLS for the mTLS tunnels between nodes (swift-nio-ssl): contexts made from the
 /// certificate files meshd keeps, made again when meshd says the files changed (the
-/// certificate generation), and the peer's chain checked here with swift-certificates, so
-/// that a refusal can say why (expired, unknown CA, no SPIFFE ID of the trust domain).
+/// certificate generation). BoringSSL verifies the peer's chain against the trust bundle;
+/// the SPIFFE ID is read from the verified leaf here, and a refusal says why (expired,
+/// unknown CA, no SPIFFE ID of the trust domain).
 final class TunnelTLS: Sendable {
     private struct Cached {
         var generation: UInt64
@@ -17,7 +18,6 @@ final class TunnelTLS: Sendable {
     }
 
     private let contexts = NIOLockedValueBox<[String: Cached]>([:])
-    private let bundles = NIOLockedValueBox<(key: String, roots: [Certificate])?>(nil)
 
     /// The listener's context: the node's certificate; a client certificate is required.
     func serverContext(_ t: ProxyTunnelConfig) throws -> NIOSSLContext {
@@ -52,54 +52,27 @@ final class TunnelTLS: Sendable {
         return made
     }
 
-    /// The roots of the trust bundle, read again when the generation moves.
-    func roots(_ t: ProxyTunnelConfig) throws -> [Certificate] {
-        let key = "\(t.trustBundlePath)#\(t.certificateGeneration)"
-        if let b = bundles.withLockedValue({ $0 }), b.key == key { return b.roots }
-        let pem = try String(contentsOfFile: t.trustBundlePath, encoding: .utf8)
-        let roots = try PEMDocument.parseMultiple(pemString: pem).map { try Certificate(pemDocument: $0) }
-        bundles.withLockedValue { $0 = (key, roots) }
-        return roots
-    }
-
-    /// What the peer's chain said: its SPIFFE ID, or why it was refused.
+    /// What the peer's certificate said: its SPIFFE ID, or why it was refused.
     struct PeerCheck: Sendable {
         var spiffeID: String?
         var refusal: TunnelRefusal?
     }
 
-    /// A NIOSSL custom verification callback: `chain` must end at a root of `roots`, every
-    /// certificate of it be valid now, and the leaf carry exactly one SPIFFE ID of the trust
-    /// domain (`expected`, when given). The outcome is left in `result` for the handler.
-    static func verifier(roots: [Certificate], trustDomain: String, expected: String?,
-                         result: NIOLockedValueBox<PeerCheck>) -> NIOSSLCustomVerificationCallback {
-        { chain, promise in
-            let refuse = { (reason: TunnelRefusal) in
-                result.withLockedValue { $0.refusal = reason }
-                promise.succeed(.failed)
-            }
-            guard let certificates = try? chain.map({ try Certificate(derEncoded: try $0.toDERBytes()) }),
-                  let leaf = certificates.first else { return refuse(.handshake) }
-            let now = Date()
-            if certificates.contains(where: { $0.notValidAfter < now || $0.notValidBefore > now }) { return refuse(.expired) }
-            let ids = spiffeIDs(leaf).filter { $0.hasPrefix("spiffe://\(trustDomain)/") }
-            guard ids.count == 1, let id = ids.first else { return refuse(.badIdentity) }
-            if let expected, id != expected { return refuse(.identityMismatch) }
-            let intermediates = CertificateStore(certificates.dropFirst())
-            Task {
-                var verifier = Verifier(rootCertificates: CertificateStore(roots)) {
-                    RFC5280Policy(validationTime: now)
-                    SPIFFEPolicy()
-                }
-                switch await verifier.validate(leaf: leaf, intermediates: intermediates) {
-                case .validCertificate:
-                    result.withLockedValue { $0.spiffeID = id }
-                    promise.succeed(.certificateVerified)
-                case .couldNotValidate:
-                    refuse(.unknownCA)
-                }
-            }
+    /// The peer's identity, read once BoringSSL has verified its chain against the trust
+    /// bundle (every certificate valid now, ending at a root of the bundle): the leaf must
+    /// carry exactly one SPIFFE ID of the trust domain, `expected` when given.
+    ///
+    /// The chain is verified by BoringSSL during the handshake, on the event loop, not by a
+    /// custom callback: swift-certificates' verifier is async, and its hop to a Task and
+    /// back cost a third of the new connections per second on a proxy pinned to one core.
+    static func identify(_ leaf: NIOSSLCertificate?, trustDomain: String, expected: String?) -> PeerCheck {
+        guard let leaf, let certificate = try? Certificate(derEncoded: try leaf.toDERBytes()) else {
+            return PeerCheck(refusal: .handshake)
         }
+        let ids = spiffeIDs(certificate).filter { $0.hasPrefix("spiffe://\(trustDomain)/") }
+        guard ids.count == 1, let id = ids.first else { return PeerCheck(refusal: .badIdentity) }
+        if let expected, id != expected { return PeerCheck(refusal: .identityMismatch) }
+        return PeerCheck(spiffeID: id)
     }
 
     static func spiffeIDs(_ c: Certificate) -> [String] {
@@ -107,18 +80,21 @@ final class TunnelTLS: Sendable {
         return names.compactMap { if case .uniformResourceIdentifier(let u) = $0, u.hasPrefix("spiffe://") { u } else { nil } }
     }
 
-    /// Why NIOSSL failed a handshake that the verification callback did not refuse.
-    static func classify(_ error: any Error) -> TunnelRefusal {
+    /// Why a handshake failed. BoringSSL says only that verification failed, not why; the
+    /// peer's leaf (still held by the failed connection) tells an expired certificate from
+    /// one of another CA. An alert from the peer names its own reason.
+    static func classify(_ error: any Error, peer leaf: NIOSSLCertificate?) -> TunnelRefusal {
         let text = String(describing: error)
         if text.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") || text.contains("CERTIFICATE_REQUIRED") { return .noClientCertificate }
+        if text.contains("CERTIFICATE_VERIFY_FAILED") {
+            let now = Date()
+            if let leaf, let c = try? Certificate(derEncoded: try leaf.toDERBytes()), c.notValidAfter < now || c.notValidBefore > now {
+                return .expired
+            }
+            return .unknownCA
+        }
+        if text.contains("CERTIFICATE_EXPIRED") { return .expired }
+        if text.contains("UNKNOWN_CA") { return .unknownCA }
         return .handshake
     }
-}
-
-/// SVIDs carry their SPIFFE ID in a critical subject alternative name, which the RFC 5280
-/// policy does not claim; the ID itself is checked before the chain (TunnelTLS.verifier).
-struct SPIFFEPolicy: VerifierPolicy {
-    let verifyingCriticalExtensions: [ASN1ObjectIdentifier] = [.X509ExtensionID.subjectAlternativeName]
-
-    func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) async -> PolicyEvaluationResult { .meetsPolicy }
 }

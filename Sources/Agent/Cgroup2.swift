@@ -33,7 +33,8 @@ public enum Cgroup2 {
         } else {
             for pid in processes(path) { kill(pid, SIGKILL) }
         }
-        for _ in 0..<100 where !processes(path).isEmpty { usleep(10_000) }
+        var tries = 0
+        while !processes(path).isEmpty && tries < 100 { usleep(10_000); tries += 1 }
         rmdir(path)
     }
 

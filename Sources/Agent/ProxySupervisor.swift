@@ -267,7 +267,8 @@ final class ProxySupervisor: Service, @unchecked Sendable {
         if let pid, pid == hello.pid {
             // Ours: reap it (it is gone, or going, since it closed its control socket).
             var st: Int32 = 0
-            for _ in 0..<100 where waitpid(pid, &st, WNOHANG) == 0 { Thread.sleep(forTimeInterval: 0.01) }
+            var tries = 0
+            while waitpid(pid, &st, WNOHANG) == 0 && tries < 100 { Thread.sleep(forTimeInterval: 0.01); tries += 1 }
             why = (st & 0x7f) != 0 ? "killed by signal \(st & 0x7f)" : "exit status \((st >> 8) & 0xff)"
             lock.withLock { child = nil }
         }

@@ -195,7 +195,10 @@ final class TestNode {
                     try? "1".write(toFile: "\(cg)/\(k)/cgroup.kill", atomically: false, encoding: .utf8)
                     // A killed process leaves its cgroup a moment later (dnsmasq in _dns
                     // was seen to outlast one 20 ms wait): try for up to a second.
-                    for _ in 0..<50 where rmdir("\(cg)/\(k)") != 0 { usleep(20_000) }
+                    // (A loop, not `for … where`: a where clause filters iterations and would
+                    // sleep through all fifty once rmdir had succeeded, failing with ENOENT.)
+                    var tries = 0
+                    while rmdir("\(cg)/\(k)") != 0 && errno != ENOENT && tries < 50 { usleep(20_000); tries += 1 }
                 }
             }
             rmdir(cg)

@@ -252,7 +252,9 @@ final class ClusterTests: XCTestCase {
         let a = try fabric.addNode(podCIDR: "10.201.1.0/27")
         let b = try fabric.addNode(podCIDR: "10.201.2.0/27")
         var jobs: [(TestNode, pid_t, String)] = []
-        for i in 0..<8 {
+        // Sixteen creations at once: on each node four label sets that the other node creates
+        // too and four of its own (eight rounds took twice as long and proved no more).
+        for i in 0..<4 {
             for (node, tag) in [(a, "a"), (b, "b")] {
                 let out = node.dir + "/race-\(tag)-\(i).out"
                 let both = try Run.spawn(TestNode.products + "/meshctl", ["endpoint", "create", "same\(i)-\(tag)", "--labels", "race=same-\(i)"],
@@ -273,10 +275,10 @@ final class ClusterTests: XCTestCase {
         var byID: [String: String] = [:]
         for i in stride(from: 0, to: lines.count - 1, by: 2) { byID[lines[i]] = lines[i + 1] }
         let raceSets = byID.values.filter { $0.contains("race=") }
-        XCTAssertEqual(raceSets.count, 24, "8 shared + 8 of A's own + 8 of B's own label sets: \(byID)")
+        XCTAssertEqual(raceSets.count, 12, "4 shared + 4 of A's own + 4 of B's own label sets: \(byID)")
         XCTAssertEqual(Set(raceSets).count, raceSets.count, "a label set with two numbers: \(byID)")
-        try waitRemote(a, 16)
-        try waitRemote(b, 16)
+        try waitRemote(a, 8)
+        try waitRemote(b, 8)
         let idsA = try identities(a), idsB = try identities(b)
         for (id, labels) in idsA where labels.contains("race=") {
             XCTAssertEqual(idsB[id], labels, "number \(id): \(labels) on A, \(idsB[id] ?? "nothing") on B")

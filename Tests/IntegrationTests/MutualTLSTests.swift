@@ -201,16 +201,16 @@ extension ClusterTests {
         }
     }
 
-    // Certificates that live eight seconds (rotated every four) under continuous traffic
-    // through the tunnel for 25 s: a long-lived connection keeps going, every new
+    // Certificates that live six seconds (rotated every three) under continuous traffic
+    // through the tunnel for 16 s: a long-lived connection keeps going, every new
     // connection is made with the current certificates and none fails, and the intruder
     // never gets through.
-    /// 8-second SVIDs for 25 s by default; the issue's own figure, one-minute SVIDs under
+    /// 6-second SVIDs (rotated every 3 s) for 16 s by default; the issue's own figure, one-minute SVIDs under
     /// five minutes of traffic, is `SWIFTMESH_ROTATION_SVID_TTL=60 SWIFTMESH_ROTATION_SECONDS=300`.
     func testSVIDRotationUnderTrafficThroughTheTunnelDropsNothing() throws {
         let env = ProcessInfo.processInfo.environment
-        let ttl = Int(env["SWIFTMESH_ROTATION_SVID_TTL"] ?? "") ?? 8
-        let seconds = Int(env["SWIFTMESH_ROTATION_SECONDS"] ?? "") ?? 25
+        let ttl = Int(env["SWIFTMESH_ROTATION_SVID_TTL"] ?? "") ?? 6
+        let seconds = Int(env["SWIFTMESH_ROTATION_SECONDS"] ?? "") ?? 16
         let (a, b, db) = try tunnelledNodes(extra: ["--svid-ttl", "\(ttl)"])
         let rotationsBefore = try b.metric("mesh_trust_svid_rotations_total") ?? 0
         let stop = a.dir + "/stop-steady"
@@ -262,7 +262,7 @@ extension ClusterTests {
         let holder = before.holder ? a : b
         XCTAssertNotEqual(try trustStatus(a).holder, try trustStatus(b).holder, "one node holds the cluster root's key")
         let stop = a.dir + "/stop-steady"
-        let runs = try steadyTraffic(a, db: db, seconds: 18, stop: stop)
+        let runs = try steadyTraffic(a, db: db, seconds: 12, stop: stop)
         sleep(2)
         _ = try holder.ctlOK("trust", "roll", "--overlap", "3", "--no-wait")
         // Both nodes as the roll goes, to check its order, not only its end.

@@ -27,9 +27,12 @@ final class PolicyTests: XCTestCase {
 
     /// One new connection (or datagram) from endpoint `from` (or external netns) and its echo.
     func probe(from: String, external: Bool = false, to host: String, port: Int, proto: String = "tcp") throws -> Bool {
+        try startProbe(from: from, external: external, to: host, port: port, proto: proto).result()["ok"] as? Bool ?? false
+    }
+
+    func startProbe(from: String, external: Bool = false, to host: String, port: Int, proto: String = "tcp") throws -> Traffic.Background {
         let args = ["probe", "--host", host, "--port", "\(port)", "--proto", proto, "--timeout", "1"]
-        let bg = external ? try traffic.startInNetns(from, args) : try traffic.start(in: from, args)
-        return try bg.result()["ok"] as? Bool ?? false
+        return external ? try traffic.startInNetns(from, args) : try traffic.start(in: from, args)
     }
 
     func serve(_ ep: String, external: Bool = false, tcp: String, udp: String = "") throws {
@@ -142,8 +145,12 @@ final class PolicyTests: XCTestCase {
 
         func observe(_ label: String) throws -> [String] {
             var wrong: [String] = []
-            for (from, to, port, proto, expected) in matrix {
-                let got = try probe(from: externals[from] ?? from, external: externals[from] != nil, to: addr[to]!, port: port, proto: proto)
+            // All probes at once: each denied one waits out its one-second timeout.
+            let running = try matrix.map { (from, to, port, proto, _) in
+                try startProbe(from: externals[from] ?? from, external: externals[from] != nil, to: addr[to]!, port: port, proto: proto)
+            }
+            for ((from, to, port, proto, expected), bg) in zip(matrix, running) {
+                let got = try bg.result()["ok"] as? Bool ?? false
                 if label == "before" ? !got : got != expected {
                     wrong.append("\(from) -> \(to) \(port)/\(proto): got \(got ? "allowed" : "denied")")
                 }

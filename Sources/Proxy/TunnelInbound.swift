@@ -134,6 +134,8 @@ final class TLSRecordSniffer: ChannelInboundHandler, RemovableChannelHandler {
                 core.metrics.tunnelHandshake(.inbound, ok: false)
                 core.metrics.tunnelRefused(.notTLS)
                 core.logger.debug("plaintext to the mTLS tunnel port refused", metadata: ["client": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
+                // Counted here: the handshake that NIOSSL then reports failed is not another refusal.
+                context.fireUserInboundEventTriggered(PlaintextRefused())
                 context.close(promise: nil)
                 return
             }
@@ -141,6 +143,9 @@ final class TLSRecordSniffer: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelRead(data)
     }
 }
+
+/// TLSRecordSniffer's word to TunnelAcceptHandler that it refused (and counted) the connection.
+struct PlaintextRefused {}
 
 /// After the handshake: reads the CONNECT, decides, connects upstream, then relays.
 ///
@@ -181,6 +186,10 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is PlaintextRefused {
+            state = .done
+            return
+        }
         if case TLSUserEvent.handshakeCompleted = event, state == .handshaking {
             // The chain is verified; no byte is read before the leaf's SPIFFE ID is known.
             let check = TunnelTLS.identify(try? context.pipeline.syncOperations.nioSSL_peerCertificate(),

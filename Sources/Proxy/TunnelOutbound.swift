@@ -51,7 +51,9 @@ enum TunnelOutbound {
         }
         connected.whenSuccess { tunnel in
             // Whichever side goes first, the other follows until the relay takes over.
-            channel.closeFuture.whenComplete { _ in if !openerBound.value.isRelaying { tunnel.close(promise: nil) } }
+            // Also once relaying: a client channel closed before it was ever registered
+            // (its listener went away) tells its relay nothing.
+            channel.closeFuture.whenComplete { _ in tunnel.close(promise: nil) }
         }
     }
 }
@@ -91,6 +93,28 @@ final class TunnelOpener: ChannelInboundHandler {
         self.clientRelay = clientRelay
         self.tunnelRelay = tunnelRelay
     }
+
+    /// Connecting has its own timeout; the handshake and the answer to CONNECT together get
+    /// the proxy's header timeout, so that a node that accepts and then says nothing does not
+    /// hold the client.
+    private var deadline: Scheduled<Void>?
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let timeout = core.settings.headerTimeout
+        deadline = context.eventLoop.scheduleTask(in: timeout) {
+            let (opener, context) = bound.value
+            guard !opener.isRelaying, !opener.failed else { return }
+            if opener.handshaken {
+                opener.fail(context: context, "no answer to CONNECT within \(timeout.nanoseconds / 1_000_000_000) s")
+            } else {
+                opener.handshaken = true
+                opener.handshakeFailed(.handshake, context: context, error: "no handshake within \(timeout.nanoseconds / 1_000_000_000) s")
+            }
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) { deadline?.cancel() }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event, !handshaken {
@@ -147,6 +171,8 @@ final class TunnelOpener: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if isRelaying { return context.fireChannelRead(data) }
+        // A refused server may have sent its answer in the flight of its Finished.
+        guard !failed else { return }
         var bytes = unwrapInboundIn(data)
         let lines: [Substring], rest: ByteBuffer
         switch head.add(&bytes) {
@@ -163,6 +189,7 @@ final class TunnelOpener: ChannelInboundHandler {
             return fail(context: context, "the destination's node refused: \(reason)")
         }
         isRelaying = true
+        deadline?.cancel()
         core.metrics.tunnelOpened(1)
         context.channel.closeFuture.whenComplete { [core] _ in core.metrics.tunnelOpened(-1) }
         core.reportTunnel(.outbound, source: source, destination: destination, peer: expected, status: 200, rule: nil, error: nil,

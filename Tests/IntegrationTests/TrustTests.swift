@@ -120,6 +120,22 @@ final class TrustTests: XCTestCase {
         XCTAssertThrowsError(try node.start(["--trust-root-cert", cert, "--trust-root-key", otherKey])) { error in
             XCTAssertTrue("\(error)".contains("is not the key of trust-root-cert"), "\(error)")
         }
+
+        // A CA certificate that is not self-signed (an intermediate of the operator's root)
+        // cannot anchor the tunnels' chains: refused at start, with the reason.
+        let mid = node.dir + "/mid"
+        try "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+            .write(toFile: mid + ".ext", atomically: true, encoding: .utf8)
+        for args in [["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", mid + ".key",
+                      "-out", mid + ".csr", "-subj", "/CN=operator intermediate"],
+                     ["x509", "-req", "-in", mid + ".csr", "-CA", cert, "-CAkey", key, "-CAcreateserial", "-days", "1",
+                      "-extfile", mid + ".ext", "-out", mid + ".crt"]] {
+            let r = Run.run("/usr/bin/openssl", args)
+            XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        }
+        XCTAssertThrowsError(try node.start(["--trust-root-cert", mid + ".crt", "--trust-root-key", mid + ".key"])) { error in
+            XCTAssertTrue("\(error)".contains("is not self-signed"), "\(error)")
+        }
     }
 
     // Two cluster members given the same operator root: each signs with an intermediate

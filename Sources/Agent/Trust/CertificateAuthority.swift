@@ -208,6 +208,11 @@ public final class CertificateAuthority: @unchecked Sendable { // `intermediate`
             guard let basic = try? cert.extensions.basicConstraints, case .isCertificateAuthority = basic else {
                 throw MeshError(.invalidArgument, "trust-root-cert \(certFile) is not a CA certificate (basicConstraints CA:TRUE)")
             }
+            // The tunnels' TLS (BoringSSL) anchors a chain only at a self-signed root.
+            guard cert.issuer == cert.subject, cert.publicKey.isValidSignature(cert.signature, for: cert) else {
+                throw MeshError(.invalidArgument, "trust-root-cert \(certFile) is not self-signed (its issuer is \(cert.issuer))",
+                                hint: "give the root itself; an intermediate of another CA cannot anchor the mesh's chains")
+            }
             var key: P256.Signing.PrivateKey?
             if let keyFile = settings.rootKeyFile {
                 do { key = try readKey(keyFile) } catch { throw MeshError(.invalidArgument, "trust-root-key \(keyFile): \(error.message)") }

@@ -89,6 +89,23 @@ extension ProxyMetrics {
 }
 
 extension ProxyCore {
+    /// The two relays of a tunnelled connection at one end: each counts the bytes it reads
+    /// in mesh_mtls_bytes_total; at debug level, a side that ends abnormally (an error, or
+    /// closed before a byte) logs how, named by `sides`.
+    func tunnelRelays(_ direction: ProxyMetrics.TunnelDirection, sides: (String, String),
+                      source: PeerAddress) -> (TunnelRelay, TunnelRelay) {
+        let bytes = metrics.tunnelBytes(direction)
+        let (a, b) = TunnelRelay.pair(countingA: { bytes.increment(by: Int64($0)) }, countingB: { bytes.increment(by: Int64($0)) })
+        if logger.logLevel <= .debug {
+            let logger = logger
+            for (relay, side) in [(a, sides.0), (b, sides.1)] {
+                let end = "\(direction.rawValue) \(side) side"
+                relay.ended = { logger.debug("tunnel relay ended", metadata: ["end": "\(end)", "source": "\(source)", "how": "\($0)"]) }
+            }
+        }
+        return (a, b)
+    }
+
     /// One monitor event per tunnelled connection (method CONNECT, the path its destination).
     func reportTunnel(_ direction: ProxyMetrics.TunnelDirection, source: PeerAddress, destination: PeerAddress,
                       peer: String?, status: Int, rule: (id: UInt32, text: String)?, error: String?, started: ContinuousClock.Instant) {
@@ -329,14 +346,7 @@ final class TunnelAcceptHandler: ChannelInboundHandler {
             }
             return
         }
-        let bytes = core.metrics.tunnelBytes(.inbound)
-        let (mine, theirs) = TunnelRelay.pair(countingA: { bytes.increment(by: Int64($0)) },
-                                              countingB: { bytes.increment(by: Int64($0)) })
-        if core.logger.logLevel <= .debug {
-            let logger = core.logger
-            mine.ended = { logger.debug("tunnel relay ended", metadata: ["end": "inbound tunnel side", "source": "\(source)", "how": "\($0)"]) }
-            theirs.ended = { logger.debug("tunnel relay ended", metadata: ["end": "inbound upstream side", "source": "\(source)", "how": "\($0)"]) }
-        }
+        let (mine, theirs) = core.tunnelRelays(.inbound, sides: ("tunnel", "upstream"), source: source)
         let theirsBound = NIOLoopBound(theirs, eventLoop: context.eventLoop)
         let connected = UpstreamConnector.connectRaw(
             to: destination.socketAddress, from: .clientAddress(source.socketAddress), timeout: .seconds(5), on: context.eventLoop) { channel in

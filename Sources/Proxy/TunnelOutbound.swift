@@ -25,14 +25,7 @@ enum TunnelOutbound {
         let service = core.tunnels
         let sslContext = try service.tls.clientContext(t, workload: workload)
         let expected = ProxyTunnelConfig.nodeSPIFFEID(trustDomain: t.trustDomain, node: peer.nodeName)
-        let bytes = core.metrics.tunnelBytes(.outbound)
-        let (mine, theirs) = TunnelRelay.pair(countingA: { bytes.increment(by: Int64($0)) },
-                                              countingB: { bytes.increment(by: Int64($0)) })
-        if core.logger.logLevel <= .debug {
-            let logger = core.logger
-            mine.ended = { logger.debug("tunnel relay ended", metadata: ["end": "outbound client side", "source": "\(client)", "how": "\($0)"]) }
-            theirs.ended = { logger.debug("tunnel relay ended", metadata: ["end": "outbound tunnel side", "source": "\(client)", "how": "\($0)"]) }
-        }
+        let (mine, theirs) = core.tunnelRelays(.outbound, sides: ("client", "tunnel"), source: client)
         let mineBound = NIOLoopBound(mine, eventLoop: channel.eventLoop)
         let theirsBound = NIOLoopBound(theirs, eventLoop: channel.eventLoop)
         let opener = TunnelOpener(core: core, client: channel, source: client, destination: destination, expected: expected,

@@ -66,13 +66,18 @@ final class TunnelTLS: Sendable {
     /// custom callback: swift-certificates' verifier is async, and its hop to a Task and
     /// back cost a third of the new connections per second on a proxy pinned to one core.
     static func identify(_ leaf: NIOSSLCertificate?, trustDomain: String, expected: String?) -> PeerCheck {
-        guard let leaf, let certificate = try? Certificate(derEncoded: try leaf.toDERBytes()) else {
+        guard let certificate = parsed(leaf) else {
             return PeerCheck(refusal: .handshake)
         }
         let ids = spiffeIDs(certificate).filter { $0.hasPrefix("spiffe://\(trustDomain)/") }
         guard ids.count == 1, let id = ids.first else { return PeerCheck(refusal: .badIdentity) }
         if let expected, id != expected { return PeerCheck(refusal: .identityMismatch) }
         return PeerCheck(spiffeID: id)
+    }
+
+    private static func parsed(_ leaf: NIOSSLCertificate?) -> Certificate? {
+        guard let leaf else { return nil }
+        return try? Certificate(derEncoded: try leaf.toDERBytes())
     }
 
     static func spiffeIDs(_ c: Certificate) -> [String] {
@@ -88,7 +93,7 @@ final class TunnelTLS: Sendable {
         if text.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") || text.contains("CERTIFICATE_REQUIRED") { return .noClientCertificate }
         if text.contains("CERTIFICATE_VERIFY_FAILED") {
             let now = Date()
-            if let leaf, let c = try? Certificate(derEncoded: try leaf.toDERBytes()), c.notValidAfter < now || c.notValidBefore > now {
+            if let c = parsed(leaf), c.notValidAfter < now || c.notValidBefore > now {
                 return .expired
             }
             return .unknownCA

@@ -48,6 +48,49 @@ public func compileRegex(_ pattern: String, at place: String? = nil) throws(Mesh
     }
 }
 
+/// A rule's regular expression, matched against the whole of a request's method, path or
+/// host. Most such expressions are plain text ("GET") or plain text then `.*` ("/v1/.*");
+/// those are compared as strings, which gives the same answer (both compare Characters) at
+/// a fraction of the cost: Swift Regex's wholeMatch of `/.*` took about 2% of the proxy's
+/// time per request under wrk. Any other expression runs as the Regex it compiles to.
+public struct L7Pattern: @unchecked Sendable {
+    // @unchecked: Regex is immutable once compiled, but not declared Sendable.
+    enum Form {
+        case equal(String)
+        case prefix(String)
+        case regex(Regex<AnyRegexOutput>)
+    }
+    let form: Form
+
+    /// Characters that make an expression more than plain text.
+    private static let special: Set<Character> = ["\\", "^", "$", ".", "|", "?", "*", "+", "(", ")", "[", "]", "{", "}"]
+
+    public init(_ pattern: String, at place: String? = nil) throws(MeshError) {
+        // Compiled in every case, so that what is refused is refused the same way.
+        let regex = try compileRegex(pattern, at: place)
+        if !pattern.contains(where: Self.special.contains) {
+            form = .equal(pattern)
+        } else if pattern.hasSuffix(".*"), !pattern.dropLast(2).contains(where: Self.special.contains) {
+            form = .prefix(String(pattern.dropLast(2)))
+        } else {
+            form = .regex(regex)
+        }
+    }
+
+    /// Whether the expression matches all of `text`.
+    public func wholeMatch(_ text: String) -> Bool {
+        switch form {
+        case .equal(let literal): text == literal
+        case .prefix(let literal):
+            // `.` matches anything but a line break. A request's target is printable ASCII,
+            // checked by bytes; anything else is walked by Characters, as Regex would.
+            text.hasPrefix(literal)
+                && (text.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F } || !text.dropFirst(literal.count).contains(where: \.isNewline))
+        case .regex(let regex): (try? regex.wholeMatch(in: text)) != nil
+        }
+    }
+}
+
 /// A request as the L7 policy sees it.
 public struct L7Request: Sendable {
     public var method: String
@@ -212,17 +255,17 @@ public final class L7PolicyIndex: Sendable {
 
     /// Swift's Regex is not Sendable; these are built once, never mutated, and only
     /// matched against (which reads them), so sharing them across threads is safe.
-    struct CompiledHTTPRule: @unchecked Sendable {
-        var method: Regex<AnyRegexOutput>?
-        var path: Regex<AnyRegexOutput>?
-        var host: Regex<AnyRegexOutput>?
+    struct CompiledHTTPRule: Sendable {
+        var method: L7Pattern?
+        var path: L7Pattern?
+        var host: L7Pattern?
         var headers: [HTTPRule.HeaderRequirement]
 
         init(_ r: HTTPRule) throws(MeshError) {
             // Each expression compiled once, the error naming its field (as validate() does).
-            func compiled(_ pattern: String?, _ field: String) throws(MeshError) -> Regex<AnyRegexOutput>? {
+            func compiled(_ pattern: String?, _ field: String) throws(MeshError) -> L7Pattern? {
                 guard let pattern else { return nil }
-                return try compileRegex(pattern, at: field)
+                return try L7Pattern(pattern, at: field)
             }
             method = try compiled(r.method, "method")
             path = try compiled(r.path, "path")
@@ -231,9 +274,9 @@ public final class L7PolicyIndex: Sendable {
         }
 
         func matches(_ req: L7Request) -> Bool {
-            if let method, (try? method.wholeMatch(in: req.method)) == nil { return false }
-            if let path, (try? path.wholeMatch(in: req.target)) == nil { return false }
-            if let host, (try? host.wholeMatch(in: req.host)) == nil { return false }
+            if let method, !method.wholeMatch(req.method) { return false }
+            if let path, !path.wholeMatch(req.target) { return false }
+            if let host, !host.wholeMatch(req.host) { return false }
             for h in headers {
                 let values = req.headers.lazy.filter { $0.name == h.name }.map(\.value)
                 if let want = h.value {
@@ -335,15 +378,16 @@ public final class L7PolicyIndex: Sendable {
         guard let set = sets[Key(ip: ip, direction: direction)] else {
             return L7Verdict(allowed: true, ruleID: 0, rule: "", direction: nil)
         }
-        let covering = set.rules.filter {
-            ($0.rule.peers.contains(0) || $0.rule.peers.contains(peer)) && $0.rule.fromPort <= port && port <= $0.rule.toPort
+        // Walked in place, twice, rather than filtered into a new array on every request.
+        func covers(_ r: CompiledPortRule) -> Bool {
+            (r.rule.peers.contains(0) || r.rule.peers.contains(peer)) && r.rule.fromPort <= port && port <= r.rule.toPort
         }
         // A rule without HTTP rules on this port opens it to every request.
-        if let open = covering.first(where: { $0.http == nil }) {
-            return L7Verdict(allowed: true, ruleID: open.rule.ruleID, rule: open.rule.rule, direction: direction)
+        for r in set.rules where r.http == nil && covers(r) {
+            return L7Verdict(allowed: true, ruleID: r.rule.ruleID, rule: r.rule.rule, direction: direction)
         }
-        for r in covering {
-            if r.http!.contains(where: { $0.matches(req) }) {
+        for r in set.rules where covers(r) {
+            if let http = r.http, http.contains(where: { $0.matches(req) }) {
                 return L7Verdict(allowed: true, ruleID: r.rule.ruleID, rule: r.rule.rule, direction: direction)
             }
         }

@@ -1,31 +1,25 @@
 import NIOCore
 
-/// What the HTTP handler tells ConnectionDeadlines, as outbound user events (they travel
-/// toward the socket, where this handler sits, below the HTTP decoder).
-enum ExchangeActivity {
-    /// A complete request head was decoded.
-    case headReceived
-    /// A request and its response are both over.
-    case exchangeComplete
-}
-
 /// The two clocks of a downstream connection that carries no request: an idle keep-alive
 /// connection closes after the idle timeout; once a request's first byte arrives its head
 /// must be complete within the header timeout (slowloris). It sits before the HTTP decoder
 /// because only raw bytes tell that a head has begun.
-final class ConnectionDeadlines: ChannelDuplexHandler {
+final class ConnectionDeadlines: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
-    typealias OutboundIn = ByteBuffer
 
     private let headerTimeout: TimeAmount
     private let idleTimeout: TimeAmount
     private let onHeaderTimeout: @Sendable () -> Void
-    /// Heads received minus exchanges completed. Counting, not a flag, because the pipelining
-    /// handler may deliver the next head before the previous exchange reports its end.
+    /// Heads received minus exchanges completed (0 or 1: the HTTP handler begins a pipelined
+    /// request only once the previous exchange is over).
     private var inProgress = 0
-    private var timer: Scheduled<Void>?
+    /// Set per request, so lazy: its task never lies further out than the shorter of the two
+    /// timeouts, and a clock set after it (now plus either timeout) never has to replace it.
+    private var clock: LazyTimer?
     private var headStarted = false
+    /// Which clock runs: the header's (slowloris) or the idle one.
+    private var clockIsHeader = false
 
     init(headerTimeout: TimeAmount, idleTimeout: TimeAmount, onHeaderTimeout: @escaping @Sendable () -> Void) {
         self.headerTimeout = headerTimeout
@@ -34,17 +28,25 @@ final class ConnectionDeadlines: ChannelDuplexHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { arm(idleTimeout, context: context, isHeader: false) }
+        let onHeaderTimeout = self.onHeaderTimeout
+        clock = LazyTimer(loop: context.eventLoop, maxDelay: min(headerTimeout, idleTimeout)) { [weak self, weak context] in
+            if self?.clockIsHeader == true { onHeaderTimeout() }
+            context?.close(promise: nil)
+        }
+        if context.channel.isActive { arm(idleTimeout, isHeader: false) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        clock?.cancel()
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        if timer == nil { arm(idleTimeout, context: context, isHeader: false) }
+        if clock?.isSet != true { arm(idleTimeout, isHeader: false) }
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        clock?.cancel()
         context.fireChannelInactive()
     }
 
@@ -53,36 +55,29 @@ final class ConnectionDeadlines: ChannelDuplexHandler {
         // its body or to a pipelined request the idle clock already bounds.
         if inProgress == 0, !headStarted {
             headStarted = true
-            arm(headerTimeout, context: context, isHeader: true)
+            arm(headerTimeout, isHeader: true)
         }
         context.fireChannelRead(data)
     }
 
-    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
-        guard let activity = event as? ExchangeActivity else {
-            context.triggerUserOutboundEvent(event, promise: promise)
-            return
-        }
-        switch activity {
-        case .headReceived:
-            inProgress += 1
-            headStarted = false
-            timer?.cancel()
-            timer = nil
-        case .exchangeComplete:
-            inProgress -= 1
-            if inProgress == 0 { arm(idleTimeout, context: context, isHeader: false) }
-        }
-        promise?.succeed()
+    // What the HTTP handler of the same connection tells it, called directly (not as
+    // pipeline events, each of which crossed five handlers and a dynamic cast).
+
+    /// A complete request head was decoded.
+    func headReceived() {
+        inProgress += 1
+        headStarted = false
+        clock?.clear()
     }
 
-    private func arm(_ timeout: TimeAmount, context: ChannelHandlerContext, isHeader: Bool) {
-        timer?.cancel()
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        let onHeaderTimeout = self.onHeaderTimeout
-        timer = context.eventLoop.scheduleTask(in: timeout) {
-            if isHeader { onHeaderTimeout() }
-            bound.value.close(promise: nil)
-        }
+    /// A request and its response are both over.
+    func exchangeComplete() {
+        inProgress -= 1
+        if inProgress == 0 { arm(idleTimeout, isHeader: false) }
+    }
+
+    private func arm(_ timeout: TimeAmount, isHeader: Bool) {
+        clockIsHeader = isHeader
+        clock?.set(timeout)
     }
 }

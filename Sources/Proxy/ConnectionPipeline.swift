@@ -57,7 +57,8 @@ enum ConnectionPipeline {
         })
     }
 
-    /// HTTP/1.1: deadlines → codec → pipelining → protocol errors → the proxying handler.
+    /// HTTP/1.1: deadlines → codec → the proxying handler (which queues pipelined requests and
+    /// answers protocol errors).
     static func configureHTTP1(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress,
                                gateway: GatewayRouting? = nil) throws {
         let settings = core.settings
@@ -67,12 +68,16 @@ enum ConnectionPipeline {
         limits.maxHeaderFieldSize = settings.maxHeadBytes
         let sync = channel.pipeline.syncOperations
         let metrics = core.metrics
-        try sync.addHandler(ConnectionDeadlines(headerTimeout: settings.headerTimeout, idleTimeout: settings.idleTimeout,
-                                                onHeaderTimeout: { metrics.hostile(.headerTimeout) }))
-        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false,
+        let deadlines = ConnectionDeadlines(headerTimeout: settings.headerTimeout, idleTimeout: settings.idleTimeout,
+                                            onHeaderTimeout: { metrics.hostile(.headerTimeout) })
+        try sync.addHandler(deadlines)
+        // No outbound header validation: see UpstreamConnector.connect.
+        // No pipelining assistance: DownstreamHandler queues pipelined requests itself.
+        try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false,
+                                             withOutboundHeaderValidation: false,
                                              withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
-        try sync.addHandler(ProtocolErrorResponder(metrics: metrics))
-        try sync.addHandler(DownstreamHandler(core: core, client: client, destination: destination, gateway: gateway))
+        try sync.addHandler(DownstreamHandler(core: core, client: client, destination: destination, gateway: gateway,
+                                              deadlines: deadlines))
     }
 
     /// HTTP/2 with prior knowledge (h2c, gRPC): each request stream gets its own proxying

@@ -1,20 +1,55 @@
 import MeshModel
 import NIOHTTP1
 
-/// Headers that describe one hop, not the message: never forwarded (RFC 9110 §7.6.1).
+/// Headers that describe one hop, not the message: never forwarded (RFC 9110 §7.6.1):
+/// connection, keep-alive, proxy-connection, te, trailer, upgrade, and those the
+/// Connection header names.
 enum HopByHop {
-    static let names: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
-
-    /// `headers` without the hop-by-hop ones, nor those the Connection header names.
+    /// `headers` without the hop-by-hop ones. This runs on every request and response, so it
+    /// allocates nothing for headers with none to drop, and compares a name in full only when
+    /// its first letter and length fit a hop-by-hop name. (Lower-casing every name, or NIO's
+    /// `canonicalForm`, allocated per header; a plain comparison with each name cost 3% of
+    /// the proxy's time under wrk.)
     static func stripped(_ headers: HTTPHeaders) -> HTTPHeaders {
-        var dropped = names
-        for value in headers[canonicalForm: "connection"] { dropped.insert(value.lowercased()) }
-        var out = HTTPHeaders()
-        out.reserveCapacity(headers.count)
-        for (name, value) in headers where !dropped.contains(name.lowercased()) {
-            out.add(name: name, value: value)
+        var drop: [String] = []
+        for (name, value) in headers where isHopByHop(name) {
+            drop.append(name)
+            if sameName(name, "connection") {
+                for token in value.split(separator: ",") { drop.append(String(trimmed(token))) }
+            }
         }
+        guard !drop.isEmpty else { return headers }
+        var out = headers
+        for name in drop { out.remove(name: name) }
         return out
+    }
+
+    static func isHopByHop(_ name: String) -> Bool {
+        guard let first = name.utf8.first else { return false }
+        let candidate: String
+        switch (first | 0x20, name.utf8.count) {
+        case (UInt8(ascii: "c"), 10): candidate = "connection"
+        case (UInt8(ascii: "k"), 10): candidate = "keep-alive"
+        case (UInt8(ascii: "p"), 16): candidate = "proxy-connection"
+        case (UInt8(ascii: "t"), 2): candidate = "te"
+        case (UInt8(ascii: "t"), 7): candidate = "trailer"
+        case (UInt8(ascii: "u"), 7): candidate = "upgrade"
+        default: return false
+        }
+        return sameName(name, candidate)
+    }
+
+    /// Whether two header names are the same, ASCII letters compared without case.
+    static func sameName(_ name: String, _ other: some StringProtocol) -> Bool {
+        name.utf8.count == other.utf8.count
+            && name.utf8.elementsEqual(other.utf8) { a, b in (a >= 0x41 && a <= 0x5A ? a | 0x20 : a) == (b >= 0x41 && b <= 0x5A ? b | 0x20 : b) }
+    }
+
+    private static func trimmed(_ s: Substring) -> Substring {
+        var t = s
+        while let c = t.first, c == " " || c == "\t" { t.removeFirst() }
+        while let c = t.last, c == " " || c == "\t" { t.removeLast() }
+        return t
     }
 }
 

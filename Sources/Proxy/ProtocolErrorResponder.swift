@@ -4,43 +4,24 @@ import NIOHTTP1
 /// Answers a request the HTTP decoder could not parse, then closes: after a parse error the
 /// connection's framing is lost, so nothing more on it can be trusted. Replaces NIO's
 /// HTTPServerProtocolErrorHandler, which answers 400 to everything, to give an oversized head
-/// its own status and to count each kind of hostile input.
-final class ProtocolErrorResponder: ChannelDuplexHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias InboundOut = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
-
-    private let metrics: ProxyMetrics
-    /// A response has begun and not ended: an error answer now would corrupt it.
-    private var responding = false
-
-    init(metrics: ProxyMetrics) { self.metrics = metrics }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        guard let parserError = error as? HTTPParserError else {
-            context.fireErrorCaught(error)
-            return
-        }
-        let (status, reason) = Self.classify(parserError)
+/// its own status and to count each kind of hostile input. Called by the connection's
+/// DownstreamHandler, which knows whether a response is under way; a handler of its own
+/// cost every request part a pass through it, both ways.
+enum ProtocolErrorResponder {
+    /// Whether `error` was the decoder's; if so it has been answered (unless a response
+    /// is `responding`, which an answer now would corrupt), counted, and the connection closed.
+    static func handle(_ error: any Error, responding: Bool, metrics: ProxyMetrics, context: ChannelHandlerContext) -> Bool {
+        guard let parserError = error as? HTTPParserError else { return false }
+        let (status, reason) = classify(parserError)
         metrics.hostile(reason)
         if !responding {
             let headers = HTTPHeaders([("connection", "close"), ("content-length", "0")])
-            context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
+            context.write(NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
                           promise: nil)
-            context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+            context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
         }
-        context.fireErrorCaught(error)
         context.close(promise: nil)
-    }
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch Self.unwrapOutboundIn(data) {
-        case .head(let head) where head.status.code >= 200: responding = true
-        case .end: responding = false
-        default: break
-        }
-        context.write(data, promise: promise)
+        return true
     }
 
     static func classify(_ error: HTTPParserError) -> (HTTPResponseStatus, ProxyMetrics.HostileReason) {

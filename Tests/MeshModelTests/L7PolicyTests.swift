@@ -111,6 +111,30 @@ final class L7PolicyTests: XCTestCase {
         XCTAssertEqual(v.direction, .egress, "the source's egress refused it first")
     }
 
+    /// Plain text and text-then-`.*` are compared as strings, not run as Regex: every
+    /// answer must still be Regex's, including for text Regex reads by Characters (a
+    /// combining accent after the prefix, composed and decomposed forms) and line breaks,
+    /// which `.` does not match.
+    func testPatternsComparedAsTextAnswerAsTheRegexWould() throws {
+        let patterns = ["GET", "/v1/.*", "/.*", ".*", "", "/v1/request-landing", "é", "/a.b", "/v1/[a-z]+", "/x.*y", "GET|POST"]
+        let inputs = ["GET", "get", "GETX", "/v1/", "/v1/x", "/v1", "/v2/x", "/", "", "/\u{301}x", "/v1/\u{301}", "e\u{301}", "é",
+                      "/a.b", "/aXb", "/v1/abc", "/x123y", "/v1/a\nb", "/a\r\nb", "/v1/a\u{2028}", "POST", "/v1/\u{85}"]
+        for pattern in patterns {
+            let fast = try L7Pattern(pattern)
+            let regex = try Regex(pattern)
+            for input in inputs {
+                XCTAssertEqual(fast.wholeMatch(input), (try? regex.wholeMatch(in: input)) != nil,
+                               "pattern \"\(pattern)\" on \"\(input.debugDescription)\"")
+            }
+        }
+        // The common forms take the string path; the rest stay regular expressions.
+        guard case .equal = try L7Pattern("GET").form, case .prefix("/v1/") = try L7Pattern("/v1/.*").form,
+              case .regex = try L7Pattern("/v1/[a-z]+").form, case .regex = try L7Pattern("/x.*y").form else {
+            return XCTFail("patterns not classified as expected")
+        }
+        XCTAssertThrowsError(try L7Pattern("/v1/(", at: "path")) { XCTAssertTrue("\($0)".contains("path")) }
+    }
+
     func testBadHTTPRulesAreRefusedWhereTheyAre() {
         let cases: [(PolicyTree, [String])] = [
             ([["path": "/v1/(unclosed"]], ["rules.http[0].path", "not a valid regular expression"]),

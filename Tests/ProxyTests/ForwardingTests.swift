@@ -59,6 +59,28 @@ final class ForwardingTests: XCTestCase {
         await h.stop()
     }
 
+    /// Pipelined requests with bodies, chunked and not, sent in one write: the proxy holds
+    /// each until the previous response has ended, and every body reaches the upstream whole
+    /// and in order, the refused one's discarded.
+    func testPipelinedRequestsWithBodiesEachReachTheUpstreamWhole() async throws {
+        let h = try await ProxyHarness.start()
+        try await h.allow([HTTPRule(path: "/a|/c|/d")])
+        let answer = try await RawClient.exchange(port: h.port,
+            "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nfirst"
+                + "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nsecret"
+                + "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nthi\r\n2\r\nrd\r\n0\r\n\r\n"
+                + "POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nConnection: close\r\n\r\nfourth")
+        // A status line follows the previous response's body with no line break between.
+        let statuses = answer.components(separatedBy: "HTTP/1.1 ").dropFirst().map { $0.prefix { $0 != "\r\n" } }
+        XCTAssertEqual(statuses, ["200 OK", "403 Forbidden", "200 OK", "200 OK"], answer)
+        let lines = answer.components(separatedBy: "\r\n")
+        XCTAssertEqual(lines.filter { $0.lowercased().hasPrefix("x-seen-target") }.map { $0.lowercased() },
+                       ["x-seen-target: /a", "x-seen-target: /c", "x-seen-target: /d"])
+        for body in ["first", "third", "fourth"] { XCTAssertTrue(answer.contains(body), "\(body) not echoed: \(answer)") }
+        XCTAssertFalse(answer.contains("secret"), answer)
+        await h.stop()
+    }
+
     func testDeniedRequestGets403AndTheConnectionServesTheNextRequest() async throws {
         let h = try await ProxyHarness.start()
         try await h.allow([HTTPRule(path: "/public")])
@@ -117,5 +139,32 @@ final class ForwardingTests: XCTestCase {
         XCTAssertEqual(next.status, .ok, "the connection should serve the next request on a fresh upstream connection")
         XCTAssertEqual(h.upstream.connectionCount, 2)
         await h.stop()
+    }
+
+    /// The connection's clocks are set again on every request and kept lazily (one task,
+    /// moved on when it fires early): a clock set later must not run out at an earlier
+    /// deadline. Requests 150 ms apart on one keep-alive connection, for longer than the idle
+    /// timeout (300 ms), are all served; answers that each take 200 ms of a 300 ms upstream
+    /// timeout are never cut off, though the first request's deadline passes mid-answer of
+    /// the second.
+    func testClocksSetAgainOnEveryRequestDoNotRunOutAtAnEarlierDeadline() async throws {
+        let slow = try await EchoUpstream(.init(delay: .milliseconds(200)))
+        let h = try await ProxyHarness.start(destination: slow.address) {
+            $0.idleTimeout = .milliseconds(300)
+            $0.upstreamTimeout = .milliseconds(300)
+        }
+        try await h.apply(ProxyHarness.config(generation: 1, port: slow.port, nil))
+        let statuses = try await HTTPTestConnection.with(port: h.port) { c in
+            var got: [HTTPResponseStatus] = []
+            for _ in 0..<6 {
+                got.append(try await c.send(.GET, "/").status)
+                try await Task.sleep(for: .milliseconds(150))
+            }
+            return got
+        }
+        XCTAssertEqual(statuses, Array(repeating: .ok, count: 6))
+        XCTAssertEqual(slow.connectionCount, 1, "the keep-alive connection upstream was not kept")
+        await h.stop()
+        await slow.stop()
     }
 }

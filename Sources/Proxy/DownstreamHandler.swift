@@ -38,6 +38,8 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     private var draining = false
     /// The connection closes once the response being written is out: nothing more is read.
     private var closing = false
+    /// This connection's last metrics series.
+    private var seriesMemo = ProxyMetrics.SeriesMemo()
     /// The upstream's time to answer the exchange in progress (or its current attempt).
     private var responseClock: LazyTimer?
     /// The connection's idle and header clocks (HTTP/1.1), told when exchanges begin and end.
@@ -448,7 +450,7 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
             idle.put(link)
         }
         done.record.duration = .now - done.record.started
-        core.reporter.report(done.record)
+        core.reporter.report(done.record, memo: &seriesMemo)
         deadlines?.exchangeComplete()
     }
 

@@ -10,13 +10,13 @@ struct ExchangeReporter: Sendable {
     /// Events carry at most this much of the request target.
     static let maxEventPath = 256
 
-    func report(_ record: ExchangeRecord) {
+    func report(_ record: ExchangeRecord, memo: inout ProxyMetrics.SeriesMemo) {
         let index = policy.index
         let source = index.endpoint(record.source.ip)
         let destination = index.endpoint(record.destination.ip)
         let destinationName = record.route?.backend.flatMap { destination == nil ? Self.workload($0) : nil }
             ?? Self.workload(record.destination.ip, destination, index)
-        metrics.request(record, source: Self.workload(record.source.ip, source, index), destination: destinationName)
+        metrics.request(record, source: Self.workload(record.source.ip, source, index), destination: destinationName, memo: &memo)
         guard events.isStreaming else { return }
         let now = Date().timeIntervalSince1970
         events.publish(L7Event(

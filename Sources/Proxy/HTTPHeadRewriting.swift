@@ -15,7 +15,7 @@ enum HopByHop {
         for (name, value) in headers where isHopByHop(name) {
             drop.append(name)
             if sameName(name, "connection") {
-                for token in value.split(separator: ",") { drop.append(String(trimmed(token))) }
+                for token in value.utf8.split(separator: UInt8(ascii: ",")) { drop.append(trimmed(token)) }
             }
         }
         guard !drop.isEmpty else { return headers }
@@ -45,11 +45,14 @@ enum HopByHop {
             && name.utf8.elementsEqual(other.utf8) { a, b in (a >= 0x41 && a <= 0x5A ? a | 0x20 : a) == (b >= 0x41 && b <= 0x5A ? b | 0x20 : b) }
     }
 
-    private static func trimmed(_ s: Substring) -> Substring {
-        var t = s
-        while let c = t.first, c == " " || c == "\t" { t.removeFirst() }
-        while let c = t.last, c == " " || c == "\t" { t.removeLast() }
-        return t
+    /// A Connection header's token without the blanks around it, read by bytes: walking
+    /// Characters showed in the profile.
+    private static func trimmed(_ token: Substring.UTF8View) -> String {
+        let blank = { (b: UInt8) in b == UInt8(ascii: " ") || b == UInt8(ascii: "\t") }
+        var lo = token.startIndex, hi = token.endIndex
+        while lo < hi, blank(token[lo]) { token.formIndex(after: &lo) }
+        while lo < hi, blank(token[token.index(before: hi)]) { token.formIndex(before: &hi) }
+        return String(decoding: token[lo..<hi], as: UTF8.self)
     }
 }
 

@@ -139,7 +139,7 @@ final class ProxyMetrics: Sendable {
     /// The series of one (source, destination, method, code, verdict), made once: the
     /// registry validates names and labels on every make, which per request cost more than
     /// the policy decision (perf, tools/bench-proxy).
-    private struct SeriesKey: Hashable {
+    fileprivate struct SeriesKey: Hashable {
         var source: WorkloadName
         var destination: WorkloadName
         var service: String?
@@ -148,23 +148,42 @@ final class ProxyMetrics: Sendable {
         var verdict: L7Event.Verdict
     }
 
-    private struct Series {
+    fileprivate struct Series {
         var requests: Counter
         var duration: DurationHistogram
         var requestBytes: Counter
         var responseBytes: Counter
+
+        func count(_ record: ExchangeRecord) {
+            requests.increment()
+            duration.record(record.duration)
+            requestBytes.increment(by: Int64(record.requestBodyBytes))
+            responseBytes.increment(by: Int64(record.responseBodyBytes))
+        }
     }
 
     private let series = NIOLockedValueBox<[SeriesKey: Series]>([:])
+
+    /// The series of a connection's last request. A connection's requests mostly share one,
+    /// which is then found without the table's lock and hash (series are never removed, so
+    /// a remembered one stays registered).
+    struct SeriesMemo {
+        fileprivate var last: (key: SeriesKey, series: Series)?
+        init() {}
+    }
 
     /// Counts one finished request. A routed request's series also carry
     /// `destination_service` (the frontend's Service; `destination_workload` is then the
     /// backend endpoint that answered); other requests' series leave it out, which PromQL
     /// reads as the empty value, so the family stays one.
-    func request(_ record: ExchangeRecord, source: WorkloadName, destination: WorkloadName) {
+    func request(_ record: ExchangeRecord, source: WorkloadName, destination: WorkloadName, memo: inout SeriesMemo) {
         let method = Self.knownMethods.contains(record.method) ? record.method : "other"
         let key = SeriesKey(source: source, destination: destination, service: record.route?.service, method: method,
                             status: record.status, verdict: record.verdict)
+        if let last = memo.last, last.key == key {
+            last.series.count(record)
+            return
+        }
         let s = series.withLockedValue { table -> Series in
             if let s = table[key] { return s }
             let service = key.service.map { [("destination_service", $0)] } ?? []
@@ -185,10 +204,8 @@ final class ProxyMetrics: Sendable {
             table[key] = made
             return made
         }
-        s.requests.increment()
-        s.duration.record(record.duration)
-        s.requestBytes.increment(by: Int64(record.requestBodyBytes))
-        s.responseBytes.increment(by: Int64(record.responseBodyBytes))
+        memo.last = (key, s)
+        s.count(record)
     }
 
     /// The Prometheus text exposition of every metric.

@@ -251,6 +251,11 @@ public final class L7PolicyIndex: Sendable {
     struct CompiledPortRule: Sendable {
         var rule: L7PortRule
         var http: [CompiledHTTPRule]?
+
+        /// Whether the rule covers a flow with the peer `peer` on `port`.
+        func covers(peer: UInt32, port: UInt16) -> Bool {
+            (rule.peers.contains(0) || rule.peers.contains(peer)) && rule.fromPort <= port && port <= rule.toPort
+        }
     }
 
     /// Swift's Regex is not Sendable; these are built once, never mutated, and only
@@ -367,6 +372,15 @@ public final class L7PolicyIndex: Sendable {
         return egress
     }
 
+    /// Whether `source`'s own egress rules read the HTTP of its flow to `destination:port`:
+    /// a rule that covers the flow has HTTP rules, so the flow's requests must be judged
+    /// here, at the source, whichever way its bytes then leave the node.
+    public func egressReadsHTTP(source: IPv4Address, destination: IPv4Address, port: UInt16) -> Bool {
+        guard let set = sets[Key(ip: source, direction: .egress)] else { return false }
+        let peer = identity(of: destination)
+        return set.rules.contains { $0.http != nil && $0.covers(peer: peer, port: port) }
+    }
+
     /// Whether the flow needs the proxy at all under this configuration (the datapath's
     /// own decision is the authority; this is for tools and tests).
     public func hasL7Rules(at ip: IPv4Address, direction: TrafficDirection) -> Bool {
@@ -379,14 +393,11 @@ public final class L7PolicyIndex: Sendable {
             return L7Verdict(allowed: true, ruleID: 0, rule: "", direction: nil)
         }
         // Walked in place, twice, rather than filtered into a new array on every request.
-        func covers(_ r: CompiledPortRule) -> Bool {
-            (r.rule.peers.contains(0) || r.rule.peers.contains(peer)) && r.rule.fromPort <= port && port <= r.rule.toPort
-        }
         // A rule without HTTP rules on this port opens it to every request.
-        for r in set.rules where r.http == nil && covers(r) {
+        for r in set.rules where r.http == nil && r.covers(peer: peer, port: port) {
             return L7Verdict(allowed: true, ruleID: r.rule.ruleID, rule: r.rule.rule, direction: direction)
         }
-        for r in set.rules where covers(r) {
+        for r in set.rules where r.covers(peer: peer, port: port) {
             if let http = r.http, http.contains(where: { $0.matches(req) }) {
                 return L7Verdict(allowed: true, ruleID: r.rule.ruleID, rule: r.rule.rule, direction: direction)
             }

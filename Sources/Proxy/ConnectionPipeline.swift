@@ -29,6 +29,12 @@ enum ConnectionPipeline {
             // egress rule asks for proof: bytes through the tunnel, not HTTP.
             let rule = peer?.tunnel == true ? nil : index.egressAuthRule(source: from.ip, destination: to.ip, port: to.port)
             if let t = index.config.tunnel, let peer, peer.tunnel || rule != nil {
+                // The source's own HTTP rules judge each request here, before it enters the
+                // tunnel: the far end sees only the tunnel's bytes.
+                if index.egressReadsHTTP(source: from.ip, destination: to.ip, port: to.port) {
+                    return try configureHTTP(channel, core: core, client: client, destination: destination,
+                                             tunnel: TunnelOutbound.Route(config: t, peer: peer))
+                }
                 return try TunnelOutbound.configure(channel, core: core, tunnel: t, peer: peer, client: from, destination: to)
             }
             // Where no tunnel leads, a flow that must be proven goes nowhere.
@@ -46,9 +52,11 @@ enum ConnectionPipeline {
 
     /// The sniffer, then HTTP/1.1 or HTTP/2 handlers for a connection from `client` to
     /// `destination` (also a tunnelled connection whose destination has HTTP rules).
-    static func configureHTTP(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress) throws {
-        let http1 = { () throws in try configureHTTP1(channel, core: core, client: client, destination: destination) }
-        let http2 = { () throws in try configureHTTP2(channel, core: core, client: client, destination: destination) }
+    /// With `tunnel`, requests go upstream through the mTLS tunnel to the destination's node.
+    static func configureHTTP(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress,
+                              tunnel: TunnelOutbound.Route? = nil) throws {
+        let http1 = { () throws in try configureHTTP1(channel, core: core, client: client, destination: destination, tunnel: tunnel) }
+        let http2 = { () throws in try configureHTTP2(channel, core: core, client: client, destination: destination, tunnel: tunnel) }
         try channel.pipeline.syncOperations.addHandler(ProtocolSniffer(timeout: core.settings.headerTimeout) { proto, _ in
             switch proto {
             case .http1: try http1()
@@ -60,7 +68,7 @@ enum ConnectionPipeline {
     /// HTTP/1.1: deadlines → codec → the proxying handler (which queues pipelined requests and
     /// answers protocol errors).
     static func configureHTTP1(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress,
-                               gateway: GatewayRouting? = nil) throws {
+                               gateway: GatewayRouting? = nil, tunnel: TunnelOutbound.Route? = nil) throws {
         let settings = core.settings
         var limits = NIOHTTPDecoderLimitConfiguration()
         // NIO counts the request line and every header name and value toward these.
@@ -77,19 +85,20 @@ enum ConnectionPipeline {
                                              withOutboundHeaderValidation: false,
                                              withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
         try sync.addHandler(DownstreamHandler(core: core, client: client, destination: destination, gateway: gateway,
-                                              deadlines: deadlines))
+                                              deadlines: deadlines, tunnel: tunnel))
     }
 
     /// HTTP/2 with prior knowledge (h2c, gRPC): each request stream gets its own proxying
     /// handler, and they share the connection's HTTP/2 connections upstream. NIOHTTP2 bounds
     /// what one connection may hold (concurrent streams, header list size, flow control).
     /// Through the gateway (HTTP/2 by ALPN) the backends are reached over HTTP/1.1 instead:
-    /// a Service's backend is not known to speak HTTP/2.
+    /// a Service's backend is not known to speak HTTP/2. So is a destination behind the mTLS
+    /// tunnel (one tunnel per request stream; the far end relays its bytes).
     static func configureHTTP2(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress,
-                               gateway: GatewayRouting? = nil) throws {
+                               gateway: GatewayRouting? = nil, tunnel: TunnelOutbound.Route? = nil) throws {
         let upstreams = NIOLoopBound(HTTP2Upstreams(loop: channel.eventLoop), eventLoop: channel.eventLoop)
         channel.closeFuture.whenComplete { _ in upstreams.value.closeAll() }
-        let viaHTTP2 = gateway == nil
+        let viaHTTP2 = gateway == nil && tunnel == nil
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.maximumRecentlyResetStreams = 32
         connection.initialSettings = [
@@ -104,7 +113,7 @@ enum ConnectionPipeline {
                 try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
                 try stream.pipeline.syncOperations.addHandler(
                     DownstreamHandler(core: core, client: client, destination: destination,
-                                      http2: viaHTTP2 ? upstreams.value : nil, gateway: gateway))
+                                      http2: viaHTTP2 ? upstreams.value : nil, gateway: gateway, tunnel: tunnel))
             }
         }
         try channel.pipeline.syncOperations.addHandler(CloseOnConnectionError(metrics: core.metrics))

@@ -44,6 +44,9 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     private var responseClock: LazyTimer?
     /// The connection's idle and header clocks (HTTP/1.1), told when exchanges begin and end.
     private let deadlines: ConnectionDeadlines?
+    /// Set when the destination is reached only through the mTLS tunnel to its node (and
+    /// the source's egress rules read HTTP): upstream connections go through the tunnel.
+    private let tunnel: TunnelOutbound.Route?
 
     /// Set when this handler serves one stream of an HTTP/2 client connection: requests go
     /// upstream as streams of that connection's HTTP/2 connections, not over HTTP/1.1.
@@ -53,10 +56,12 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     private let gateway: GatewayRouting?
 
     init(core: ProxyCore, client: SocketAddress, destination: SocketAddress, http2: HTTP2Upstreams? = nil,
-         gateway: GatewayRouting? = nil, deadlines: ConnectionDeadlines? = nil) throws {
+         gateway: GatewayRouting? = nil, deadlines: ConnectionDeadlines? = nil,
+         tunnel: TunnelOutbound.Route? = nil) throws {
         self.http2 = http2
         self.gateway = gateway
         self.deadlines = deadlines
+        self.tunnel = tunnel
         guard let clientPeer = PeerAddress(client), let destinationPeer = PeerAddress(destination) else {
             throw ChannelError.badInterfaceAddressFamily
         }
@@ -173,7 +178,8 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         exchange?.forwarding = true
         let link = use(idle.take(destination)) ?? connect(
             to: destinationAddress, target: destination,
-            from: index.endpoint(destination.ip) != nil ? .clientAddressAndPort(clientAddress) : .proxy, context: context)
+            from: index.endpoint(destination.ip) != nil ? .clientAddressAndPort(clientAddress) : .proxy, tunnel: tunnel,
+            context: context)
         link.send(.head(upstreamHead(head.forUpstream)))
     }
 
@@ -212,15 +218,25 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         return link
     }
 
+    /// A new upstream connection for the exchange; through the mTLS tunnel when `tunnel` is
+    /// given (the original destination only: routed backends are reached directly).
     private func connect(to address: SocketAddress, target: PeerAddress, from source: UpstreamConnector.Source,
+                         tunnel: TunnelOutbound.Route? = nil,
                          context: ChannelHandlerContext) -> UpstreamHandler {
         let handler = UpstreamHandler(delegate: self, target: target)
         upstream = handler
         let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loopBoundHandler = NIOLoopBound(handler, eventLoop: context.eventLoop)
         let timeout = core.settings.upstreamTimeout
-        let connecting = http2?.openStream(to: target, from: source, timeout: timeout, handler: handler)
-            ?? UpstreamConnector.connect(to: address, from: source, timeout: timeout, on: context.eventLoop, handler: handler)
+        let connecting: EventLoopFuture<Void> = if let tunnel {
+            TunnelOutbound.connectHTTP(core: core, tunnel: tunnel.config, peer: tunnel.peer, source: client,
+                                       destination: target, on: context.eventLoop, handler: handler)
+        } else if let http2 {
+            http2.openStream(to: target, from: source, timeout: timeout, handler: handler).map { _ in }
+        } else {
+            UpstreamConnector.connect(to: address, from: source, timeout: timeout, on: context.eventLoop, handler: handler)
+                .map { _ in }
+        }
         connecting.whenFailure { error in
                 let this = loopBoundSelf.value
                 guard this.upstream === loopBoundHandler.value else { return }

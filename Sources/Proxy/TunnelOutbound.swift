@@ -28,8 +28,9 @@ enum TunnelOutbound {
         let (mine, theirs) = core.tunnelRelays(.outbound, sides: ("client", "tunnel"), source: client)
         let mineBound = NIOLoopBound(mine, eventLoop: channel.eventLoop)
         let theirsBound = NIOLoopBound(theirs, eventLoop: channel.eventLoop)
-        let opener = TunnelOpener(core: core, client: channel, source: client, destination: destination, expected: expected,
-                                  trustDomain: t.trustDomain, clientRelay: mineBound, tunnelRelay: theirsBound)
+        let opener = TunnelOpener(core: core, source: client, destination: destination, expected: expected,
+                                  trustDomain: t.trustDomain,
+                                  then: .relay(client: channel, clientRelay: mineBound, tunnelRelay: theirsBound))
         let openerBound = NIOLoopBound(opener, eventLoop: channel.eventLoop)
         let connected = UpstreamConnector.connectRaw(to: node, from: .proxy, timeout: .seconds(5), on: channel.eventLoop) { tunnel in
             let sync = tunnel.pipeline.syncOperations
@@ -51,21 +52,85 @@ enum TunnelOutbound {
     }
 }
 
+extension TunnelOutbound {
+    /// The way to a destination that only the mTLS tunnel to its node reaches.
+    struct Route {
+        let config: ProxyTunnelConfig
+        let peer: TunnelPeer
+    }
+
+    /// Why a tunnel meant to carry HTTP requests did not open (the client gets a 502).
+    struct NotOpened: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// An upstream connection for HTTP requests that goes through the mTLS tunnel to the
+    /// destination's node: for a flow whose source's own egress rules read its HTTP, so
+    /// its requests are judged here before they enter the tunnel. `handler` is added once
+    /// the tunnel is open, after NIO's HTTP client handlers; the future fails if it does not.
+    static func connectHTTP(core: ProxyCore, tunnel t: ProxyTunnelConfig, peer: TunnelPeer, source: PeerAddress,
+                            destination: PeerAddress, on loop: any EventLoop, handler: UpstreamHandler) -> EventLoopFuture<Void> {
+        let opened = loop.makePromise(of: Void.self)
+        guard let workload = core.policy.index.tunnelWorkload(source.ip) else {
+            opened.fail(NotOpened(description: "\(source) is no endpoint of this node: no certificate to prove it"))
+            return opened.futureResult
+        }
+        guard let node = try? SocketAddress(ipAddress: peer.nodeIP.description, port: Int(t.port)) else {
+            opened.fail(NotOpened(description: "no address for node \(peer.nodeName)"))
+            return opened.futureResult
+        }
+        let sslContext: NIOSSLContext
+        do {
+            sslContext = try core.tunnels.tls.clientContext(t, workload: workload)
+        } catch {
+            opened.fail(error)
+            return opened.futureResult
+        }
+        let boundHandler = NIOLoopBound(handler, eventLoop: loop)
+        let opener = TunnelOpener(core: core, source: source, destination: destination,
+                                  expected: ProxyTunnelConfig.nodeSPIFFEID(trustDomain: t.trustDomain, node: peer.nodeName),
+                                  trustDomain: t.trustDomain, then: .http(opened: opened, add: { sync, after in
+                                      try sync.addHTTPClientHandlers(position: .after(after), enableOutboundHeaderValidation: false)
+                                      try sync.addHandler(boundHandler.value)
+                                  }))
+        let openerBound = NIOLoopBound(opener, eventLoop: loop)
+        UpstreamConnector.connectRaw(to: node, from: .proxy, timeout: .seconds(5), on: loop) { tunnel in
+            let sync = tunnel.pipeline.syncOperations
+            try sync.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: nil))
+            try sync.addHandler(openerBound.value)
+        }.whenFailure { error in
+            core.metrics.tunnelHandshake(.outbound, ok: false)
+            core.logger.info("cannot reach the destination's node for an mTLS tunnel",
+                             metadata: ["node": "\(peer.nodeName)", "address": "\(node)", "error": "\(error)"])
+            opened.fail(error)
+        }
+        return opened.futureResult
+    }
+}
+
 /// On the tunnel's channel, after TLS: sends the CONNECT, reads the answer's head, then
-/// joins the client connection and the tunnel.
+/// joins the client connection and the tunnel, or (for HTTP requests judged at this end)
+/// puts HTTP client handlers and the upstream handler on the tunnel.
 final class TunnelOpener: ChannelInboundHandler {
+    /// What the open tunnel is for.
+    enum Then {
+        /// Bytes, relayed both ways with the client's connection.
+        case relay(client: any Channel, clientRelay: NIOLoopBound<TunnelRelay>, tunnelRelay: NIOLoopBound<TunnelRelay>)
+        /// HTTP requests: `add` puts their handlers after the opener; `opened` tells the
+        /// proxying handler whether the tunnel opened.
+        case http(opened: EventLoopPromise<Void>, add: (ChannelPipeline.SynchronousOperations, any ChannelHandler) throws -> Void)
+    }
+
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let core: ProxyCore
-    private let client: any Channel
+    private let then: Then
     private let source: PeerAddress
     private let destination: PeerAddress
     private let expected: String
     private let trustDomain: String
-    private let clientRelay: NIOLoopBound<TunnelRelay>
-    private let tunnelRelay: NIOLoopBound<TunnelRelay>
     private let started = ContinuousClock.now
     private var handshaken = false
     private var head = TunnelHead(limit: 1024)
@@ -75,16 +140,27 @@ final class TunnelOpener: ChannelInboundHandler {
     // The answer's head is read by hand, bounded (TunnelHead): NIO's HTTPResponseDecoder
     // would take a 200 to CONNECT without a length for a body running until the close.
 
-    init(core: ProxyCore, client: any Channel, source: PeerAddress, destination: PeerAddress, expected: String,
-         trustDomain: String, clientRelay: NIOLoopBound<TunnelRelay>, tunnelRelay: NIOLoopBound<TunnelRelay>) {
+    /// The tunnel has opened, or has been abandoned (which happens once, for the first reason).
+    private var settled = false
+
+    init(core: ProxyCore, source: PeerAddress, destination: PeerAddress, expected: String, trustDomain: String, then: Then) {
         self.core = core
-        self.client = client
         self.source = source
         self.destination = destination
         self.expected = expected
         self.trustDomain = trustDomain
-        self.clientRelay = clientRelay
-        self.tunnelRelay = tunnelRelay
+        self.then = then
+    }
+
+    /// The tunnel will not carry anything: the client's connection closes, or the proxying
+    /// handler learns why (its client gets a 502).
+    private func abandon(_ why: String) {
+        guard !settled else { return }
+        settled = true
+        switch then {
+        case .relay(let client, _, _): client.close(promise: nil)
+        case .http(let opened, _): opened.fail(TunnelOutbound.NotOpened(description: why))
+        }
     }
 
     /// Connecting has its own timeout; the handshake and the answer to CONNECT together get
@@ -126,6 +202,8 @@ final class TunnelOpener: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Once HTTP runs over the tunnel, its own handlers deal with what fails.
+        if isRelaying, case .http = then { return context.fireErrorCaught(error) }
         if !handshaken {
             handshaken = true
             return handshakeFailed(TunnelTLS.classify(error, peer: try? context.pipeline.syncOperations.nioSSL_peerCertificate()),
@@ -137,7 +215,7 @@ final class TunnelOpener: ChannelInboundHandler {
                               metadata: ["source": "\(source)", "destination": "\(destination)", "error": "\(error)"])
         }
         context.close(promise: nil)
-        client.close(promise: nil)
+        abandon("the tunnel failed before the answer to CONNECT: \(error)")
     }
 
     private func handshakeFailed(_ reason: TunnelRefusal, context: ChannelHandlerContext, error: String) {
@@ -148,7 +226,7 @@ final class TunnelOpener: ChannelInboundHandler {
         core.reportTunnel(.outbound, source: source, destination: destination, peer: nil, status: 502, rule: nil,
                           error: reason.rawValue, started: started)
         context.close(promise: nil)
-        client.close(promise: nil)
+        abandon("the mTLS handshake with the destination's node failed (\(reason.rawValue)): \(error)")
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -157,7 +235,7 @@ final class TunnelOpener: ChannelInboundHandler {
                 core.logger.debug("mTLS tunnel closed before the answer to CONNECT",
                                   metadata: ["source": "\(source)", "destination": "\(destination)", "handshaken": "\(handshaken)"])
             }
-            client.close(promise: nil)
+            abandon("the tunnel closed before the answer to CONNECT")
         }
         context.fireChannelInactive()
     }
@@ -187,16 +265,28 @@ final class TunnelOpener: ChannelInboundHandler {
         context.channel.closeFuture.whenComplete { [core] _ in core.metrics.tunnelOpened(-1) }
         core.reportTunnel(.outbound, source: source, destination: destination, peer: expected, status: 200, rule: nil, error: nil,
                           started: started)
-        do {
-            try context.pipeline.syncOperations.addHandler(tunnelRelay.value, position: .after(context.handler))
-            try client.pipeline.syncOperations.addHandler(clientRelay.value)
-        } catch {
-            return fail(context: context, "cannot join the connections: \(error)")
+        switch then {
+        case .relay(let client, let clientRelay, let tunnelRelay):
+            do {
+                try context.pipeline.syncOperations.addHandler(tunnelRelay.value, position: .after(context.handler))
+                try client.pipeline.syncOperations.addHandler(clientRelay.value)
+            } catch {
+                return fail(context: context, "cannot join the connections: \(error)")
+            }
+        case .http(let opened, let add):
+            do {
+                try add(context.pipeline.syncOperations, context.handler)
+            } catch {
+                return fail(context: context, "cannot put HTTP on the tunnel: \(error)")
+            }
+            settled = true
+            opened.succeed()
         }
         if rest.readableBytes > 0 {
             context.fireChannelRead(wrapInboundOut(rest))
             context.fireChannelReadComplete()
         }
+        guard case .relay(let client, _, _) = then else { return }
         // Not `client.isActive`: the client's channel may not be active *yet*. The server
         // bootstrap runs the initializer (which opened this tunnel) on the child's loop and
         // registers the channel after a hop to the accepting loop and back, and a tunnel can
@@ -208,7 +298,7 @@ final class TunnelOpener: ChannelInboundHandler {
     private func fail(context: ChannelHandlerContext, _ why: String) {
         failed = true
         core.logger.info("tunnelled connection not opened", metadata: ["destination": "\(destination)", "why": "\(why)"])
-        client.close(promise: nil)
+        abandon(why)
         context.close(promise: nil)
     }
 }

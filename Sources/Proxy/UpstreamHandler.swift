@@ -29,6 +29,8 @@ final class UpstreamHandler: ChannelDuplexHandler {
     private var pending: [HTTPClientRequestPart] = []
     private var readPending = false
     private var firstError: (any Error)?
+    /// Closed by its owner, perhaps before it was in a pipeline (a tunnel still opening).
+    private var closeRequested = false
 
     init(delegate: any UpstreamDelegate, target: PeerAddress) {
         self.delegate = delegate
@@ -57,19 +59,29 @@ final class UpstreamHandler: ChannelDuplexHandler {
 
     func close() {
         delegate = nil
+        closeRequested = true
         context?.close(promise: nil)
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if closeRequested { return context.close(promise: nil) }
+        // Added to a connection already up (the mTLS tunnel, once open): connected now.
+        if context.channel.isActive { connected(context: context) }
+    }
 
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelActive(context: ChannelHandlerContext) {
+        connected(context: context)
+        context.fireChannelActive()
+    }
+
+    private func connected(context: ChannelHandlerContext) {
         for part in pending { context.write(Self.wrapOutboundOut(part), promise: nil) }
         pending.removeAll()
         context.flush()
         delegate?.upstreamConnected(self)
-        context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -83,6 +95,14 @@ final class UpstreamHandler: ChannelDuplexHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         delegate?.upstreamWritabilityChanged(self)
         context.fireChannelWritabilityChanged()
+    }
+
+    /// The tunnel's connection allows half-closure (its relays need it): for HTTP, the far
+    /// end's EOF ends the connection, as it does on a plain one, or an idle connection kept
+    /// for reuse would take the next request and fail it.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event { return context.close(promise: nil) }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -404,5 +404,36 @@ extension ClusterTests {
         try a.waitFor("an allowed request through the tunnel", timeout: 20) { try get("/public/x") == [200] }
         XCTAssertEqual(try get("/secret"), [403], "the destination's HTTP rule refuses what it does not allow")
         XCTAssertGreaterThanOrEqual(try b.metric("mesh_mtls_handshakes_total", ["direction": "inbound", "result": "ok"]) ?? 0, 2)
+
+        // web's own egress rule reads HTTP too: node A judges each request before it enters
+        // the tunnel, and node B still judges what A let through.
+        try a.apply("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: web-api}
+        spec:
+          endpointSelector: {matchLabels: {app: web}}
+          egress:
+          - toEndpoints: [{matchLabels: {app: db}}]
+            toPorts:
+            - ports: [{port: "80", protocol: TCP}]
+              rules: {http: [{method: GET, path: "/public/a.*"}, {method: GET, path: "/secret-b"}]}
+        """)
+        // Node A's refusals: its proxy's requests with the denied verdict, all series.
+        func deniedOnA() throws -> Double {
+            try a.scrape().split(separator: "\n")
+                .filter { $0.hasPrefix("mesh_proxy_http_requests_total{") && $0.contains(#"verdict="denied""#) }
+                .compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
+        }
+        let tunnelsBefore = try a.metric("mesh_mtls_handshakes_total", ["direction": "outbound", "result": "ok"]) ?? 0
+        try a.waitFor("web's egress HTTP rule in force on node A", timeout: 20) { try get("/public/b") == [403] }
+        XCTAssertEqual(try get("/public/a/1"), [200], "what both ends allow goes through the tunnel")
+        XCTAssertGreaterThan(try a.metric("mesh_mtls_handshakes_total", ["direction": "outbound", "result": "ok"]) ?? 0,
+                             tunnelsBefore, "node A sent the allowed request through the tunnel")
+        let deniedBefore = try deniedOnA()
+        XCTAssertEqual(try get("/public/b"), [403], "node A refuses what web's egress rule does not allow")
+        XCTAssertEqual(try deniedOnA(), deniedBefore + 1, "the refusal was node A's own")
+        XCTAssertEqual(try get("/secret-b"), [403], "node B still refuses what its own rule does not allow")
+        XCTAssertEqual(try deniedOnA(), deniedBefore + 1, "that refusal was node B's: node A forwarded the request")
     }
 }

@@ -38,6 +38,8 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     private var draining = false
     /// The connection closes once the response being written is out: nothing more is read.
     private var closing = false
+    /// Response parts written since the last flush.
+    private var unflushed = false
     /// This connection's last metrics series.
     private var seriesMemo = ProxyMetrics.SeriesMemo()
     /// The upstream's time to answer the exchange in progress (or its current attempt).
@@ -425,6 +427,7 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
 
     /// Ends the response; the next request, if one is queued, begins after it.
     private func writeEnd(_ trailers: HTTPHeaders?, closeAfter: Bool, context: ChannelHandlerContext) {
+        unflushed = false
         if closeAfter {
             closing = true
             let channel = context.channel
@@ -498,10 +501,12 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
             current.routed?.rule.filters.apply(toResponse: &headers)
             if closeAfter { headers.add(name: "connection", value: "close") }
             else if current.version == .http1_0 { headers.add(name: "connection", value: "keep-alive") }
+            unflushed = true
             context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: current.version, status: head.status,
                                                                       headers: headers))), promise: nil)
         case .body(let body):
             exchange?.record.responseBodyBytes += body.readableBytes
+            unflushed = true
             context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         case .end(let trailers):
             exchange?.responseEnded = true
@@ -533,7 +538,13 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         return false
     }
 
-    func upstreamReadComplete() { context?.flush() }
+    /// What the upstream's read gave the client goes out now, unless the response's end
+    /// (written with a flush) already took it.
+    func upstreamReadComplete() {
+        guard unflushed else { return }
+        unflushed = false
+        context?.flush()
+    }
 
     func upstreamWritabilityChanged(_ upstream: UpstreamHandler) { resumeReadingIfPossible() }
 

@@ -14,7 +14,7 @@ final class ForwardingTests: XCTestCase {
         let (echo, big) = try await HTTPTestConnection.with(port: h.port) { c in
             let echo = try await c.send(.PUT, "/upload?x=1&y=%2F", headers: [
                 ("x-custom", "one"), ("x-custom", "two"), ("te", "trailers"), ("keep-alive", "timeout=9"),
-                ("connection", "keep-alive, x-drop-me"), ("x-drop-me", "1"),
+                ("connection", "keep-alive ,\tX-Drop-Me,"), ("x-drop-me", "1"),
             ], body: sent)
             let big = try await c.send(.GET, "/big/\(1 << 20)")
             return (echo, big)

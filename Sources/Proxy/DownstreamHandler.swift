@@ -38,6 +38,12 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     private var draining = false
     /// The connection closes once the response being written is out: nothing more is read.
     private var closing = false
+    /// A parse error in a request after one whose response is still owed: answered (400,
+    /// then the close) once that response, and any request queued before it, are out.
+    private var parseError: (any Error)?
+    /// The proxy is shutting down (NIO's quiesce event): the response under way is the last,
+    /// and says so.
+    private var quiescing = false
     /// Response parts written since the last flush.
     private var unflushed = false
     /// This connection's last metrics series.
@@ -88,7 +94,12 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = Self.unwrapInboundIn(data)
-        guard !closing else { return }
+        guard !closing else {
+            // The last response is out; the request it answered may still be arriving, and
+            // its end completes the exchange (counted and reported). Later ones are dropped.
+            if let current = exchange, !current.requestEnded { receive(part, context: context) }
+            return
+        }
         if !queued.isEmpty || exchange?.requestEnded == true {
             queued.append(part)
             return
@@ -127,6 +138,12 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
             receive(part, context: context)
         }
         if closing { queued.removeAll() }
+        if !closing, exchange == nil, queued.isEmpty, let error = parseError {
+            parseError = nil
+            closing = true
+            _ = ProtocolErrorResponder.handle(error, responding: false, metrics: core.metrics, context: context)
+            return
+        }
         if queued.isEmpty { resumeReadingIfPossible() }
     }
 
@@ -409,7 +426,7 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         current.record.status = Int(status.code)
         current.record.verdict = verdict
         current.record.error = error
-        let closeAfter = close || !current.keepAlive
+        let closeAfter = close || quiescing || !current.keepAlive
         // Whatever an upstream might still send for this request is not wanted.
         upstream?.close()
         upstream = nil
@@ -428,7 +445,8 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     /// Ends the response; the next request, if one is queued, begins after it.
     private func writeEnd(_ trailers: HTTPHeaders?, closeAfter: Bool, context: ChannelHandlerContext) {
         unflushed = false
-        if closeAfter {
+        // Quiescing began after this response's head went out: it is the last all the same.
+        if closeAfter || quiescing {
             closing = true
             let channel = context.channel
             context.writeAndFlush(Self.wrapOutboundOut(.end(trailers))).whenComplete { _ in channel.close(promise: nil) }
@@ -470,7 +488,7 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         }
         done.record.duration = .now - done.record.started
         core.reporter.report(done.record, memo: &seriesMemo)
-        deadlines?.exchangeComplete()
+        if context.channel.isActive { deadlines?.exchangeComplete() }
     }
 
     // MARK: responses from upstream
@@ -492,7 +510,8 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         case .head(let head):
             if current.routed != nil, !routedResponseBegins(head, from: upstream) { return }
             responseClock?.clear()
-            let closeAfter = !current.keepAlive || (current.version == .http1_0 && !head.headers.contains(name: "content-length"))
+            let closeAfter = quiescing || !current.keepAlive
+                || (current.version == .http1_0 && !head.headers.contains(name: "content-length"))
             exchange?.responseStarted = true
             exchange?.upstreamKeepsAlive = head.isKeepAlive
             exchange?.closeAfterResponse = closeAfter
@@ -604,6 +623,12 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // The proxy's own answer went out and the connection closed before the request's
+        // end came in: the exchange is still counted and reported.
+        if let current = exchange, current.responseEnded, !current.requestEnded {
+            current.requestEnded = true
+            finishIfDone(context: context)
+        }
         responseClock?.cancel()
         exchange?.routed?.stopTimers()
         endAttempt(failed: false)
@@ -614,8 +639,25 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         context.fireChannelInactive()
     }
 
+    /// Shutdown (NIO's quiescing helper): an idle connection closes now, a busy one after the
+    /// response under way, which carries `connection: close`. (HTTP/2 connections get their
+    /// GOAWAY from NIOHTTP2.)
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent else { return context.fireUserInboundEventTriggered(event) }
+        if exchange == nil, queued.isEmpty {
+            context.close(promise: nil)
+        } else {
+            quiescing = true
+        }
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         core.logger.debug("downstream connection failed", metadata: ["client": "\(client)", "error": "\(error)"])
+        // An unparsable request after one still being answered: that answer goes first.
+        if error is HTTPParserError, !closing, exchange?.requestEnded == true || !queued.isEmpty {
+            parseError = error
+            return
+        }
         let responding = exchange.map { $0.responseStarted && !$0.responseEnded } ?? false
         if ProtocolErrorResponder.handle(error, responding: responding, metrics: core.metrics, context: context) { return }
         context.close(promise: nil)

@@ -167,4 +167,48 @@ final class ForwardingTests: XCTestCase {
         await h.stop()
         await slow.stop()
     }
+
+    /// Shutdown closes an idle keep-alive connection at once and lets the response under way
+    /// finish, marked as the last (`connection: close`): the drain ends long before the
+    /// grace period, which only a connection left open would wait out.
+    func testShutdownClosesIdleConnectionsAndEndsBusyOnesAfterTheirResponse() async throws {
+        let slow = try await EchoUpstream(.init(delay: .milliseconds(800)))
+        let h = try await ProxyHarness.start(destination: slow.address)
+        try await h.apply(ProxyHarness.config(generation: 1, port: slow.port, nil))
+        let port = h.port
+        async let idle = RawClient.exchange(port: port, "GET /idle HTTP/1.1\r\nHost: x\r\n\r\n")
+        try await Task.sleep(for: .milliseconds(1500))   // answered by now, and idle since
+        async let busy = RawClient.exchange(port: port, "GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
+        try await Task.sleep(for: .milliseconds(300))    // at the upstream, not answered yet
+        let started = ContinuousClock.now
+        await h.proxy.shutdown(gracePeriod: .seconds(30))
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(10), "a connection was left for the grace period to close")
+        let (idleAnswer, busyAnswer) = try await (idle, busy)
+        XCTAssertTrue(idleAnswer.hasPrefix("HTTP/1.1 200"), idleAnswer)
+        XCTAssertFalse(idleAnswer.lowercased().contains("connection: close"), idleAnswer)
+        XCTAssertTrue(busyAnswer.hasPrefix("HTTP/1.1 200"), busyAnswer)
+        XCTAssertTrue(busyAnswer.lowercased().contains("connection: close"), "the last response says so: \(busyAnswer)")
+        await h.upstream.stop()
+        await slow.stop()
+        try? FileManager.default.removeItem(at: h.folder)
+    }
+
+    /// The proxy's own answer on a connection that then closes (the client asked for the
+    /// close) is counted like any other.
+    func testARefusalOnAClosingConnectionIsCounted() async throws {
+        let h = try await ProxyHarness.start()
+        try await h.allow([HTTPRule(path: "/ok")])
+        let answer = try await RawClient.exchange(port: h.port, "GET /no HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        XCTAssertTrue(answer.hasPrefix("HTTP/1.1 403"), answer)
+        let text = try await ControlTestConnection.with(path: h.proxy.controlPath) { control in
+            try await control.send(ProxyControlMessage(metricsRequest: 1))
+            return try await control.next { $0.metrics != nil }.metrics?.text ?? ""
+        }
+        let denied = text.split(separator: "\n").filter {
+            $0.hasPrefix("mesh_proxy_http_requests_total{") && $0.contains(#"code="403""#) && $0.contains(#"verdict="denied""#)
+        }
+        XCTAssertEqual(denied.count, 1, text)
+        XCTAssertTrue(denied.first?.hasSuffix(" 1") == true, "\(denied)")
+        await h.stop()
+    }
 }

@@ -19,6 +19,22 @@ final class HostileInputTests: XCTestCase {
             .map(String.init) ?? "none"
     }
 
+    /// An unparsable request pipelined after a good one: the good one's response comes
+    /// first, then the 400 and the close. Answering at once would give the client a 400 in
+    /// place of the response to a request the upstream did carry out.
+    func testAnUnparsableRequestAfterAGoodOneIsAnsweredAfterIt() async throws {
+        let h = try await ProxyHarness.start()
+        try await h.allow(nil)
+        let answer = try await RawClient.exchange(port: h.port, "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1 extra\r\n\r\n")
+        let statuses = answer.components(separatedBy: "HTTP/1.1 ").dropFirst().map { $0.prefix { $0 != "\r\n" } }
+        XCTAssertEqual(statuses, ["200 OK", "400 Bad Request"], answer)
+        XCTAssertTrue(answer.lowercased().contains("x-seen-target: /a"), answer)
+        let count = try await hostileCount(h, "bad_request")
+        XCTAssertTrue(count.hasSuffix(" 1"), count)
+        try await assertStillServing(h)
+        await h.stop()
+    }
+
     func testBadRequestLineGets400AndClose() async throws {
         let h = try await ProxyHarness.start()
         try await h.allow(nil)

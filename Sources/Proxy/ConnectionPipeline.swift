@@ -92,13 +92,19 @@ enum ConnectionPipeline {
     /// handler, and they share the connection's HTTP/2 connections upstream. NIOHTTP2 bounds
     /// what one connection may hold (concurrent streams, header list size, flow control).
     /// Through the gateway (HTTP/2 by ALPN) the backends are reached over HTTP/1.1 instead:
-    /// a Service's backend is not known to speak HTTP/2. So is a destination behind the mTLS
-    /// tunnel (one tunnel per request stream; the far end relays its bytes).
+    /// a Service's backend is not known to speak HTTP/2. With `tunnel`, the HTTP/2
+    /// connection upstream runs inside the mTLS tunnel to the destination's node.
     static func configureHTTP2(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress,
                                gateway: GatewayRouting? = nil, tunnel: TunnelOutbound.Route? = nil) throws {
-        let upstreams = NIOLoopBound(HTTP2Upstreams(loop: channel.eventLoop), eventLoop: channel.eventLoop)
+        let clientPeer = PeerAddress(client)
+        let upstreams = NIOLoopBound(HTTP2Upstreams(loop: channel.eventLoop) { target, from, timeout, loop in
+            guard let tunnel, let clientPeer else {
+                return UpstreamConnector.connectHTTP2(to: target.socketAddress, from: from, timeout: timeout, on: loop)
+            }
+            return TunnelOutbound.connectHTTP2(core: core, route: tunnel, source: clientPeer, destination: target, on: loop)
+        }, eventLoop: channel.eventLoop)
         channel.closeFuture.whenComplete { _ in upstreams.value.closeAll() }
-        let viaHTTP2 = gateway == nil && tunnel == nil
+        let viaHTTP2 = gateway == nil
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.maximumRecentlyResetStreams = 32
         connection.initialSettings = [

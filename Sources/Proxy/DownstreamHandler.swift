@@ -247,11 +247,13 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
         let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loopBoundHandler = NIOLoopBound(handler, eventLoop: context.eventLoop)
         let timeout = core.settings.upstreamTimeout
-        let connecting: EventLoopFuture<Void> = if let tunnel {
-            TunnelOutbound.connectHTTP(core: core, tunnel: tunnel.config, peer: tunnel.peer, source: client,
-                                       destination: target, on: context.eventLoop, handler: handler)
-        } else if let http2 {
+        // An HTTP/2 client's streams go to the connection's HTTP/2 upstreams (which reach a
+        // tunnelled destination through the tunnel themselves).
+        let connecting: EventLoopFuture<Void> = if let http2 {
             http2.openStream(to: target, from: source, timeout: timeout, handler: handler).map { _ in }
+        } else if let tunnel {
+            TunnelOutbound.connectHTTP(core: core, route: tunnel, source: client, destination: target, on: context.eventLoop,
+                                       handler: handler)
         } else {
             UpstreamConnector.connect(to: address, from: source, timeout: timeout, on: context.eventLoop, handler: handler)
                 .map { _ in }

@@ -8,11 +8,23 @@ import NIOHTTP2
 /// a connection to each. Lives on the client connection's event loop; its streams'
 /// handlers (one DownstreamHandler per client stream) share it.
 final class HTTP2Upstreams {
+    typealias Connection = (any Channel, NIOHTTP2Handler.StreamMultiplexer)
+    /// Makes an HTTP/2 connection to a target: h2c straight there, or inside the mTLS tunnel
+    /// to its node.
+    typealias Connector = (_ target: PeerAddress, _ source: UpstreamConnector.Source, _ timeout: TimeAmount,
+                           _ loop: any EventLoop) -> EventLoopFuture<Connection>
+
     private let loop: any EventLoop
-    private var connections: [PeerAddress: EventLoopFuture<(any Channel, NIOHTTP2Handler.StreamMultiplexer)>] = [:]
+    private let connector: Connector
+    private var connections: [PeerAddress: EventLoopFuture<Connection>] = [:]
     private var closed = false
 
-    init(loop: any EventLoop) { self.loop = loop }
+    init(loop: any EventLoop, connector: @escaping Connector = { target, source, timeout, loop in
+        UpstreamConnector.connectHTTP2(to: target.socketAddress, from: source, timeout: timeout, on: loop)
+    }) {
+        self.loop = loop
+        self.connector = connector
+    }
 
     /// Opens a request stream to `target` for `handler`, on the connection there (made now
     /// if there is none, or the last one closed).
@@ -34,8 +46,8 @@ final class HTTP2Upstreams {
     }
 
     private func connect(to target: PeerAddress, from source: UpstreamConnector.Source,
-                         timeout: TimeAmount) -> EventLoopFuture<(any Channel, NIOHTTP2Handler.StreamMultiplexer)> {
-        let future = UpstreamConnector.connectHTTP2(to: target.socketAddress, from: source, timeout: timeout, on: loop)
+                         timeout: TimeAmount) -> EventLoopFuture<Connection> {
+        let future = connector(target, source, timeout, loop)
         connections[target] = future
         let bound = NIOLoopBound(self, eventLoop: loop)
         future.whenComplete { result in

@@ -1,6 +1,8 @@
 import Foundation
 import MeshModel
 import NIOCore
+import NIOHTTP1
+import NIOHTTP2
 import NIOSSL
 import NIOTLS
 
@@ -64,13 +66,42 @@ extension TunnelOutbound {
         let description: String
     }
 
-    /// An upstream connection for HTTP requests that goes through the mTLS tunnel to the
-    /// destination's node: for a flow whose source's own egress rules read its HTTP, so
-    /// its requests are judged here before they enter the tunnel. `handler` is added once
-    /// the tunnel is open, after NIO's HTTP client handlers; the future fails if it does not.
-    static func connectHTTP(core: ProxyCore, tunnel t: ProxyTunnelConfig, peer: TunnelPeer, source: PeerAddress,
-                            destination: PeerAddress, on loop: any EventLoop, handler: UpstreamHandler) -> EventLoopFuture<Void> {
-        let opened = loop.makePromise(of: Void.self)
+    /// An upstream connection for HTTP/1.1 requests that goes through the mTLS tunnel to the
+    /// destination's node: for a flow whose source's own egress rules read its HTTP, so its
+    /// requests are judged here before they enter the tunnel. `handler` is added once the
+    /// tunnel is open, after NIO's HTTP client handlers; the future fails if it does not.
+    static func connectHTTP(core: ProxyCore, route: Route, source: PeerAddress, destination: PeerAddress,
+                            on loop: any EventLoop, handler: UpstreamHandler) -> EventLoopFuture<Void> {
+        let boundHandler = NIOLoopBound(handler, eventLoop: loop)
+        return open(core: core, route: route, source: source, destination: destination, on: loop,
+                    connected: { boundHandler.value.willJoin($0) }) { sync in
+            try sync.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
+            try sync.addHandler(boundHandler.value)
+        }.map { _ in }
+    }
+
+    /// The same for an HTTP/2 client's requests: an HTTP/2 connection inside the tunnel,
+    /// whose streams carry them (gRPC needs HTTP/2 end to end).
+    static func connectHTTP2(core: ProxyCore, route: Route, source: PeerAddress, destination: PeerAddress,
+                             on loop: any EventLoop) -> EventLoopFuture<(any Channel, NIOHTTP2Handler.StreamMultiplexer)> {
+        let multiplexer = loop.makePromise(of: NIOHTTP2Handler.StreamMultiplexer.self)
+        let opened = open(core: core, route: route, source: source, destination: destination, on: loop) { sync in
+            // The far end never opens streams towards the proxy.
+            multiplexer.succeed(try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(),
+                                                                streamConfiguration: .init()) { $0.close() })
+        }
+        opened.whenFailure { multiplexer.fail($0) }
+        return opened.flatMap { channel in multiplexer.futureResult.map { (channel, $0) } }
+    }
+
+    /// Opens a tunnel to `destination` as `source`'s workload, for HTTP: `add` puts the
+    /// handlers that speak it on the open tunnel (after the opener, which then passes
+    /// bytes through). `connected` learns the tunnel's channel before it is open.
+    private static func open(core: ProxyCore, route: Route, source: PeerAddress, destination: PeerAddress, on loop: any EventLoop,
+                             connected: @escaping (any Channel) -> Void = { _ in },
+                             add: @escaping (ChannelPipeline.SynchronousOperations) throws -> Void) -> EventLoopFuture<any Channel> {
+        let (t, peer) = (route.config, route.peer)
+        let opened = loop.makePromise(of: (any Channel).self)
         guard let workload = core.policy.index.tunnelWorkload(source.ip) else {
             opened.fail(NotOpened(description: "\(source) is no endpoint of this node: no certificate to prove it"))
             return opened.futureResult
@@ -86,19 +117,18 @@ extension TunnelOutbound {
             opened.fail(error)
             return opened.futureResult
         }
-        let boundHandler = NIOLoopBound(handler, eventLoop: loop)
         let opener = TunnelOpener(core: core, source: source, destination: destination,
                                   expected: ProxyTunnelConfig.nodeSPIFFEID(trustDomain: t.trustDomain, node: peer.nodeName),
-                                  trustDomain: t.trustDomain, then: .http(opened: opened, add: { sync, after in
-                                      try sync.addHTTPClientHandlers(position: .after(after), enableOutboundHeaderValidation: false)
-                                      try sync.addHandler(boundHandler.value)
-                                  }))
+                                  trustDomain: t.trustDomain, then: .http(opened: opened, add: add))
         let openerBound = NIOLoopBound(opener, eventLoop: loop)
-        UpstreamConnector.connectRaw(to: node, from: .proxy, timeout: .seconds(5), on: loop) { tunnel in
+        let connecting = UpstreamConnector.connectRaw(to: node, from: .proxy, timeout: .seconds(5), on: loop) { tunnel in
             let sync = tunnel.pipeline.syncOperations
             try sync.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: nil))
             try sync.addHandler(openerBound.value)
-        }.whenFailure { error in
+        }
+        let boundConnected = NIOLoopBound(connected, eventLoop: loop)
+        connecting.whenSuccess { boundConnected.value($0) }
+        connecting.whenFailure { error in
             core.metrics.tunnelHandshake(.outbound, ok: false)
             core.logger.info("cannot reach the destination's node for an mTLS tunnel",
                              metadata: ["node": "\(peer.nodeName)", "address": "\(node)", "error": "\(error)"])
@@ -116,9 +146,9 @@ final class TunnelOpener: ChannelInboundHandler {
     enum Then {
         /// Bytes, relayed both ways with the client's connection.
         case relay(client: any Channel, clientRelay: NIOLoopBound<TunnelRelay>, tunnelRelay: NIOLoopBound<TunnelRelay>)
-        /// HTTP requests: `add` puts their handlers after the opener; `opened` tells the
-        /// proxying handler whether the tunnel opened.
-        case http(opened: EventLoopPromise<Void>, add: (ChannelPipeline.SynchronousOperations, any ChannelHandler) throws -> Void)
+        /// HTTP requests: `add` puts their handlers after the opener (the last handler then);
+        /// `opened` tells the proxying side whether the tunnel opened.
+        case http(opened: EventLoopPromise<any Channel>, add: (ChannelPipeline.SynchronousOperations) throws -> Void)
     }
 
     typealias InboundIn = ByteBuffer
@@ -275,12 +305,12 @@ final class TunnelOpener: ChannelInboundHandler {
             }
         case .http(let opened, let add):
             do {
-                try add(context.pipeline.syncOperations, context.handler)
+                try add(context.pipeline.syncOperations)
             } catch {
                 return fail(context: context, "cannot put HTTP on the tunnel: \(error)")
             }
             settled = true
-            opened.succeed()
+            opened.succeed(context.channel)
         }
         if rest.readableBytes > 0 {
             context.fireChannelRead(wrapInboundOut(rest))

@@ -31,6 +31,8 @@ final class UpstreamHandler: ChannelDuplexHandler {
     private var firstError: (any Error)?
     /// Closed by its owner, perhaps before it was in a pipeline (a tunnel still opening).
     private var closeRequested = false
+    /// The connection it will join once that is ready (the mTLS tunnel while it opens).
+    private var joining: (any Channel)?
 
     init(delegate: any UpstreamDelegate, target: PeerAddress) {
         self.delegate = delegate
@@ -61,10 +63,20 @@ final class UpstreamHandler: ChannelDuplexHandler {
         delegate = nil
         closeRequested = true
         context?.close(promise: nil)
+        joining?.close(promise: nil)
+        joining = nil
+    }
+
+    /// `channel` is the connection this handler will be added to once it is ready: closing
+    /// the handler before then closes it (a client gone while its tunnel opens).
+    func willJoin(_ channel: any Channel) {
+        guard !closeRequested else { return channel.close(promise: nil) }
+        joining = channel
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        joining = nil
         if closeRequested { return context.close(promise: nil) }
         // Added to a connection already up (the mTLS tunnel, once open): connected now.
         if context.channel.isActive { connected(context: context) }

@@ -389,10 +389,17 @@ extension ClusterTests {
           - fromEndpoints: [{matchLabels: {app: web}}]
             authentication: {mode: required}
             toPorts:
-            - ports: [{port: "80", protocol: TCP}]
+            - ports: [{port: "80", protocol: TCP}, {port: "81", protocol: TCP}]
               rules: {http: [{method: GET, path: "/public.*"}]}
         """)
         servers.append(try Traffic(node: b).start(in: "db", ["http-server", "--port", "80", "--name", "db"], waitReady: true))
+        // And HTTP/2 with prior knowledge on 81 (as gRPC speaks it): nghttpd serving files.
+        let docs = b.dir + "/h2docs"
+        try FileManager.default.createDirectory(atPath: docs + "/public", withIntermediateDirectories: true)
+        for name in ["a", "b"] { try "h2-\(name)\n".write(toFile: docs + "/public/\(name)", atomically: true, encoding: .utf8) }
+        let nghttpd = try Run.spawn(TestNode.products + "/meshctl", ["endpoint", "exec", "db", "--", "nghttpd", "--no-tls", "-d", docs, "81"],
+                                    output: b.dir + "/nghttpd.log", environment: ["SWIFTMESH_API_SOCKET": b.socket])
+        defer { kill(nghttpd, SIGKILL) }
         let db = try ip(b, "db")
         try a.waitFor("db marked as reached through the tunnel on node A") {
             try a.ctlOK("bpf", "ipcache", "list").split(separator: "\n").contains { $0.contains(db + "/32") && $0.contains("mtls-tunnel") }
@@ -416,7 +423,7 @@ extension ClusterTests {
           egress:
           - toEndpoints: [{matchLabels: {app: db}}]
             toPorts:
-            - ports: [{port: "80", protocol: TCP}]
+            - ports: [{port: "80", protocol: TCP}, {port: "81", protocol: TCP}]
               rules: {http: [{method: GET, path: "/public/a.*"}, {method: GET, path: "/secret-b"}]}
         """)
         // Node A's refusals: its proxy's requests with the denied verdict, all series.
@@ -435,5 +442,14 @@ extension ClusterTests {
         XCTAssertEqual(try deniedOnA(), deniedBefore + 1, "the refusal was node A's own")
         XCTAssertEqual(try get("/secret-b"), [403], "node B still refuses what its own rule does not allow")
         XCTAssertEqual(try deniedOnA(), deniedBefore + 1, "that refusal was node B's: node A forwarded the request")
+
+        // HTTP/2 too: node A judges each stream and carries the allowed ones as HTTP/2 inside
+        // the tunnel (nghttp speaks nothing else, so an answer proves it).
+        let h2 = a.ctl(["endpoint", "exec", "web", "--", "nghttp", "--no-dep", "-s", "http://\(db):81/public/a", "http://\(db):81/public/b"])
+        XCTAssertEqual(h2.status, 0, h2.stderr)
+        XCTAssertTrue(h2.stdout.contains("h2-a"), "the allowed stream's body: \(h2.stdout)")
+        XCTAssertFalse(h2.stdout.contains("h2-b"), "web's egress rule allows no /public/b: \(h2.stdout)")
+        XCTAssertEqual(h2.stdout.components(separatedBy: " 403 ").count - 1, 1, "nghttp's table: one stream refused: \(h2.stdout)")
+        XCTAssertEqual(try deniedOnA(), deniedBefore + 2, "the HTTP/2 refusal was node A's own")
     }
 }

@@ -642,8 +642,9 @@ final class DownstreamHandler: ChannelDuplexHandler, UpstreamDelegate {
     }
 
     /// Shutdown (NIO's quiescing helper): an idle connection closes now, a busy one after the
-    /// response under way, which carries `connection: close`. (HTTP/2 connections get their
-    /// GOAWAY from NIOHTTP2.)
+    /// response under way, which carries `connection: close`. (NIOHTTP2 passes the event to
+    /// each open stream, which then ends after its response; the HTTP/2 connection itself
+    /// sends no GOAWAY and is closed at the end of the grace period.)
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         guard event is ChannelShouldQuiesceEvent else { return context.fireUserInboundEventTriggered(event) }
         if exchange == nil, queued.isEmpty {

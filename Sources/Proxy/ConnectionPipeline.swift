@@ -29,13 +29,13 @@ enum ConnectionPipeline {
             // egress rule asks for proof: bytes through the tunnel, not HTTP.
             let rule = peer?.tunnel == true ? nil : index.egressAuthRule(source: from.ip, destination: to.ip, port: to.port)
             if let t = index.config.tunnel, let peer, peer.tunnel || rule != nil {
+                let route = TunnelOutbound.Route(config: t, peer: peer)
                 // The source's own HTTP rules judge each request here, before it enters the
                 // tunnel: the far end sees only the tunnel's bytes.
                 if index.egressReadsHTTP(source: from.ip, destination: to.ip, port: to.port) {
-                    return try configureHTTP(channel, core: core, client: client, destination: destination,
-                                             tunnel: TunnelOutbound.Route(config: t, peer: peer))
+                    return try configureHTTP(channel, core: core, client: client, destination: destination, tunnel: route)
                 }
-                return try TunnelOutbound.configure(channel, core: core, tunnel: t, peer: peer, client: from, destination: to)
+                return try TunnelOutbound.configure(channel, core: core, route: route, client: from, destination: to)
             }
             // Where no tunnel leads, a flow that must be proven goes nowhere.
             if let rule {
@@ -96,13 +96,14 @@ enum ConnectionPipeline {
     /// connection upstream runs inside the mTLS tunnel to the destination's node.
     static func configureHTTP2(_ channel: any Channel, core: ProxyCore, client: SocketAddress, destination: SocketAddress,
                                gateway: GatewayRouting? = nil, tunnel: TunnelOutbound.Route? = nil) throws {
-        let clientPeer = PeerAddress(client)
-        let upstreams = NIOLoopBound(HTTP2Upstreams(loop: channel.eventLoop) { target, from, timeout, loop in
-            guard let tunnel, let clientPeer else {
-                return UpstreamConnector.connectHTTP2(to: target.socketAddress, from: from, timeout: timeout, on: loop)
+        let h2: HTTP2Upstreams = if let tunnel, let clientPeer = PeerAddress(client) {
+            HTTP2Upstreams(loop: channel.eventLoop) { target, _, _, loop in
+                TunnelOutbound.connectHTTP2(core: core, route: tunnel, source: clientPeer, destination: target, on: loop)
             }
-            return TunnelOutbound.connectHTTP2(core: core, route: tunnel, source: clientPeer, destination: target, on: loop)
-        }, eventLoop: channel.eventLoop)
+        } else {
+            HTTP2Upstreams(loop: channel.eventLoop)
+        }
+        let upstreams = NIOLoopBound(h2, eventLoop: channel.eventLoop)
         channel.closeFuture.whenComplete { _ in upstreams.value.closeAll() }
         let viaHTTP2 = gateway == nil
         var connection = NIOHTTP2Handler.ConnectionConfiguration()

@@ -12,39 +12,25 @@ import NIOTLS
 /// that node (its SPIFFE ID), asks `CONNECT` for the original destination, and relays.
 /// The client's bytes wait (no read) until the tunnel is open.
 enum TunnelOutbound {
-    static func configure(_ channel: any Channel, core: ProxyCore, tunnel t: ProxyTunnelConfig, peer: TunnelPeer,
-                          client: PeerAddress, destination: PeerAddress) throws {
+    static func configure(_ channel: any Channel, core: ProxyCore, route: Route, client: PeerAddress,
+                          destination: PeerAddress) throws {
         guard let workload = core.policy.index.tunnelWorkload(client.ip) else {
             core.logger.info("tunnelled connection from an address that is no endpoint of this node refused",
                              metadata: ["source": "\(client)", "destination": "\(destination)"])
             throw ChannelError.inappropriateOperationForState
         }
-        guard let node = try? SocketAddress(ipAddress: peer.nodeIP.description, port: Int(t.port)) else {
-            throw ChannelError.inappropriateOperationForState
-        }
+        guard let node = route.nodeAddress else { throw ChannelError.inappropriateOperationForState }
         try channel.syncOptions?.setOption(.autoRead, value: false)
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
-        let service = core.tunnels
-        let sslContext = try service.tls.clientContext(t, workload: workload)
-        let expected = ProxyTunnelConfig.nodeSPIFFEID(trustDomain: t.trustDomain, node: peer.nodeName)
+        let sslContext = try core.tunnels.tls.clientContext(route.config, workload: workload)
         let (mine, theirs) = core.tunnelRelays(.outbound, sides: ("client", "tunnel"), source: client)
         let mineBound = NIOLoopBound(mine, eventLoop: channel.eventLoop)
         let theirsBound = NIOLoopBound(theirs, eventLoop: channel.eventLoop)
-        let opener = TunnelOpener(core: core, source: client, destination: destination, expected: expected,
-                                  trustDomain: t.trustDomain,
+        let opener = TunnelOpener(core: core, source: client, destination: destination, expected: route.serverID,
+                                  trustDomain: route.config.trustDomain,
                                   then: .relay(client: channel, clientRelay: mineBound, tunnelRelay: theirsBound))
-        let openerBound = NIOLoopBound(opener, eventLoop: channel.eventLoop)
-        let connected = UpstreamConnector.connectRaw(to: node, from: .proxy, timeout: .seconds(5), on: channel.eventLoop) { tunnel in
-            let sync = tunnel.pipeline.syncOperations
-            try sync.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: nil))
-            try sync.addHandler(openerBound.value)
-        }
-        connected.whenFailure { error in
-            core.metrics.tunnelHandshake(.outbound, ok: false)
-            core.logger.info("cannot reach the destination's node for an mTLS tunnel",
-                             metadata: ["node": "\(peer.nodeName)", "address": "\(node)", "error": "\(error)"])
-            channel.close(promise: nil)
-        }
+        let connected = dial(core: core, route: route, node: node, sslContext: sslContext, opener: opener, on: channel.eventLoop)
+        connected.whenFailure { _ in channel.close(promise: nil) }
         connected.whenSuccess { tunnel in
             // Whichever side goes first, the other follows until the relay takes over.
             // Also once relaying: a client channel closed before it was ever registered
@@ -59,6 +45,31 @@ extension TunnelOutbound {
     struct Route {
         let config: ProxyTunnelConfig
         let peer: TunnelPeer
+
+        /// The destination node's tunnel port.
+        var nodeAddress: SocketAddress? { try? SocketAddress(ipAddress: peer.nodeIP.description, port: Int(config.port)) }
+
+        /// The SPIFFE ID the node's tunnel port must present.
+        var serverID: String { ProxyTunnelConfig.nodeSPIFFEID(trustDomain: config.trustDomain, node: peer.nodeName) }
+    }
+
+    /// Connects to the destination node's tunnel port and starts TLS there, with `opener`
+    /// after it (which sends the CONNECT once the handshake is done). A failure to connect is
+    /// counted and logged here; each caller says what it means for its client.
+    private static func dial(core: ProxyCore, route: Route, node: SocketAddress, sslContext: NIOSSLContext,
+                             opener: TunnelOpener, on loop: any EventLoop) -> EventLoopFuture<any Channel> {
+        let openerBound = NIOLoopBound(opener, eventLoop: loop)
+        let connecting = UpstreamConnector.connectRaw(to: node, from: .proxy, timeout: .seconds(5), on: loop) { tunnel in
+            let sync = tunnel.pipeline.syncOperations
+            try sync.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: nil))
+            try sync.addHandler(openerBound.value)
+        }
+        connecting.whenFailure { error in
+            core.metrics.tunnelHandshake(.outbound, ok: false)
+            core.logger.info("cannot reach the destination's node for an mTLS tunnel",
+                             metadata: ["node": "\(route.peer.nodeName)", "address": "\(node)", "error": "\(error)"])
+        }
+        return connecting
     }
 
     /// Why a tunnel meant to carry HTTP requests did not open (the client gets a 502).
@@ -100,40 +111,28 @@ extension TunnelOutbound {
     private static func open(core: ProxyCore, route: Route, source: PeerAddress, destination: PeerAddress, on loop: any EventLoop,
                              connected: @escaping (any Channel) -> Void = { _ in },
                              add: @escaping (ChannelPipeline.SynchronousOperations) throws -> Void) -> EventLoopFuture<any Channel> {
-        let (t, peer) = (route.config, route.peer)
         let opened = loop.makePromise(of: (any Channel).self)
         guard let workload = core.policy.index.tunnelWorkload(source.ip) else {
             opened.fail(NotOpened(description: "\(source) is no endpoint of this node: no certificate to prove it"))
             return opened.futureResult
         }
-        guard let node = try? SocketAddress(ipAddress: peer.nodeIP.description, port: Int(t.port)) else {
-            opened.fail(NotOpened(description: "no address for node \(peer.nodeName)"))
+        guard let node = route.nodeAddress else {
+            opened.fail(NotOpened(description: "no address for node \(route.peer.nodeName)"))
             return opened.futureResult
         }
         let sslContext: NIOSSLContext
         do {
-            sslContext = try core.tunnels.tls.clientContext(t, workload: workload)
+            sslContext = try core.tunnels.tls.clientContext(route.config, workload: workload)
         } catch {
             opened.fail(error)
             return opened.futureResult
         }
-        let opener = TunnelOpener(core: core, source: source, destination: destination,
-                                  expected: ProxyTunnelConfig.nodeSPIFFEID(trustDomain: t.trustDomain, node: peer.nodeName),
-                                  trustDomain: t.trustDomain, then: .http(opened: opened, add: add))
-        let openerBound = NIOLoopBound(opener, eventLoop: loop)
-        let connecting = UpstreamConnector.connectRaw(to: node, from: .proxy, timeout: .seconds(5), on: loop) { tunnel in
-            let sync = tunnel.pipeline.syncOperations
-            try sync.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: nil))
-            try sync.addHandler(openerBound.value)
-        }
+        let opener = TunnelOpener(core: core, source: source, destination: destination, expected: route.serverID,
+                                  trustDomain: route.config.trustDomain, then: .http(opened: opened, add: add))
+        let connecting = dial(core: core, route: route, node: node, sslContext: sslContext, opener: opener, on: loop)
         let boundConnected = NIOLoopBound(connected, eventLoop: loop)
         connecting.whenSuccess { boundConnected.value($0) }
-        connecting.whenFailure { error in
-            core.metrics.tunnelHandshake(.outbound, ok: false)
-            core.logger.info("cannot reach the destination's node for an mTLS tunnel",
-                             metadata: ["node": "\(peer.nodeName)", "address": "\(node)", "error": "\(error)"])
-            opened.fail(error)
-        }
+        connecting.whenFailure { opened.fail($0) }
         return opened.futureResult
     }
 }

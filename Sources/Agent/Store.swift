@@ -8,6 +8,11 @@ public final class Store: Sendable {
     /// A pool in WAL mode: readers (status, metrics, lists) never wait for a writer.
     private let db: DatabasePool
     public let path: String
+    /// The endpoint table as decoded rows, kept in step by this class's own writes (the
+    /// only ones): every publish, service sync and API call lists the endpoints, and
+    /// decoding a thousand rows' JSON columns each time cost more than the rest of a
+    /// relabel.
+    private let endpointCache = EndpointCache()
 
     public init(directory: String) throws(MeshError) {
         path = directory + "/state.db"
@@ -146,34 +151,41 @@ public final class Store: Sendable {
         }
     }
 
+    /// Every endpoint, by id.
     public func endpoints() throws(MeshError) -> [Endpoint] {
         try wrap("list endpoints") {
-            try db.read { try EndpointRow.order(Column("id")).fetchAll($0) }.map { try $0.endpoint() }
+            try endpointCache.list {
+                try db.read { try EndpointRow.order(Column("id")).fetchAll($0) }.map { try $0.endpoint() }
+            }
         }
     }
 
     public func endpoint(named name: String) throws(MeshError) -> Endpoint? {
-        try wrap("read endpoint") {
-            try db.read { try EndpointRow.filter(Column("name") == name).fetchOne($0) }?.endpoint()
-        }
+        try endpoints().first { $0.name == name }
     }
 
     /// Reserves the next endpoint id: inserts a row with `make(id)`'s fields in one
     /// transaction, so two creations can never get the same id or address.
     public func insertEndpoint(_ make: (Int) throws(MeshError) -> Endpoint) throws(MeshError) -> Endpoint {
         try wrap("insert endpoint") {
-            try db.write { db in
-                let next = try Int.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'endpoint'") ?? 0
-                let ep = try make(next + 1)
-                let row = EndpointRow(id: Int64(ep.id), name: ep.name, labels: ep.labels.description.isEmpty ? "{}" :
-                                        String(decoding: try JSONEncoder().encode(ep.labels.values), as: UTF8.self),
-                                      ipv4: ep.ipv4.description, netns: ep.netns, interface: ep.interface,
-                                      cgroup: ep.cgroup, createdAt: ep.createdAt,
-                                      ports: String(decoding: try JSONEncoder().encode(ep.ports), as: UTF8.self),
-                                      readiness: try ep.readiness.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) },
-                                      serviceAccount: ep.serviceAccount)
-                try row.insert(db)
-                return ep
+            try endpointCache.change(apply: { list, ep in list.append(ep) }) {
+                try db.write { db in
+                    let next = try Int.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'endpoint'") ?? 0
+                    let ep = try make(next + 1)
+                    let row = EndpointRow(id: Int64(ep.id), name: ep.name, labels: ep.labels.description.isEmpty ? "{}" :
+                                            String(decoding: try JSONEncoder().encode(ep.labels.values), as: UTF8.self),
+                                          ipv4: ep.ipv4.description, netns: ep.netns, interface: ep.interface,
+                                          cgroup: ep.cgroup, createdAt: ep.createdAt,
+                                          ports: String(decoding: try JSONEncoder().encode(ep.ports), as: UTF8.self),
+                                          readiness: try ep.readiness.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) },
+                                          serviceAccount: ep.serviceAccount)
+                    try row.insert(db)
+                    // As a later read decodes it (the time at the column's precision).
+                    guard let stored = try EndpointRow.fetchOne(db, key: row.id) else {
+                        throw MeshError(.internalError, "endpoint \(ep.name) vanished right after its insert")
+                    }
+                    return try stored.endpoint()
+                }
             }
         }
     }
@@ -184,13 +196,17 @@ public final class Store: Sendable {
     public func setLabels(_ labels: Labels, ofEndpoint name: String, ifCurrently expected: Labels? = nil) throws(MeshError) -> Bool {
         try wrap("relabel endpoint") {
             let json = String(decoding: try JSONEncoder().encode(labels.values), as: UTF8.self)
-            return try db.write { db in
-                if let expected {
-                    guard let row = try EndpointRow.filter(Column("name") == name).fetchOne(db),
-                          try row.endpoint().labels == expected else { return false }
+            return try endpointCache.change(apply: { list, changed in
+                if changed, let i = list.firstIndex(where: { $0.name == name }) { list[i].labels = labels }
+            }) {
+                try db.write { db in
+                    if let expected {
+                        guard let row = try EndpointRow.filter(Column("name") == name).fetchOne(db),
+                              try row.endpoint().labels == expected else { return false }
+                    }
+                    try db.execute(sql: "UPDATE endpoint SET labels = ? WHERE name = ?", arguments: [json, name])
+                    return db.changesCount > 0
                 }
-                try db.execute(sql: "UPDATE endpoint SET labels = ? WHERE name = ?", arguments: [json, name])
-                return db.changesCount > 0
             }
         }
     }
@@ -230,7 +246,11 @@ public final class Store: Sendable {
     @discardableResult
     public func deleteEndpoint(named name: String) throws(MeshError) -> Bool {
         try wrap("delete endpoint") {
-            try db.write { try EndpointRow.filter(Column("name") == name).deleteAll($0) > 0 }
+            try endpointCache.change(apply: { list, deleted in
+                if deleted { list.removeAll { $0.name == name } }
+            }) {
+                try db.write { try EndpointRow.filter(Column("name") == name).deleteAll($0) > 0 }
+            }
         }
     }
 
@@ -316,6 +336,37 @@ public final class Store: Sendable {
                     out.append(r)
                 }
                 return (out, routesOut)
+            }
+        }
+    }
+}
+
+/// Store's copy of the endpoint table. Writes hold the lock across their transaction, so
+/// a reader never caches rows older than a write that has returned.
+private final class EndpointCache: @unchecked Sendable { // `rows` only under `lock`
+    private let lock = NSLock()
+    private var rows: [Endpoint]?
+
+    func list(load: () throws -> [Endpoint]) rethrows -> [Endpoint] {
+        try lock.withLock {
+            if let rows { return rows }
+            let loaded = try load()
+            rows = loaded
+            return loaded
+        }
+    }
+
+    /// Runs `write` (one transaction); when it commits, `apply`s its result to the copy.
+    /// A failed write may have done anything: the copy is dropped and read again.
+    func change<T>(apply: (inout [Endpoint], T) -> Void, _ write: () throws -> T) rethrows -> T {
+        try lock.withLock {
+            do {
+                let result = try write()
+                if rows != nil { apply(&rows!, result) }
+                return result
+            } catch {
+                rows = nil
+                throw error
             }
         }
     }

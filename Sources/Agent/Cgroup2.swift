@@ -19,6 +19,7 @@ public enum Cgroup2 {
     }
 
     public static func create(_ path: String) throws(MeshError) {
+        knownIDs.forget(path)
         do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
             throw MeshError(.internalError, "cannot create cgroup \(path): \(error.localizedDescription)")
         }
@@ -26,6 +27,7 @@ public enum Cgroup2 {
 
     /// Kills every process in the cgroup and removes it. Missing is fine.
     public static func remove(_ path: String) {
+        knownIDs.forget(path)
         guard FileManager.default.fileExists(atPath: path) else { return }
         // cgroup.kill (5.14+) kills the whole subtree at once, including forks in flight.
         if FileManager.default.fileExists(atPath: path + "/cgroup.kill") {
@@ -39,9 +41,24 @@ public enum Cgroup2 {
     }
 
     /// The cgroup's id, as bpf_get_current_cgroup_id() reports it: its folder's inode.
+    /// Remembered per path until meshd creates or removes that cgroup again: the service
+    /// sync names every endpoint's cgroup on each change, a `stat` each.
     public static func id(_ path: String) -> UInt64? {
+        if let id = knownIDs.get(path) { return id }
         var st = stat()
-        return stat(path, &st) == 0 ? UInt64(st.st_ino) : nil
+        guard stat(path, &st) == 0 else { return nil }
+        knownIDs.set(path, UInt64(st.st_ino))
+        return UInt64(st.st_ino)
+    }
+
+    private static let knownIDs = IDs()
+
+    private final class IDs: @unchecked Sendable { // `byPath` only under `lock`
+        private let lock = NSLock()
+        private var byPath: [String: UInt64] = [:]
+        func get(_ path: String) -> UInt64? { lock.withLock { byPath[path] } }
+        func set(_ path: String, _ id: UInt64) { lock.withLock { byPath[path] = id } }
+        func forget(_ path: String) { _ = lock.withLock { byPath.removeValue(forKey: path) } }
     }
 
     public static func processes(_ path: String) -> [Int32] {

@@ -36,6 +36,8 @@ final class ProxySupervisor: Service, @unchecked Sendable {
     /// One writer at a time on the control socket, so lines never interleave. Separate from
     /// `lock`, so that a slow write never holds up status reads or configuration updates.
     private let writeLock = NSLock()
+    /// Where configuration messages are encoded and written, one at a time (see queueConfigLocked).
+    private let configQueue = DispatchQueue(label: "swiftmesh.proxy-config")
     // Everything below is guarded by `lock`.
     private let lock = NSLock()
     private var config = ProxyConfig.empty
@@ -62,27 +64,28 @@ final class ProxySupervisor: Service, @unchecked Sendable {
     /// The proxy's configuration from now on: sent now if the proxy is connected, else as
     /// soon as it is.
     func update(_ next: ProxyConfig) {
-        let (fd, message) = lock.withLock { () -> (Int32, ProxyControlMessage) in
+        lock.withLock {
             // The policy engine knows nothing of routes and gateways: they stay as
             // ServiceManager set them.
-            let (routes, gateways) = (config.routes, config.gateways)
-            config = next
-            config.routes = routes
-            config.gateways = gateways
-            return (self.fd, configMessageLocked())
+            var merged = next
+            merged.generation = config.generation
+            merged.routes = config.routes
+            merged.gateways = config.gateways
+            // A revision that changes nothing the proxy sees (most L4 changes) costs no message.
+            guard merged != config else { return }
+            config = merged
+            queueConfigLocked()
         }
-        if fd >= 0 { send(message, on: fd) }
     }
 
     /// The routed frontends and gateway ports from now on (ServiceManager's part of the
     /// configuration).
     func updateRoutes(_ routing: ProxyRouting) {
-        let (fd, message) = lock.withLock { () -> (Int32, ProxyControlMessage) in
+        lock.withLock {
             config.routes = routing.routes
             config.gateways = routing.gateways
-            return (self.fd, configMessageLocked())
+            queueConfigLocked()
         }
-        if fd >= 0 { send(message, on: fd) }
     }
 
     var routedFrontends: Int { lock.withLock { config.routes.count } }
@@ -118,6 +121,16 @@ final class ProxySupervisor: Service, @unchecked Sendable {
         c?.resume(returning: text)
     }
 
+    /// Must hold `lock`. Queues the configuration for the connected proxy (if any), in
+    /// generation order. It is encoded and written on `configQueue`, not by the caller: with
+    /// a large ipcache that is milliseconds a policy publish need not wait for (nothing
+    /// waits for the proxy to apply a configuration; `generationApplied` says when it has).
+    private func queueConfigLocked() {
+        guard fd >= 0 else { return }
+        let (message, fd) = (configMessageLocked(), self.fd)
+        configQueue.async { [self] in send(message, on: fd) }
+    }
+
     /// Must hold `lock`. Each configuration sent gets a generation above any the proxy has
     /// seen, whichever meshd sent that one.
     private func configMessageLocked() -> ProxyControlMessage {
@@ -131,11 +144,10 @@ final class ProxySupervisor: Service, @unchecked Sendable {
     /// Certificate files were rewritten (issued, rotated, a new bundle): the proxy's next
     /// TLS connections must read them again.
     func certificatesChanged() {
-        let (fd, message) = lock.withLock { () -> (Int32, ProxyControlMessage) in
+        lock.withLock {
             certificateGeneration += 1
-            return (self.fd, configMessageLocked())
+            queueConfigLocked()
         }
-        if fd >= 0 { send(message, on: fd) }
     }
 
     func run() async throws {
@@ -229,18 +241,18 @@ final class ProxySupervisor: Service, @unchecked Sendable {
             Thread.sleep(forTimeInterval: 0.05)
             return
         }
-        let (message, events, adopted) = lock.withLock { () -> (ProxyControlMessage, Bool, Bool) in
+        let (events, adopted) = lock.withLock { () -> (Bool, Bool) in
             self.fd = fd
             generation = max(generation, hello.generation)
             let adopted = child != hello.pid
             status.connected = true
             status.pid = hello.pid
             status.adopted = adopted
-            return (configMessageLocked(), eventsWanted, adopted)
+            queueConfigLocked()
+            return (eventsWanted, adopted)
         }
         logger.info(adopted ? "adopted the running L7 proxy" : "L7 proxy connected",
                     metadata: ["pid": "\(hello.pid)", "port": "\(hello.port)", "generation": "\(hello.generation)"])
-        send(message, on: fd)
         if events { send(ProxyControlMessage(events: true), on: fd) }
         while let line = reader.next() {
             guard let m = decode(line) else { continue }
@@ -260,6 +272,8 @@ final class ProxySupervisor: Service, @unchecked Sendable {
             pendingMetrics = [:]
             return (child, self.stopping, waiting)
         }
+        // Nothing queued may be written after the close, to whatever reuses the number.
+        configQueue.sync {}
         close(fd)
         for c in waiting { c.resume(returning: nil) }
         if stopping { return }

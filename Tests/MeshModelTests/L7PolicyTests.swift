@@ -37,6 +37,26 @@ final class L7PolicyTests: XCTestCase {
         L7Request(method: method, target: target, host: host, headers: headers.map { (name: $0.0.lowercased(), value: $0.1) })
     }
 
+    /// The ipcache travels to the proxy as one string; it must come back exactly, and a
+    /// damaged one must fail to decode rather than give the proxy wrong identities.
+    func testTheProxysIPCacheSurvivesItsCompactEncodingAndRefusesDamage() throws {
+        let entries = try [("0.0.0.0/0", 2), ("10.0.0.0/8", 16_777_216), ("192.0.2.7/32", 4_294_967_295), ("255.255.255.255/32", 0)].map {
+            ProxyIPCacheEntry(prefix: try IPv4CIDR(parsing: $0.0), identity: UInt32($0.1))
+        }
+        let config = ProxyConfig(generation: 7, endpoints: [], ipcache: entries, l7: [], ruleNames: [:])
+        let data = try JSONEncoder().encode(config)
+        XCTAssertTrue(String(decoding: data, as: UTF8.self).contains(#""ipcache":"0.0.0.0\/0=2 10.0.0.0\/8=16777216 192.0.2.7\/32=4294967295 255.255.255.255\/32=0""#),
+                      String(decoding: data, as: UTF8.self))
+        XCTAssertEqual(try JSONDecoder().decode(ProxyConfig.self, from: data), config)
+        XCTAssertEqual(try JSONDecoder().decode(ProxyConfig.self, from: try JSONEncoder().encode(ProxyConfig.empty)).ipcache, [])
+        let text = String(decoding: data, as: UTF8.self)
+        for damaged in ["0.0.0.0\\/0=2 10.0.0.0\\/8", "0.0.0.0\\/0=x", "10.0.0.1\\/8=3", "10.0.0.0\\/33=3", "10.0.0.0=3"] {
+            let bad = text.replacingOccurrences(of: #"0.0.0.0\/0=2 10.0.0.0\/8=16777216"#, with: damaged)
+            XCTAssertNotEqual(bad, text)
+            XCTAssertThrowsError(try JSONDecoder().decode(ProxyConfig.self, from: Data(bad.utf8)), damaged)
+        }
+    }
+
     func testTheStarWarsRuleSendsEmpireFlowsToTheProxyAndAllowsOnlyTheLandingRequest() throws {
         let r = try compile(Self.rule1())
         let port80 = r.entries.filter { $0.endpointID == 1 && $0.direction == .ingress && $0.proto == 6 && $0.portPrefix == 80 }

@@ -141,9 +141,34 @@ extension MeshDatapath {
     /// their slot byte zero: one revision's contents serve either slot, and `write` puts
     /// the slot in as it writes.
     struct SlotContents {
-        var ipcache: [[UInt8]: [UInt8]] = [:]
-        var policy: [[UInt8]: [UInt8]] = [:]
-        var enforcement: [[UInt8]: [UInt8]] = [:]
+        var ipcache: [RawEntry: RawEntry] = [:]
+        var policy: [RawEntry: RawEntry] = [:]
+        var enforcement: [RawEntry: RawEntry] = [:]
+    }
+
+    /// A revision map's key or value (at most 24 bytes, zero-padded) as three words: a
+    /// publish diffs tens of thousands of them, and hashing these costs a fraction of
+    /// hashing byte arrays, with no allocation each.
+    struct RawEntry: Hashable {
+        var w0: UInt64 = 0, w1: UInt64 = 0, w2: UInt64 = 0
+
+        init<T>(of value: T) {
+            precondition(MemoryLayout<T>.size <= 24, "a revision map's key or value outgrew RawEntry")
+            withUnsafeBytes(of: value) { src in
+                withUnsafeMutableBytes(of: &self) { $0.copyMemory(from: src) }
+            }
+        }
+
+        init(bytes: [UInt8]) {
+            precondition(bytes.count <= 24, "a revision map's key or value outgrew RawEntry")
+            bytes.withUnsafeBytes { src in
+                withUnsafeMutableBytes(of: &self) { $0.copyMemory(from: src) }
+            }
+        }
+
+        func bytes(count: Int) -> [UInt8] {
+            withUnsafeBytes(of: self) { Array($0.prefix(count)) }
+        }
     }
 
     public struct PolicyState: Sendable, Equatable {
@@ -239,7 +264,7 @@ extension MeshDatapath {
                   enforcement newEnforcement: [Enforcement]) -> SlotContents {
         var next = SlotContents()
         for e in newIPCache {
-            next.ipcache[Self.bytes(ipcacheKey(e, slot: 0))] = Self.bytes(mesh_ipcache_value(identity: e.identity, endpoint_id: e.endpointID,
+            next.ipcache[RawEntry(of: ipcacheKey(e, slot: 0))] = RawEntry(of: mesh_ipcache_value(identity: e.identity, endpoint_id: e.endpointID,
                                                                                               flags: e.tunnel ? MESH_IPCACHE_TUNNEL.rawValue : 0))
         }
         for e in newPolicy {
@@ -248,7 +273,7 @@ extension MeshDatapath {
             v.rule_id = e.ruleID
             v.policy_id = e.policyID
             v.flags = (e.l7 ? UInt8(MESH_POLICY_L7.rawValue) : 0) | (e.auth ? UInt8(MESH_POLICY_AUTH.rawValue) : 0)
-            next.policy[Self.bytes(policyKey(e, slot: 0))] = Self.bytes(v)
+            next.policy[RawEntry(of: policyKey(e, slot: 0))] = RawEntry(of: v)
         }
         for e in newEnforcement {
             var k = mesh_policy_ep_key()
@@ -262,7 +287,7 @@ extension MeshDatapath {
                 raw.storeBytes(of: e.ingressDefaultRule, toByteOffset: 4 * Int(MESH_DIR_INGRESS.rawValue), as: UInt32.self)
                 raw.storeBytes(of: e.egressDefaultRule, toByteOffset: 4 * Int(MESH_DIR_EGRESS.rawValue), as: UInt32.self)
             }
-            next.enforcement[Self.bytes(k)] = Self.bytes(v)
+            next.enforcement[RawEntry(of: k)] = RawEntry(of: v)
         }
         return next
     }
@@ -277,14 +302,14 @@ extension MeshDatapath {
         do {
             for (map, new, prev) in changes {
                 for k in prev.keys where new[k] == nil {
-                    try map.deleteRaw(Self.key(k, inSlot: slot))
+                    try map.deleteRaw(Self.key(k.bytes(count: map.keySize), inSlot: slot))
                     deleted += 1
                 }
             }
             for (map, new, prev) in changes {
                 for (k, v) in new where prev[k] != v {
                     do {
-                        try map.updateRaw(Self.key(k, inSlot: slot), v)
+                        try map.updateRaw(Self.key(k.bytes(count: map.keySize), inSlot: slot), v.bytes(count: map.valueSize))
                     } catch let e as DatapathError where e.errno == ENOSPC || e.errno == E2BIG {
                         throw DatapathError("policy revision \(revision) does not fit: map \(map.name) is full at its capacity of \(map.maxEntries) entries (\(map.maxEntries / 2) per revision slot); revision \(inForce) stays in force", errno: e.errno)
                     }
@@ -306,15 +331,15 @@ extension MeshDatapath {
         var loaded = [SlotContents(), SlotContents()]
         for (k, v) in try ipcache.entriesRaw() {
             let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_ipcache_key.self) }
-            loaded[Int(key.slot & 1)].ipcache[Self.key(k, inSlot: 0)] = v
+            loaded[Int(key.slot & 1)].ipcache[RawEntry(bytes: Self.key(k, inSlot: 0))] = RawEntry(bytes: v)
         }
         for (k, v) in try policy.entriesRaw() {
             let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_policy_key.self) }
-            loaded[Int(key.slot & 1)].policy[Self.key(k, inSlot: 0)] = v
+            loaded[Int(key.slot & 1)].policy[RawEntry(bytes: Self.key(k, inSlot: 0))] = RawEntry(bytes: v)
         }
         for (k, v) in try policyEP.entriesRaw() {
             let key = k.withUnsafeBytes { $0.loadUnaligned(as: mesh_policy_ep_key.self) }
-            loaded[Int(key.slot & 1)].enforcement[Self.key(k, inSlot: 0)] = v
+            loaded[Int(key.slot & 1)].enforcement[RawEntry(bytes: Self.key(k, inSlot: 0))] = RawEntry(bytes: v)
         }
         slots = loaded
         publishMirrorCounts()
@@ -371,8 +396,6 @@ extension MeshDatapath {
         }
         return k
     }
-
-    static func bytes<T>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v) { Array($0) } }
 
     /// The active slot's ipcache as the kernel holds it, as (prefix, length, identity,
     /// endpoint id).

@@ -59,6 +59,12 @@ public struct IPv4CIDR: Sendable, Hashable, Codable, CustomStringConvertible {
         prefixLength = len
     }
 
+    /// The /32 of one address.
+    public init(host: IPv4Address) {
+        network = host
+        prefixLength = 32
+    }
+
     public var mask: UInt32 { prefixLength == 0 ? 0 : ~UInt32(0) << (32 - prefixLength) }
     public var broadcast: IPv4Address { IPv4Address(network.value | ~mask) }
     public var description: String { "\(network)/\(prefixLength)" }

@@ -75,9 +75,13 @@ public enum PolicyCompiler {
         public var policy: String
         public var path: String
         public var action: PolicyRule.Action
+        /// The text of an entry that is no rule of a policy (a default deny).
+        var note: String?
+
         /// Human text: `default/allow-web spec.ingress[0] (allow)` or
-        /// `default deny: selected by default/p1, default/p2`.
-        public var description: String
+        /// `default deny: selected by default/p1, default/p2`. Made when asked for: a
+        /// compile makes one RuleInfo per rule, and few are ever named.
+        public var description: String { note ?? "\(policy) \(path) (\(action.rawValue))" }
     }
 
     public struct Result: Sendable {
@@ -133,10 +137,121 @@ public enum PolicyCompiler {
 
     /// The identities a compile of `policies` over `endpoints` needs: one per distinct label
     /// set, one per CIDR a rule names (and each of its exceptions).
-    public static func identityKeys(policies: [Policy], endpoints: [EndpointInfo]) -> Set<IdentityKey> {
-        var keys = Set(endpoints.map { IdentityKey.labels($0.labels) })
-        for c in ruleCIDRs(policies) { keys.insert(.cidr(c)) }
-        return keys
+    public static func identityKeys(policies: [Policy], endpoints: [EndpointInfo], memo: Memo? = nil) -> Set<IdentityKey> {
+        labelKeys(endpoints).union(memo?.cidrKeys(of: policies) ?? Set(ruleCIDRs(policies).map { .cidr($0) }))
+    }
+
+    /// The identity keys of the endpoints' label sets.
+    public static func labelKeys(_ endpoints: [EndpointInfo]) -> Set<IdentityKey> {
+        Set(Set(endpoints.map(\.labels)).map { IdentityKey.labels($0) })
+    }
+
+    /// The CIDRs rules name, with their identities: what resolving a CIDR peer and the
+    /// ipcache need.
+    struct CIDRBlock {
+        /// The identity numbers the block was made with, in `index` order.
+        var identity: [IPv4CIDR: UInt32] = [:]
+        /// Sorted by network address: the prefixes inside a CIDR are one contiguous run.
+        var index: [(key: IPv4CIDR, value: UInt32)] = []
+        /// With room for a compile's label-set and reserved identities.
+        var identities: [UInt32: IdentityInfo] = [:]
+        /// Their ipcache entries, in `index` order.
+        var ipcache: [IPCacheEntry] = []
+        /// Their identity keys, in `index` order.
+        var keys: [IdentityKey] = []
+
+        init(_ cidrs: Set<IPv4CIDR>, key: (IPv4CIDR) -> IdentityKey, number: (IdentityKey) -> UInt32) {
+            identity.reserveCapacity(cidrs.count)
+            identities.reserveCapacity(cidrs.count + 4096)
+            for c in cidrs {
+                let k = key(c)
+                let id = number(k)
+                identities[id] = IdentityInfo(id: id, description: k.name)
+                identity[c] = id
+            }
+            index = identity.sorted { ($0.key.network, $0.key.prefixLength) < ($1.key.network, $1.key.prefixLength) }
+            ipcache = index.map { IPCacheEntry(prefix: $0.key, identity: $0.value, endpointID: 0) }
+            keys = index.map { key($0.key) }
+        }
+
+        /// Whether `number` still gives every CIDR the number the block was made with.
+        func holds(_ number: (IdentityKey) -> UInt32) -> Bool {
+            zip(keys, index).allSatisfy { number($0) == $1.value }
+        }
+    }
+
+    /// What a compile derives from each policy alone, kept for the next compile while the
+    /// policy stays the same: most changes (an endpoint created, deleted or relabelled)
+    /// leave every policy as it was, and a ten-thousand-rule policy's CIDRs, identity keys
+    /// and port blocks then cost nothing to find again. Not thread-safe: one owner, one
+    /// compile at a time.
+    public final class Memo: @unchecked Sendable { // used by one compile at a time (see above)
+        private struct Part {
+            var policy: Policy
+            var cidrs: Set<IPv4CIDR>
+            var ports: [[(UInt8, UInt16, Int, Bool)]]
+        }
+        private var parts: [String: Part] = [:]
+        private var keys: [IPv4CIDR: IdentityKey] = [:]
+        private var union: (keys: [String], cidrs: Set<IPv4CIDR>)?
+        private var unionKeys: Set<IdentityKey>?
+        private var block: CIDRBlock?
+
+        public init() {}
+
+        private func part(_ p: Policy) -> Part {
+            let k = p.key
+            // Policy == returns at once for the same rules array (the usual case).
+            if let known = parts[k], known.policy == p { return known }
+            union = nil
+            let part = Part(policy: p, cidrs: PolicyCompiler.ruleCIDRs([p]), ports: p.rules.map { PolicyCompiler.portAtoms($0.ports) })
+            parts[k] = part
+            return part
+        }
+
+        func ports(of p: Policy) -> [[(UInt8, UInt16, Int, Bool)]] { part(p).ports }
+
+        /// Every CIDR the policies' rules name (ruleCIDRs).
+        func cidrs(of policies: [Policy]) -> Set<IPv4CIDR> {
+            let current = policies.map { part($0) }
+            let names = policies.map(\.key)
+            if let union, union.keys == names { return union.cidrs }
+            unionKeys = nil
+            block = nil
+            // Forget policies gone, and keys of CIDRs no policy names any more.
+            let live = Set(names)
+            parts = parts.filter { live.contains($0.key) }
+            let all = current.reduce(into: Set<IPv4CIDR>()) { $0.formUnion($1.cidrs) }
+            if keys.count > 2 * all.count + 64 { keys = keys.filter { all.contains($0.key) } }
+            union = (names, all)
+            return all
+        }
+
+        /// The identity keys of those CIDRs: the same set (the same storage, so comparing
+        /// it with an earlier answer is immediate) while the policies stay the same.
+        public func cidrKeys(of policies: [Policy]) -> Set<IdentityKey> {
+            let cidrs = cidrs(of: policies)
+            if let unionKeys { return unionKeys }
+            let keys = Set(cidrs.map { key(of: $0) })
+            unionKeys = keys
+            return keys
+        }
+
+        /// The policies' CIDR block, made again only when the CIDRs or their numbers changed.
+        func cidrBlock(of policies: [Policy], number: (IdentityKey) -> UInt32) -> CIDRBlock {
+            let cidrs = cidrs(of: policies)
+            if let block, block.holds(number) { return block }
+            let made = CIDRBlock(cidrs, key: key(of:), number: number)
+            block = made
+            return made
+        }
+
+        func key(of c: IPv4CIDR) -> IdentityKey {
+            if let k = keys[c] { return k }
+            let k = IdentityKey.cidr(c)
+            keys[c] = k
+            return k
+        }
     }
 
     static func ruleCIDRs(_ policies: [Policy]) -> Set<IPv4CIDR> {
@@ -181,12 +296,15 @@ public enum PolicyCompiler {
 
     /// `identities` holds the number of each key `identityKeys` names (an allocator's
     /// answer); when empty, keys are numbered as `filling` does.
+    ///
+    /// `memo` keeps what depends on one policy alone (its CIDRs, its rules' port blocks)
+    /// from one compile to the next; the result is the same with or without it.
     public static func compile(policies: [Policy], endpoints: [EndpointInfo], hostAddresses: [IPv4Address],
-                               identities given: [IdentityKey: UInt32] = [:]) -> Result {
+                               identities given: [IdentityKey: UInt32] = [:], memo: Memo? = nil) -> Result {
         // With no numbers given, every key is numbered in key order (deterministic, for
         // tests); with an allocator's answer, a key it lacks (a dry run's new label set)
         // gets a number past the highest, in the order met.
-        var numbers = given.isEmpty ? filling([:], for: identityKeys(policies: policies, endpoints: endpoints)) : given
+        var numbers = given.isEmpty ? filling([:], for: identityKeys(policies: policies, endpoints: endpoints, memo: memo)) : given
         var spare: [IdentityKey.Scope: UInt32] = [:]
         func number(_ key: IdentityKey) -> UInt32 {
             if let n = numbers[key] { return n }
@@ -200,40 +318,63 @@ public enum PolicyCompiler {
             worldIdentity: IdentityInfo(id: worldIdentity, description: "reserved:world"),
             ingressIdentity: IdentityInfo(id: ingressIdentity, description: "reserved:ingress"),
         ]
-        var byLabels: [String: UInt32] = [:]
-        for labels in Set(endpoints.map(\.labels)) {
-            let id = number(.labels(labels))
-            identities[id] = IdentityInfo(id: id, description: labels.description.isEmpty ? "(no labels)" : labels.description)
-            byLabels[labels.description] = id
-        }
+        // Each distinct label set once, in the order endpoints first have it.
+        var labelSets: [(labels: Labels, id: UInt32)] = []
+        var idOfLabels: [Labels: UInt32] = [:]
         var endpointIdentity: [Int: UInt32] = [:]
-        for ep in endpoints { endpointIdentity[ep.id] = byLabels[ep.labels.description] }
-
-        let cidrs = ruleCIDRs(policies)
-        var cidrIdentity: [IPv4CIDR: UInt32] = [:]
-        for c in cidrs {
-            let id = number(.cidr(c))
-            identities[id] = IdentityInfo(id: id, description: "cidr:\(c)")
-            cidrIdentity[c] = id
-        }
-
-        // Sorted by network address: the prefixes inside a CIDR are one contiguous run.
-        let cidrIndex = cidrIdentity.sorted { ($0.key.network, $0.key.prefixLength) < ($1.key.network, $1.key.prefixLength) }
-        var ipcache: [IPCacheEntry] = cidrs.map { IPCacheEntry(prefix: $0, identity: cidrIdentity[$0]!, endpointID: 0) }
         for ep in endpoints {
-            ipcache.append(IPCacheEntry(prefix: try! IPv4CIDR(parsing: "\(ep.ipv4)/32"), identity: endpointIdentity[ep.id]!,
-                                        endpointID: ep.local ? ep.id : 0, tunnel: !ep.local && ep.tunnel))
+            if let id = idOfLabels[ep.labels] {
+                endpointIdentity[ep.id] = id
+                continue
+            }
+            let key = IdentityKey.labels(ep.labels)
+            let id = number(key)
+            identities[id] = IdentityInfo(id: id, description: key.name.isEmpty ? "(no labels)" : key.name)
+            idOfLabels[ep.labels] = id
+            labelSets.append((ep.labels, id))
+            endpointIdentity[ep.id] = id
         }
-        for h in Set(hostAddresses) {
-            ipcache.append(IPCacheEntry(prefix: try! IPv4CIDR(parsing: "\(h)/32"), identity: hostIdentity, endpointID: 0))
+
+        let block = memo?.cidrBlock(of: policies, number: number)
+            ?? CIDRBlock(ruleCIDRs(policies), key: { .cidr($0) }, number: number)
+        // The block's table copied whole (it has room for the rest) costs less than
+        // hashing its ten thousand entries into this one.
+        var all = block.identities
+        for (id, info) in identities { all[id] = info }
+        identities = all
+        let cidrIdentity = block.identity, cidrIndex = block.index
+
+        // The node's own /32s (an endpoint's or a host's) win over a CIDR entry of the
+        // same /32, and a host over an endpoint; then merged with the CIDRs (both sorted).
+        var own: [IPv4CIDR: IPCacheEntry] = [:]
+        own.reserveCapacity(endpoints.count + hostAddresses.count)
+        for ep in endpoints {
+            let prefix = IPv4CIDR(host: ep.ipv4)
+            own[prefix] = IPCacheEntry(prefix: prefix, identity: endpointIdentity[ep.id]!,
+                                       endpointID: ep.local ? ep.id : 0, tunnel: !ep.local && ep.tunnel)
         }
-        // An endpoint or host /32 wins over a CIDR entry of the same /32.
-        var seen = Set<IPv4CIDR>()
-        ipcache = ipcache.reversed().filter { seen.insert($0.prefix).inserted }.reversed()
-        ipcache.sort { ($0.prefix.network, $0.prefix.prefixLength) < ($1.prefix.network, $1.prefix.prefixLength) }
+        for h in hostAddresses {
+            own[IPv4CIDR(host: h)] = IPCacheEntry(prefix: IPv4CIDR(host: h), identity: hostIdentity, endpointID: 0)
+        }
+        let ownSorted = own.values.sorted { ($0.prefix.network, $0.prefix.prefixLength) < ($1.prefix.network, $1.prefix.prefixLength) }
+        var ipcache: [IPCacheEntry] = []
+        ipcache.reserveCapacity(ownSorted.count + block.ipcache.count)
+        var i = 0, j = 0
+        while i < ownSorted.count || j < block.ipcache.count {
+            if j == block.ipcache.count { ipcache.append(ownSorted[i]); i += 1; continue }
+            if i == ownSorted.count { ipcache.append(block.ipcache[j]); j += 1; continue }
+            let a = ownSorted[i].prefix, b = block.ipcache[j].prefix
+            if a == b {
+                ipcache.append(ownSorted[i]); i += 1; j += 1
+            } else if (a.network, a.prefixLength) < (b.network, b.prefixLength) {
+                ipcache.append(ownSorted[i]); i += 1
+            } else {
+                ipcache.append(block.ipcache[j]); j += 1
+            }
+        }
 
         // Rules table and per-(endpoint, direction, peer) atoms.
-        var rules = [RuleInfo(policy: "", path: "", action: .allow, description: "no policy selects this endpoint in this direction")]
+        var rules = [RuleInfo(policy: "", path: "", action: .allow, note: "no policy selects this endpoint in this direction")]
         var policyIDs: [UInt32: String] = [:]
         struct GroupKey: Hashable { var ep: Int; var dir: TrafficDirection; var identity: UInt32 }
         var atoms: [GroupKey: [Atom]] = [:]
@@ -254,19 +395,22 @@ public enum PolicyCompiler {
         var l7Rules: [DirectionKey: [L7PortRule]] = [:]
         var authRules: [DirectionKey: [TunnelAuthRule]] = [:]
         for p in sortedPolicies {
-            let pid = policyID(p.key)
-            policyIDs[pid] = p.key
+            let pkey = p.key
+            let pid = policyID(pkey)
+            policyIDs[pid] = pkey
             let subjects = localEndpoints.filter { p.subject.matches($0.labels) }
             for ep in subjects {
-                if p.enforceIngress { selectedBy[ep.id, default: [:]][.ingress, default: []].append(p.key) }
-                if p.enforceEgress { selectedBy[ep.id, default: [:]][.egress, default: []].append(p.key) }
+                if p.enforceIngress { selectedBy[ep.id, default: [:]][.ingress, default: []].append(pkey) }
+                if p.enforceEgress { selectedBy[ep.id, default: [:]][.egress, default: []].append(pkey) }
             }
-            for r in p.rules {
-                rules.append(RuleInfo(policy: p.key, path: r.path, action: r.action,
-                                      description: "\(p.key) \(r.path) (\(r.action.rawValue))"))
+            let rulePorts = memo?.ports(of: p) ?? p.rules.map { portAtoms($0.ports) }
+            for (index, r) in p.rules.enumerated() {
+                rules.append(RuleInfo(policy: pkey, path: r.path, action: r.action))
                 let ruleID = UInt32(rules.count - 1)
-                let peerIDs = resolve(r.peers, endpoints: endpoints, byLabels: byLabels, cidrIdentity: cidrIdentity, cidrIndex: cidrIndex)
-                let ports = portAtoms(r.ports)
+                // No subject on this node: the rule's peers matter to nobody here.
+                guard !subjects.isEmpty else { continue }
+                let peerIDs = resolve(r.peers, labelSets: labelSets, cidrIdentity: cidrIdentity, cidrIndex: cidrIndex)
+                let ports = rulePorts[index]
                 for ep in subjects {
                     for identity in peerIDs {
                         let key = GroupKey(ep: ep.id, dir: r.direction, identity: identity)
@@ -296,7 +440,7 @@ public enum PolicyCompiler {
             for dir in TrafficDirection.allCases {
                 guard let by = sel[dir] else { continue }
                 rules.append(RuleInfo(policy: "", path: "", action: .deny,
-                                      description: "default deny (\(dir.rawValue)): selected by \(by.joined(separator: ", "))"))
+                                      note: "default deny (\(dir.rawValue)): selected by \(by.joined(separator: ", "))"))
                 if dir == .ingress { e.ingressDefaultRule = UInt32(rules.count - 1) } else { e.egressDefaultRule = UInt32(rules.count - 1) }
             }
             enforcement.append(e)
@@ -447,7 +591,7 @@ public enum PolicyCompiler {
     }
 
     /// The identities a rule's peers stand for; 0 (any) for `all`.
-    static func resolve(_ peers: [Peer], endpoints: [EndpointInfo], byLabels: [String: UInt32],
+    static func resolve(_ peers: [Peer], labelSets: [(labels: Labels, id: UInt32)],
                         cidrIdentity: [IPv4CIDR: UInt32], cidrIndex: [(key: IPv4CIDR, value: UInt32)]) -> [UInt32] {
         var out = Set<UInt32>()
         for peer in peers {
@@ -457,12 +601,12 @@ public enum PolicyCompiler {
             case .entity(.ingress): out.insert(ingressIdentity)
             case .entity(.cluster):
                 out.insert(hostIdentity)
-                for ep in endpoints { out.insert(byLabels[ep.labels.description]!) }
+                for set in labelSets { out.insert(set.id) }
             case .entity(.world):
                 out.insert(worldIdentity)
                 out.formUnion(cidrIdentity.values)
             case .endpoints(let sel):
-                for ep in endpoints where sel.matches(ep.labels) { out.insert(byLabels[ep.labels.description]!) }
+                for set in labelSets where sel.matches(set.labels) { out.insert(set.id) }
             case .cidr(let c, let except):
                 // Binary search to the first prefix at or after c's network, then walk the run.
                 var lo = 0, hi = cidrIndex.count

@@ -96,6 +96,68 @@ final class PolicyCompilerTests: XCTestCase {
         XCTAssertEqual(k.verdict(2, .egress, peer: "10.200.0.1", port: 80), "deny", "an endpoint is not a CIDR peer")
     }
 
+    /// The memo keeps what a compile derives from each policy (CIDRs, their identity keys
+    /// and numbers, port blocks, the CIDR part of the ipcache): every compile through one
+    /// memo, over a run of changes, must equal a compile without it.
+    func testAMemoNeverChangesWhatACompileGives() throws {
+        typealias Key = PolicyCompiler.IdentityKey
+        let host = IPv4Address("169.254.1.1")!
+        let cidrs = TestDocs.cnp("cidrs", spec: [
+            "endpointSelector": ["matchLabels": ["app": "server"]],
+            "ingress": [["fromCIDRSet": [["cidr": "192.0.0.0/8", "except": ["192.168.0.0/16"]]],
+                         "toPorts": [["ports": [["port": "8080", "endPort": 8090, "protocol": "TCP"]]]]],
+                        // The /32s of an endpoint and of the host: their own entries win.
+                        ["fromCIDR": ["10.200.0.2/32", "169.254.1.1/32", "198.18.0.7/32"]],
+                        ["fromEndpoints": [["matchLabels": ["app": "web"]]]]],
+            "egressDeny": [["toCIDR": ["203.0.113.0/24"], "toPorts": [["ports": [["port": "53"]]]]]],
+        ])
+        let peers = TestDocs.cnp("peers", spec: [
+            "endpointSelector": ["matchLabels": ["app": "web"]],
+            "ingress": [["fromEndpoints": [["matchLabels": ["app": "server"]]]], ["fromEntities": ["cluster"]]],
+        ])
+        var policies = try parse(cidrs, peers)
+        var endpoints = [Self.server, Self.web, Self.other]
+        var numbers = PolicyCompiler.filling([:], for: PolicyCompiler.identityKeys(policies: policies, endpoints: endpoints))
+        let memo = PolicyCompiler.Memo()
+
+        func check(_ step: String, file: StaticString = #filePath, line: UInt = #line) {
+            // An allocator answers for every key in use.
+            numbers = PolicyCompiler.filling(numbers, for: PolicyCompiler.identityKeys(policies: policies, endpoints: endpoints))
+            let plain = PolicyCompiler.compile(policies: policies, endpoints: endpoints, hostAddresses: [host], identities: numbers)
+            let memoised = PolicyCompiler.compile(policies: policies, endpoints: endpoints, hostAddresses: [host], identities: numbers, memo: memo)
+            XCTAssertEqual(memoised.ipcache, plain.ipcache, "\(step): ipcache", file: file, line: line)
+            XCTAssertEqual(memoised.entries, plain.entries, "\(step): policy entries", file: file, line: line)
+            XCTAssertEqual(memoised.enforcement, plain.enforcement, "\(step): enforcement", file: file, line: line)
+            XCTAssertEqual(memoised.identities, plain.identities, "\(step): identities", file: file, line: line)
+            XCTAssertEqual(memoised.endpointIdentity, plain.endpointIdentity, "\(step): endpoint identities", file: file, line: line)
+            XCTAssertEqual(memoised.rules, plain.rules, "\(step): rules", file: file, line: line)
+            XCTAssertEqual(memoised.policyIDs, plain.policyIDs, "\(step): policy ids", file: file, line: line)
+            XCTAssertEqual(PolicyCompiler.identityKeys(policies: policies, endpoints: endpoints, memo: memo),
+                           PolicyCompiler.identityKeys(policies: policies, endpoints: endpoints), "\(step): identity keys", file: file, line: line)
+        }
+
+        check("first compile")
+        XCTAssertEqual(try compile(cidrs, peers).verdict(1, .ingress, peer: "10.200.0.2", port: 9999), "allow",
+                       "web's endpoint entry, not its CIDR's port range, decides")
+        check("again, nothing changed")
+        endpoints[2].labels = try Labels(["app": "web"])
+        check("other relabelled into web's label set")
+        endpoints.append(.init(id: 9, name: "x", labels: try Labels(["app": "x"]), ipv4: IPv4Address("198.18.0.7")!))
+        check("an endpoint on a CIDR rule's /32")
+        // The allocator released a CIDR's number and gave it another (its grace passed).
+        numbers[Key.cidr(try IPv4CIDR(parsing: "192.0.0.0/8"))] = Key.Scope.local.range.lowerBound + 5_000
+        check("a CIDR renumbered")
+        policies = try parse(cidrs, TestDocs.cnp("peers", spec: [
+            "endpointSelector": ["matchLabels": ["app": "web"]],
+            "egress": [["toCIDR": ["192.0.2.0/24", "10.200.0.1/32"]]],
+        ]))
+        check("a policy changed, with new CIDRs")
+        policies = try parse(cidrs)
+        check("a policy deleted")
+        endpoints.removeFirst()
+        check("the only subject deleted")
+    }
+
     func testIdentitiesAreTheAllocatorsAndStayWhenOtherLabelSetsComeAndGo() throws {
         typealias Key = PolicyCompiler.IdentityKey
         let given: [Key: UInt32] = [.labels(Self.server.labels): 900, .labels(Self.web.labels): 300]

@@ -21,6 +21,10 @@ public protocol IdentityAllocator: Sendable {
     /// Every key but `keys` is unused from now on (if it was not already), and released
     /// once it has been unused for the grace period.
     func retainOnly(_ keys: Set<IdentityKey>) throws(MeshError)
+    /// `keys` are unused from now on (those that were in use): what `retainOnly` does to
+    /// keys a revision stopped using, without visiting every other key. Releases wait for
+    /// the next `retainOnly`.
+    func markUnused(_ keys: Set<IdentityKey>) throws(MeshError)
     /// What is allocated now, used or not, without changing anything.
     func allocated() throws(MeshError) -> [AllocatedIdentity]
 }
@@ -184,6 +188,20 @@ public final class StoreIdentityAllocator: IdentityAllocator, @unchecked Sendabl
             }
         }
         rows = table
+    }
+
+    public func markUnused(_ keys: Set<IdentityKey>) throws(MeshError) {
+        let now = self.now()
+        lock.lock()
+        defer { lock.unlock() }
+        _ = try load()
+        for key in keys {
+            // In place: a copy of the whole table would cost more than the rest.
+            guard var row = rows?[key], row.unusedSince == nil else { continue }
+            row.unusedSince = now
+            rows?[key] = row
+            pendingUpdates[row.id] = row
+        }
     }
 
     /// Writes the changes, and any marks and releases `retainOnly` left pending, in one

@@ -28,8 +28,16 @@ public actor PolicyEngine {
     private var documents: [String: Document] = [:]
     private var policies: [Policy] = []
     private(set) var compiled: PolicyCompiler.Result?
-    /// The identity keys of the last compile that allocated: retained once it is in force.
-    private var compiledKeys: Set<IdentityKey> = []
+    /// The identity keys of the last compile that allocated (retained once it is in force):
+    /// its endpoints' label sets, and its policies' CIDRs (the memo's set, whose storage
+    /// stays the same while the policies do).
+    private var compiledKeys = (labels: Set<IdentityKey>(), cidrs: Set<IdentityKey>())
+    /// Keys the allocator holds in use for this engine, and their numbers (with numbers of
+    /// keys no longer in use, until the next full retain): a change that leaves the
+    /// policies alone asks the allocator only about label sets that are new.
+    private var inUse: (labels: Set<IdentityKey>, cidrs: Set<IdentityKey>, numbers: [IdentityKey: UInt32])?
+    /// When `retainOnly` last visited every key (and released what its grace allowed).
+    private var lastFullRetain: ContinuousClock.Instant?
     /// What readers (monitor, metrics, traces, status) need to name rules, identities and
     /// policies, readable without waiting for this actor while it parses or compiles.
     nonisolated let names = Names()
@@ -158,6 +166,9 @@ public actor PolicyEngine {
         }
     }
 
+    /// What compiles derive from each policy alone, kept between them.
+    private let memo = PolicyCompiler.Memo()
+
     /// The other nodes' endpoints, as the cluster's store says (sorted by address).
     private(set) var remoteEndpoints: [EndpointRecord] = []
 
@@ -189,17 +200,31 @@ public actor PolicyEngine {
     private func compile(_ set: [Policy], allocate: Bool = true) throws(MeshError) -> PolicyCompiler.Result {
         let t0 = ContinuousClock.now
         let endpoints = try endpointInfos()
-        let keys = PolicyCompiler.identityKeys(policies: set, endpoints: endpoints)
+        let labelKeys = PolicyCompiler.labelKeys(endpoints), cidrKeys = memo.cidrKeys(of: set)
         let t1 = ContinuousClock.now
         let numbers: [IdentityKey: UInt32]
         if allocate {
-            numbers = try identityAllocator.allocate(keys)
-            compiledKeys = keys
+            if var held = inUse, held.cidrs == cidrKeys {
+                let added = labelKeys.subtracting(held.labels)
+                if !added.isEmpty {
+                    for (k, n) in try identityAllocator.allocate(added) { held.numbers[k] = n }
+                    held.labels.formUnion(added)
+                    inUse = held
+                }
+                numbers = held.numbers
+            } else {
+                inUse = nil
+                let all = labelKeys.union(cidrKeys)
+                numbers = try identityAllocator.allocate(all)
+                inUse = (labelKeys, cidrKeys, numbers)
+                lastFullRetain = nil // the next publish visits every key
+            }
+            compiledKeys = (labelKeys, cidrKeys)
         } else {
             numbers = Dictionary(try identityAllocator.allocated().map { ($0.key, $0.id) }, uniquingKeysWith: { a, _ in a })
         }
         let t2 = ContinuousClock.now
-        let result = PolicyCompiler.compile(policies: set, endpoints: endpoints, hostAddresses: hostAddresses, identities: numbers)
+        let result = PolicyCompiler.compile(policies: set, endpoints: endpoints, hostAddresses: hostAddresses, identities: numbers, memo: memo)
         logger.debug("compiled", metadata: ["endpoints_ms": "\((t1 - t0).seconds * 1000)", "identities_ms": "\((t2 - t1).seconds * 1000)",
                                             "compiler_ms": "\((ContinuousClock.now - t2).seconds * 1000)", "entries": "\(result.entries.count)"])
         let perSlot = Int(MeshDatapath.policyCapacityPerSlot)
@@ -246,9 +271,7 @@ public actor PolicyEngine {
             }
         }
         // Only now may identities this revision no longer uses start their grace period.
-        do { try identityAllocator.retainOnly(compiledKeys) } catch {
-            logger.warning("cannot mark unused identities; they stay allocated until the next publish", metadata: ["error": "\(error.message)"])
-        }
+        retainCompiledKeys()
         let done = ContinuousClock.now
         names.setLastPublish(PublishSummary(revision: Int(next), entries: result.entries.count, written: stats.written, deleted: stats.deleted,
                                             compileSeconds: (compiledAt - start).seconds, publishSeconds: (done - compiledAt).seconds))
@@ -434,8 +457,39 @@ public actor PolicyEngine {
     /// waiting for the next change.
     public func releaseUnusedIdentities() {
         guard compiled != nil else { return }
-        do { try identityAllocator.retainOnly(compiledKeys) } catch {
-            logger.warning("cannot release unused identities; trying again later", metadata: ["error": "\(error.message)"])
+        lastFullRetain = nil
+        retainCompiledKeys()
+    }
+
+    /// Marks unused what the revision just published no longer uses. Visiting every key
+    /// (ten thousand with a large CIDR policy) at most once a second, which is also when
+    /// numbers past their grace period go back; in between, a change that left the
+    /// policies alone marks only the label sets that went.
+    private func retainCompiledKeys() {
+        let now = ContinuousClock.now
+        do {
+            if let last = lastFullRetain, now - last < .seconds(1), var held = inUse, held.cidrs == compiledKeys.cidrs {
+                let gone = held.labels.subtracting(compiledKeys.labels)
+                if !gone.isEmpty {
+                    try identityAllocator.markUnused(gone)
+                    held.labels = compiledKeys.labels
+                    inUse = held
+                }
+                return
+            }
+            try identityAllocator.retainOnly(compiledKeys.labels.union(compiledKeys.cidrs))
+            lastFullRetain = now
+            if var held = inUse, held.cidrs == compiledKeys.cidrs {
+                held.labels = compiledKeys.labels
+                held.numbers = held.numbers.filter { held.labels.contains($0.key) || held.cidrs.contains($0.key) }
+                inUse = held
+            } else {
+                inUse = nil
+            }
+        } catch {
+            // The allocator's view is unknown now: the next compile asks about every key.
+            inUse = nil
+            logger.warning("cannot mark unused identities; they stay allocated until the next publish", metadata: ["error": "\(error.message)"])
         }
     }
 

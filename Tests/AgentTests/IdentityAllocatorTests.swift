@@ -80,6 +80,33 @@ final class IdentityAllocatorTests: XCTestCase {
         XCTAssertFalse([first[web], again[web]].contains(reopened[other]), "\(reopened)")
     }
 
+    /// markUnused: what a publish that left the policies alone does to the label sets that
+    /// went, instead of a retainOnly over every key. It starts their grace period, and the
+    /// next retainOnly releases them once it has passed; a mark reaches the file with the
+    /// next write.
+    func testMarkingKeysUnusedStartsTheirGracePeriodAndTouchesNothingElse() throws {
+        let a = try allocator(grace: 60)
+        let web = try labels("app=web"), db = try labels("app=db"), cidr = IdentityKey.cidr(try IPv4CIDR(parsing: "10.0.0.0/8"))
+        let first = try a.sync(inUse: [web, db, cidr])
+        try a.markUnused([web, try labels("app=never-allocated")])
+        let rows = Dictionary(uniqueKeysWithValues: try a.allocated().map { ($0.key, $0) })
+        XCTAssertEqual(rows[web]?.unusedSince, clock.now, "web is unused from now")
+        XCTAssertNil(rows[db]?.unusedSince)
+        XCTAssertNil(rows[cidr]?.unusedSince)
+        XCTAssertEqual(rows.count, 3, "a key never allocated is not added")
+        clock.advance(30)
+        try a.markUnused([web])
+        XCTAssertEqual(try a.allocated().first { $0.key == web }?.unusedSince, clock.now - 30, "marking again does not restart the clock")
+        XCTAssertEqual(try a.allocate([web])[web], first[web], "back within the grace period: the same number, in use again")
+        try a.markUnused([web])
+        _ = try a.allocate([try labels("app=new")]) // a write: the mark goes to the file with it
+        let reopened = Dictionary(uniqueKeysWithValues: try allocator(grace: 60).allocated().map { ($0.key, $0) })
+        XCTAssertEqual(reopened[web]?.unusedSince.map { Int($0.timeIntervalSince1970) }, Int(clock.now.timeIntervalSince1970), "the mark is on file")
+        clock.advance(61)
+        try a.retainOnly([db, cidr, try labels("app=new")])
+        XCTAssertFalse(try a.allocated().contains { $0.key == web }, "released by the next retainOnly after the grace period")
+    }
+
     func testAtTheTopOfTheRangeNumbersGoOnFromTheBottomPastTheTakenOnes() throws {
         let range = IdentityKey.Scope.global.range
         let store = try Store(directory: dir)

@@ -83,6 +83,19 @@ public final class EtcdIdentityAllocator: IdentityAllocator, @unchecked Sendable
         }
     }
 
+    public func markUnused(_ keys: Set<IdentityKey>) throws(MeshError) {
+        try local.markUnused(keys.filter { $0.scope == .local })
+        let now = Date()
+        lock.withLock {
+            for key in keys where key.scope == .global {
+                if var h = held[key], h.unusedSince == nil {
+                    h.unusedSince = now
+                    held[key] = h
+                }
+            }
+        }
+    }
+
     public func allocated() throws(MeshError) -> [AllocatedIdentity] {
         let mine = lock.withLock {
             held.map { AllocatedIdentity(id: $0.value.id, key: $0.key, allocatedAt: $0.value.since, unusedSince: $0.value.unusedSince) }

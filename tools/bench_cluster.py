@@ -54,7 +54,7 @@ def down():
             with open(f"{keep}/metrics-{node}.txt", "w") as f:
                 f.write(sh("nsenter", f"--net=/run/netns/{node}", "curl", "-s", "http://127.0.0.1:9464/metrics", check=False).stdout)
     for node in NODES:
-        subprocess.run(["pkill", "-KILL", "-f", f"--node-name {node}( |$)"], stderr=subprocess.DEVNULL)
+        subprocess.run(["pkill", "-KILL", "-f", "--", f"--node-name {node}( |$)"], stderr=subprocess.DEVNULL)
     time.sleep(0.2)
     for line in sh("ip", "netns", "list").stdout.splitlines():
         ns = line.split()[0] if line.split() else ""

@@ -33,7 +33,7 @@ def checked(method, path, body=None):
 
 
 def down():
-    subprocess.run(["pkill", "-KILL", "-f", f"--node-name {NODE}( |$)"], stderr=subprocess.DEVNULL)
+    subprocess.run(["pkill", "-KILL", "-f", "--", f"--node-name {NODE}( |$)"], stderr=subprocess.DEVNULL)
     time.sleep(0.2)
     for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines():
         ns = line.split()[0] if line.split() else ""

@@ -169,6 +169,11 @@ extension MeshDatapath {
         func bytes(count: Int) -> [UInt8] {
             withUnsafeBytes(of: self) { Array($0.prefix(count)) }
         }
+
+        /// One word into the hasher, not three: the words mixed by odd multipliers first.
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(w0 &* 0x9E37_79B9_7F4A_7C15 ^ w1 &* 0xC2B2_AE3D_27D4_EB4F ^ w2)
+        }
     }
 
     public struct PolicyState: Sendable, Equatable {

@@ -34,7 +34,10 @@ public actor PolicyEngine {
     private var compiledKeys = (labels: Set<IdentityKey>(), cidrs: Set<IdentityKey>())
     /// Keys the allocator holds in use for this engine, and their numbers (with numbers of
     /// keys no longer in use, until the next full retain): a change that leaves the
-    /// policies alone asks the allocator only about label sets that are new.
+    /// policies alone asks the allocator only about label sets that are new. Sound because
+    /// an allocator never moves the number of a key in use; the one exception, the etcd
+    /// allocator reclaiming numbers after a lapsed lease, goes through
+    /// `publishAfterRenumbering`.
     private var inUse: (labels: Set<IdentityKey>, cidrs: Set<IdentityKey>, numbers: [IdentityKey: UInt32])?
     /// When `retainOnly` last visited every key (and released what its grace allowed).
     private var lastFullRetain: ContinuousClock.Instant?
@@ -147,6 +150,15 @@ public actor PolicyEngine {
     }
 
     public var revision: UInt32 { (try? datapath.policyState().revision) ?? 0 }
+
+    /// Publishes again after the allocator moved numbers of keys in use (the cluster's
+    /// lease lapsed and etcd gave some label sets other numbers): every key's number is
+    /// asked for again.
+    public func publishAfterRenumbering() throws(MeshError) {
+        inUse = nil
+        lastFullRetain = nil
+        try publish()
+    }
 
     /// Compiles the current desired state and publishes it as the next revision.
     @discardableResult

@@ -221,7 +221,7 @@ public actor ClusterAgent: Service {
         written = [:]
         localDirty = true
         if let allocator, try await allocator.reclaim() {
-            try await policy?.publish()
+            try await policy?.publishAfterRenumbering()
         }
         await publishLocal()
     }

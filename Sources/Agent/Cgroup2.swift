@@ -38,6 +38,7 @@ public enum Cgroup2 {
         var tries = 0
         while !processes(path).isEmpty && tries < 100 { usleep(10_000); tries += 1 }
         rmdir(path)
+        knownIDs.forget(path) // again: a sync in the meantime may have read it before the rmdir
     }
 
     /// The cgroup's id, as bpf_get_current_cgroup_id() reports it: its folder's inode.

@@ -38,6 +38,13 @@ final class ProxySupervisor: Service, @unchecked Sendable {
     private let writeLock = NSLock()
     /// Where configuration messages are encoded and written, one at a time (see queueConfigLocked).
     private let configQueue = DispatchQueue(label: "swiftmesh.proxy-config")
+    /// The configuration message waiting for `configQueue`, for that fd (under `lock`).
+    private var queuedConfig: (message: ProxyControlMessage, fd: Int32, legacy: Bool)?
+    /// The last configuration could not be written whole (under `lock`).
+    private var resendConfig = false
+    /// The connected proxy predates the compact ipcache (an adopted proxy of an older
+    /// meshd, whose hello names no protocol): it is sent the ipcache as an array (under `lock`).
+    private var legacyPeer = false
     // Everything below is guarded by `lock`.
     private let lock = NSLock()
     private var config = ProxyConfig.empty
@@ -71,8 +78,9 @@ final class ProxySupervisor: Service, @unchecked Sendable {
             merged.generation = config.generation
             merged.routes = config.routes
             merged.gateways = config.gateways
-            // A revision that changes nothing the proxy sees (most L4 changes) costs no message.
-            guard merged != config else { return }
+            // A revision that changes nothing the proxy sees (most L4 changes) costs no
+            // message, unless the last one could not be written whole.
+            guard merged != config || resendConfig else { return }
             config = merged
             queueConfigLocked()
         }
@@ -125,10 +133,26 @@ final class ProxySupervisor: Service, @unchecked Sendable {
     /// generation order. It is encoded and written on `configQueue`, not by the caller: with
     /// a large ipcache that is milliseconds a policy publish need not wait for (nothing
     /// waits for the proxy to apply a configuration; `generationApplied` says when it has).
+    ///
+    /// Only the newest queued configuration is written: each replaces the whole of the
+    /// last, so a proxy that reads slowly (a write may wait out SO_SNDTIMEO) never has a
+    /// pile of stale ones building up for it.
     private func queueConfigLocked() {
         guard fd >= 0 else { return }
-        let (message, fd) = (configMessageLocked(), self.fd)
-        configQueue.async { [self] in send(message, on: fd) }
+        let scheduled = queuedConfig != nil
+        queuedConfig = (configMessageLocked(), self.fd, legacyPeer)
+        resendConfig = false
+        if scheduled { return }
+        configQueue.async { [self] in
+            guard let (message, fd, legacy) = lock.withLock({ () -> (ProxyControlMessage, Int32, Bool)? in
+                defer { queuedConfig = nil }
+                return queuedConfig
+            }) else { return }
+            if !send(message, on: fd, legacyIPCache: legacy) {
+                // The proxy may hold half a line: the next change is sent even if equal.
+                lock.withLock { resendConfig = true }
+            }
+        }
     }
 
     /// Must hold `lock`. Each configuration sent gets a generation above any the proxy has
@@ -243,6 +267,7 @@ final class ProxySupervisor: Service, @unchecked Sendable {
         }
         let (events, adopted) = lock.withLock { () -> (Bool, Bool) in
             self.fd = fd
+            legacyPeer = (hello.protocolVersion ?? 1) < 2
             generation = max(generation, hello.generation)
             let adopted = child != hello.pid
             status.connected = true
@@ -326,8 +351,11 @@ final class ProxySupervisor: Service, @unchecked Sendable {
         return pid
     }
 
-    private func send(_ message: ProxyControlMessage, on fd: Int32) {
-        guard var data = try? JSONEncoder().encode(message) else { return }
+    @discardableResult
+    private func send(_ message: ProxyControlMessage, on fd: Int32, legacyIPCache: Bool = false) -> Bool {
+        let encoder = JSONEncoder()
+        if legacyIPCache { encoder.userInfo[CompactIPCache.legacyArrayKey] = true }
+        guard var data = try? encoder.encode(message) else { return false }
         data.append(0x0a)
         // A dead peer fails the write; a stuck one times out (SO_SNDTIMEO) rather than
         // holding meshd.
@@ -345,6 +373,7 @@ final class ProxySupervisor: Service, @unchecked Sendable {
         if !complete {
             logger.warning("a message to the L7 proxy could not be written", metadata: ["errno": "\(String(cString: strerror(errno)))"])
         }
+        return complete
     }
 
     private func decode(_ line: [UInt8]) -> ProxyControlMessage? {

@@ -226,8 +226,17 @@ public struct CompactIPCache: Codable, Sendable, Equatable {
 
     public init(wrappedValue: [ProxyIPCacheEntry]) { self.wrappedValue = wrappedValue }
 
+    /// Set to true in an encoder's userInfo: the ipcache as the array of objects proxies
+    /// before protocol 2 read.
+    public static let legacyArrayKey = CodingUserInfoKey(rawValue: "swiftmesh.ipcache-as-array")!
+
     public init(from decoder: any Decoder) throws {
         let c = try decoder.singleValueContainer()
+        // A meshd before protocol 2 (this proxy adopted by an older one) sends the array.
+        if let array = try? c.decode([ProxyIPCacheEntry].self) {
+            wrappedValue = array
+            return
+        }
         let text = try c.decode(String.self)
         var out: [ProxyIPCacheEntry] = []
         for item in text.split(separator: " ") {
@@ -241,6 +250,11 @@ public struct CompactIPCache: Codable, Sendable, Equatable {
     }
 
     public func encode(to encoder: any Encoder) throws {
+        if encoder.userInfo[Self.legacyArrayKey] as? Bool == true {
+            var c = encoder.singleValueContainer()
+            try c.encode(wrappedValue)
+            return
+        }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(wrappedValue.count * 26)
         func decimal(_ v: UInt32) {

@@ -49,6 +49,17 @@ final class L7PolicyTests: XCTestCase {
                       String(decoding: data, as: UTF8.self))
         XCTAssertEqual(try JSONDecoder().decode(ProxyConfig.self, from: data), config)
         XCTAssertEqual(try JSONDecoder().decode(ProxyConfig.self, from: try JSONEncoder().encode(ProxyConfig.empty)).ipcache, [])
+        // A proxy of an older meshd (its hello names no protocol) reads the array of
+        // objects; this proxy reads that form too, from an older meshd.
+        let legacy = JSONEncoder()
+        legacy.userInfo[CompactIPCache.legacyArrayKey] = true
+        let old = String(decoding: try legacy.encode(config), as: UTF8.self)
+        XCTAssertTrue(old.contains(#""ipcache":[{"#), old)
+        XCTAssertEqual(try JSONDecoder().decode(ProxyConfig.self, from: Data(old.utf8)), config)
+        let oldHello = #"{"pid":7,"port":15001,"generation":3,"uptimeSeconds":1.5}"#
+        XCTAssertNil(try JSONDecoder().decode(ProxyHello.self, from: Data(oldHello.utf8)).protocolVersion)
+        XCTAssertEqual(ProxyHello(pid: 7, port: 15001, generation: 3, uptimeSeconds: 1).protocolVersion, ProxyHello.currentProtocol)
+
         let text = String(decoding: data, as: UTF8.self)
         for damaged in ["0.0.0.0\\/0=2 10.0.0.0\\/8", "0.0.0.0\\/0=x", "10.0.0.1\\/8=3", "10.0.0.0\\/33=3", "10.0.0.0=3"] {
             let bad = text.replacingOccurrences(of: #"0.0.0.0\/0=2 10.0.0.0\/8=16777216"#, with: damaged)

@@ -65,7 +65,10 @@ public struct IPv4CIDR: Sendable, Hashable, Codable, CustomStringConvertible {
         prefixLength = 32
     }
 
-    public var mask: UInt32 { prefixLength == 0 ? 0 : ~UInt32(0) << (32 - prefixLength) }
+    public var mask: UInt32 { Self.mask(bits: prefixLength) }
+
+    /// The netmask of a prefix length (0...32).
+    public static func mask(bits: Int) -> UInt32 { bits == 0 ? 0 : ~UInt32(0) << (32 - bits) }
     public var broadcast: IPv4Address { IPv4Address(network.value | ~mask) }
     public var description: String { "\(network)/\(prefixLength)" }
 

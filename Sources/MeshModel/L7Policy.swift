@@ -295,7 +295,10 @@ public struct L7Verdict: Sendable, Equatable {
 public final class L7PolicyIndex: Sendable {
     public let config: ProxyConfig
     private let endpointsByIP: [IPv4Address: ProxyEndpoint]
-    private let ipcache: [(prefix: IPv4CIDR, identity: UInt32)]
+    /// The ipcache by prefix length, longest first, each level network → identity: a
+    /// lookup costs a probe per length present, not a walk over every entry (ten thousand
+    /// with a large CIDR policy, on every request the reporter names a source for).
+    private let ipcacheLevels: [(mask: UInt32, identities: [UInt32: UInt32])]
     private let sets: [Key: CompiledSet]
     /// The mTLS tunnel's parts by address: found once per connection, not by a scan over
     /// every endpoint of the cluster.
@@ -367,8 +370,12 @@ public final class L7PolicyIndex: Sendable {
         tunnelWorkloads = Dictionary((t?.workloads ?? []).map { ($0.ip, $0) }, uniquingKeysWith: { first, _ in first })
         ingressAuth = Dictionary((t?.authRules ?? []).map { ($0.endpoint, $0.rules) }, uniquingKeysWith: { first, _ in first })
         egressAuth = Dictionary(config.egressAuth.map { ($0.endpoint, $0.rules) }, uniquingKeysWith: { first, _ in first })
-        // Longest prefix first: the first containing prefix is the longest match.
-        ipcache = config.ipcache.map { ($0.prefix, $0.identity) }.sorted { $0.prefix.prefixLength > $1.prefix.prefixLength }
+        var levels: [Int: [UInt32: UInt32]] = [:]
+        for e in config.ipcache where levels[e.prefix.prefixLength]?[e.prefix.network.value] == nil {
+            levels[e.prefix.prefixLength, default: [:]][e.prefix.network.value] = e.identity
+        }
+        ipcacheLevels = levels.sorted { $0.key > $1.key }.map { (IPv4CIDR.mask(bits: $0.key), $0.value) }
+        hostAddress = config.ipcache.first { $0.identity == PolicyCompiler.hostIdentity && $0.prefix.prefixLength == 32 }?.prefix.network
         var sets: [Key: CompiledSet] = [:]
         for s in config.l7 {
             var rules: [CompiledPortRule] = []
@@ -391,15 +398,15 @@ public final class L7PolicyIndex: Sendable {
 
     /// One of the node's own addresses (a host /32 of the ipcache): where the proxy's
     /// connections that are not on an endpoint's behalf come from.
-    public var hostAddress: IPv4Address? {
-        ipcache.first { $0.identity == PolicyCompiler.hostIdentity && $0.prefix.prefixLength == 32 }?.prefix.network
-    }
+    public let hostAddress: IPv4Address?
 
     /// The identity of an address, as the datapath's ipcache gives it: an endpoint's, else
     /// the longest matching prefix's, else the world's.
     public func identity(of ip: IPv4Address) -> UInt32 {
         if let e = endpointsByIP[ip] { return e.identity }
-        for entry in ipcache where entry.prefix.contains(ip) { return entry.identity }
+        for level in ipcacheLevels {
+            if let identity = level.identities[ip.value & level.mask] { return identity }
+        }
         return PolicyCompiler.worldIdentity
     }
 

@@ -37,6 +37,28 @@ final class L7PolicyTests: XCTestCase {
         L7Request(method: method, target: target, host: host, headers: headers.map { (name: $0.0.lowercased(), value: $0.1) })
     }
 
+    /// The proxy names a peer as the datapath does: an endpoint's identity, else the
+    /// longest matching prefix's, else the world's.
+    func testTheProxyFindsAnAddresssIdentityByLongestPrefix() throws {
+        let entries = try [("10.0.0.0/8", 100), ("10.1.0.0/16", 101), ("10.1.2.3/32", 102), ("10.1.2.0/24", 103),
+                           ("169.254.1.1/32", Int(PolicyCompiler.hostIdentity)), ("192.0.2.0/24", 104)].map {
+            ProxyIPCacheEntry(prefix: try IPv4CIDR(parsing: $0.0), identity: UInt32($0.1))
+        }
+        let web = ProxyEndpoint(ip: IPv4Address("10.1.2.4")!, name: "web", namespace: "default", identity: 300)
+        let index = try L7PolicyIndex(ProxyConfig(generation: 1, endpoints: [web], ipcache: entries, l7: [], ruleNames: [:]))
+        let expected: [(String, UInt32)] = [("10.9.9.9", 100), ("10.1.9.9", 101), ("10.1.2.3", 102), ("10.1.2.5", 103),
+                                            ("10.1.2.4", 300), ("169.254.1.1", PolicyCompiler.hostIdentity),
+                                            ("192.0.2.255", 104), ("192.0.3.1", PolicyCompiler.worldIdentity), ("11.0.0.1", PolicyCompiler.worldIdentity)]
+        for (address, identity) in expected {
+            XCTAssertEqual(index.identity(of: IPv4Address(address)!), identity, address)
+        }
+        XCTAssertEqual(index.hostAddress, IPv4Address("169.254.1.1"))
+        let everything = try L7PolicyIndex(ProxyConfig(generation: 1, endpoints: [], ipcache: entries + [ProxyIPCacheEntry(prefix: try IPv4CIDR(parsing: "0.0.0.0/0"), identity: 105)],
+                                                       l7: [], ruleNames: [:]))
+        XCTAssertEqual(everything.identity(of: IPv4Address("11.0.0.1")!), 105, "a /0 matches what nothing longer does")
+        XCTAssertEqual(everything.identity(of: IPv4Address("10.1.2.3")!), 102)
+    }
+
     /// The ipcache travels to the proxy as one string; it must come back exactly, and a
     /// damaged one must fail to decode rather than give the proxy wrong identities.
     func testTheProxysIPCacheSurvivesItsCompactEncodingAndRefusesDamage() throws {

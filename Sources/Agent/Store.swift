@@ -5,7 +5,9 @@ import MeshModel
 /// The node's desired state in an embedded SQLite database (`<state-dir>/state.db`).
 /// The kernel holds what is enforced; this holds what should be, and survives restarts.
 public final class Store: Sendable {
-    /// A pool in WAL mode: readers (status, metrics, lists) never wait for a writer.
+    /// A pool in WAL mode: readers (status, metrics, lists) never wait for a writer. (The
+    /// endpoint list is the exception: it is read from `endpointCache`, which an endpoint
+    /// write holds for its transaction.)
     private let db: DatabasePool
     public let path: String
     /// The endpoint table as decoded rows, kept in step by this class's own writes (the

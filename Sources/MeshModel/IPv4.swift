@@ -41,7 +41,7 @@ public struct IPv4Address: Sendable, Hashable, Comparable, Codable, CustomString
 }
 
 /// An IPv4 prefix such as `10.200.0.0/24`; the address must be the network address.
-public struct IPv4CIDR: Sendable, Hashable, Codable, CustomStringConvertible {
+public struct IPv4CIDR: Sendable, Hashable, Comparable, Codable, CustomStringConvertible {
     public let network: IPv4Address
     public let prefixLength: Int
 
@@ -58,6 +58,10 @@ public struct IPv4CIDR: Sendable, Hashable, Codable, CustomStringConvertible {
         network = addr
         prefixLength = len
     }
+
+    /// By network address, then prefix length: the order of the ipcache (the prefixes
+    /// inside a CIDR follow it as one run).
+    public static func < (a: IPv4CIDR, b: IPv4CIDR) -> Bool { (a.network, a.prefixLength) < (b.network, b.prefixLength) }
 
     /// The /32 of one address.
     public init(host: IPv4Address) {

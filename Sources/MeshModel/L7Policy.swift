@@ -218,8 +218,8 @@ public struct ProxyIPCacheEntry: Codable, Sendable, Equatable {
 
 /// The ipcache on the wire as one string, `10.0.0.0/8=12345 192.0.2.1/32=12346`: a policy
 /// with ten thousand CIDR rules sends ten thousand entries with every change the proxy
-/// must hear of, and as JSON objects they cost meshd's encoder more than the rest of a
-/// relabel (about 13 ms of it, measured). Written byte by byte for the same reason.
+/// must hear of, and as JSON objects they cost meshd's encoder 34 ms of a 250 ms relabel
+/// (perf, 1,000 endpoints). Written byte by byte for the same reason.
 @propertyWrapper
 public struct CompactIPCache: Codable, Sendable, Equatable {
     public var wrappedValue: [ProxyIPCacheEntry]

@@ -149,7 +149,7 @@ public enum PolicyCompiler {
     /// The CIDRs rules name, with their identities: what resolving a CIDR peer and the
     /// ipcache need.
     struct CIDRBlock {
-        /// The identity numbers the block was made with, in `index` order.
+        /// Each CIDR's identity number, as the block was made.
         var identity: [IPv4CIDR: UInt32] = [:]
         /// Sorted by network address: the prefixes inside a CIDR are one contiguous run.
         var index: [(key: IPv4CIDR, value: UInt32)] = []
@@ -169,7 +169,7 @@ public enum PolicyCompiler {
                 identities[id] = IdentityInfo(id: id, description: k.name)
                 identity[c] = id
             }
-            index = identity.sorted { ($0.key.network, $0.key.prefixLength) < ($1.key.network, $1.key.prefixLength) }
+            index = identity.sorted { $0.key < $1.key }
             ipcache = index.map { IPCacheEntry(prefix: $0.key, identity: $0.value, endpointID: 0) }
             keys = index.map { key($0.key) }
         }
@@ -354,9 +354,10 @@ public enum PolicyCompiler {
                                        endpointID: ep.local ? ep.id : 0, tunnel: !ep.local && ep.tunnel)
         }
         for h in hostAddresses {
-            own[IPv4CIDR(host: h)] = IPCacheEntry(prefix: IPv4CIDR(host: h), identity: hostIdentity, endpointID: 0)
+            let prefix = IPv4CIDR(host: h)
+            own[prefix] = IPCacheEntry(prefix: prefix, identity: hostIdentity, endpointID: 0)
         }
-        let ownSorted = own.values.sorted { ($0.prefix.network, $0.prefix.prefixLength) < ($1.prefix.network, $1.prefix.prefixLength) }
+        let ownSorted = own.values.sorted { $0.prefix < $1.prefix }
         var ipcache: [IPCacheEntry] = []
         ipcache.reserveCapacity(ownSorted.count + block.ipcache.count)
         var i = 0, j = 0
@@ -366,7 +367,7 @@ public enum PolicyCompiler {
             let a = ownSorted[i].prefix, b = block.ipcache[j].prefix
             if a == b {
                 ipcache.append(ownSorted[i]); i += 1; j += 1
-            } else if (a.network, a.prefixLength) < (b.network, b.prefixLength) {
+            } else if a < b {
                 ipcache.append(ownSorted[i]); i += 1
             } else {
                 ipcache.append(block.ipcache[j]); j += 1

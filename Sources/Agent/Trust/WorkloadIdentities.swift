@@ -28,6 +28,22 @@ public actor WorkloadIdentities: Service {
         var rotations: Int
         /// The CA's generation it was issued under: a new intermediate or root re-issues it.
         var generation: Int
+        /// Half its life before it expires: from then on it is replaced.
+        var rotateAt: Date
+
+        init(spiffeID: String, certificate: Certificate, rotations: Int, generation: Int, lifetime: TimeInterval) {
+            self.spiffeID = spiffeID
+            self.certificate = certificate
+            self.rotations = rotations
+            self.generation = generation
+            rotateAt = certificate.notValidAfter.addingTimeInterval(-lifetime / 2)
+        }
+
+        /// Still this identity's, from the intermediate in force (a new one is a new
+        /// generation), and short of its half-life.
+        func good(id: String, generation: Int, at now: Date) -> Bool {
+            spiffeID == id && self.generation == generation && now < rotateAt
+        }
     }
     private var held: [String: Held] = [:]
     private var nodeHeld: Held?
@@ -77,23 +93,35 @@ public actor WorkloadIdentities: Service {
         }
         let intermediate = ca.currentIntermediate, generation = ca.generation
         var changed = writeBundle()
+        // Every endpoint change comes here (a thousand endpoints, one relabelled): a
+        // certificate that is good needs no more than this look.
+        let now = Date()
         for ep in endpoints {
             let id = ca.spiffeID(namespace: ep.labels.namespace, serviceAccount: ep.serviceAccount)
+            if let h = held[ep.name], h.good(id: id, generation: generation, at: now) { continue }
             changed = keep(&held[ep.name], id: id, name: ep.name, cert: certificatePath(ep.name), key: keyPath(ep.name),
                            intermediate: intermediate, generation: generation) || changed
         }
         let nodeID = ProxyTunnelConfig.nodeSPIFFEID(trustDomain: ca.trustDomain, node: nodeName)
         changed = keep(&nodeHeld, id: nodeID, name: "node \(nodeName)", cert: nodeCertificatePath, key: nodeKeyPath,
                        intermediate: intermediate, generation: generation) || changed
-        // Endpoints gone: their certificates and keys go (also those a run before this one left).
+        // Endpoints gone: their certificates and keys go (also those a run before this one
+        // left, which the first sync's look at the folder finds).
         let names = Set(endpoints.map(\.name))
-        for name in held.keys where !names.contains(name) { held[name] = nil }
-        for file in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
-            let name = file.replacingOccurrences(of: ".crt", with: "").replacingOccurrences(of: ".key", with: "")
-            if !names.contains(name) { unlink("\(dir)/\(file)") }
+        let gone = held.keys.filter { !names.contains($0) }
+        for name in gone { held[name] = nil }
+        if !gone.isEmpty || !folderChecked {
+            for file in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+                let name = file.hasSuffix(".crt") || file.hasSuffix(".key") ? String(file.dropLast(4)) : file
+                if !names.contains(name) { unlink("\(dir)/\(file)") }
+            }
+            folderChecked = true
         }
         if changed { onChange?() }
     }
+
+    /// Whether the folder has been cleared of files no endpoint owns since this started.
+    private var folderChecked = false
 
     /// Keeps one certificate good: the one held (or left by an earlier run) while it is
     /// this name's, from the current intermediate, with more than half its life left;
@@ -109,7 +137,8 @@ public actor WorkloadIdentities: Service {
             let issued = try ca.issueSVID(spiffeID: id, lifetime: lifetime)
             try CertificateAuthority.write(issued, cert: cert, key: key, chain: [intermediate])
             let rotated = h != nil
-            h = Held(spiffeID: id, certificate: issued.certificate, rotations: (h?.rotations ?? 0) + (rotated ? 1 : 0), generation: generation)
+            h = Held(spiffeID: id, certificate: issued.certificate, rotations: (h?.rotations ?? 0) + (rotated ? 1 : 0), generation: generation,
+                     lifetime: lifetime)
             if rotated { counters.withLockedValue { $0.rotations += 1 } }
             logger.info(rotated ? "workload certificate rotated" : "workload certificate issued",
                         metadata: ["endpoint": "\(name)", "spiffe_id": "\(id)", "not_after": "\(issued.certificate.notValidAfter)"])
@@ -162,7 +191,7 @@ public actor WorkloadIdentities: Service {
               cert.publicKey == Certificate.PublicKey(key.publicKey), CertificateAuthority.signs(intermediate, cert),
               let san = try? cert.extensions.subjectAlternativeNames,
               san.contains(where: { if case .uniformResourceIdentifier(let u) = $0 { u == id } else { false } }) else { return nil }
-        return Held(spiffeID: id, certificate: cert, rotations: 0, generation: generation)
+        return Held(spiffeID: id, certificate: cert, rotations: 0, generation: generation, lifetime: lifetime)
     }
 
     public func run() async throws {
@@ -181,7 +210,7 @@ public actor WorkloadIdentities: Service {
         held.sorted { $0.key < $1.key }.map { name, h in
             SVIDView(endpoint: name, spiffeID: h.spiffeID, serial: "\(h.certificate.serialNumber)",
                      notBefore: h.certificate.notValidBefore, notAfter: h.certificate.notValidAfter,
-                     rotatesAt: h.certificate.notValidAfter.addingTimeInterval(-lifetime / 2), rotations: h.rotations)
+                     rotatesAt: h.rotateAt, rotations: h.rotations)
         }
     }
 

@@ -119,6 +119,9 @@ public final class StoreIdentityAllocator: IdentityAllocator, @unchecked Sendabl
         lock.lock()
         defer { lock.unlock() }
         var table = try load()
+        // The mirror's only reference from here on, so that a change is made in place: a
+        // copy of ten thousand rows costs more than the rest. save() puts it back.
+        rows = nil
         var changed: [Row] = [], inserted: [Row] = []
         for key in keys {
             if var row = table[key], row.unusedSince != nil {
@@ -144,6 +147,9 @@ public final class StoreIdentityAllocator: IdentityAllocator, @unchecked Sendabl
                 id += 1
                 if id >= high {
                     guard !wrapped else {
+                        // As after a failed write: the next call reads the database again.
+                        pendingUpdates = [:]
+                        pendingReleases = []
                         throw MeshError(.exhausted, "every \(key.scope.rawValue) identity (\(key.scope.range.count)) is in use; \(key.name) gets none",
                                         hint: "delete endpoints or policies with CIDRs that are no longer needed")
                     }

@@ -180,6 +180,8 @@ public actor PolicyEngine {
 
     /// What compiles derive from each policy alone, kept between them.
     private let memo = PolicyCompiler.Memo()
+    /// How many times every key was allocated anew (see compile).
+    private var allocations = 0
 
     /// The other nodes' endpoints, as the cluster's store says (sorted by address).
     private(set) var remoteEndpoints: [EndpointRecord] = []
@@ -229,12 +231,16 @@ public actor PolicyEngine {
                 let all = labelKeys.union(cidrKeys)
                 numbers = try identityAllocator.allocate(all)
                 inUse = (labelKeys, cidrKeys, numbers)
+                allocations += 1
                 lastFullRetain = nil // the next publish visits every key
             }
             compiledKeys = (labelKeys, cidrKeys)
         } else {
             numbers = Dictionary(try identityAllocator.allocated().map { ($0.key, $0.id) }, uniquingKeysWith: { a, _ in a })
         }
+        // Between two allocations of every key, the CIDRs' numbers stay (only label sets
+        // are asked about): the memo need not check them. A dry run's numbers it checks.
+        memo.numbering = allocate ? allocations : nil
         let t2 = ContinuousClock.now
         let result = PolicyCompiler.compile(policies: set, endpoints: endpoints, hostAddresses: hostAddresses, identities: numbers, memo: memo)
         logger.debug("compiled", metadata: ["endpoints_ms": "\((t1 - t0).seconds * 1000)", "identities_ms": "\((t2 - t1).seconds * 1000)",

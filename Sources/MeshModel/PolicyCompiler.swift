@@ -59,6 +59,9 @@ public enum PolicyCompiler {
         public var l7: Bool = false
         /// Allowed for a proven peer only: an allow rule covering it requires authentication.
         public var auth: Bool = false
+
+        /// What entries are grouped and ordered by (see groupOrder).
+        var group: (Int, TrafficDirection, UInt32) { (endpointID, direction, identity) }
     }
 
     public struct Enforcement: Sendable, Equatable {
@@ -133,6 +136,9 @@ public enum PolicyCompiler {
         public static func cidr(_ cidr: IPv4CIDR) -> IdentityKey { IdentityKey(scope: .local, name: "cidr:\(cidr)") }
 
         public static func < (a: IdentityKey, b: IdentityKey) -> Bool { (a.scope.rawValue, a.name) < (b.scope.rawValue, b.name) }
+
+        /// The name alone (the scope follows from it): compiles look up ten thousand keys.
+        public func hash(into hasher: inout Hasher) { hasher.combine(name) }
     }
 
     /// The identities a compile of `policies` over `endpoints` needs: one per distinct label
@@ -183,19 +189,32 @@ public enum PolicyCompiler {
     /// What a compile derives from each policy alone, kept for the next compile while the
     /// policy stays the same: most changes (an endpoint created, deleted or relabelled)
     /// leave every policy as it was, and a ten-thousand-rule policy's CIDRs, identity keys
-    /// and port blocks then cost nothing to find again. Not thread-safe: one owner, one
-    /// compile at a time.
+    /// and port blocks then cost nothing to find again, and the last compile's entries
+    /// serve the next. Not thread-safe: one owner, one compile at a time.
     public final class Memo: @unchecked Sendable { // used by one compile at a time (see above)
         private struct Part {
             var policy: Policy
             var cidrs: Set<IPv4CIDR>
             var ports: [[(UInt8, UInt16, Int, Bool)]]
+            /// The indexes of its rules that name endpoints (PolicyRule.namesEndpoints).
+            var labelRules: [Int]
         }
         private var parts: [String: Part] = [:]
         private var keys: [IPv4CIDR: IdentityKey] = [:]
         private var union: (keys: [String], cidrs: Set<IPv4CIDR>)?
         private var unionKeys: Set<IdentityKey>?
         private var block: CIDRBlock?
+        /// One more whenever the policies (or one of them) changed.
+        private(set) var generation = 0
+        /// One more whenever the CIDR block was made again.
+        private(set) var blockGeneration = 0
+        /// What the last compile with this memo made (see LastCompile).
+        var last: LastCompile?
+        /// Set by an owner whose numbers for CIDR keys change only at points it knows (a
+        /// new allocation of every key): while it stays the same, the CIDR block's numbers
+        /// are taken as good without looking each one up again. nil: always look.
+        public var numbering: Int?
+        private var blockNumbering: Int?
 
         public init() {}
 
@@ -204,12 +223,14 @@ public enum PolicyCompiler {
             // Policy == returns at once for the same rules array (the usual case).
             if let known = parts[k], known.policy == p { return known }
             union = nil
-            let part = Part(policy: p, cidrs: PolicyCompiler.ruleCIDRs([p]), ports: p.rules.map { PolicyCompiler.portAtoms($0.ports) })
+            let part = Part(policy: p, cidrs: PolicyCompiler.ruleCIDRs([p]), ports: p.rules.map { PolicyCompiler.portAtoms($0.ports) },
+                            labelRules: p.rules.indices.filter { p.rules[$0].namesEndpoints })
             parts[k] = part
             return part
         }
 
         func ports(of p: Policy) -> [[(UInt8, UInt16, Int, Bool)]] { part(p).ports }
+        func labelRules(of p: Policy) -> [Int] { part(p).labelRules }
 
         /// Every CIDR the policies' rules name (ruleCIDRs).
         func cidrs(of policies: [Policy]) -> Set<IPv4CIDR> {
@@ -218,6 +239,7 @@ public enum PolicyCompiler {
             if let union, union.keys == names { return union.cidrs }
             unionKeys = nil
             block = nil
+            generation += 1
             // Forget policies gone, and keys of CIDRs no policy names any more.
             let live = Set(names)
             parts = parts.filter { live.contains($0.key) }
@@ -240,9 +262,17 @@ public enum PolicyCompiler {
         /// The policies' CIDR block, made again only when the CIDRs or their numbers changed.
         func cidrBlock(of policies: [Policy], number: (IdentityKey) -> UInt32) -> CIDRBlock {
             let cidrs = cidrs(of: policies)
-            if let block, block.holds(number) { return block }
+            if let block {
+                if let numbering, numbering == blockNumbering { return block }
+                if block.holds(number) {
+                    blockNumbering = numbering
+                    return block
+                }
+            }
             let made = CIDRBlock(cidrs, key: key(of:), number: number)
             block = made
+            blockNumbering = numbering
+            blockGeneration += 1
             return made
         }
 
@@ -298,7 +328,9 @@ public enum PolicyCompiler {
     /// answer); when empty, keys are numbered as `filling` does.
     ///
     /// `memo` keeps what depends on one policy alone (its CIDRs, its rules' port blocks)
-    /// from one compile to the next; the result is the same with or without it.
+    /// from one compile to the next, and the last compile's entries: while the policies
+    /// and the CIDR block stay, only the groups an endpoint change touches are made again
+    /// (LastCompile). The result is the same with or without it.
     public static func compile(policies: [Policy], endpoints: [EndpointInfo], hostAddresses: [IPv4Address],
                                identities given: [IdentityKey: UInt32] = [:], memo: Memo? = nil) -> Result {
         // With no numbers given, every key is numbered in key order (deterministic, for
@@ -374,61 +406,166 @@ public enum PolicyCompiler {
             }
         }
 
-        // Rules table and per-(endpoint, direction, peer) atoms.
-        var rules = [RuleInfo(policy: "", path: "", action: .allow, note: "no policy selects this endpoint in this direction")]
-        var policyIDs: [UInt32: String] = [:]
-        struct GroupKey: Hashable { var ep: Int; var dir: TrafficDirection; var identity: UInt32 }
-        var atoms: [GroupKey: [Atom]] = [:]
-        var selectedBy: [Int: [TrafficDirection: [String]]] = [:]
-
+        // The rules table: one id per rule of each policy, in policy order (default-deny
+        // entries follow, per enforced endpoint).
         let sortedPolicies = policies.sorted { $0.key < $1.key }
-        // Endpoint directions some HTTP rule applies to: the proxy needs all their allow
-        // rules. Most policy sets have none, and then this costs nothing more.
-        struct DirectionKey: Hashable { var ep: Int; var dir: TrafficDirection }
-        var l7Directions = Set<DirectionKey>()
-        // Subjects are this node's endpoints; peers are every endpoint of the cluster.
-        let localEndpoints = endpoints.allSatisfy(\.local) ? endpoints : endpoints.filter(\.local)
+        var policyIDs: [UInt32: String] = [:]
+        var ruleBase: [UInt32] = [] // per sorted policy: the id of its first rule, less one
+        var count: UInt32 = 0
         for p in sortedPolicies {
-            for r in p.rules where r.action == .allow && r.ports.contains(where: { $0.http != nil }) {
-                for ep in localEndpoints where p.subject.matches(ep.labels) { l7Directions.insert(DirectionKey(ep: ep.id, dir: r.direction)) }
+            policyIDs[policyID(p.key)] = p.key
+            ruleBase.append(count)
+            count += UInt32(p.rules.count)
+        }
+        // With the policies and the CIDR block as they were, the last compile's table stands.
+        let generations = memo.map { ($0.generation, $0.blockGeneration) }
+        var last: LastCompile?
+        if let memo, let kept = memo.last, kept.generations == (memo.generation, memo.blockGeneration) { last = kept }
+        var rules: [RuleInfo]
+        if let last {
+            rules = last.policyRules
+        } else {
+            rules = [RuleInfo(policy: "", path: "", action: .allow, note: "no policy selects this endpoint in this direction")]
+            rules.reserveCapacity(Int(count) + 1)
+            for p in sortedPolicies {
+                for r in p.rules { rules.append(RuleInfo(policy: p.key, path: r.path, action: r.action)) }
             }
         }
-        var l7Rules: [DirectionKey: [L7PortRule]] = [:]
-        var authRules: [DirectionKey: [TunnelAuthRule]] = [:]
-        for p in sortedPolicies {
-            let pkey = p.key
-            let pid = policyID(pkey)
-            policyIDs[pid] = pkey
-            let subjects = localEndpoints.filter { p.subject.matches($0.labels) }
-            for ep in subjects {
-                if p.enforceIngress { selectedBy[ep.id, default: [:]][.ingress, default: []].append(pkey) }
-                if p.enforceEgress { selectedBy[ep.id, default: [:]][.egress, default: []].append(pkey) }
+        let policyRuleCount = rules.count
+
+        // Subjects are this node's endpoints, found per label set (endpoints that share
+        // labels share the answer); peers are every endpoint of the cluster.
+        let localEndpoints = endpoints.allSatisfy(\.local) ? endpoints : endpoints.filter(\.local)
+        var localSets: [(labels: Labels, members: [Int])] = []
+        var localSetIndex: [Labels: Int] = [:]
+        for (i, ep) in localEndpoints.enumerated() {
+            if let s = localSetIndex[ep.labels] { localSets[s].members.append(i); continue }
+            localSetIndex[ep.labels] = localSets.count
+            localSets.append((ep.labels, [i]))
+        }
+        let subjectsOf: [[EndpointInfo]] = sortedPolicies.map { p in
+            localSets.filter { p.subject.matches($0.labels) }.flatMap { $0.members.map { localEndpoints[$0] } }
+        }
+        var selectedBy: [Int: [TrafficDirection: [String]]] = [:]
+        for (pi, p) in sortedPolicies.enumerated() {
+            for ep in subjectsOf[pi] {
+                if p.enforceIngress { selectedBy[ep.id, default: [:]][.ingress, default: []].append(p.key) }
+                if p.enforceEgress { selectedBy[ep.id, default: [:]][.egress, default: []].append(p.key) }
             }
-            let rulePorts = memo?.ports(of: p) ?? p.rules.map { portAtoms($0.ports) }
-            for (index, r) in p.rules.enumerated() {
-                rules.append(RuleInfo(policy: pkey, path: r.path, action: r.action))
-                let ruleID = UInt32(rules.count - 1)
-                // No subject on this node: the rule's peers matter to nobody here.
-                guard !subjects.isEmpty else { continue }
-                let peerIDs = resolve(r.peers, labelSets: labelSets, cidrIdentity: cidrIdentity, cidrIndex: cidrIndex)
-                let ports = rulePorts[index]
-                for ep in subjects {
-                    for identity in peerIDs {
-                        let key = GroupKey(ep: ep.id, dir: r.direction, identity: identity)
-                        for (proto, prefix, len, l7) in ports {
-                            atoms[key, default: []].append(Atom(proto: proto, prefix: prefix, length: len, action: r.action,
-                                                               ruleID: ruleID, policyID: pid, l7: l7,
-                                                               auth: r.authentication == .required))
-                        }
+        }
+        // The peers of rules that name endpoints (by selector, or the cluster): the only
+        // ones an endpoint change can change. By rule id, for rules with subjects here.
+        let labelRules: [[Int]] = sortedPolicies.map { p in memo?.labelRules(of: p) ?? p.rules.indices.filter { p.rules[$0].namesEndpoints } }
+        var labelRulePeers: [UInt32: [UInt32]] = [:]
+        for (pi, p) in sortedPolicies.enumerated() where !subjectsOf[pi].isEmpty {
+            for index in labelRules[pi] {
+                labelRulePeers[ruleBase[pi] + UInt32(index) + 1] = resolve(p.rules[index].peers, labelSets: labelSets,
+                                                                             cidrIdentity: cidrIdentity, cidrIndex: cidrIndex)
+            }
+        }
+        func peers(_ r: PolicyRule, id: UInt32) -> [UInt32] {
+            labelRulePeers[id] ?? resolve(r.peers, labelSets: labelSets, cidrIdentity: cidrIdentity, cidrIndex: cidrIndex)
+        }
+
+        // Per-(endpoint, direction, peer) atoms, then the entries that resolve them: for
+        // every group, or (`last`) only for the groups an endpoint change touched.
+        struct GroupKey: Hashable { var ep: Int; var dir: TrafficDirection; var identity: UInt32 }
+        var atoms: [GroupKey: [Atom]] = [:]
+        var portsOf: [Int: [[(UInt8, UInt16, Int, Bool)]]] = [:] // by sorted policy, made when first needed
+        func add(_ p: Policy, pi: Int, _ index: Int, _ r: PolicyRule, peerIDs: [UInt32], subjects: [EndpointInfo],
+                 only dirty: Set<GroupKey>? = nil) {
+            let ruleID = ruleBase[pi] + UInt32(index) + 1
+            if portsOf[pi] == nil { portsOf[pi] = memo?.ports(of: p) ?? p.rules.map { portAtoms($0.ports) } }
+            let ports = portsOf[pi]![index]
+            let pid = policyID(p.key)
+            for ep in subjects {
+                for identity in peerIDs {
+                    let key = GroupKey(ep: ep.id, dir: r.direction, identity: identity)
+                    if let dirty, !dirty.contains(key) { continue }
+                    for (proto, prefix, len, l7) in ports {
+                        atoms[key, default: []].append(Atom(proto: proto, prefix: prefix, length: len, action: r.action,
+                                                           ruleID: ruleID, policyID: pid, l7: l7,
+                                                           auth: r.authentication == .required))
                     }
-                    if r.authentication == .required {
-                        authRules[DirectionKey(ep: ep.id, dir: r.direction), default: []] += authPortRules(r, peers: peerIDs, ruleID: ruleID,
-                                                                       description: rules[Int(ruleID)].description)
+                }
+            }
+        }
+        // Kept from the last compile: entries of endpoints and groups no change touched.
+        var kept: [Entry] = []
+        var dirtyEndpoints = Set<Int>()
+        if let last {
+            // Endpoints new, gone or relabelled: every group of theirs is made again.
+            var labelsNow: [Int: Labels] = [:]
+            labelsNow.reserveCapacity(localEndpoints.count)
+            for ep in localEndpoints {
+                labelsNow[ep.id] = ep.labels
+                if last.subjectLabels[ep.id] != ep.labels { dirtyEndpoints.insert(ep.id) }
+            }
+            for id in last.subjectLabels.keys where labelsNow[id] == nil { dirtyEndpoints.insert(id) }
+            // Peers an endpoint change added to or took from a rule: those groups of the
+            // rule's other subjects are made again, from the rules that name endpoints
+            // (no other rule resolves to a label set's identity).
+            var dirtyGroups = Set<GroupKey>()
+            for (pi, p) in sortedPolicies.enumerated() where !subjectsOf[pi].isEmpty {
+                for index in labelRules[pi] {
+                    let r = p.rules[index], id = ruleBase[pi] + UInt32(index) + 1
+                    guard let before = last.labelRulePeers[id], let now = labelRulePeers[id], before != now else { continue }
+                    let changed = Set(before).symmetricDifference(now)
+                    for ep in subjectsOf[pi] where !dirtyEndpoints.contains(ep.id) {
+                        for identity in changed { dirtyGroups.insert(GroupKey(ep: ep.id, dir: r.direction, identity: identity)) }
                     }
-                    if r.action == .allow, !l7Directions.isEmpty, l7Directions.contains(DirectionKey(ep: ep.id, dir: r.direction)) {
-                        l7Rules[DirectionKey(ep: ep.id, dir: r.direction), default: []] +=
-                            l7PortRules(r, peers: peerIDs, ruleID: ruleID, description: rules[Int(ruleID)].description)
+                }
+            }
+            for (pi, p) in sortedPolicies.enumerated() {
+                let dirtySubjects = dirtyEndpoints.isEmpty ? [] : subjectsOf[pi].filter { dirtyEndpoints.contains($0.id) }
+                let cleanSubjects = dirtyGroups.isEmpty ? [] : subjectsOf[pi].filter { !dirtyEndpoints.contains($0.id) }
+                if !dirtySubjects.isEmpty {
+                    for (index, r) in p.rules.enumerated() {
+                        add(p, pi: pi, index, r, peerIDs: peers(r, id: ruleBase[pi] + UInt32(index) + 1), subjects: dirtySubjects)
                     }
+                }
+                if !cleanSubjects.isEmpty {
+                    for index in labelRules[pi] {
+                        let r = p.rules[index]
+                        add(p, pi: pi, index, r, peerIDs: peers(r, id: ruleBase[pi] + UInt32(index) + 1), subjects: cleanSubjects, only: dirtyGroups)
+                    }
+                }
+            }
+            // The entries of the groups made again go; the rest are copied a run at a time.
+            var gone: [Range<Int>] = []
+            let all = last.entries
+            func run(_ below: (Entry) -> Bool, _ within: (Entry) -> Bool) -> Range<Int> {
+                var lo = 0, hi = all.count
+                while lo < hi {
+                    let mid = (lo + hi) / 2
+                    if below(all[mid]) { lo = mid + 1 } else { hi = mid }
+                }
+                var end = lo
+                while end < all.count, within(all[end]) { end += 1 }
+                return lo..<end
+            }
+            for id in dirtyEndpoints {
+                gone.append(run({ $0.endpointID < id }, { $0.endpointID == id }))
+            }
+            for g in dirtyGroups where !dirtyEndpoints.contains(g.ep) {
+                let key = (g.ep, g.dir, g.identity)
+                gone.append(run({ groupOrder($0.group, key) }, { $0.endpointID == g.ep && $0.direction == g.dir && $0.identity == g.identity }))
+            }
+            if gone.allSatisfy(\.isEmpty) {
+                kept = all
+            } else {
+                kept.reserveCapacity(all.count)
+                var at = 0
+                for r in gone.filter({ !$0.isEmpty }).sorted(by: { $0.lowerBound < $1.lowerBound }) {
+                    if r.lowerBound > at { kept.append(contentsOf: all[at..<r.lowerBound]) }
+                    at = max(at, r.upperBound)
+                }
+                kept.append(contentsOf: all[at...])
+            }
+        } else {
+            for (pi, p) in sortedPolicies.enumerated() where !subjectsOf[pi].isEmpty {
+                for (index, r) in p.rules.enumerated() {
+                    add(p, pi: pi, index, r, peerIDs: peers(r, id: ruleBase[pi] + UInt32(index) + 1), subjects: subjectsOf[pi])
                 }
             }
         }
@@ -447,15 +584,78 @@ public enum PolicyCompiler {
             enforcement.append(e)
         }
 
-        var entries: [Entry] = []
-        for (key, list) in atoms.sorted(by: { ($0.key.ep, $0.key.dir.rawValue, $0.key.identity) < ($1.key.ep, $1.key.dir.rawValue, $1.key.identity) }) {
+        var made: [Entry] = []
+        for (key, list) in atoms.sorted(by: { groupOrder(($0.key.ep, $0.key.dir, $0.key.identity), ($1.key.ep, $1.key.dir, $1.key.identity)) }) {
             // Only enforced directions need entries; elsewhere everything is allowed anyway.
             guard selectedBy[key.ep]?[key.dir] != nil else { continue }
             for (region, decided) in resolveLongestMatch(list) {
-                entries.append(Entry(endpointID: key.ep, direction: key.dir, identity: key.identity, proto: region.proto,
-                                     portPrefix: region.prefix, portPrefixLength: region.length, action: decided.action,
-                                     ruleID: decided.ruleID, policyID: decided.policyID, l7: decided.l7,
-                                     auth: decided.auth))
+                made.append(Entry(endpointID: key.ep, direction: key.dir, identity: key.identity, proto: region.proto,
+                                  portPrefix: region.prefix, portPrefixLength: region.length, action: decided.action,
+                                  ruleID: decided.ruleID, policyID: decided.policyID, l7: decided.l7,
+                                  auth: decided.auth))
+            }
+        }
+        // Both in group order, and no group in both: each run of new entries goes where
+        // its group belongs among the kept ones.
+        var entries: [Entry]
+        if kept.isEmpty {
+            entries = made
+        } else if made.isEmpty {
+            entries = kept
+        } else {
+            entries = []
+            entries.reserveCapacity(kept.count + made.count)
+            var i = 0
+            for e in made {
+                if i < kept.count, groupOrder(kept[i].group, e.group) {
+                    var lo = i, hi = kept.count
+                    while lo < hi {
+                        let mid = (lo + hi) / 2
+                        if groupOrder(kept[mid].group, e.group) { lo = mid + 1 } else { hi = mid }
+                    }
+                    entries.append(contentsOf: kept[i..<lo])
+                    i = lo
+                }
+                entries.append(e)
+            }
+            entries.append(contentsOf: kept[i...])
+        }
+        if let memo, let generations {
+            var labels: [Int: Labels] = [:]
+            labels.reserveCapacity(localEndpoints.count)
+            for ep in localEndpoints { labels[ep.id] = ep.labels }
+            memo.last = LastCompile(generations: generations, subjectLabels: labels, labelRulePeers: labelRulePeers, entries: entries,
+                                    policyRules: last?.policyRules ?? Array(rules[..<policyRuleCount]))
+        }
+
+        // What the proxy needs: the allow rules of every endpoint direction an HTTP rule
+        // applies to, and the rules that require authentication. Most policy sets have
+        // neither, and then this costs a look at each rule.
+        struct DirectionKey: Hashable { var ep: Int; var dir: TrafficDirection }
+        var l7Directions = Set<DirectionKey>()
+        for (pi, p) in sortedPolicies.enumerated() {
+            for r in p.rules where r.action == .allow && r.ports.contains(where: { $0.http != nil }) {
+                for ep in subjectsOf[pi] { l7Directions.insert(DirectionKey(ep: ep.id, dir: r.direction)) }
+            }
+        }
+        var l7Rules: [DirectionKey: [L7PortRule]] = [:]
+        var authRules: [DirectionKey: [TunnelAuthRule]] = [:]
+        for (pi, p) in sortedPolicies.enumerated() where !subjectsOf[pi].isEmpty {
+            for (index, r) in p.rules.enumerated() {
+                let auth = r.authentication == .required
+                let l7 = r.action == .allow && !l7Directions.isEmpty
+                guard auth || l7 else { continue }
+                let ruleID = ruleBase[pi] + UInt32(index) + 1
+                let peerIDs = peers(r, id: ruleID)
+                for ep in subjectsOf[pi] {
+                    let key = DirectionKey(ep: ep.id, dir: r.direction)
+                    if auth {
+                        authRules[key, default: []] += authPortRules(r, peers: peerIDs, ruleID: ruleID, description: rules[Int(ruleID)].description)
+                    }
+                    if l7, l7Directions.contains(key) {
+                        l7Rules[key, default: []] += l7PortRules(r, peers: peerIDs, ruleID: ruleID, description: rules[Int(ruleID)].description)
+                    }
+                }
             }
         }
         var l7: [L7EndpointPolicy] = []
@@ -474,6 +674,32 @@ public enum PolicyCompiler {
         return Result(identities: identities, endpointIdentity: endpointIdentity, ipcache: ipcache, entries: entries,
                       enforcement: enforcement, rules: rules, policyIDs: policyIDs, l7: l7, authRules: authPolicies(.ingress),
                       egressAuthRules: authPolicies(.egress))
+    }
+
+    /// Entries' order: by endpoint, direction (by name), then peer identity.
+    static func groupOrder(_ a: (Int, TrafficDirection, UInt32), _ b: (Int, TrafficDirection, UInt32)) -> Bool {
+        if a.0 != b.0 { return a.0 < b.0 }
+        if a.1 != b.1 { return a.1.rawValue < b.1.rawValue }
+        return a.2 < b.2
+    }
+
+    /// What a compile with a memo leaves for the next: enough to make again only the
+    /// groups an endpoint change touches, while the policies and the CIDR block stay, as
+    /// Cilium's selector cache regenerates only the endpoints a change reaches. A group is
+    /// (subject endpoint, direction, peer identity). An endpoint created, deleted or
+    /// relabelled has all its groups made again; another subject's groups change only
+    /// where a rule that names endpoints gained or lost a peer identity (a label set came,
+    /// went or was renumbered), and only such rules resolve to a label set's identity.
+    struct LastCompile {
+        /// The memo's policy and CIDR-block generations it was made under.
+        var generations: (Int, Int)
+        /// This node's endpoints' labels, by id.
+        var subjectLabels: [Int: Labels]
+        /// The peers of each rule that names endpoints, by rule id (see compile).
+        var labelRulePeers: [UInt32: [UInt32]]
+        var entries: [Entry]
+        /// The rules table without its default-deny entries.
+        var policyRules: [RuleInfo]
     }
 
     /// An authentication-requiring rule's TCP ports (the tunnel carries TCP only; UDP and
@@ -627,5 +853,19 @@ public enum PolicyCompiler {
             }
         }
         return out.sorted()
+    }
+}
+
+extension PolicyRule {
+    /// Whether a peer is found through endpoints' labels (a selector, or the cluster):
+    /// such a rule's identities change with the endpoints, every other rule's only with
+    /// the policies and the CIDRs.
+    var namesEndpoints: Bool {
+        peers.contains {
+            switch $0 {
+            case .endpoints, .entity(.cluster): true
+            case .cidr, .entity: false
+            }
+        }
     }
 }

@@ -151,6 +151,66 @@ public actor PolicyEngine {
 
     public var revision: UInt32 { (try? datapath.policyState().revision) ?? 0 }
 
+    /// The revision `compiled` was published as.
+    private var compiledRevision: UInt32?
+
+    static func datapathEntry(_ e: PolicyCompiler.IPCacheEntry) -> MeshDatapath.IPCacheEntry {
+        .init(address: e.prefix.network.value, prefixLength: e.prefix.prefixLength, identity: e.identity, endpointID: UInt32(e.endpointID),
+              tunnel: e.tunnel)
+    }
+
+    static func datapathEntry(_ e: PolicyCompiler.Entry) -> MeshDatapath.PolicyEntry {
+        .init(endpointID: UInt32(e.endpointID), direction: e.direction == .ingress ? .ingress : .egress, identity: e.identity, proto: e.proto,
+              portPrefix: e.portPrefix, portPrefixLength: e.portPrefixLength, action: e.action == .allow ? .allow : .deny,
+              ruleID: e.ruleID, policyID: e.policyID, l7: e.l7, auth: e.auth)
+    }
+
+    static func datapathEntry(_ e: PolicyCompiler.Enforcement) -> MeshDatapath.Enforcement {
+        .init(endpointID: UInt32(e.endpointID), ingress: e.ingress, egress: e.egress, ingressDefaultRule: e.ingressDefaultRule,
+              egressDefaultRule: e.egressDefaultRule)
+    }
+
+    /// `new` as changes from `old`: both lists of each kind are in the compiler's order
+    /// (every key once), so one merge of each finds them. nil when a list is not in that
+    /// order: then the caller publishes the whole revision.
+    static func changes(from old: PolicyCompiler.Result, to new: PolicyCompiler.Result) -> MeshDatapath.PolicyChanges? {
+        var out = MeshDatapath.PolicyChanges()
+        guard let ipcache = merge(old.ipcache, new.ipcache, precedes: { $0.prefix < $1.prefix }),
+              let policy = merge(old.entries, new.entries, precedes: PolicyCompiler.Entry.precedes),
+              let enforcement = merge(old.enforcement, new.enforcement, precedes: { $0.endpointID < $1.endpointID }) else { return nil }
+        out.ipcache = ipcache.changed.map(datapathEntry)
+        out.ipcacheGone = ipcache.gone.map(datapathEntry)
+        out.policy = policy.changed.map(datapathEntry)
+        out.policyGone = policy.gone.map(datapathEntry)
+        out.enforcement = enforcement.changed.map(datapathEntry)
+        out.enforcementGone = enforcement.gone.map(datapathEntry)
+        return out
+    }
+
+    /// The entries of `new` that are not in `old` as they are, and those of `old` whose key
+    /// `new` lacks; nil unless both strictly follow `precedes`.
+    static func merge<T: Equatable>(_ old: [T], _ new: [T], precedes: (T, T) -> Bool) -> (changed: [T], gone: [T])? {
+        for list in [old, new] where list.count > 1 {
+            for k in 1..<list.count where !precedes(list[k - 1], list[k]) { return nil }
+        }
+        var changed: [T] = [], gone: [T] = []
+        var i = 0, j = 0
+        while i < old.count || j < new.count {
+            if j == new.count || (i < old.count && precedes(old[i], new[j])) {
+                gone.append(old[i])
+                i += 1
+            } else if i == old.count || precedes(new[j], old[i]) {
+                changed.append(new[j])
+                j += 1
+            } else {
+                if old[i] != new[j] { changed.append(new[j]) }
+                i += 1
+                j += 1
+            }
+        }
+        return (changed, gone)
+    }
+
     /// Publishes again after the allocator moved numbers of keys in use (the cluster's
     /// lease lapsed and etcd gave some label sets other numbers): every key's number is
     /// asked for again.
@@ -260,23 +320,31 @@ public actor PolicyEngine {
         let start = ContinuousClock.now
         let result = try compile(set)
         let compiledAt = ContinuousClock.now
-        let next = MeshDatapath.revision(after: revision)
-        let stats: MeshDatapath.PublishStats
+        let inForce = revision
+        let next = MeshDatapath.revision(after: inForce)
+        var stats: MeshDatapath.PublishStats?
+        // What changed since the revision in force, when this engine published it: the
+        // kernel is given only that (a relabel among ten thousand entries: a few).
+        if let compiled, compiledRevision == inForce, let changes = Self.changes(from: compiled, to: result) {
+            do {
+                stats = try datapath.publish(revision: next, from: inForce, changes: changes)
+            } catch {
+                // The datapath has read the slots back from the kernel: the whole revision
+                // against them repairs whatever went wrong.
+                logger.warning("publishing policy changes failed; publishing the whole revision", metadata: ["revision": "\(next)", "error": "\(error)"])
+            }
+        }
         do {
-            stats = try datapath.publish(
-                revision: next,
-                ipcache: result.ipcache.map { .init(address: $0.prefix.network.value, prefixLength: $0.prefix.prefixLength,
-                                                    identity: $0.identity, endpointID: UInt32($0.endpointID), tunnel: $0.tunnel) },
-                policy: result.entries.map { .init(endpointID: UInt32($0.endpointID), direction: $0.direction == .ingress ? .ingress : .egress,
-                                                   identity: $0.identity, proto: $0.proto, portPrefix: $0.portPrefix,
-                                                   portPrefixLength: $0.portPrefixLength, action: $0.action == .allow ? .allow : .deny,
-                                                   ruleID: $0.ruleID, policyID: $0.policyID, l7: $0.l7, auth: $0.auth) },
-                enforcement: result.enforcement.map { .init(endpointID: UInt32($0.endpointID), ingress: $0.ingress, egress: $0.egress,
-                                                            ingressDefaultRule: $0.ingressDefaultRule, egressDefaultRule: $0.egressDefaultRule) })
+            if stats == nil {
+                stats = try datapath.publish(revision: next, ipcache: result.ipcache.map(Self.datapathEntry), policy: result.entries.map(Self.datapathEntry),
+                                             enforcement: result.enforcement.map(Self.datapathEntry))
+            }
         } catch {
             throw MeshError(.datapath, "publishing policy revision \(next) failed: \(error)")
         }
+        guard let stats else { throw MeshError(.internalError, "policy revision \(next) was not published") }
         compiled = result
+        compiledRevision = next
         names.published(revision: next, result: result)
         if let eps = try? store.endpoints() {
             onProxyConfig?(proxyConfig(result, endpoints: eps))

@@ -111,6 +111,10 @@ public final class MeshDatapath: @unchecked Sendable {
     /// What each revision slot holds, mirrored in memory so a new revision writes only
     /// what differs from the slot's previous contents.
     var slots = [SlotContents(), SlotContents()]
+    /// The revision each slot's contents are, where known (nil: the slot is one change
+    /// or more behind, or was read back after a failure): a publish of changes writes
+    /// only them into a slot that holds the revision they are from.
+    var slotRevision: [UInt32?] = [nil, nil]
     let publishLock = NSLockShim()
     /// Brings a retired revision slot up to date after each flip (see `publish`); a serial
     /// queue of its own, not Swift's cooperative pool: it waits for a grace period.

@@ -62,6 +62,15 @@ public enum PolicyCompiler {
 
         /// What entries are grouped and ordered by (see groupOrder).
         var group: (Int, TrafficDirection, UInt32) { (endpointID, direction, identity) }
+
+        /// A compile's order of entries: by group, then by port block. Two entries with
+        /// the same place in it are the same key in the kernel's policy map.
+        public static func precedes(_ a: Entry, _ b: Entry) -> Bool {
+            if a.endpointID != b.endpointID || a.direction != b.direction || a.identity != b.identity {
+                return groupOrder(a.group, b.group)
+            }
+            return (a.proto, a.portPrefix, a.portPrefixLength) < (b.proto, b.portPrefix, b.portPrefixLength)
+        }
     }
 
     public struct Enforcement: Sendable, Equatable {

@@ -213,6 +213,63 @@ final class PolicyRevisionTests: BPFTestCase {
         XCTAssertEqual(verdict.peerIdentity, 301, "the kernel answers with revision 3's entry")
     }
 
+    /// A revision given as changes from the one in force: only they are written (into a
+    /// slot that has caught up, and again when the retired slot catches up), and the
+    /// kernel then holds exactly what the whole revision would have left, in both slots.
+    /// Into a slot one change behind, the whole slot is diffed and the result is the same.
+    func testAPublishOfChangesWritesOnlyThemAndLeavesTheWholeRevision() throws {
+        let dp = try makeNode()
+        var ipcache: [MeshDatapath.IPCacheEntry] = (0..<UInt32(3000)).map { .init(address: 0x0b00_0000 + $0, prefixLength: 32, identity: 300 + $0 % 7) }
+        let rule = MeshDatapath.PolicyEntry(endpointID: 2, direction: .ingress, identity: 301, proto: 6, portPrefix: 80, portPrefixLength: 16,
+                                            action: .allow, ruleID: 3, policyID: 9)
+        let enforce = MeshDatapath.Enforcement(endpointID: 2, ingress: true, egress: false, ingressDefaultRule: 4, egressDefaultRule: 0)
+        _ = try dp.publish(revision: 1, ipcache: ipcache, policy: [rule], enforcement: [enforce])
+        dp.settle()
+
+        var changes = MeshDatapath.PolicyChanges()
+        changes.ipcache = [.init(address: 0x0b00_000a, prefixLength: 32, identity: 999), .init(address: 0x0c00_0001, prefixLength: 24, identity: 301)]
+        changes.ipcacheGone = [ipcache[20]]
+        var moved = rule
+        moved.identity = 999
+        changes.policy = [moved]
+        changes.policyGone = [rule]
+        ipcache[10].identity = 999
+        ipcache.remove(at: 20)
+        ipcache.append(changes.ipcache[1])
+        let two = try dp.publish(revision: 2, from: 1, changes: changes)
+        XCTAssertEqual(two.written, 3, "two ipcache entries and the policy entry")
+        XCTAssertEqual(two.deleted, 2)
+        func expectWhole(_ step: String, policy: [MeshDatapath.PolicyEntry]) throws {
+            XCTAssertEqual(Set(try dp.ipcacheEntries()), Set(ipcache), "\(step): the ipcache in force")
+            XCTAssertEqual(try dp.policyEntries(), policy, "\(step): the policy in force")
+            dp.settle()
+            XCTAssertEqual(try slotCount(dp.ipcache, slot: 0), ipcache.count, "\(step): slot 0 caught up")
+            XCTAssertEqual(try slotCount(dp.ipcache, slot: 1), ipcache.count, "\(step): slot 1 caught up")
+        }
+        try expectWhole("revision 2", policy: [moved])
+        let verdict = try dp.trace(ifindex: Int32(Self.senderIfindex), direction: .egress, source: Self.sender, destination: 0x0b00_000a,
+                                   proto: .tcp, destinationPort: 80)
+        XCTAssertEqual(verdict.peerIdentity, 999, "the kernel answers with revision 2's entry")
+
+        // Changes from a revision that is not the one in force are refused, and change nothing.
+        XCTAssertThrowsError(try dp.publish(revision: 3, from: 1, changes: changes)) { error in
+            XCTAssertTrue("\(error)".contains("revision 2 is in force"), "\(error)")
+        }
+        try expectWhole("after a refusal", policy: [moved])
+
+        // Two publishes within one grace period: the second finds its slot one change
+        // behind (revision 2's catch-up has not run) and diffs it whole.
+        var three = MeshDatapath.PolicyChanges()
+        three.ipcacheGone = [ipcache.removeLast()]
+        _ = try dp.publish(revision: 3, from: 2, changes: three)
+        var four = MeshDatapath.PolicyChanges()
+        four.ipcache = [.init(address: 0x0d00_0001, prefixLength: 32, identity: 305)]
+        four.policyGone = [moved]
+        ipcache.append(four.ipcache[0])
+        _ = try dp.publish(revision: 4, from: 3, changes: four)
+        try expectWhole("revision 4", policy: [])
+    }
+
     func testARevisionOfTheActiveSlotIsRefused() throws {
         let dp = try makeNode()
         try Self.publish(dp, 1)

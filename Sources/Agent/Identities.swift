@@ -180,19 +180,23 @@ public final class StoreIdentityAllocator: IdentityAllocator, @unchecked Sendabl
         lock.lock()
         defer { lock.unlock() }
         var table = try load()
+        rows = nil // changed in place (see allocate), once the walk is over; put back below
+        var released: [IdentityKey] = [], marked: [(IdentityKey, Row)] = []
         for (key, var row) in table where !keys.contains(key) {
             if let since = row.unusedSince {
                 if now.timeIntervalSince(since) >= grace {
-                    table[key] = nil
+                    released.append(key)
                     pendingUpdates[row.id] = nil
                     pendingReleases.insert(row.id)
                 }
             } else {
                 row.unusedSince = now
-                table[key] = row
+                marked.append((key, row))
                 pendingUpdates[row.id] = row
             }
         }
+        for key in released { table[key] = nil }
+        for (key, row) in marked { table[key] = row }
         rows = table
     }
 

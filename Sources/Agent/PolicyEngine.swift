@@ -242,6 +242,8 @@ public actor PolicyEngine {
     private let memo = PolicyCompiler.Memo()
     /// How many times every key was allocated anew (see compile).
     private var allocations = 0
+    /// A visit of every key is queued to run after the current publish.
+    private var fullRetainQueued = false
 
     /// The other nodes' endpoints, as the cluster's store says (sorted by address).
     private(set) var remoteEndpoints: [EndpointRecord] = []
@@ -542,30 +544,42 @@ public actor PolicyEngine {
     /// stopped using them: called on a timer, so a number goes back to the pool without
     /// waiting for the next change.
     public func releaseUnusedIdentities() {
+        fullRetainQueued = false
         guard compiled != nil else { return }
         lastFullRetain = nil
         retainCompiledKeys()
     }
 
     /// Marks unused what the revision just published no longer uses. Visiting every key
-    /// (ten thousand with a large CIDR policy) at most once a second, which is also when
-    /// numbers past their grace period go back; in between, a change that left the
-    /// policies alone marks only the label sets that went.
+    /// (ten thousand with a large CIDR policy) when the CIDRs changed, else at most once a
+    /// second, after the publish, which is also when numbers past their grace period go
+    /// back; a change that left the policies alone marks only the label sets that went.
     private func retainCompiledKeys() {
         let now = ContinuousClock.now
         do {
-            if let last = lastFullRetain, now - last < .seconds(1), var held = inUse, held.cidrs == compiledKeys.cidrs {
+            if let last = lastFullRetain, var held = inUse, held.cidrs == compiledKeys.cidrs {
                 let gone = held.labels.subtracting(compiledKeys.labels)
                 if !gone.isEmpty {
                     try identityAllocator.markUnused(gone)
+                    inUse = nil // `held` is the only copy while it changes
                     held.labels = compiledKeys.labels
+                    for key in gone { held.numbers[key] = nil }
                     inUse = held
+                }
+                // The visit of every key (10 ms and more with ten thousand CIDRs) waits
+                // until this publish has answered: it releases numbers, which no revision
+                // waits for.
+                if now - last >= .seconds(1), !fullRetainQueued {
+                    fullRetainQueued = true
+                    Task { self.releaseUnusedIdentities() }
                 }
                 return
             }
+            fullRetainQueued = false
             try identityAllocator.retainOnly(compiledKeys.labels.union(compiledKeys.cidrs))
             lastFullRetain = now
             if var held = inUse, held.cidrs == compiledKeys.cidrs {
+                inUse = nil
                 held.labels = compiledKeys.labels
                 held.numbers = held.numbers.filter { held.labels.contains($0.key) || held.cidrs.contains($0.key) }
                 inUse = held

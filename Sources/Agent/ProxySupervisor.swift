@@ -45,6 +45,11 @@ final class ProxySupervisor: Service, @unchecked Sendable {
     /// The connected proxy predates the compact ipcache (an adopted proxy of an older
     /// meshd, whose hello names no protocol): it is sent the ipcache as an array (under `lock`).
     private var legacyPeer = false
+    /// The connected proxy keeps the ipcache a configuration left (protocol 3; under `lock`).
+    private var peerKeepsIPCache = false
+    /// The ipcache of the last configuration written whole to that fd (under `lock`): the
+    /// next one with the same ipcache says so instead of sending it again.
+    private var sentIPCache: (fd: Int32, ipcache: [ProxyIPCacheEntry])?
     // Everything below is guarded by `lock`.
     private let lock = NSLock()
     private var config = ProxyConfig.empty
@@ -148,9 +153,22 @@ final class ProxySupervisor: Service, @unchecked Sendable {
                 defer { queuedConfig = nil }
                 return queuedConfig
             }) else { return }
-            if !send(message, on: fd, legacyIPCache: legacy) {
-                // The proxy may hold half a line: the next change is sent even if equal.
-                lock.withLock { resendConfig = true }
+            let kept = lock.withLock { peerKeepsIPCache && sentIPCache?.fd == fd ? sentIPCache?.ipcache : nil }
+            var wire = message
+            if let kept, var config = wire.config, config.ipcache == kept {
+                config.ipcache = []
+                config.ipcacheUnchanged = true
+                wire.config = config
+            }
+            if send(wire, on: fd, legacyIPCache: legacy) {
+                if let ipcache = message.config?.ipcache { lock.withLock { sentIPCache = (fd, ipcache) } }
+            } else {
+                // The proxy may hold half a line: the next change is sent even if equal,
+                // with its ipcache.
+                lock.withLock {
+                    resendConfig = true
+                    sentIPCache = nil
+                }
             }
         }
     }
@@ -268,6 +286,8 @@ final class ProxySupervisor: Service, @unchecked Sendable {
         let (events, adopted) = lock.withLock { () -> (Bool, Bool) in
             self.fd = fd
             legacyPeer = (hello.protocolVersion ?? 1) < 2
+            peerKeepsIPCache = (hello.protocolVersion ?? 1) >= 3
+            sentIPCache = nil
             generation = max(generation, hello.generation)
             let adopted = child != hello.pid
             status.connected = true
@@ -285,7 +305,10 @@ final class ProxySupervisor: Service, @unchecked Sendable {
             if let r = m.metrics { finishMetrics(r.id, r.text) }
             if let g = m.configApplied { lock.withLock { status.generationApplied = g } }
             if let r = m.configRejected {
-                lock.withLock { status.lastRejection = r.reason }
+                lock.withLock {
+                    status.lastRejection = r.reason
+                    sentIPCache = nil // the next one carries its ipcache, whatever the cause
+                }
                 logger.error("the L7 proxy rejected its configuration; it keeps the previous one",
                              metadata: ["generation": "\(r.generation)", "reason": "\(r.reason)"])
             }

@@ -63,6 +63,13 @@ public struct IPv4CIDR: Sendable, Hashable, Comparable, Codable, CustomStringCon
     /// inside a CIDR follow it as one run).
     public static func < (a: IPv4CIDR, b: IPv4CIDR) -> Bool { (a.network, a.prefixLength) < (b.network, b.prefixLength) }
 
+    /// `network`/`prefixLength` when the length is 0...32 and no host bit is set.
+    public init?(network: IPv4Address, prefixLength: Int) {
+        guard (0...32).contains(prefixLength), network.value & ~Self.mask(bits: prefixLength) == 0 else { return nil }
+        self.network = network
+        self.prefixLength = prefixLength
+    }
+
     /// The /32 of one address.
     public init(host: IPv4Address) {
         network = host

@@ -41,12 +41,13 @@ public struct ProxyHello: Codable, Sendable, Equatable {
     public var generation: UInt64
     /// Seconds since the proxy started.
     public var uptimeSeconds: Double
-    /// What the proxy reads: 2 and up take the ipcache as one string (CompactIPCache); a
-    /// proxy before that sends none. meshd adopts a running proxy across its own upgrades,
-    /// so it writes to each in the form it reads.
+    /// What the proxy reads: 2 and up take the ipcache as one string (CompactIPCache); 3
+    /// and up also a configuration that keeps the ipcache the connection last carried
+    /// (ProxyConfig.ipcacheUnchanged); a proxy before 2 sends none. meshd adopts a running
+    /// proxy across its own upgrades, so it writes to each in the form it reads.
     public var protocolVersion: Int?
 
-    public static let currentProtocol = 2
+    public static let currentProtocol = 3
 
     public init(pid: Int32, port: UInt16, generation: UInt64, uptimeSeconds: Double, protocolVersion: Int? = ProxyHello.currentProtocol) {
         self.pid = pid

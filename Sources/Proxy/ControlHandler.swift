@@ -1,5 +1,6 @@
 import Logging
 import MeshModel
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -13,6 +14,8 @@ final class ControlHandler: ChannelInboundHandler {
     private let core: ProxyCore
     private let threadPool: NIOThreadPool
     private var queue: EventLoopFuture<Void>?
+    /// The ipcache the last configuration on this connection carried (ProxyConfig.ipcacheUnchanged).
+    private let carried = NIOLockedValueBox<[ProxyIPCacheEntry]?>(nil)
 
     init(core: ProxyCore, threadPool: NIOThreadPool) {
         self.core = core
@@ -40,8 +43,9 @@ final class ControlHandler: ChannelInboundHandler {
         // Both are only touched back on this loop, where the replies are written.
         let boundContext = NIOLoopBound(context, eventLoop: loop)
         let boundSelf = NIOLoopBound(self, eventLoop: loop)
+        let carried = self.carried
         queue = (queue ?? loop.makeSucceededVoidFuture()).flatMap {
-            pool.runIfActive(eventLoop: loop) { core.answer(line, from: channel) }
+            pool.runIfActive(eventLoop: loop) { core.answer(line, from: channel, carried: carried) }
         }.map { replies in
             boundSelf.value.send(replies, context: boundContext.value)
         }.recover { error in
@@ -59,8 +63,9 @@ final class ControlHandler: ChannelInboundHandler {
 }
 
 extension ProxyCore {
-    /// The replies to one control line. Runs on the thread pool.
-    func answer(_ line: ByteBuffer, from channel: any Channel) -> [ProxyControlMessage] {
+    /// The replies to one control line. Runs on the thread pool, one line of a connection
+    /// at a time; `carried` is the ipcache that connection's last configuration carried.
+    func answer(_ line: ByteBuffer, from channel: any Channel, carried: NIOLockedValueBox<[ProxyIPCacheEntry]?>) -> [ProxyControlMessage] {
         let message: ProxyControlMessage
         do {
             message = try ControlWire.decode(line)
@@ -69,7 +74,23 @@ extension ProxyCore {
             return []
         }
         var replies: [ProxyControlMessage] = []
-        if let config = message.config { replies.append(apply(config)) }
+        if var config = message.config {
+            if config.ipcacheUnchanged == true {
+                if let last = carried.withLockedValue({ $0 }) {
+                    config.ipcache = last
+                    config.ipcacheUnchanged = nil
+                    replies.append(apply(config))
+                } else {
+                    let rejection = ProxyConfigRejection(generation: config.generation,
+                                                         reason: "the configuration keeps the ipcache of the last one, and this connection carried none")
+                    logger.warning("configuration rejected", metadata: ["generation": "\(rejection.generation)", "reason": "\(rejection.reason)"])
+                    replies.append(ProxyControlMessage(configRejected: rejection))
+                }
+            } else {
+                carried.withLockedValue { $0 = config.ipcache }
+                replies.append(apply(config))
+            }
+        }
         if let enabled = message.events { events.setEnabled(enabled, for: channel) }
         if let id = message.metricsRequest {
             replies.append(ProxyControlMessage(metrics: ProxyMetricsReply(id: id, text: metrics.text())))

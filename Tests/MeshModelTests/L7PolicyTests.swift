@@ -83,7 +83,9 @@ final class L7PolicyTests: XCTestCase {
         XCTAssertEqual(ProxyHello(pid: 7, port: 15001, generation: 3, uptimeSeconds: 1).protocolVersion, ProxyHello.currentProtocol)
 
         let text = String(decoding: data, as: UTF8.self)
-        for damaged in ["0.0.0.0\\/0=2 10.0.0.0\\/8", "0.0.0.0\\/0=x", "10.0.0.1\\/8=3", "10.0.0.0\\/33=3", "10.0.0.0=3"] {
+        for damaged in ["0.0.0.0\\/0=2 10.0.0.0\\/8", "0.0.0.0\\/0=x", "10.0.0.1\\/8=3", "10.0.0.0\\/33=3", "10.0.0.0=3",
+                        "010.0.0.0\\/8=3", "256.0.0.0\\/8=3", "10.0.0\\/8=3", "10.0.0.0\\/8=4294967296", "0.0.0.0\\/0=2  10.0.0.0\\/8=3",
+                        " 0.0.0.0\\/0=2", "0.0.0.0\\/0=2 10.0.0.0\\/8=3 ", "0.0.0.0\\/0=-2"] {
             let bad = text.replacingOccurrences(of: #"0.0.0.0\/0=2 10.0.0.0\/8=16777216"#, with: damaged)
             XCTAssertNotEqual(bad, text)
             XCTAssertThrowsError(try JSONDecoder().decode(ProxyConfig.self, from: Data(bad.utf8)), damaged)

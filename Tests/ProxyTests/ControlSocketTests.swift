@@ -32,6 +32,48 @@ final class ControlSocketTests: XCTestCase {
         await h.stop()
     }
 
+    /// A configuration may keep the ipcache the connection's last one carried (protocol
+    /// 3): peers are judged by that ipcache until one that carries another comes; on a
+    /// connection that carried none, such a configuration is refused.
+    func testAConfigurationThatKeepsTheIPCacheJudgesPeersByTheLastOneCarried() async throws {
+        let h = try await ProxyHarness.start()
+        // Only identity 77 may send, and the ipcache says loopback is 77.
+        func config(_ generation: UInt64, ipcache: [ProxyIPCacheEntry], unchanged: Bool? = nil) -> ProxyConfig {
+            var c = h.config(generation: generation, nil)
+            c.l7[0].rules[0].peers = [77]
+            c.ipcache = ipcache
+            c.ipcacheUnchanged = unchanged
+            return c
+        }
+        let loopback = [ProxyIPCacheEntry(prefix: try IPv4CIDR(parsing: "127.0.0.0/8"), identity: 77)]
+        func status() async throws -> HTTPResponseStatus {
+            try await HTTPTestConnection.with(port: h.port) { c in try await c.send(.GET, "/").status }
+        }
+        try await ControlTestConnection.with(path: h.proxy.controlPath) { control in
+            _ = try await control.next { $0.hello != nil }
+            for (generation, c, expected) in [(1, config(1, ipcache: loopback), HTTPResponseStatus.ok),
+                                              (2, config(2, ipcache: [], unchanged: true), .ok),
+                                              (3, config(3, ipcache: []), .forbidden),
+                                              (4, config(4, ipcache: [], unchanged: true), .forbidden),
+                                              (5, config(5, ipcache: loopback), .ok)] as [(UInt64, ProxyConfig, HTTPResponseStatus)] {
+                try await control.send(ProxyControlMessage(config: c))
+                let applied = try await control.next { $0.configApplied != nil || $0.configRejected != nil }.configApplied
+                XCTAssertEqual(applied, generation, "generation \(generation)")
+                let got = try await status()
+                XCTAssertEqual(got, expected, "generation \(generation)")
+            }
+        }
+        try await ControlTestConnection.with(path: h.proxy.controlPath) { control in
+            _ = try await control.next { $0.hello != nil }
+            try await control.send(ProxyControlMessage(config: config(6, ipcache: [], unchanged: true)))
+            let reply = try await control.next { $0.configApplied != nil || $0.configRejected != nil }
+            XCTAssertNil(reply.configApplied)
+            XCTAssertTrue(reply.configRejected?.reason.contains("this connection carried none") ?? false, "\(reply)")
+        }
+        XCTAssertEqual(h.proxy.generation, 5, "the refused configuration changed nothing")
+        await h.stop()
+    }
+
     func testEventsForEveryVerdictAndMetricsCountTheRequestsSent() async throws {
         let h = try await ProxyHarness.start()
         try await ControlTestConnection.with(path: h.proxy.controlPath) { control in

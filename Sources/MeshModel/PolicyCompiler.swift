@@ -207,6 +207,10 @@ public enum PolicyCompiler {
             var ports: [[(UInt8, UInt16, Int, Bool)]]
             /// The indexes of its rules that name endpoints (PolicyRule.namesEndpoints).
             var labelRules: [Int]
+            /// The indexes of its allow rules with HTTP rules, and of its rules that require
+            /// authentication: what the proxy's part of a compile starts from.
+            var httpRules: [Int]
+            var authRules: [Int]
         }
         private var parts: [String: Part] = [:]
         private var keys: [IPv4CIDR: IdentityKey] = [:]
@@ -233,13 +237,16 @@ public enum PolicyCompiler {
             if let known = parts[k], known.policy == p { return known }
             union = nil
             let part = Part(policy: p, cidrs: PolicyCompiler.ruleCIDRs([p]), ports: p.rules.map { PolicyCompiler.portAtoms($0.ports) },
-                            labelRules: p.rules.indices.filter { p.rules[$0].namesEndpoints })
+                            labelRules: p.rules.indices.filter { p.rules[$0].namesEndpoints },
+                            httpRules: PolicyCompiler.httpRules(p), authRules: PolicyCompiler.authRules(p))
             parts[k] = part
             return part
         }
 
         func ports(of p: Policy) -> [[(UInt8, UInt16, Int, Bool)]] { part(p).ports }
         func labelRules(of p: Policy) -> [Int] { part(p).labelRules }
+        func httpRules(of p: Policy) -> [Int] { part(p).httpRules }
+        func authRules(of p: Policy) -> [Int] { part(p).authRules }
 
         /// Every CIDR the policies' rules name (ruleCIDRs).
         func cidrs(of policies: [Policy]) -> Set<IPv4CIDR> {
@@ -642,15 +649,18 @@ public enum PolicyCompiler {
         // neither, and then this costs a look at each rule.
         struct DirectionKey: Hashable { var ep: Int; var dir: TrafficDirection }
         var l7Directions = Set<DirectionKey>()
-        for (pi, p) in sortedPolicies.enumerated() {
-            for r in p.rules where r.action == .allow && r.ports.contains(where: { $0.http != nil }) {
-                for ep in subjectsOf[pi] { l7Directions.insert(DirectionKey(ep: ep.id, dir: r.direction)) }
+        for (pi, p) in sortedPolicies.enumerated() where !subjectsOf[pi].isEmpty {
+            for index in memo?.httpRules(of: p) ?? httpRules(p) {
+                for ep in subjectsOf[pi] { l7Directions.insert(DirectionKey(ep: ep.id, dir: p.rules[index].direction)) }
             }
         }
         var l7Rules: [DirectionKey: [L7PortRule]] = [:]
         var authRules: [DirectionKey: [TunnelAuthRule]] = [:]
         for (pi, p) in sortedPolicies.enumerated() where !subjectsOf[pi].isEmpty {
-            for (index, r) in p.rules.enumerated() {
+            // With an HTTP rule somewhere, every allow rule counts; else only those that
+            // require authentication.
+            for index in l7Directions.isEmpty ? memo?.authRules(of: p) ?? Self.authRules(p) : Array(p.rules.indices) {
+                let r = p.rules[index]
                 let auth = r.authentication == .required
                 let l7 = r.action == .allow && !l7Directions.isEmpty
                 guard auth || l7 else { continue }
@@ -684,6 +694,14 @@ public enum PolicyCompiler {
                       enforcement: enforcement, rules: rules, policyIDs: policyIDs, l7: l7, authRules: authPolicies(.ingress),
                       egressAuthRules: authPolicies(.egress))
     }
+
+    /// The indexes of `p`'s allow rules with HTTP rules.
+    static func httpRules(_ p: Policy) -> [Int] {
+        p.rules.indices.filter { p.rules[$0].action == .allow && p.rules[$0].ports.contains { $0.http != nil } }
+    }
+
+    /// The indexes of `p`'s rules that require authentication.
+    static func authRules(_ p: Policy) -> [Int] { p.rules.indices.filter { p.rules[$0].authentication == .required } }
 
     /// Entries' order: by endpoint, direction (by name), then peer identity.
     static func groupOrder(_ a: (Int, TrafficDirection, UInt32), _ b: (Int, TrafficDirection, UInt32)) -> Bool {

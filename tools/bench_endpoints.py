@@ -38,6 +38,11 @@ def down():
     for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines():
         ns = line.split()[0] if line.split() else ""
         if ns == NODE or ns.startswith(NODE + "-ep-"):
+            # What outlives meshd in them: its mesh-proxy (a session of its own, so that a
+            # restarted meshd adopts it) and dnsmasq.
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                subprocess.run(["kill", "-KILL", pid], stderr=subprocess.DEVNULL)
             subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
     shutil.rmtree(RUN, ignore_errors=True)
     remove_node_files(NODE)

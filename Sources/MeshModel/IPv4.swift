@@ -5,16 +5,28 @@ public struct IPv4Address: Sendable, Hashable, Comparable, Codable, CustomString
     public init(_ value: UInt32) { self.value = value }
 
     /// Parses dotted-quad text strictly: four decimal octets, no leading zeros, nothing else.
+    /// Over the UTF-8 bytes: the proxy reads a thousand of these with every configuration.
     public init?(_ text: String) {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4 else { return nil }
-        var v: UInt32 = 0
-        for p in parts {
-            guard !p.isEmpty, p.count <= 3, p.allSatisfy(\.isASCII), p.allSatisfy(\.isNumber),
-                  !(p.count > 1 && p.first == "0"), let o = UInt32(p), o <= 255 else { return nil }
-            v = v << 8 | o
+        var v: UInt32 = 0, octet: UInt32 = 0, digits = 0, dots = 0
+        for b in text.utf8 {
+            if b == UInt8(ascii: ".") {
+                guard digits > 0, dots < 3 else { return nil }
+                v = v << 8 | octet
+                octet = 0
+                digits = 0
+                dots += 1
+            } else if b >= UInt8(ascii: "0"), b <= UInt8(ascii: "9") {
+                // A leading zero: "0" is an octet, "01" is not.
+                guard !(digits == 1 && octet == 0) else { return nil }
+                octet = octet * 10 + UInt32(b - UInt8(ascii: "0"))
+                digits += 1
+                guard octet <= 255 else { return nil }
+            } else {
+                return nil
+            }
         }
-        value = v
+        guard dots == 3, digits > 0 else { return nil }
+        value = v << 8 | octet
     }
 
     public var description: String {

@@ -38,12 +38,6 @@ public actor WorkloadIdentities: Service {
             self.generation = generation
             rotateAt = certificate.notValidAfter.addingTimeInterval(-lifetime / 2)
         }
-
-        /// Still this identity's, from the intermediate in force (a new one is a new
-        /// generation), and short of its half-life.
-        func good(id: String, generation: Int, at now: Date) -> Bool {
-            spiffeID == id && self.generation == generation && now < rotateAt
-        }
     }
     private var held: [String: Held] = [:]
     private var nodeHeld: Held?
@@ -98,9 +92,10 @@ public actor WorkloadIdentities: Service {
         let now = Date()
         for ep in endpoints {
             let id = ca.spiffeID(namespace: ep.labels.namespace, serviceAccount: ep.serviceAccount)
-            if let h = held[ep.name], h.good(id: id, generation: generation, at: now) { continue }
+            if let g = goodUntil[ep.name], g.id == id, g.generation == generation, now < g.rotateAt { continue }
             changed = keep(&held[ep.name], id: id, name: ep.name, cert: certificatePath(ep.name), key: keyPath(ep.name),
                            intermediate: intermediate, generation: generation) || changed
+            goodUntil[ep.name] = held[ep.name].map { ($0.spiffeID, $0.generation, $0.rotateAt) }
         }
         let nodeID = ProxyTunnelConfig.nodeSPIFFEID(trustDomain: ca.trustDomain, node: nodeName)
         changed = keep(&nodeHeld, id: nodeID, name: "node \(nodeName)", cert: nodeCertificatePath, key: nodeKeyPath,
@@ -109,7 +104,10 @@ public actor WorkloadIdentities: Service {
         // left, which the first sync's look at the folder finds).
         let names = Set(endpoints.map(\.name))
         let gone = held.keys.filter { !names.contains($0) }
-        for name in gone { held[name] = nil }
+        for name in gone {
+            held[name] = nil
+            goodUntil[name] = nil
+        }
         if !gone.isEmpty || !folderChecked {
             for file in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
                 let name = file.hasSuffix(".crt") || file.hasSuffix(".key") ? String(file.dropLast(4)) : file
@@ -122,6 +120,11 @@ public actor WorkloadIdentities: Service {
 
     /// Whether the folder has been cleared of files no endpoint owns since this started.
     private var folderChecked = false
+    /// Each held certificate's SPIFFE ID, CA generation and rotation time, apart (a Held
+    /// is a whole certificate to copy, and a sync looks at every endpoint's): one that is
+    /// still this identity's, from the intermediate in force (a new one is a new
+    /// generation) and short of its half-life is kept without another look.
+    private var goodUntil: [String: (id: String, generation: Int, rotateAt: Date)] = [:]
 
     /// Keeps one certificate good: the one held (or left by an earlier run) while it is
     /// this name's, from the current intermediate, with more than half its life left;

@@ -308,6 +308,9 @@ final class ProxySupervisor: Service, @unchecked Sendable {
                 lock.withLock {
                     status.lastRejection = r.reason
                     sentIPCache = nil // the next one carries its ipcache, whatever the cause
+                    // The proxy lost the ipcache it was told to keep (a line it could not
+                    // read): the configuration in force here goes again, whole.
+                    if r.ipcacheMissing == true { queueConfigLocked() }
                 }
                 logger.error("the L7 proxy rejected its configuration; it keeps the previous one",
                              metadata: ["generation": "\(r.generation)", "reason": "\(r.reason)"])
@@ -395,6 +398,9 @@ final class ProxySupervisor: Service, @unchecked Sendable {
         }
         if !complete {
             logger.warning("a message to the L7 proxy could not be written", metadata: ["errno": "\(String(cString: strerror(errno)))"])
+            // Whatever it was, the proxy may join its half to the next line and read
+            // neither: the next configuration carries its ipcache.
+            lock.withLock { sentIPCache = nil }
         }
         return complete
     }

@@ -61,10 +61,14 @@ public struct ProxyHello: Codable, Sendable, Equatable {
 public struct ProxyConfigRejection: Codable, Sendable, Equatable {
     public var generation: UInt64
     public var reason: String
+    /// true: the configuration kept an ipcache this connection does not hold (none came, or
+    /// a line that could not be read came after it): meshd sends it again whole.
+    public var ipcacheMissing: Bool?
 
-    public init(generation: UInt64, reason: String) {
+    public init(generation: UInt64, reason: String, ipcacheMissing: Bool? = nil) {
         self.generation = generation
         self.reason = reason
+        self.ipcacheMissing = ipcacheMissing
     }
 }
 

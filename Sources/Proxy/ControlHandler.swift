@@ -70,6 +70,9 @@ extension ProxyCore {
         do {
             message = try ControlWire.decode(line)
         } catch {
+            // It may have been a configuration (a half-written line, then a whole one): its
+            // ipcache is not the one meshd now takes this connection to hold.
+            carried.withLockedValue { $0 = nil }
             logger.warning("control message is not valid JSON for a ProxyControlMessage", metadata: ["error": "\(error)"])
             return []
         }
@@ -82,7 +85,8 @@ extension ProxyCore {
                     replies.append(apply(config))
                 } else {
                     let rejection = ProxyConfigRejection(generation: config.generation,
-                                                         reason: "the configuration keeps the ipcache of the last one, and this connection carried none")
+                                                         reason: "the configuration keeps the ipcache of the last one, and this connection holds none",
+                                                         ipcacheMissing: true)
                     logger.warning("configuration rejected", metadata: ["generation": "\(rejection.generation)", "reason": "\(rejection.reason)"])
                     replies.append(ProxyControlMessage(configRejected: rejection))
                 }

@@ -143,6 +143,11 @@ extension ControlTestConnection {
         try await outbound.write(ByteBuffer(bytes: data))
     }
 
+    /// Bytes as they are: a damaged line, say.
+    func sendRaw(_ text: String) async throws {
+        try await outbound.write(ByteBuffer(string: text))
+    }
+
     /// The next message that satisfies `accept`, skipping others (events, say).
     mutating func next(where accept: (ProxyControlMessage) -> Bool = { _ in true }) async throws -> ProxyControlMessage {
         while let line = try await inbound.next() {

@@ -228,23 +228,35 @@ extension MeshDatapath {
     public func publish(revision: UInt32, ipcache newIPCache: [IPCacheEntry], policy newPolicy: [PolicyEntry],
                         enforcement newEnforcement: [Enforcement]) throws -> PublishStats {
         try publishLock.withLock {
-            let state = try policyState()
-            let target = Self.slot(of: revision)
-            guard revision == Self.revision(after: state.revision), target != state.activeSlot else {
-                throw DatapathError("publish policy revision \(revision): revision \(state.revision) is in force, and the next one must be \(Self.revision(after: state.revision)) (it lives in the other slot)", errno: EINVAL)
-            }
-            let next = contents(ipcache: newIPCache, policy: newPolicy, enforcement: newEnforcement)
-            // The slot was active until the last flip: wait until no program still reads it.
-            let waitStart = ContinuousClock.now
-            gracePeriod.waitForLastFlip()
-            let graceWait = ContinuousClock.now - waitStart
-            let (written, deleted) = try write(next, into: target, revision: revision, inForce: state.revision)
-            // The flip: one atomic 32-bit store into the map's memory.
-            cbpf_store_u32(revisionWord, revision)
-            gracePeriod.flipped()
-            catchUpQueue.async { [self] in catchUp(slot: 1 - target, to: next, revision: revision) }
-            return PublishStats(slot: target, revision: revision, written: written, deleted: deleted, graceWait: graceWait)
+            try publishLocked(revision: revision, next: { _ in contents(ipcache: newIPCache, policy: newPolicy, enforcement: newEnforcement) })
         }
+    }
+
+    /// Must hold the publish lock. Writes `next(state in force)` into the inactive slot and
+    /// flips to it (see `publish`); with `changes` from the revision in force, a slot that
+    /// holds that revision is given only them, now and when the other one catches up.
+    private func publishLocked(revision: UInt32, changes: RawChanges? = nil, next: (PolicyState) -> SlotContents) throws -> PublishStats {
+        let state = try policyState()
+        let target = Self.slot(of: revision)
+        guard revision == Self.revision(after: state.revision), target != state.activeSlot else {
+            throw DatapathError("publish policy revision \(revision): revision \(state.revision) is in force, and the next one must be \(Self.revision(after: state.revision)) (it lives in the other slot)", errno: EINVAL)
+        }
+        let contents = next(state)
+        // The slot was active until the last flip: wait until no program still reads it.
+        let waitStart = ContinuousClock.now
+        gracePeriod.waitForLastFlip()
+        let graceWait = ContinuousClock.now - waitStart
+        let (written, deleted) = if let changes, slotRevision[target] == state.revision {
+            try write(changes, contents, into: target, revision: revision, inForce: state.revision)
+        } else {
+            try write(contents, into: target, revision: revision, inForce: state.revision)
+        }
+        // The flip: one atomic 32-bit store into the map's memory.
+        cbpf_store_u32(revisionWord, revision)
+        gracePeriod.flipped()
+        let from = state.revision
+        catchUpQueue.async { [self] in catchUp(slot: 1 - target, to: contents, revision: revision, changes: changes.map { (from, $0) }) }
+        return PublishStats(slot: target, revision: revision, written: written, deleted: deleted, graceWait: graceWait)
     }
 
     /// A revision given as what changes from the one in force: entries new or changed,
@@ -293,28 +305,16 @@ extension MeshDatapath {
     /// has caught up), only the changes are written; otherwise the slot is diffed whole.
     public func publish(revision: UInt32, from: UInt32, changes: PolicyChanges) throws -> PublishStats {
         try publishLock.withLock {
-            let state = try policyState()
-            let target = Self.slot(of: revision)
-            guard from == state.revision else {
-                throw DatapathError("publish policy revision \(revision) as changes from revision \(from): revision \(state.revision) is in force", errno: EINVAL)
-            }
-            guard revision == Self.revision(after: state.revision), target != state.activeSlot else {
-                throw DatapathError("publish policy revision \(revision): revision \(state.revision) is in force, and the next one must be \(Self.revision(after: state.revision)) (it lives in the other slot)", errno: EINVAL)
+            let inForce = try policyState().revision
+            guard from == inForce else {
+                throw DatapathError("publish policy revision \(revision) as changes from revision \(from): revision \(inForce) is in force", errno: EINVAL)
             }
             let rawChanges = raw(changes)
-            var next = slots[state.activeSlot]
-            rawChanges.apply(to: &next)
-            let waitStart = ContinuousClock.now
-            gracePeriod.waitForLastFlip()
-            let graceWait = ContinuousClock.now - waitStart
-            let (written, deleted) = slotRevision[target] == from
-                ? try write(rawChanges, next, into: target, revision: revision, inForce: from)
-                : try write(next, into: target, revision: revision, inForce: from)
-            cbpf_store_u32(revisionWord, revision)
-            gracePeriod.flipped()
-            let contents = next
-            catchUpQueue.async { [self] in catchUp(slot: 1 - target, to: contents, revision: revision, changes: (from, rawChanges)) }
-            return PublishStats(slot: target, revision: revision, written: written, deleted: deleted, graceWait: graceWait)
+            return try publishLocked(revision: revision, changes: rawChanges) { state in
+                var next = slots[state.activeSlot]
+                rawChanges.apply(to: &next)
+                return next
+            }
         }
     }
 

@@ -6,9 +6,12 @@ public struct IPv4Address: Sendable, Hashable, Comparable, Codable, CustomString
 
     /// Parses dotted-quad text strictly: four decimal octets, no leading zeros, nothing else.
     /// Over the UTF-8 bytes: the proxy reads a thousand of these with every configuration.
-    public init?(_ text: String) {
+    public init?(_ text: String) { self.init(utf8: text.utf8) }
+
+    /// The same, from UTF-8 bytes (a part of a longer text, say).
+    public init?<Bytes: Sequence>(utf8 bytes: Bytes) where Bytes.Element == UInt8 {
         var v: UInt32 = 0, octet: UInt32 = 0, digits = 0, dots = 0
-        for b in text.utf8 {
+        for b in bytes {
             if b == UInt8(ascii: ".") {
                 guard digits > 0, dots < 3 else { return nil }
                 v = v << 8 | octet

@@ -278,15 +278,11 @@ public struct CompactIPCache: Codable, Sendable, Equatable {
         }
         while i < n {
             let start = i
-            var address: UInt32 = 0
-            var ok = true
-            for k in 0..<4 where ok {
-                if k > 0 { ok = expect(UInt8(ascii: ".")) }
-                if ok, let octet = number(255) { address = address << 8 | UInt32(octet) } else { ok = false }
-            }
+            while i < n, bytes[i] != UInt8(ascii: "/"), bytes[i] != UInt8(ascii: " ") { i += 1 }
             var entry: ProxyIPCacheEntry?
-            if ok, expect(UInt8(ascii: "/")), let len = number(32), expect(UInt8(ascii: "=")), let identity = number(UInt64(UInt32.max)),
-               let prefix = IPv4CIDR(network: IPv4Address(address), prefixLength: Int(len)), i == n || bytes[i] == UInt8(ascii: " ") {
+            if let address = IPv4Address(utf8: bytes[start..<i]), expect(UInt8(ascii: "/")), let len = number(32), expect(UInt8(ascii: "=")),
+               let identity = number(UInt64(UInt32.max)), let prefix = IPv4CIDR(network: address, prefixLength: Int(len)),
+               i == n || bytes[i] == UInt8(ascii: " ") {
                 entry = ProxyIPCacheEntry(prefix: prefix, identity: UInt32(identity))
             }
             guard let entry else {

@@ -237,7 +237,7 @@ public enum PolicyCompiler {
             if let known = parts[k], known.policy == p { return known }
             union = nil
             let part = Part(policy: p, cidrs: PolicyCompiler.ruleCIDRs([p]), ports: p.rules.map { PolicyCompiler.portAtoms($0.ports) },
-                            labelRules: p.rules.indices.filter { p.rules[$0].namesEndpoints },
+                            labelRules: PolicyCompiler.labelRules(p),
                             httpRules: PolicyCompiler.httpRules(p), authRules: PolicyCompiler.authRules(p))
             parts[k] = part
             return part
@@ -471,7 +471,7 @@ public enum PolicyCompiler {
         }
         // The peers of rules that name endpoints (by selector, or the cluster): the only
         // ones an endpoint change can change. By rule id, for rules with subjects here.
-        let labelRules: [[Int]] = sortedPolicies.map { p in memo?.labelRules(of: p) ?? p.rules.indices.filter { p.rules[$0].namesEndpoints } }
+        let labelRules: [[Int]] = sortedPolicies.map { p in memo?.labelRules(of: p) ?? Self.labelRules(p) }
         var labelRulePeers: [UInt32: [UInt32]] = [:]
         for (pi, p) in sortedPolicies.enumerated() where !subjectsOf[pi].isEmpty {
             for index in labelRules[pi] {
@@ -509,14 +509,15 @@ public enum PolicyCompiler {
         // Kept from the last compile: entries of endpoints and groups no change touched.
         var kept: [Entry] = []
         var dirtyEndpoints = Set<Int>()
+        // What the next compile compares with (LastCompile.subjectLabels).
+        var labelsNow: [Int: Labels] = [:]
+        if memo != nil {
+            labelsNow.reserveCapacity(localEndpoints.count)
+            for ep in localEndpoints { labelsNow[ep.id] = ep.labels }
+        }
         if let last {
             // Endpoints new, gone or relabelled: every group of theirs is made again.
-            var labelsNow: [Int: Labels] = [:]
-            labelsNow.reserveCapacity(localEndpoints.count)
-            for ep in localEndpoints {
-                labelsNow[ep.id] = ep.labels
-                if last.subjectLabels[ep.id] != ep.labels { dirtyEndpoints.insert(ep.id) }
-            }
+            for ep in localEndpoints where last.subjectLabels[ep.id] != ep.labels { dirtyEndpoints.insert(ep.id) }
             for id in last.subjectLabels.keys where labelsNow[id] == nil { dirtyEndpoints.insert(id) }
             // Peers an endpoint change added to or took from a rule: those groups of the
             // rule's other subjects are made again, from the rules that name endpoints
@@ -551,11 +552,7 @@ public enum PolicyCompiler {
             var gone: [Range<Int>] = []
             let all = last.entries
             func run(_ below: (Entry) -> Bool, _ within: (Entry) -> Bool) -> Range<Int> {
-                var lo = 0, hi = all.count
-                while lo < hi {
-                    let mid = (lo + hi) / 2
-                    if below(all[mid]) { lo = mid + 1 } else { hi = mid }
-                }
+                let lo = partitionPoint(all, from: 0, below)
                 var end = lo
                 while end < all.count, within(all[end]) { end += 1 }
                 return lo..<end
@@ -624,11 +621,7 @@ public enum PolicyCompiler {
             var i = 0
             for e in made {
                 if i < kept.count, groupOrder(kept[i].group, e.group) {
-                    var lo = i, hi = kept.count
-                    while lo < hi {
-                        let mid = (lo + hi) / 2
-                        if groupOrder(kept[mid].group, e.group) { lo = mid + 1 } else { hi = mid }
-                    }
+                    let lo = partitionPoint(kept, from: i) { groupOrder($0.group, e.group) }
                     entries.append(contentsOf: kept[i..<lo])
                     i = lo
                 }
@@ -637,10 +630,7 @@ public enum PolicyCompiler {
             entries.append(contentsOf: kept[i...])
         }
         if let memo, let generations {
-            var labels: [Int: Labels] = [:]
-            labels.reserveCapacity(localEndpoints.count)
-            for ep in localEndpoints { labels[ep.id] = ep.labels }
-            memo.last = LastCompile(generations: generations, subjectLabels: labels, labelRulePeers: labelRulePeers, entries: entries,
+            memo.last = LastCompile(generations: generations, subjectLabels: labelsNow, labelRulePeers: labelRulePeers, entries: entries,
                                     policyRules: last?.policyRules ?? Array(rules[..<policyRuleCount]))
         }
 
@@ -695,6 +685,9 @@ public enum PolicyCompiler {
                       egressAuthRules: authPolicies(.egress))
     }
 
+    /// The indexes of `p`'s rules that name endpoints (PolicyRule.namesEndpoints).
+    static func labelRules(_ p: Policy) -> [Int] { p.rules.indices.filter { p.rules[$0].namesEndpoints } }
+
     /// The indexes of `p`'s allow rules with HTTP rules.
     static func httpRules(_ p: Policy) -> [Int] {
         p.rules.indices.filter { p.rules[$0].action == .allow && p.rules[$0].ports.contains { $0.http != nil } }
@@ -702,6 +695,17 @@ public enum PolicyCompiler {
 
     /// The indexes of `p`'s rules that require authentication.
     static func authRules(_ p: Policy) -> [Int] { p.rules.indices.filter { p.rules[$0].authentication == .required } }
+
+    /// The first index from `start` on whose element is not `below` (a binary search:
+    /// `a` holds every such element before every other).
+    static func partitionPoint<T>(_ a: [T], from start: Int, _ below: (T) -> Bool) -> Int {
+        var lo = start, hi = a.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if below(a[mid]) { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
 
     /// Entries' order: by endpoint, direction (by name), then peer identity.
     static func groupOrder(_ a: (Int, TrafficDirection, UInt32), _ b: (Int, TrafficDirection, UInt32)) -> Bool {
@@ -863,11 +867,7 @@ public enum PolicyCompiler {
                 for set in labelSets where sel.matches(set.labels) { out.insert(set.id) }
             case .cidr(let c, let except):
                 // Binary search to the first prefix at or after c's network, then walk the run.
-                var lo = 0, hi = cidrIndex.count
-                while lo < hi {
-                    let mid = (lo + hi) / 2
-                    if cidrIndex[mid].key.network < c.network { lo = mid + 1 } else { hi = mid }
-                }
+                var lo = partitionPoint(cidrIndex, from: 0) { $0.key.network < c.network }
                 while lo < cidrIndex.count, cidrIndex[lo].key.network <= c.broadcast {
                     let (prefix, id) = cidrIndex[lo]
                     lo += 1

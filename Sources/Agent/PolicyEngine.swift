@@ -324,27 +324,26 @@ public actor PolicyEngine {
         let compiledAt = ContinuousClock.now
         let inForce = revision
         let next = MeshDatapath.revision(after: inForce)
-        var stats: MeshDatapath.PublishStats?
+        var byChanges: MeshDatapath.PublishStats?
         // What changed since the revision in force, when this engine published it: the
         // kernel is given only that (a relabel among ten thousand entries: a few).
         if let compiled, compiledRevision == inForce, let changes = Self.changes(from: compiled, to: result) {
             do {
-                stats = try datapath.publish(revision: next, from: inForce, changes: changes)
+                byChanges = try datapath.publish(revision: next, from: inForce, changes: changes)
             } catch {
                 // The datapath has read the slots back from the kernel: the whole revision
                 // against them repairs whatever went wrong.
                 logger.warning("publishing policy changes failed; publishing the whole revision", metadata: ["revision": "\(next)", "error": "\(error)"])
             }
         }
+        let stats: MeshDatapath.PublishStats
         do {
-            if stats == nil {
-                stats = try datapath.publish(revision: next, ipcache: result.ipcache.map(Self.datapathEntry), policy: result.entries.map(Self.datapathEntry),
-                                             enforcement: result.enforcement.map(Self.datapathEntry))
-            }
+            stats = try byChanges ?? datapath.publish(revision: next, ipcache: result.ipcache.map(Self.datapathEntry),
+                                                      policy: result.entries.map(Self.datapathEntry),
+                                                      enforcement: result.enforcement.map(Self.datapathEntry))
         } catch {
             throw MeshError(.datapath, "publishing policy revision \(next) failed: \(error)")
         }
-        guard let stats else { throw MeshError(.internalError, "policy revision \(next) was not published") }
         compiled = result
         compiledRevision = next
         names.published(revision: next, result: result)

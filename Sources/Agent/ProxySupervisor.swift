@@ -163,12 +163,9 @@ final class ProxySupervisor: Service, @unchecked Sendable {
             if send(wire, on: fd, legacyIPCache: legacy) {
                 if let ipcache = message.config?.ipcache { lock.withLock { sentIPCache = (fd, ipcache) } }
             } else {
-                // The proxy may hold half a line: the next change is sent even if equal,
-                // with its ipcache.
-                lock.withLock {
-                    resendConfig = true
-                    sentIPCache = nil
-                }
+                // The proxy may hold half a line: the next change is sent even if equal
+                // (and, as send says, with its ipcache).
+                lock.withLock { resendConfig = true }
             }
         }
     }

@@ -84,11 +84,9 @@ extension ProxyCore {
                     config.ipcacheUnchanged = nil
                     replies.append(apply(config))
                 } else {
-                    let rejection = ProxyConfigRejection(generation: config.generation,
-                                                         reason: "the configuration keeps the ipcache of the last one, and this connection holds none",
-                                                         ipcacheMissing: true)
-                    logger.warning("configuration rejected", metadata: ["generation": "\(rejection.generation)", "reason": "\(rejection.reason)"])
-                    replies.append(ProxyControlMessage(configRejected: rejection))
+                    replies.append(rejected(ProxyConfigRejection(generation: config.generation,
+                                                                 reason: "the configuration keeps the ipcache of the last one, and this connection holds none",
+                                                                 ipcacheMissing: true)))
                 }
             } else {
                 carried.withLockedValue { $0 = config.ipcache }
@@ -121,9 +119,12 @@ extension ProxyCore {
                         metadata: ["generation": "\(config.generation)", "inForce": "\(current)"])
             return ProxyControlMessage(configApplied: current)
         case .rejected(let rejection):
-            logger.warning("configuration rejected",
-                           metadata: ["generation": "\(rejection.generation)", "reason": "\(rejection.reason)"])
-            return ProxyControlMessage(configRejected: rejection)
+            return rejected(rejection)
         }
+    }
+
+    private func rejected(_ rejection: ProxyConfigRejection) -> ProxyControlMessage {
+        logger.warning("configuration rejected", metadata: ["generation": "\(rejection.generation)", "reason": "\(rejection.reason)"])
+        return ProxyControlMessage(configRejected: rejection)
     }
 }

@@ -132,8 +132,7 @@ public actor WorkloadIdentities: Service {
     private func keep(_ h: inout Held?, id: String, name: String, cert: String, key: String, intermediate: Certificate,
                       generation: Int) -> Bool {
         if h == nil, let kept = load(cert: cert, key: key, id: id, intermediate: intermediate, generation: generation) { h = kept }
-        if let h, h.spiffeID == id, h.generation == generation, h.certificate.issuer == intermediate.subject,
-           h.certificate.notValidAfter.timeIntervalSinceNow > lifetime / 2 {
+        if let h, h.spiffeID == id, h.generation == generation, h.certificate.issuer == intermediate.subject, Date() < h.rotateAt {
             return false
         }
         do {

@@ -160,10 +160,13 @@ static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_val
 		ct->revision = revision;
 		ct->rule_id = v.rule_id;
 	}
-	ct->last_seen = now;
+	/* Written only when they change: the entry is read on both CPUs (the two ends of a
+	 * local flow), and a store, even of the same value, takes its cache line from the other. */
+	if (now - ct->last_seen >= MESH_CT_REFRESH_NS)
+		ct->last_seen = now;
 	if (reply && !ct->seen_reply)
 		ct->seen_reply = 1;
-	if (f->tcp_flags & 0x05)
+	if ((f->tcp_flags & 0x05) && !ct->closing)
 		ct->closing = 1;
 	return TC_ACT_OK;
 }

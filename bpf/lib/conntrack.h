@@ -7,6 +7,11 @@
 #include "maps.h"
 #include "packet.h"
 
+/* How stale an entry's last_seen may be: a packet refreshes it only when it is older. An
+ * entry so expires up to this much before its lifetime (mesh_ct_lifetime_s, 10 s at the
+ * least) after its flow's last packet, and `meshctl` shows its idle time to this much. */
+#define MESH_CT_REFRESH_NS 1000000000ULL
+
 static __always_inline int ct_expired(const struct mesh_ct_value *v, __u8 proto, __u64 now)
 {
 	__u64 life = mesh_ct_lifetime_s(proto, v->closing, v->seen_reply);
@@ -19,14 +24,21 @@ static __always_inline void ct_stat_add(__u32 stat)
 	percpu_array_add(&mesh_ct_stats, stat, 1);
 }
 
-/* Inserts a new flow's entry, counting it as created unless it replaces one (a new SYN on
- * the tuple of a closing connection, or an entry that expired but was not collected yet). */
+/*
+ * Inserts a new flow's entry, counting it as created unless it replaces one (a new SYN on
+ * the tuple of a closing connection, or an entry that expired but was not collected yet).
+ * A lookup says which, not a BPF_NOEXIST update: an LRU map takes a free element before it
+ * looks for the key, so a refused update costs a pop, a bucket lock and a push, and a
+ * client that connects often reuses its ports while their entries still close (a port
+ * comes back within seconds at 15,000 connections/s). A race between the lookup and the
+ * update (the other CPU creating the same tuple, or evicting it) can only miscount one.
+ */
 static __always_inline void ct_create(const struct mesh_ct_key *k, const struct mesh_ct_value *v)
 {
-	if (bpf_map_update_elem(&mesh_ct, k, v, BPF_NOEXIST) == 0)
+	int replaces = bpf_map_lookup_elem(&mesh_ct, k) != NULL;
+
+	if (bpf_map_update_elem(&mesh_ct, k, v, BPF_ANY) == 0 && !replaces)
 		ct_stat_add(MESH_CT_STAT_CREATED);
-	else
-		bpf_map_update_elem(&mesh_ct, k, v, BPF_ANY);
 }
 
 static __always_inline void ct_remove(const struct mesh_ct_key *k)

@@ -50,6 +50,16 @@ enum {
 	WANT_PROXY_TUNNEL = 4,  /* its destination's node accepts it only through an mTLS tunnel */
 };
 
+/* The receiver's ingress verdict for the SYN of a new TCP flow to another endpoint of this
+ * node: ingress_wants_proxy decides it before the sender's egress, and the receiver's
+ * enforce uses it rather than deciding the same again (a verdict is a function of the
+ * slot, endpoint, direction, peer, protocol and port, all the same for both). */
+struct local_ingress {
+	__u32 ep;   /* the receiver's endpoint id; 0: nothing decided */
+	__u32 peer; /* the sender's identity, as the receiver's policy sees it */
+	struct verdict v;
+};
+
 /* Set by meshd between open and load; never a recompile. */
 const volatile __u32 cfg_node_id = 0;
 const volatile __u8 cfg_report_unknown = 1;
@@ -175,9 +185,11 @@ static __always_inline int established(struct __sk_buff *skb, struct mesh_ct_val
  * `pr` and `f` are what parse_flow made of it, `revision` what the program run read
  * (policy_revision): every lookup and every record of this packet uses that revision.
  * `*proxy` becomes 1 when the packet leaves the endpoint for the L7 proxy; `want_proxy`
- * (WANT_PROXY_*) says why a new flow needs the proxy before its own policy is read. */
+ * (WANT_PROXY_*) says why a new flow needs the proxy before its own policy is read. `li`,
+ * when not NULL, is the receiver's ingress verdict that handle() already decided. */
 static __always_inline int enforce(struct __sk_buff *skb, __u32 ep, __u8 dir, enum parse_result pr,
-				   const struct flow *f, __u32 revision, __u8 want_proxy, __u8 *proxy)
+				   const struct flow *f, __u32 revision, __u8 want_proxy, const struct local_ingress *li,
+				   __u8 *proxy)
 {
 	__u32 zero = 0;
 	struct mesh_ct_key ck;
@@ -259,10 +271,14 @@ new_flow:
 		*proxy = 1;
 		return TC_ACT_OK;
 	}
-	peer = identity_of(slot, dir == MESH_DIR_EGRESS ? f->daddr : f->saddr);
+	peer = li && li->ep == ep && dir == MESH_DIR_INGRESS ? li->peer
+								: identity_of(slot, dir == MESH_DIR_EGRESS ? f->daddr : f->saddr);
 	if (dir == MESH_DIR_INGRESS && (skb->mark & MESH_MARK_MASK) == MESH_MARK_FROM_PROXY && (skb->mark & MESH_MARK_GATEWAY))
 		peer = MESH_ID_INGRESS;
-	v = policy_decide(slot, dir, ep, peer, f->proto, f->dport);
+	if (li && li->ep == ep && dir == MESH_DIR_INGRESS && li->peer == peer && f->proto == IPPROTO_TCP)
+		v = li->v;
+	else
+		v = policy_decide(slot, dir, ep, peer, f->proto, f->dport);
 	if (v.enforced)
 		count_verdict(&v, dir, skb->len);
 	if (v.action == MESH_ACTION_DENY) {
@@ -344,7 +360,8 @@ new_flow:
  * Returns -1 when the packet takes the node's stack instead (not for a local endpoint,
  * TTL expiring: the stack answers that).
  */
-static __always_inline int deliver_locally(struct __sk_buff *skb, const struct flow *f, __u32 revision)
+static __always_inline int deliver_locally(struct __sk_buff *skb, const struct flow *f, __u32 revision,
+					   const struct local_ingress *li)
 {
 	struct mesh_local_endpoint *to = bpf_map_lookup_elem(&mesh_local_ep, &f->daddr);
 	/* TTL and protocol: one 16-bit word of the header checksum. */
@@ -355,7 +372,7 @@ static __always_inline int deliver_locally(struct __sk_buff *skb, const struct f
 	if (!to || to->ifindex == skb->ifindex || f->ttl <= 1)
 		return -1;
 	/* The sender's egress was decided under `revision`; so is the receiver's ingress. */
-	verdict = enforce(skb, to->endpoint_id, MESH_DIR_INGRESS, PARSE_IPV4, f, revision, 0, &proxy);
+	verdict = enforce(skb, to->endpoint_id, MESH_DIR_INGRESS, PARSE_IPV4, f, revision, 0, li, &proxy);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	count_traffic(to->endpoint_id, MESH_DIR_INGRESS, skb->len);
@@ -371,19 +388,21 @@ static __always_inline int deliver_locally(struct __sk_buff *skb, const struct f
 
 /*
  * For the SYN of a new TCP flow from an endpoint to another of this node: 1 when the
- * receiver's ingress allows it only through the L7 proxy. (A deny is left to
- * deliver_locally, which drops and reports it.)
+ * receiver's ingress allows it only through the L7 proxy. The verdict stays in `li` for
+ * deliver_locally, which drops and reports a deny. `li->ep` stays 0 for a destination
+ * that is not a local endpoint.
  */
-static __always_inline __u8 ingress_wants_proxy(const struct flow *f, __u32 revision)
+static __always_inline __u8 ingress_wants_proxy(const struct flow *f, __u32 revision, struct local_ingress *li)
 {
 	struct mesh_local_endpoint *to = bpf_map_lookup_elem(&mesh_local_ep, &f->daddr);
 	__u8 slot = MESH_SLOT_OF(revision);
-	struct verdict v;
 
 	if (!to)
 		return 0;
-	v = policy_decide(slot, MESH_DIR_INGRESS, to->endpoint_id, identity_of(slot, f->saddr), IPPROTO_TCP, f->dport);
-	return v.action == MESH_ACTION_ALLOW && v.l7;
+	li->ep = to->endpoint_id;
+	li->peer = identity_of(slot, f->saddr);
+	li->v = policy_decide(slot, MESH_DIR_INGRESS, li->ep, li->peer, IPPROTO_TCP, f->dport);
+	return li->v.action == MESH_ACTION_ALLOW && li->v.l7;
 }
 
 /* Whether a new TCP flow's destination is another node's endpoint that its node accepts
@@ -448,6 +467,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct mesh_endpoint_info *ep = bpf_map_lookup_elem(&mesh_endpoints, &ek);
 	enum parse_result pr;
 	struct flow f = {};
+	struct local_ingress li = {};
 	__u32 id, revision;
 	__u8 want_proxy = 0, proxy = 0;
 	int verdict;
@@ -468,11 +488,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		fragment_ports(&f);
 	if (dir == MESH_DIR_EGRESS && pr == PARSE_IPV4 && f.proto == IPPROTO_TCP && (f.tcp_flags & 0x12) == 0x02 &&
 	    skb->mark != MESH_TRACE_MARK)
-		want_proxy = routed_frontend(&f)                ? WANT_PROXY_ROUTED
-			     : ingress_wants_proxy(&f, revision) ? WANT_PROXY_INGRESS
-			     : tunnelled(&f, revision)           ? WANT_PROXY_TUNNEL
-								 : 0;
-	verdict = enforce(skb, id, dir, pr, &f, revision, want_proxy, &proxy);
+		/* A destination on this node is never behind another node's tunnel. */
+		want_proxy = routed_frontend(&f)                      ? WANT_PROXY_ROUTED
+			     : ingress_wants_proxy(&f, revision, &li) ? WANT_PROXY_INGRESS
+			     : !li.ep && tunnelled(&f, revision)      ? WANT_PROXY_TUNNEL
+								      : 0;
+	verdict = enforce(skb, id, dir, pr, &f, revision, want_proxy, NULL, &proxy);
 	if (verdict != TC_ACT_OK || skb->mark == MESH_TRACE_MARK)
 		return verdict;
 	if (proxy && dir == MESH_DIR_EGRESS) {
@@ -484,7 +505,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	/* Forwarded traffic only: drops are counted in mesh_drops. */
 	count_traffic(id, dir, skb->len);
 	if (dir == MESH_DIR_EGRESS && pr == PARSE_IPV4) {
-		int local = deliver_locally(skb, &f, revision);
+		int local = deliver_locally(skb, &f, revision, &li);
 
 		if (local >= 0)
 			return local;

@@ -61,6 +61,31 @@ final class ConntrackTests: XCTestCase {
         XCTAssertLessThanOrEqual(try node.metric("mesh_bpf_map_entries", ["map": "mesh_ct"]) ?? .infinity, Double(capacity))
     }
 
+    /// A client that reuses a port while its last connection's entries still close (wrk's
+    /// ports come back within seconds): the new connection's SYN takes those entries over,
+    /// written in place, at both hooks. They are not created again, and they no longer close.
+    func testANewConnectionOnAClosingTupleTakesItsEntriesOver() throws {
+        node = try TestNode()
+        try node.start()
+        for ep in ["client", "server"] {
+            try node.ctlOK("endpoint", "create", ep, "--labels", "app=\(ep)")
+        }
+        let (client, server) = (try ip("client"), try ip("server"))
+        let echo = try traffic.start(in: "server", ["echo-server", "--tcp", "7100", "--seconds", "60"], waitReady: true)
+        defer { kill(echo.pid, SIGKILL) }
+        let created = try node.metric("mesh_conntrack_created_total") ?? 0
+        let held = try traffic.start(in: "client", ["reopen", "--host", server, "--port", "7100", "--source-port", "41000",
+                                                    "--hold", "5"], waitReady: true)
+        defer { kill(held.pid, SIGKILL) }
+        let rows = try JSONSerialization.jsonObject(with: Data(try node.ctlOK("bpf", "ct", "list", "-o", "json").utf8)) as? [[String: Any]] ?? []
+        let flow = rows.filter { $0["flow"] as? String == "\(client):41000 -> \(server):7100" }
+        XCTAssertEqual(Set(flow.map { "\($0["endpoint"] ?? "")/\($0["direction"] ?? "")" }), ["client/egress", "server/ingress"], "\(rows)")
+        XCTAssertTrue(flow.allSatisfy { $0["closing"] as? Bool == false }, "the reset's closing mark outlived the new SYN: \(flow)")
+        // One entry at each hook for both connections: the second SYN created none.
+        XCTAssertEqual(try node.metric("mesh_conntrack_created_total") ?? 0, created + 2)
+        XCTAssertEqual(try held.result()["ok"] as? Bool, true)
+    }
+
     func testTheDefaultTableIsSizedForTheNodesMemory() {
         XCTAssertEqual(NodeConfig.defaultConntrackMax(memoryBytes: 24 << 30), 262_144) // this VM
         XCTAssertEqual(NodeConfig.defaultConntrackMax(memoryBytes: 2 << 30), 65536)     // the floor

@@ -25,19 +25,26 @@ static __always_inline void ct_stat_add(__u32 stat)
 }
 
 /*
- * Inserts a new flow's entry, counting it as created unless it replaces one (a new SYN on
- * the tuple of a closing connection, or an entry that expired but was not collected yet).
- * A lookup says which, not a BPF_NOEXIST update: an LRU map takes a free element before it
- * looks for the key, so a refused update costs a pop, a bucket lock and a push, and a
- * client that connects often reuses its ports while their entries still close (a port
- * comes back within seconds at 15,000 connections/s). A race between the lookup and the
- * update (the other CPU creating the same tuple, or evicting it) can only miscount one.
+ * Inserts a new flow's entry, counting it as created, or writes it over the entry already
+ * there (a new SYN on the tuple of a closing connection, or an entry that expired but was
+ * not collected yet). A client that connects often reuses its ports while their entries
+ * still close (at 15,000 connections/s a port comes back within two seconds), and an LRU
+ * map's update, even of a key it has, takes a free element, locks the bucket and frees the
+ * old one: about 1 us a flow on this VM. Written in place, a packet of the old connection
+ * that another CPU handles at that very moment may see some fields of each; it belongs to
+ * the same tuple, which the new connection now owns, as it would after a swap. A race
+ * between the lookup and the update (the other CPU creating the same tuple) can only
+ * miscount one.
  */
 static __always_inline void ct_create(const struct mesh_ct_key *k, const struct mesh_ct_value *v)
 {
-	int replaces = bpf_map_lookup_elem(&mesh_ct, k) != NULL;
+	struct mesh_ct_value *old = bpf_map_lookup_elem(&mesh_ct, k);
 
-	if (bpf_map_update_elem(&mesh_ct, k, v, BPF_ANY) == 0 && !replaces)
+	if (old) {
+		*old = *v;
+		return;
+	}
+	if (bpf_map_update_elem(&mesh_ct, k, v, BPF_ANY) == 0)
 		ct_stat_add(MESH_CT_STAT_CREATED);
 }
 

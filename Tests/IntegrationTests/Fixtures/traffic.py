@@ -35,6 +35,10 @@ exactly one JSON line on stdout; errors go to stderr with a non-zero exit status
   slow-sink   --port P --pause S [--progress-file F]: accept, read nothing for S seconds, then all
   many-server --port P / many-client --host H --port P --count N --hold S
                 N concurrent connections, one echo each, held S seconds
+  reopen      --host H --port P --source-port S --hold T [--ready-file F]
+                two connections from source port S, one echo each: the first ends with a
+                reset (so neither side keeps its tuple in TIME_WAIT), the second opens the
+                same tuple at once and is held T s -> {"ok"}
   udp-pingpong --host H --port P --seconds T [--interval MS]
                 one UDP socket (one flow) sends a datagram every interval and waits
                 for its echo -> {"attempts", "ok", "failed"}
@@ -437,6 +441,35 @@ def probe(args):
         emit({"ok": probe_once(args.host, args.port, args.proto, args.timeout), "error": None})
     except OSError as e:
         emit({"ok": False, "error": f"{type(e).__name__}: {e}"})
+
+
+def reopen(args):
+    import struct
+    import time
+
+    def connect():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", args.source_port))
+        s.settimeout(args.timeout)
+        s.connect((args.host, args.port))
+        s.sendall(b"ping")
+        answer = b""
+        while len(answer) < 4 and (data := s.recv(4 - len(answer))):
+            answer += data
+        if answer != b"ping":
+            raise ValueError(f"echo was {answer!r}")
+        return s
+
+    first = connect()
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    first.close()
+    second = connect()
+    if args.ready_file:
+        open(args.ready_file, "w").close()
+    time.sleep(args.hold)
+    second.close()
+    emit({"ok": True})
 
 
 def probe_loop(args):
@@ -961,6 +994,12 @@ def main():
             p.add_argument("--seconds", type=float, required=True)
             p.add_argument("--stop-file", help="stop as soon as this file exists")
             p.add_argument("--interval", type=float, default=20.0, help="milliseconds")
+
+    p = command("reopen", reopen, sink=False)
+    p.add_argument("--source-port", type=int, required=True)
+    p.add_argument("--hold", type=float, required=True)
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--ready-file")
 
     p = command("http-server", http_server, sink=True)
     p.add_argument("--name", default="server")

@@ -222,6 +222,10 @@ static __always_inline void reverse(struct bpf_sock_addr *ctx)
 		ctx->user_port = st->vport;
 		return;
 	}
+	/* Only UDP sends (sendmsg4) write mesh_lb_revnat; a TCP socket's translation is in its
+	 * storage. Not asking for a cookie spares every accepted or connected socket one. */
+	if (ctx->protocol != IPPROTO_UDP)
+		return;
 	rk.socket_cookie = bpf_get_socket_cookie(ctx);
 	rk.addr = ctx->user_ip4;
 	rk.port = (__u16)ctx->user_port;
